@@ -1,0 +1,56 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks import procedural as bench_procedural
+from benchmarks import report
+
+CKM_DATA = Path(sys.executable).with_name("ckm-data")
+
+
+def _run(*args):
+    return subprocess.run([str(CKM_DATA), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_generate_then_inspect_with_preview(tmp_path):
+    out = _run("generate", "--out", str(tmp_path / "ds"), "--train-regions", "2", "--eval-regions", "1",
+               "--tiles-per-region", "3", "--workers", "2")
+    assert out.returncode == 0, out.stderr
+    out = _run("inspect", str(tmp_path / "ds"), "--verify", "--preview", str(tmp_path / "p.png"), "--count", "3")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout[: out.stdout.rindex("}") + 1])
+    assert summary["splits"]["train"]["count"] == 6 and summary["splits"]["eval"]["count"] == 3
+    lo, hi = summary["splits"]["eval"]["outdoor_gain_db"]
+    assert -250 <= lo < hi <= -50
+    with Image.open(tmp_path / "p.png") as image:
+        assert image.width > 500 and image.height > 250
+        assert len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 100
+
+
+def test_bad_input_exits_2_with_a_message(tmp_path):
+    out = _run("inspect", str(tmp_path / "nothing"))
+    assert out.returncode == 2 and "manifest.json is missing" in out.stderr
+    out = _run("generate", "--out", str(tmp_path / "x"), "--tiles-per-region", "0")
+    assert out.returncode == 2 and "must be >= 1" in out.stderr
+
+
+def test_demo_command(tmp_path):
+    out = _run("demo", "--out", str(tmp_path), "--tiles", "2")
+    assert out.returncode == 0, out.stderr
+    assert "codec round trip" in out.stdout
+    assert (tmp_path / "procedural_preview.png").is_file()
+
+
+def test_benchmark_writes_json_and_regenerates_results(tmp_path):
+    results, markdown = bench_procedural.run(tiles=4, workers=1)
+    assert results["tiles"] == 4 and results["seconds"] > 0
+    path = report.write_result("procedural-generator", "ckm-bench procedural --tiles 4", results, markdown,
+                               results_dir=tmp_path / "results")
+    record = json.loads(path.read_text())
+    assert record["machine"]["cores"] >= 1 and "numpy" in record["machine"]["libraries"]
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## procedural-generator" in text and "| 4 | 1 |" in text and "Machine:" in text
