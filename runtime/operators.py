@@ -1,0 +1,366 @@
+"""Observation operators A(x) with analytic vector-Jacobian products (numpy only).
+
+Paper section II-1 and eqs. (26)-(36). An operator maps a batch of CKMs x (B, 2, H, W) in pixel
+space to an observation A(x) (B, C', H', W'); `vjp(x, v)` returns v^T dA/dx (B, 2, H, W), the
+only thing diffusion posterior sampling needs from it. Operators compose:
+
+    PerChannel([A_gain, A_aoa])   each channel through its own operator (JTQR, eq. 32)
+    Compose([A_1, A_2, ...])      A_n(...A_2(A_1(x)))
+
+Every operator is described by a JSON-able spec (`to_spec`, `from_spec`), which is how a request
+names it. Masks are per sample: a (B, H, W) or shared (H, W) boolean array, True = observed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime import codec
+
+
+class OperatorError(ValueError):
+    """An unknown operator, bad parameters, or input of the wrong shape."""
+
+
+def _check_x(x: np.ndarray, channels: int | None = None) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise OperatorError(f"operator input must be (B, C, H, W), got shape {x.shape}")
+    if channels is not None and x.shape[1] != channels:
+        raise OperatorError(f"operator input must have {channels} channel(s), got {x.shape[1]}")
+    return x
+
+
+class Operator:
+    """Base class: `forward(x)`, `vjp(x, v)`, `output_shape(shape)`, `to_spec()`."""
+
+    name = "operator"
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def vjp(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
+    def to_spec(self) -> dict:
+        raise NotImplementedError
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)
+
+
+@dataclass(frozen=True)
+class Identity(Operator):
+    name = "identity"
+
+    def forward(self, x):
+        return _check_x(x).copy()
+
+    def vjp(self, x, v):
+        return np.asarray(v).copy()
+
+    def to_spec(self):
+        return {"op": self.name}
+
+
+@dataclass(frozen=True, eq=False)
+class Mask(Operator):
+    """Inpainting (paper II-1a): y = m * x, m in {0, 1} per cell, shared by all channels."""
+
+    mask: np.ndarray  # (H, W) or (B, H, W) bool, True = observed
+    name = "mask"
+
+    def __post_init__(self):
+        m = np.asarray(self.mask)
+        if m.dtype != np.bool_ or m.ndim not in (2, 3):
+            raise OperatorError(f"mask must be a boolean (H, W) or (B, H, W) array, got {m.dtype} {m.shape}")
+        object.__setattr__(self, "mask", m)
+
+    def _m(self, x: np.ndarray) -> np.ndarray:
+        x = _check_x(x)
+        m = self.mask if self.mask.ndim == 3 else self.mask[None]
+        if m.shape[-2:] != x.shape[-2:] or m.shape[0] not in (1, x.shape[0]):
+            raise OperatorError(f"mask shape {self.mask.shape} does not fit input {x.shape}")
+        return m[:, None].astype(x.dtype)
+
+    def forward(self, x):
+        return x * self._m(x)
+
+    def vjp(self, x, v):
+        return v * self._m(x)
+
+    def observed_fraction(self) -> float:
+        return float(self.mask.mean())
+
+    def to_spec(self):
+        return {"op": self.name, "mask": self.mask.astype(np.uint8).tolist()}
+
+
+@dataclass(frozen=True)
+class Downsample(Operator):
+    """Super-resolution (paper II-1b): D_s = average over s x s blocks. H, W must divide by s."""
+
+    factor: int
+    name = "downsample"
+
+    def __post_init__(self):
+        if not isinstance(self.factor, (int, np.integer)) or self.factor < 1:
+            raise OperatorError(f"downsample factor must be an integer >= 1, got {self.factor!r}")
+
+    def _check(self, x):
+        x = _check_x(x)
+        if x.shape[2] % self.factor or x.shape[3] % self.factor:
+            raise OperatorError(f"input {x.shape[2]}x{x.shape[3]} is not divisible by factor {self.factor}")
+        return x
+
+    def forward(self, x):
+        x = self._check(x)
+        b, c, h, w = x.shape
+        s = self.factor
+        return x.reshape(b, c, h // s, s, w // s, s).mean(axis=(3, 5))
+
+    def vjp(self, x, v):
+        s = self.factor
+        return np.repeat(np.repeat(v, s, axis=2), s, axis=3) / (s * s)
+
+    def output_shape(self, shape):
+        b, c, h, w = shape
+        return (b, c, h // self.factor, w // self.factor)
+
+    def to_spec(self):
+        return {"op": self.name, "factor": int(self.factor)}
+
+
+@dataclass(frozen=True)
+class Truncate(Operator):
+    """Dynamic-range truncation (eq. 2 / 26): y = min(max(x, a), b); gradient 1 strictly inside."""
+
+    low: float = 0.2
+    high: float = 0.7
+    name = "truncate"
+
+    def __post_init__(self):
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and 0.0 <= self.low < self.high <= 1.0):
+            raise OperatorError(f"truncation needs 0 <= low < high <= 1, got low={self.low}, high={self.high}")
+
+    def forward(self, x):
+        return np.clip(_check_x(x), self.low, self.high)
+
+    def vjp(self, x, v):
+        return v * ((x > self.low) & (x < self.high))
+
+    def to_spec(self):
+        return {"op": self.name, "low": self.low, "high": self.high}
+
+
+@dataclass(frozen=True)
+class QuantizeAoA(Operator):
+    """AoA quantization into K equal sectors (eqs. 28-31) on AoA-sine pixels, STE backward (eq. 36).
+
+    Reported angles are sector centres; building cells (pixel below the codec's gap threshold)
+    stay 0. Only the sine is stored, and theta and 180 - theta share it; the quantizer is the
+    same for both when K is even (sector boundaries are symmetric about +-90 degrees), so K must
+    be even. Backward: the identity on outdoor cells (straight-through), 0 on buildings.
+    """
+
+    sectors: int = 24
+    name = "quantize_aoa"
+
+    def __post_init__(self):
+        if not isinstance(self.sectors, (int, np.integer)) or self.sectors < 2 or self.sectors % 2:
+            raise OperatorError(f"AoA quantization needs an even number of sectors >= 2, got {self.sectors!r}")
+
+    def forward(self, x):
+        x = _check_x(x)
+        sine = np.clip((x - codec.AOA_OFFSET) / codec.AOA_SCALE, -1.0, 1.0)
+        theta = np.degrees(np.arcsin(sine))
+        delta = 360.0 / self.sectors
+        k = np.floor((theta + 180.0) / delta)
+        hard = codec.AOA_SCALE * np.sin(np.radians(-180.0 + (k + 0.5) * delta)) + codec.AOA_OFFSET
+        return np.where(x < codec.BUILDING_THRESHOLD, 0.0, hard).astype(x.dtype)
+
+    def vjp(self, x, v):
+        return v * (x >= codec.BUILDING_THRESHOLD)
+
+    def to_spec(self):
+        return {"op": self.name, "sectors": int(self.sectors)}
+
+
+@dataclass(frozen=True)
+class PerChannel(Operator):
+    """Channel c of x through operators[c] (each sees (B, 1, H, W)); outputs stacked on channels."""
+
+    operators: tuple
+    name = "per_channel"
+
+    def __post_init__(self):
+        object.__setattr__(self, "operators", tuple(self.operators))
+        if not self.operators or not all(isinstance(o, Operator) for o in self.operators):
+            raise OperatorError("per_channel needs one operator per channel")
+
+    def forward(self, x):
+        x = _check_x(x, len(self.operators))
+        outs = [op.forward(x[:, c : c + 1]) for c, op in enumerate(self.operators)]
+        if len({o.shape for o in outs}) != 1:
+            raise OperatorError(f"per-channel outputs differ in shape: {[o.shape for o in outs]}")
+        return np.concatenate(outs, axis=1)
+
+    def vjp(self, x, v):
+        x = _check_x(x, len(self.operators))
+        return np.concatenate(
+            [op.vjp(x[:, c : c + 1], v[:, c : c + 1]) for c, op in enumerate(self.operators)], axis=1
+        )
+
+    def output_shape(self, shape):
+        b, _, h, w = self.operators[0].output_shape((shape[0], 1) + tuple(shape[2:]))
+        return (b, len(self.operators), h, w)
+
+    def to_spec(self):
+        return {"op": self.name, "operators": [o.to_spec() for o in self.operators]}
+
+
+@dataclass(frozen=True)
+class Compose(Operator):
+    """A_n(...A_1(x)): the VJP runs the chain rule backwards through the saved intermediates."""
+
+    operators: tuple
+    name = "compose"
+
+    def __post_init__(self):
+        object.__setattr__(self, "operators", tuple(self.operators))
+        if not self.operators or not all(isinstance(o, Operator) for o in self.operators):
+            raise OperatorError("compose needs at least one operator")
+
+    def forward(self, x):
+        for op in self.operators:
+            x = op.forward(x)
+        return x
+
+    def vjp(self, x, v):
+        inputs = []
+        for op in self.operators:
+            inputs.append(x)
+            x = op.forward(x)
+        for op, xin in zip(reversed(self.operators), reversed(inputs)):
+            v = op.vjp(xin, v)
+        return v
+
+    def output_shape(self, shape):
+        for op in self.operators:
+            shape = op.output_shape(shape)
+        return shape
+
+    def to_spec(self):
+        return {"op": self.name, "operators": [o.to_spec() for o in self.operators]}
+
+
+def jtqr(low: float = 0.2, high: float = 0.7, sectors: int = 24) -> PerChannel:
+    """Joint truncation (gain) and AoA quantization (eq. 32), the paper's JTQR task."""
+    return PerChannel((Truncate(low, high), QuantizeAoA(sectors)))
+
+
+# --- masks -----------------------------------------------------------------------------------
+
+BOX_SIDE_RANGE = (5, 50)  # paper IV-B-1, pixels
+RANDOM_MISSING_RANGE = (5 * 5 / (128 * 128), 50 * 50 / (128 * 128))  # ~[0.0015, 0.1526]
+
+
+def box_mask(rng: np.random.Generator, size: tuple[int, int], side_range=BOX_SIDE_RANGE) -> np.ndarray:
+    """One missing rectangle with sides uniform in side_range (inclusive). True = observed."""
+    h, w = size
+    lo, hi = side_range
+    if not 1 <= lo <= hi <= min(h, w):
+        raise OperatorError(f"box sides {side_range} must satisfy 1 <= lo <= hi <= {min(h, w)}")
+    bh, bw = rng.integers(lo, hi + 1, size=2)
+    r, c = rng.integers(0, h - bh + 1), rng.integers(0, w - bw + 1)
+    mask = np.ones((h, w), dtype=bool)
+    mask[r : r + bh, c : c + bw] = False
+    return mask
+
+
+def random_mask(rng: np.random.Generator, size: tuple[int, int], missing_range=RANDOM_MISSING_RANGE) -> np.ndarray:
+    """Cells missing independently at a ratio drawn uniformly from missing_range. True = observed."""
+    lo, hi = missing_range
+    if not 0.0 <= lo <= hi < 1.0:
+        raise OperatorError(f"missing ratio range {missing_range} must satisfy 0 <= lo <= hi < 1")
+    h, w = size
+    ratio = rng.uniform(lo, hi)
+    missing = rng.permutation(h * w) < round(ratio * h * w)
+    return ~missing.reshape(h, w)
+
+
+def trajectory_mask(
+    rng: np.random.Generator,
+    building: np.ndarray,
+    routes: int = 4,
+    length: int = 150,
+    width: int = 1,
+) -> np.ndarray:
+    """Drive-test measurements: cells along random routes through outdoor cells. True = observed.
+
+    Each route starts at a random outdoor cell and drives straight along one of 8 headings,
+    turning at random (and when blocked by a building or the tile edge), for `length` cells.
+    """
+    building = np.asarray(building, dtype=bool)
+    if building.ndim != 2 or routes < 1 or length < 1 or width < 1:
+        raise OperatorError("trajectory needs a (H, W) building mask and routes, length, width >= 1")
+    h, w = building.shape
+    outdoor = np.flatnonzero(~building.ravel())
+    if outdoor.size == 0:
+        raise OperatorError("trajectory needs at least one outdoor cell")
+    headings = [(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)]
+    observed = np.zeros((h, w), dtype=bool)
+    for _ in range(routes):
+        r, c = divmod(int(rng.choice(outdoor)), w)
+        k = int(rng.integers(8))
+        for _ in range(length):
+            observed[max(r - width + 1, 0) : r + width, max(c - width + 1, 0) : c + width] = True
+            if rng.random() < 0.04:
+                k = (k + rng.choice([-2, 2])) % 8
+            for turn in (0, 1, -1, 2, -2, 3, -3, 4):
+                dr, dc = headings[(k + turn) % 8]
+                nr, nc = r + dr, c + dc
+                if 0 <= nr < h and 0 <= nc < w and not building[nr, nc]:
+                    k = (k + turn) % 8
+                    r, c = nr, nc
+                    break
+            else:
+                break
+    return observed & ~building
+
+
+# --- specs -----------------------------------------------------------------------------------
+
+def from_spec(spec: dict) -> Operator:
+    """Build an operator from its JSON-able spec; unknown names and bad parameters raise."""
+    if not isinstance(spec, dict) or "op" not in spec:
+        raise OperatorError(f"an operator spec is a dict with an 'op' key, got {spec!r}")
+    name = spec["op"]
+    args = {k: v for k, v in spec.items() if k != "op"}
+    try:
+        if name == "identity":
+            return Identity(**args)
+        if name == "mask":
+            return Mask(np.asarray(args.pop("mask"), dtype=np.uint8).astype(bool), **args)
+        if name == "downsample":
+            return Downsample(int(args.pop("factor")), **args)
+        if name == "truncate":
+            return Truncate(float(args.pop("low", 0.2)), float(args.pop("high", 0.7)), **args)
+        if name == "quantize_aoa":
+            return QuantizeAoA(int(args.pop("sectors", 24)), **args)
+        if name in ("per_channel", "compose"):
+            ops = tuple(from_spec(s) for s in args.pop("operators"))
+            return (PerChannel if name == "per_channel" else Compose)(ops, **args)
+    except (TypeError, KeyError, ValueError) as e:
+        if isinstance(e, OperatorError):
+            raise
+        raise OperatorError(f"bad parameters for operator {name!r}: {e}") from None
+    raise OperatorError(
+        f"unknown operator {name!r}; known: identity, mask, downsample, truncate, quantize_aoa, per_channel, compose"
+    )
