@@ -1,0 +1,156 @@
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from runtime import codec, operators
+from runtime.schedule import Schedule
+from training import objectives, procedural
+from training.dataset import Dataset, DatasetWriter
+from training.reference_dps import DPSConfig, apply_operator, dps_sample
+from training.trainer import TrainConfig, Trainer, augment
+from training.unet import PRESETS, EndToEndModel, ScoreModel
+
+TINY = PRESETS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    cfg = procedural.ProceduralConfig(tile_size=64, block_pitch=(12.0, 24.0), street_width=(2.0, 4.0))
+    root = tmp_path_factory.mktemp("data") / "ds"
+    with DatasetWriter(root, "procedural", 64, 2.0, 3.5e9) as w:
+        for split, region, n in (("train", 0, 48), ("eval", 0, 16)):
+            pixels, tx = procedural.generate_region(cfg, split, region, n, seed=5)
+            w.add(split, f"r-{split}", pixels, tx)
+    return Dataset(root)
+
+
+def _prior_trainer(ds, out, steps, seed=0):
+    schedule = Schedule.vp(1000)
+    torch.manual_seed(seed)
+    model = ScoreModel(TINY, schedule)
+    cfg = TrainConfig(steps=steps, batch_size=8, lr=2e-3, warmup=10, seed=seed, eval_every=10_000,
+                      checkpoint_every=10_000, eval_batches=2, log_every=10)
+    meta = {"kind": "prior", "unet": TINY.to_dict(), "schedule": schedule.to_dict()}
+    return Trainer(model, objectives.ScoreMatching(schedule), ds.split("train"), ds.split("eval"), cfg, out, meta,
+                   progress=False)
+
+
+def test_smoke_training_decreases_the_held_out_loss(small_dataset, tmp_path):
+    trainer = _prior_trainer(small_dataset, tmp_path / "run", steps=150)
+    before = trainer.evaluate()
+    trainer.fit()
+    after = trainer.evaluate()
+    assert after < 0.8 * before, (before, after)
+    assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "log.jsonl").is_file()
+
+
+def test_resume_continues_from_the_exact_step(small_dataset, tmp_path):
+    straight = _prior_trainer(small_dataset, tmp_path / "a", steps=6)
+    straight.fit()
+    first = _prior_trainer(small_dataset, tmp_path / "b", steps=3)
+    first.fit()
+    second = dataclasses.replace(first.cfg, steps=6)
+    resumed = _prior_trainer(small_dataset, tmp_path / "b", steps=6)
+    assert resumed.cfg == second
+    resumed.resume()
+    assert resumed.step == 3
+    resumed.fit()
+    for p, q in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    for p, q in zip(straight.ema.model.state_dict().values(), resumed.ema.model.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_resume_refuses_a_different_model(small_dataset, tmp_path):
+    _prior_trainer(small_dataset, tmp_path / "a", steps=1).fit()
+    other = _prior_trainer(small_dataset, tmp_path / "a", steps=2)
+    other.meta = dict(other.meta, unet=PRESETS["small"].to_dict())
+    with pytest.raises(ValueError, match="different U-Net config"):
+        other.resume()
+
+
+def test_baseline_objective_learns(small_dataset, tmp_path):
+    torch.manual_seed(0)
+    unet = dataclasses.replace(TINY, in_channels=3, time_conditional=False)
+    model = EndToEndModel(unet)
+    cfg = TrainConfig(steps=60, batch_size=8, lr=3e-3, warmup=5, eval_every=10_000, checkpoint_every=10_000,
+                      eval_batches=2)
+    trainer = Trainer(model, objectives.EndToEnd(("sr2",)), small_dataset.split("train"), small_dataset.split("eval"),
+                      cfg, tmp_path / "e2e", {"kind": "baseline", "unet": unet.to_dict()}, progress=False)
+    before = trainer.evaluate()
+    trainer.fit()
+    assert trainer.evaluate() < 0.5 * before
+
+
+def test_flip_augmentation_respects_the_aoa_encoding(small_dataset):
+    x = small_dataset.split("train").take(np.arange(4))
+    rng = np.random.default_rng(0)
+    out = augment(x, rng, crop=32, flips=True)
+    assert out.shape == (4, 2, 32, 32)
+    codec.check_pixels(out)
+    outdoor = out[:, 1] >= codec.BUILDING_THRESHOLD
+    assert (out[:, 1][outdoor] >= codec.AOA_PIXEL_MIN - 1e-6).all() and (out[:, 0][~outdoor] == 0).all()
+
+
+def test_torchrun_ddp_on_two_cpu_processes(small_dataset, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "training.cli", "prior", "--data", str(small_dataset.root), "--out", str(tmp_path / "ddp"),
+           "--preset", "tiny", "--steps", "4", "--batch-size", "4", "--checkpoint-every", "2", "--log-every", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "world size 2" in out.stderr
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 4
+
+
+class GaussianScore:
+    """Exact score of x_t when x_0 ~ N(mean, s0^2 I): -(x - scale mean) / (scale^2 s0^2 + std^2)."""
+
+    def __init__(self, schedule, mean, s0):
+        self.schedule, self.mean, self.s0 = schedule, mean, s0
+
+    def __call__(self, x, t):
+        i = int(round(float(t[0]) * self.schedule.params["n"])) - 1
+        full = Schedule.from_dict({k: v for k, v in self.schedule.params.items() if k not in ("steps", "respacing")})
+        scale, std = full.scale[i], full.noise_std[i]
+        return -(x - scale * self.mean) / (scale**2 * self.s0**2 + std**2)
+
+
+def test_reference_pc_sampler_draws_the_prior():
+    schedule = Schedule.vp(1000)
+    score = GaussianScore(schedule, 0.5, 0.1)
+    x = dps_sample(score, schedule, None, None, shape=(2, 2, 32, 32), rng=np.random.default_rng(0),
+                   cfg=DPSConfig(zeta=0.0, corrector_steps=1))
+    assert float(x.mean()) == pytest.approx(0.5, abs=0.01)
+    assert float(x.std()) == pytest.approx(0.1, rel=0.05)
+
+
+def test_reference_dps_pulls_observed_cells_to_the_observation():
+    schedule = Schedule.vp(1000).respace(100)
+    score = GaussianScore(schedule, 0.5, 0.1)
+    rng = np.random.default_rng(1)
+    mask = operators.random_mask(rng, (32, 32), (0.5, 0.5))
+    op = operators.Mask(mask)
+    truth = np.full((2, 2, 32, 32), 0.8, np.float32)
+    y = torch.from_numpy(op.forward(truth).astype(np.float32))
+    x = dps_sample(score, schedule, op, y, shape=truth.shape, rng=rng, cfg=DPSConfig(zeta=5.0)).numpy()
+    observed = np.broadcast_to(mask, x.shape)
+    # Independent pixels: observed cells move to y, unobserved ones keep the prior mean.
+    assert x[observed].mean() == pytest.approx(0.8, abs=0.1)
+    assert x[~observed].mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_operator_bridge_uses_the_numpy_vjp():
+    op = operators.Downsample(2)
+    x = torch.rand(2, 2, 8, 8, dtype=torch.float32, requires_grad=True)
+    y = apply_operator(op, x)
+    v = torch.rand_like(y)
+    (g,) = torch.autograd.grad((y * v).sum(), x)
+    np.testing.assert_allclose(g.numpy(), op.vjp(x.detach().numpy(), v.numpy()), rtol=1e-6)
+    torch.testing.assert_close(y, torch.nn.functional.avg_pool2d(x, 2))

@@ -1,0 +1,155 @@
+"""`ckm-train`: cloud training of the score prior and the end-to-end baselines.
+
+    ckm-train prior    --data data/proc --out runs/prior --preset small --steps 20000
+    ckm-train baseline --data data/proc --out runs/e2e-ipbox --task ipbox
+    ckm-train baseline --data data/proc --out runs/e2e-multi --task multi
+    torchrun --nproc_per_node 8 -m training.cli prior --data ... --preset base   # multi-GPU
+
+An existing checkpoint in --out is resumed from its exact step; --steps is the total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime import tasks
+from runtime.schedule import Schedule
+from training import objectives, preview
+from training.dataset import Dataset
+from training.reference_dps import DPSConfig, dps_sample
+from training.trainer import TrainConfig, Trainer, count_parameters
+from training.unet import PRESETS, EndToEndModel, ScoreModel, UNetConfig
+
+
+def _schedule(args) -> Schedule:
+    if args.sde == "vp":
+        return Schedule.vp(args.num_steps, args.beta_min, args.beta_max)
+    return Schedule.ve(args.num_steps, args.sigma_min, args.sigma_max)
+
+
+def _train_config(args) -> TrainConfig:
+    return TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, grad_clip=args.grad_clip,
+        ema_decay=args.ema_decay, seed=args.seed, crop=args.crop, eval_every=args.eval_every,
+        sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+    )
+
+
+def prior_sample_hook(schedule: Schedule, count: int = 4, steps: int = 50, size: int = 128):
+    """Writes a grid of `count` prior samples (PC sampler over a respaced schedule) as PNG."""
+    short = schedule.respace(min(steps, len(schedule)))
+
+    def hook(model, path: Path, step: int) -> None:
+        model.eval()
+        x = dps_sample(model, short, None, None, shape=(count, 2, size, size), rng=np.random.default_rng(step),
+                       cfg=DPSConfig(zeta=0.0, corrector_steps=0), device=next(model.parameters()).device)
+        preview.save_grid(path, np.clip(x.cpu().numpy(), 0, 1))
+
+    return hook
+
+
+def baseline_sample_hook(eval_split, task_names, count: int = 4):
+    """Writes truth | prediction pairs of the baseline on held-out tiles as PNG."""
+
+    def hook(model, path: Path, step: int) -> None:
+        rng = np.random.default_rng(step)
+        x = eval_split.take(np.arange(min(count, len(eval_split))))
+        op = tasks.make_operator(task_names[0], rng, x)
+        y = tasks.observe(op, x, rng)
+        inputs = objectives.observation_inputs(op, y, x.shape, with_mask=True)
+        with torch.no_grad():
+            pred = model(torch.from_numpy(inputs).to(next(model.parameters()).device)).cpu().numpy()
+        pairs = np.stack([x, np.clip(pred, 0, 1)], axis=1).reshape(-1, *x.shape[1:])
+        preview.save_grid(path, pairs, columns=2)
+
+    return hook
+
+
+def cmd_prior(args) -> int:
+    data = Dataset(args.data)
+    schedule = _schedule(args)
+    unet = dataclasses.replace(PRESETS[args.preset], in_channels=2, out_channels=2, time_conditional=True)
+    model = ScoreModel(unet, schedule)
+    meta = {"kind": "prior", "unet": unet.to_dict(), "schedule": schedule.to_dict(), "data": str(args.data),
+            "data_checksum": data.manifest.get("checksum"), "preset": args.preset}
+    trainer = Trainer(model, objectives.ScoreMatching(schedule), data.split("train"), data.split("eval"),
+                      _train_config(args), args.out, meta, prior_sample_hook(schedule, size=data.tile_size))
+    return _run(trainer, args)
+
+
+def cmd_baseline(args) -> int:
+    data = Dataset(args.data)
+    names = tasks.PAPER_TASKS if args.task == "multi" else (args.task,)
+    unet = dataclasses.replace(PRESETS[args.preset], in_channels=3, out_channels=2, time_conditional=False)
+    model = EndToEndModel(unet)
+    meta = {"kind": "baseline", "unet": unet.to_dict(), "tasks": list(names), "data": str(args.data),
+            "data_checksum": data.manifest.get("checksum"), "preset": args.preset}
+    trainer = Trainer(model, objectives.EndToEnd(names), data.split("train"), data.split("eval"),
+                      _train_config(args), args.out, meta, baseline_sample_hook(data.split("eval"), names))
+    return _run(trainer, args)
+
+
+def _run(trainer: Trainer, args) -> int:
+    if trainer.path.exists():
+        trainer.resume()
+        print(f"resumed {trainer.path} at step {trainer.step}", file=sys.stderr)
+    print(f"{trainer.meta['kind']}: {count_parameters(trainer.model):,} parameters on {trainer.device}, "
+          f"world size {trainer.world}", file=sys.stderr)
+    last = trainer.fit(max_seconds=args.max_minutes * 60 if args.max_minutes else None)
+    print(f"stopped at step {trainer.step}: {last}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ckm-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", required=True, type=Path, help="dataset directory (ckm-data format)")
+    common.add_argument("--out", required=True, type=Path, help="run directory: checkpoint, log, samples")
+    common.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    common.add_argument("--steps", type=int, default=20_000, help="total optimizer steps")
+    common.add_argument("--batch-size", type=int, default=16)
+    common.add_argument("--lr", type=float, default=2e-4)
+    common.add_argument("--warmup", type=int, default=500)
+    common.add_argument("--grad-clip", type=float, default=1.0)
+    common.add_argument("--ema-decay", type=float, default=0.999)
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--crop", type=int, default=None, help="train on random square crops of this size")
+    common.add_argument("--eval-every", type=int, default=500)
+    common.add_argument("--sample-every", type=int, default=2000)
+    common.add_argument("--checkpoint-every", type=int, default=250)
+    common.add_argument("--log-every", type=int, default=25)
+    common.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+
+    prior = sub.add_parser("prior", parents=[common], help="the foundation score prior (Algorithm 1)")
+    prior.add_argument("--sde", choices=("vp", "ve"), default="vp")
+    prior.add_argument("--num-steps", type=int, default=1000, help="N, the discretization of the SDE")
+    prior.add_argument("--beta-min", type=float, default=0.1)
+    prior.add_argument("--beta-max", type=float, default=20.0)
+    prior.add_argument("--sigma-min", type=float, default=0.01)
+    prior.add_argument("--sigma-max", type=float, default=50.0)
+    prior.set_defaults(func=cmd_prior)
+
+    base = sub.add_parser("baseline", parents=[common], help="end-to-end supervised baseline (paper Fig. 6)")
+    base.add_argument("--task", choices=tasks.PAPER_TASKS + tasks.TASKS[4:] + ("multi",), required=True)
+    base.set_defaults(func=cmd_baseline)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"ckm-train {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

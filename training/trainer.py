@@ -1,0 +1,281 @@
+"""The training loop shared by the score prior and the end-to-end baselines.
+
+AdamW with linear warm-up, gradient clipping, EMA weights (what export uses), bf16 autocast on
+GPU, checkpoints with exact resume (weights, EMA, optimizer, step, every random state, the data
+position), a tqdm progress bar with loss and throughput, held-out evaluation loss, periodic PNG
+sample grids. Multi-GPU / multi-node through torch's DistributedDataParallel under `torchrun`
+(WORLD_SIZE/RANK/LOCAL_RANK from the environment); without them it runs on one device, CPU too.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from runtime import codec
+from training.dataset import Split
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 10_000
+    batch_size: int = 16  # global, split over ranks
+    lr: float = 2e-4
+    warmup: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    crop: int | None = None  # random square crops (fully convolutional training), None = full tiles
+    flips: bool = True  # mirror augmentation that respects the AoA-sine encoding
+    log_every: int = 25
+    eval_every: int = 500
+    eval_batches: int = 4
+    sample_every: int = 1000
+    checkpoint_every: int = 250
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "eval_every", "sample_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and 0 <= self.ema_decay < 1 and self.warmup >= 0 and self.grad_clip > 0):
+            raise ValueError("need lr > 0, 0 <= ema_decay < 1, warmup >= 0 and grad_clip > 0")
+
+
+class DataStream:
+    """Shuffled epochs over a split with crops and flips, drawn from its own numpy generator."""
+
+    def __init__(self, split: Split, cfg: TrainConfig, rank: int = 0, world: int = 1):
+        if len(split) < cfg.batch_size:
+            raise ValueError(f"split {split.name!r} has {len(split)} tiles, fewer than the batch size {cfg.batch_size}")
+        self.split, self.cfg, self.rank, self.world = split, cfg, rank, world
+        self.rng = np.random.default_rng([cfg.seed, 0xDA7A])
+        self.order = self.rng.permutation(len(split))
+        self.position = 0
+
+    def state(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "order": self.order.tolist(), "position": self.position}
+
+    def load_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.order = np.asarray(state["order"])
+        self.position = state["position"]
+
+    def next(self) -> np.ndarray:
+        """This rank's share of the next global batch, (B / world, 2, crop, crop)."""
+        b = self.cfg.batch_size
+        if self.position + b > len(self.order):
+            self.order, self.position = self.rng.permutation(len(self.split)), 0
+        idx = self.order[self.position : self.position + b]
+        self.position += b
+        x = self.split.take(np.sort(idx))
+        x = augment(x, self.rng, self.cfg.crop, self.cfg.flips)
+        return x[self.rank :: self.world]
+
+
+def augment(x: np.ndarray, rng: np.random.Generator, crop: int | None, flips: bool) -> np.ndarray:
+    """Random crop and mirrors. A left-right mirror maps theta -> 180 - theta (sine unchanged);
+    an up-down mirror maps theta -> -theta, so the outdoor AoA pixel p becomes 1.3 - p."""
+    b, _, h, w = x.shape
+    out = np.empty((b, 2, crop or h, crop or w), np.float32)
+    for k in range(b):
+        tile = x[k]
+        if crop:
+            r, c = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
+            tile = tile[:, r : r + crop, c : c + crop]
+        if flips and rng.random() < 0.5:
+            tile = tile[:, :, ::-1]
+        if flips and rng.random() < 0.5:
+            tile = tile[:, ::-1, :].copy()
+            outdoor = tile[1] >= codec.BUILDING_THRESHOLD
+            tile[1][outdoor] = 2 * codec.AOA_OFFSET - tile[1][outdoor]
+        out[k] = tile
+    return out
+
+
+class EMA:
+    """Exponential moving average of a model's weights, with the usual warm-up of the decay."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1 - d)
+        for e, p in zip(self.model.buffers(), model.buffers()):
+            e.copy_(p)
+
+
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if world > 1 else 0
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, local, world
+
+
+Objective = Callable[[nn.Module, torch.Tensor, np.random.Generator], torch.Tensor]
+SampleHook = Callable[[nn.Module, Path, int], None]
+
+
+@dataclass
+class Trainer:
+    """Runs `objective` over `train` for cfg.steps, writing into `out` (checkpoint.pt, log.jsonl)."""
+
+    model: nn.Module
+    objective: Objective
+    train: Split
+    eval: Split | None
+    cfg: TrainConfig
+    out: Path
+    meta: dict  # what the checkpoint must carry to rebuild the model (kind, unet, schedule, ...)
+    sample_hook: SampleHook | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        self.rank, local, self.world = _distributed()
+        self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(self.cfg.seed + self.rank)
+        self.model.to(self.device)
+        self.ema = EMA(self.model, self.cfg.ema_decay)
+        self.net = self.model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=[local] if self.device.type == "cuda" else None)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        warm = max(self.cfg.warmup, 1)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
+        self.data = DataStream(self.train, self.cfg, self.rank, self.world)
+        self.obj_rng = np.random.default_rng([self.cfg.seed, 0x0B7, self.rank])
+        self.step = 0
+        self.path = self.out / "checkpoint.pt"
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "objective": self.obj_rng.bit_generator.state}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": "ckm-checkpoint",
+            "meta": self.meta,
+            "train_config": asdict(self.cfg),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "lr_schedule": self.sched.state_dict(),
+            "data": self.data.state(),
+            "rng": rng,
+        }
+
+    def save(self) -> Path:
+        if self.rank != 0:
+            return self.path
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, self.path)  # never leave a half-written checkpoint
+        return self.path
+
+    def resume(self, path: Path | None = None) -> None:
+        ckpt = torch.load(path or self.path, map_location=self.device, weights_only=False)
+        if ckpt.get("format") != "ckm-checkpoint":
+            raise ValueError(f"{path or self.path} is not a ckm checkpoint")
+        if ckpt["meta"].get("unet") != self.meta.get("unet"):
+            raise ValueError("checkpoint was trained with a different U-Net config; refusing to resume")
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.model.load_state_dict(ckpt["ema"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["lr_schedule"])
+        self.data.load_state(ckpt["data"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
+        self.obj_rng.bit_generator.state = ckpt["rng"]["objective"]
+        self.step = ckpt["step"]
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _train_step(self) -> float:
+        x = torch.from_numpy(self.data.next()).to(self.device)
+        self.net.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = self.objective(self.net, x, self.obj_rng)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; stopping before the checkpoint is spoiled")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        self.ema.update(self.model, self.step)
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean objective of the EMA model on fixed held-out batches (same draws every time)."""
+        if self.eval is None or len(self.eval) == 0:
+            return None
+        rng = np.random.default_rng([self.cfg.seed, 0xE7A1])
+        n = min(len(self.eval), self.cfg.eval_batches * self.cfg.batch_size)
+        losses = []
+        for start in range(0, n, self.cfg.batch_size):
+            x = self.eval.take(np.arange(start, min(start + self.cfg.batch_size, n)))
+            if self.cfg.crop:
+                x = x[:, :, : self.cfg.crop, : self.cfg.crop]
+            losses.append(float(self.objective(self.ema.model, torch.from_numpy(x).to(self.device), rng)))
+        return float(np.mean(losses))
+
+    def _log(self, record: dict) -> None:
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def fit(self, max_seconds: float | None = None) -> dict:
+        """Train up to cfg.steps (or until max_seconds pass); returns the last log record."""
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not self.progress or self.rank != 0, dynamic_ncols=True)
+        start, window, window_t, last = time.perf_counter(), [], time.perf_counter(), {}
+        while self.step < self.cfg.steps:
+            window.append(self._train_step())
+            bar.update(1)
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                now = time.perf_counter()
+                rate = len(window) * self.cfg.batch_size / (now - window_t)
+                last = {"step": self.step, "loss": float(np.mean(window)), "samples_per_s": round(rate, 2),
+                        "lr": self.sched.get_last_lr()[0], "elapsed_s": round(now - start, 1)}
+                bar.set_postfix(loss=f"{last['loss']:.4f}", samples_s=f"{rate:.1f}")
+                window, window_t = [], now
+                if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps:
+                    last["eval_loss"] = self.evaluate()
+                self._log(last)
+            if self.step % self.cfg.checkpoint_every == 0:
+                self.save()
+            if self.sample_hook and self.rank == 0 and self.step % self.cfg.sample_every == 0:
+                self.sample_hook(self.ema.model, self.out / f"samples-{self.step:07d}.png", self.step)
+            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                break
+        bar.close()
+        self.save()
+        return last
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
