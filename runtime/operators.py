@@ -302,9 +302,10 @@ def trajectory_mask(
     length: int = 150,
     width: int = 1,
 ) -> np.ndarray:
-    """Drive-test measurements: cells along random routes through outdoor cells. True = observed.
+    """Drive-test measurements: cells along random routes through the streets. True = observed.
 
-    Each route starts at a random outdoor cell and drives straight along one of 8 headings,
+    Building footprints are map data a base station has, so building cells count as observed
+    (their value is 0 in both channels). Each route starts at a random outdoor cell and drives straight along one of 8 headings,
     turning at random (and when blocked by a building or the tile edge), for `length` cells.
     """
     building = np.asarray(building, dtype=bool)
@@ -332,7 +333,7 @@ def trajectory_mask(
                     break
             else:
                 break
-    return observed & ~building
+    return observed | building
 
 
 # --- specs -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
     ckm-train prior    --data data/proc --out runs/prior --preset small --steps 20000
     ckm-train baseline --data data/proc --out runs/e2e-ipbox --task ipbox
     ckm-train baseline --data data/proc --out runs/e2e-multi --task multi
+    ckm-train slim --checkpoint runs/prior/checkpoint.pt --out models/prior.pt
     torchrun --nproc_per_node 8 -m training.cli prior --data ... --preset base   # multi-GPU
 
 An existing checkpoint in --out is resumed from its exact step; --steps is the total.
@@ -106,6 +107,14 @@ def _run(trainer: Trainer, args) -> int:
     return 0
 
 
+def cmd_slim(args) -> int:
+    from training.checkpoint import slim
+
+    path = slim(args.checkpoint, args.out, half=args.half)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     base = sub.add_parser("baseline", parents=[common], help="end-to-end supervised baseline (paper Fig. 6)")
     base.add_argument("--task", choices=tasks.PAPER_TASKS + tasks.TASKS[4:] + ("multi",), required=True)
     base.set_defaults(func=cmd_baseline)
+
+    sl = sub.add_parser("slim", help="keep only a checkpoint's EMA weights, for shipping")
+    sl.add_argument("--checkpoint", required=True, type=Path)
+    sl.add_argument("--out", required=True, type=Path)
+    sl.add_argument("--half", action="store_true", help="store float16 weights")
+    sl.set_defaults(func=cmd_slim)
     return parser
 
 

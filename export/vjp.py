@@ -1,0 +1,184 @@
+"""Split a score network into a forward-with-saves graph and a backward (VJP) graph.
+
+One guided DPS step needs the score s(x, t) and, once the runtime has formed the cotangent v
+from the score (through x0_hat and the operator), v^T ds/dx. Doing that with one forward and one
+backward and no recomputation means the backward must reuse the forward's intermediates:
+
+1. Trace the joint function (x, t, v) -> (s, v^T ds/dx) = torch.func.vjp with `make_fx` in
+   symbolic mode (a dynamic batch axis), with the core ATen decompositions and one of our own:
+   `aten.convolution_backward` becomes a transposed convolution (ONNX ConvTranspose), so the
+   graph holds only standard ops.
+2. Partition that joint graph by data dependence: every node that does not depend on v belongs
+   to the forward graph; every node that does, to the backward graph. The forward nodes the
+   backward reads are the saved tensors: outputs of the forward graph, inputs of the backward.
+   Nothing is computed twice.
+
+The two FX graphs come back as `nn.Module`s with the weights as constants, ready for the
+dynamo ONNX exporter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from torch.fx.experimental.proxy_tensor import make_fx
+
+aten = torch.ops.aten
+
+
+def _convolution_backward(grad_out, inp, weight, bias_sizes, stride, padding, dilation, transposed,
+                          output_padding, groups, output_mask):
+    """d(conv)/d(input) as a transposed convolution; weight and bias gradients are not needed."""
+    if transposed:
+        raise NotImplementedError("VJP export of transposed convolutions is not supported")
+    grad_in = None
+    if output_mask[0]:
+        extra = []
+        for d in range(2):
+            produced = (grad_out.shape[2 + d] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (weight.shape[2 + d] - 1) + 1
+            extra.append(inp.shape[2 + d] - produced)
+        grad_in = aten.convolution(grad_out, weight, None, stride, padding, dilation, True, extra, groups)
+    return grad_in, None, None
+
+
+def _upsample_nearest2d_backward(grad_out, output_size, input_size, scales_h=None, scales_w=None):
+    """Backward of an integer-factor nearest upsample: sum over each factor x factor block."""
+    b, c, h, w = input_size
+    fh, fw = output_size[0] // h, output_size[1] // w
+    return grad_out.reshape(grad_out.shape[0], c, h, fh, w, fw).sum(dim=(3, 5))
+
+
+def decompositions() -> dict:
+    table = dict(torch._decomp.core_aten_decompositions())
+    table[aten.convolution_backward.default] = _convolution_backward
+    table[aten.upsample_nearest2d_backward.default] = _upsample_nearest2d_backward
+    # Uninitialised buffers have no ONNX op; autograd only creates them to fill them.
+    table[aten.empty_like.default] = lambda x, **kw: aten.full_like.default(x, 0.0, dtype=kw.get("dtype"))
+    return table
+
+
+def trace_joint(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> fx.GraphModule:
+    """FX graph of (params, x, t, v) -> (s, v^T ds/dx) with a symbolic batch size."""
+    model = model.eval()
+    params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    params = {k: p.detach() for k, p in params.items()}
+
+    def joint(p, x, t, v):
+        s, pullback = torch.func.vjp(lambda x_: torch.func.functional_call(model, p, (x_, t)), x)
+        return s, pullback(v)[0]
+
+    x, t = example
+    gm = make_fx(joint, decomposition_table=decompositions(), tracing_mode="symbolic")(params, x, t, torch.randn_like(x))
+    _specialize_all_but_batch(gm)
+    return gm
+
+
+def _specialize_all_but_batch(gm: fx.GraphModule) -> None:
+    """Make every symbolic size that does not involve the batch a constant (the tile size is fixed
+    per package); only the batch axis stays dynamic."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    batch = placeholders[-3].meta["val"].shape[0].node.expr  # x is (B, C, H, W)
+    for node in list(gm.graph.nodes):
+        val = node.meta.get("val")
+        if not isinstance(val, (torch.SymInt, torch.SymFloat)) or batch in val.node.expr.free_symbols:
+            continue
+        value = int(val.node.hint) if isinstance(val, torch.SymInt) else float(val.node.hint)
+        for user in list(node.users):
+            user.args = fx.node.map_arg(user.args, lambda a: value if a is node else a)
+            user.kwargs = fx.node.map_arg(user.kwargs, lambda a: value if a is node else a)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+
+
+@dataclass
+class SplitGraphs:
+    forward: fx.GraphModule  # (x, t) -> (s, *saved)
+    backward: fx.GraphModule  # (*saved, v) -> vjp
+    saved_names: list[str]
+
+
+def split_joint(gm: fx.GraphModule) -> SplitGraphs:
+    """Partition a traced joint graph (see module doc) into forward and backward graphs."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    *param_nodes, x_node, t_node, v_node = placeholders
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    s_node, vjp_node = out_node.args[0]
+
+    depends_on_v = {v_node}
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and any(a in depends_on_v for a in node.all_input_nodes):
+            depends_on_v.add(node)
+    fwd_nodes = [n for n in gm.graph.nodes if n not in depends_on_v and n.op != "output"]
+    bwd_nodes = [n for n in gm.graph.nodes if n in depends_on_v and n is not v_node]
+    # Symbolic sizes (the batch) the backward needs are recomputed there from v, which has x's
+    # shape; only tensors cross from forward to backward.
+    sym = [n for n in fwd_nodes if n.op == "call_function" and not isinstance(n.meta.get("val"), torch.Tensor)]
+    recompute = []
+    for node in bwd_nodes:
+        _collect_sym(node, depends_on_v, set(sym), recompute)
+    saved = []
+    for node in bwd_nodes + recompute:
+        for a in node.all_input_nodes:
+            if (a not in depends_on_v and a not in saved and a not in param_nodes and a not in recompute
+                    and a is not x_node):
+                saved.append(a)
+    params = {n: _param_value(gm, n) for n in param_nodes}
+    forward = _build(gm, fwd_nodes, inputs=[x_node, t_node], outputs=[s_node] + saved, constants=params)
+    bwd_ordered = [n for n in gm.graph.nodes if n in set(recompute) or (n in depends_on_v and n is not v_node)]
+    backward = _build(gm, bwd_ordered, inputs=saved + [v_node], outputs=[vjp_node], constants=params,
+                      alias={x_node: v_node})
+    return SplitGraphs(forward, backward, [n.name for n in saved])
+
+
+def _collect_sym(node, depends_on_v, sym, out) -> None:
+    for a in node.all_input_nodes:
+        if a in sym and a not in depends_on_v and a not in out:
+            _collect_sym(a, depends_on_v, sym, out)
+            out.append(a)
+
+
+def _param_value(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
+    return gm._ckm_params[node.target]
+
+
+def _build(gm, nodes, inputs, outputs, constants, alias=None) -> fx.GraphModule:
+    """A new GraphModule holding `nodes`, reading `inputs`, returning `outputs`; params as buffers.
+
+    `alias` maps a node of the old graph to an input that stands in for it (x -> v for sizes).
+    """
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    root = nn.Module()
+    for node in inputs:
+        env[node] = graph.placeholder(node.name)
+        env[node].meta = dict(node.meta)
+    for old, new in (alias or {}).items():
+        env[old] = env[new]
+    for i, (node, value) in enumerate(constants.items()):
+        if any(node in n.all_input_nodes for n in nodes):
+            name = f"const_{i}"
+            root.register_buffer(name, value)
+            env[node] = graph.get_attr(name)
+    for node in nodes:
+        if node in env or node.op == "placeholder":
+            continue
+        env[node] = graph.node_copy(node, lambda n: env[n])
+    graph.output(tuple(env[o] for o in outputs) if len(outputs) > 1 else env[outputs[0]])
+    graph.eliminate_dead_code()
+    return fx.GraphModule(root, graph)
+
+
+def build_vjp_graphs(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> SplitGraphs:
+    """Trace and split `model`'s score and VJP (see module doc)."""
+    model = model.eval()
+    params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    gm = trace_joint(model, example)
+    # make_fx names the flattened param placeholders p_1, p_2, ... in dict order.
+    names = list(params)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"][: len(names)]
+    gm._ckm_params = {ph.target: params[name].detach().clone() for ph, name in zip(placeholders, names)}
+    return split_joint(gm)
+
+
