@@ -112,30 +112,36 @@ def split_joint(gm: fx.GraphModule) -> SplitGraphs:
             depends_on_v.add(node)
     fwd_nodes = [n for n in gm.graph.nodes if n not in depends_on_v and n.op != "output"]
     bwd_nodes = [n for n in gm.graph.nodes if n in depends_on_v and n is not v_node]
-    # Symbolic sizes (the batch) the backward needs are recomputed there from v, which has x's
-    # shape; only tensors cross from forward to backward.
-    sym = [n for n in fwd_nodes if n.op == "call_function" and not isinstance(n.meta.get("val"), torch.Tensor)]
-    recompute = []
+    # Values that depend on neither x nor t (symbolic sizes, constants such as zero buffers) are
+    # recomputed in the backward (sizes from v, which has x's shape); only real activations cross.
+    from_inputs = {x_node, t_node}
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and any(a in from_inputs for a in node.all_input_nodes):
+            from_inputs.add(node)
+    sym = {n for n in fwd_nodes if n.op == "call_function" and not isinstance(n.meta.get("val"), torch.Tensor)}
+    cheap = {n for n in fwd_nodes if n.op == "call_function" and (n in sym or n not in from_inputs)}
+    recompute: list[fx.Node] = []
     for node in bwd_nodes:
-        _collect_sym(node, depends_on_v, set(sym), recompute)
+        _collect(node, cheap, recompute)
     saved = []
     for node in bwd_nodes + recompute:
         for a in node.all_input_nodes:
-            if (a not in depends_on_v and a not in saved and a not in param_nodes and a not in recompute
-                    and a is not x_node):
+            if a not in depends_on_v and a not in saved and a not in param_nodes and a not in recompute and a is not x_node:
                 saved.append(a)
     params = {n: _param_value(gm, n) for n in param_nodes}
     forward = _build(gm, fwd_nodes, inputs=[x_node, t_node], outputs=[s_node] + saved, constants=params)
-    bwd_ordered = [n for n in gm.graph.nodes if n in set(recompute) or (n in depends_on_v and n is not v_node)]
+    keep = set(recompute) | (depends_on_v - {v_node})
+    bwd_ordered = [n for n in gm.graph.nodes if n in keep]
     backward = _build(gm, bwd_ordered, inputs=saved + [v_node], outputs=[vjp_node], constants=params,
                       alias={x_node: v_node})
     return SplitGraphs(forward, backward, [n.name for n in saved])
 
 
-def _collect_sym(node, depends_on_v, sym, out) -> None:
+def _collect(node: fx.Node, cheap: set, out: list) -> None:
+    """Add the cheap (input-independent) nodes `node` reads, with their own inputs first."""
     for a in node.all_input_nodes:
-        if a in sym and a not in depends_on_v and a not in out:
-            _collect_sym(a, depends_on_v, sym, out)
+        if a in cheap and a not in out:
+            _collect(a, cheap, out)
             out.append(a)
 
 

@@ -27,7 +27,9 @@ def make_operator(task: str, rng: np.random.Generator, x: np.ndarray) -> operato
         raise operators.OperatorError(f"x must be (B, 2, H, W), got {x.shape}")
     size = x.shape[-2:]
     if task == "ipbox":
-        return operators.Mask(np.stack([operators.box_mask(rng, size) for _ in range(len(x))]))
+        # The paper's [5, 50] cells are for 128 x 128 tiles; other tile sizes scale them.
+        lo, hi = (max(1, round(v * min(size) / 128)) for v in operators.BOX_SIDE_RANGE)
+        return operators.Mask(np.stack([operators.box_mask(rng, size, (lo, hi)) for _ in range(len(x))]))
     if task == "iprandom":
         return operators.Mask(np.stack([operators.random_mask(rng, size) for _ in range(len(x))]))
     if task == "sr2":

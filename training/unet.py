@@ -102,8 +102,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)  # (B, C, HW) each
-        weights = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / math.sqrt(c), dim=-1)
-        out = torch.einsum("bij,bcj->bci", weights, v).reshape(b, c, h, w)
+        weights = torch.softmax(torch.matmul(q.transpose(1, 2), k) / math.sqrt(c), dim=-1)  # (B, HW, HW)
+        out = torch.matmul(v, weights.transpose(1, 2)).reshape(b, c, h, w)
         return x + self.out(out)
 
 

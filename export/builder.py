@@ -1,0 +1,124 @@
+"""From a training checkpoint to a verified, optionally signed model package (see runtime.package)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export import onnx_export, precision
+from runtime import codec
+from runtime.package import GRAPHS, PRECISIONS, SCHEMA, Package, load_package, sha256_file
+from runtime.schedule import Schedule
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    name: str = "ckm-prior"
+    version: str = "0.1.0"
+    tile_size: int = 128
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    calibration_tiles: int = 32
+    seed: int = 0
+
+    def __post_init__(self):
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad or "fp32" not in self.precisions:
+            raise ValueError(f"precisions must include fp32 and come from {PRECISIONS}, got {self.precisions}")
+
+
+def _versions() -> dict:
+    out = {}
+    for dist in ("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: np.ndarray | None,
+                  provenance: dict | None = None) -> Package:
+    """Export, check against PyTorch, make precision variants, write the manifest; atomic."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; packages are immutable, choose a new version or directory")
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    graphs = onnx_export.export_graphs(model, work / "fp32", cfg.tile_size)
+    verification = onnx_export.check_against_torch(model, graphs, cfg.tile_size)
+    files = {p: {g: f"{p}/{g}.onnx" for g in GRAPHS} for p in cfg.precisions}
+    if "fp16" in cfg.precisions:
+        for g in GRAPHS:
+            precision.to_fp16(work / files["fp32"][g], work / files["fp16"][g])
+    if "int8" in cfg.precisions:
+        if calibration is None or len(calibration) == 0:
+            raise ValueError("INT8 needs calibration tiles from the training data")
+        rng = np.random.default_rng(cfg.seed)
+        schedule = Schedule.from_dict(meta["schedule"])
+        feeds = precision.calibration_inputs(calibration[: cfg.calibration_tiles], schedule, rng)
+        precision.to_int8(work / files["fp32"]["score"], work / files["int8"]["score"], [dict(f) for f in feeds])
+        precision.to_int8(work / files["fp32"]["forward"], work / files["int8"]["forward"], [dict(f) for f in feeds])
+        bwd = precision.backward_feeds(work / files["fp32"]["forward"], feeds, rng)
+        precision.to_int8(work / files["fp32"]["backward"], work / files["int8"]["backward"], bwd)
+    manifest = {
+        "schema": SCHEMA,
+        "name": cfg.name,
+        "version": cfg.version,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "channels": list(codec.CHANNELS),
+        "tile_size": cfg.tile_size,
+        "codec": {"gain_db_range": [codec.GAIN_DB_MIN, codec.GAIN_DB_MAX],
+                  "aoa_sine_pixel_range": [codec.AOA_PIXEL_MIN, codec.AOA_PIXEL_MAX], "building_value": 0.0},
+        "schedule": meta["schedule"],
+        "network": {"unet": meta["unet"], "saved_tensors": graphs.saved, "batch": "dynamic"},
+        "provenance": provenance or {},
+        "exporter": {"opset": onnx_export.OPSET, "versions": _versions(), "torch_parity": verification},
+        "graphs": files,
+        "files": {},
+        "accuracy": {},
+    }
+    for rel in sorted({f for p in files.values() for f in p.values()}):
+        manifest["files"][rel] = {"sha256": sha256_file(work / rel), "bytes": (work / rel).stat().st_size}
+    write_manifest(work, manifest)
+    os.replace(work, out)
+    return load_package(out)
+
+
+def write_manifest(root: Path, manifest: dict, signing_key: bytes | None = None) -> None:
+    """(Re)write manifest.json atomically; with a key, also manifest.sig (Ed25519 over its bytes)."""
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    tmp = root / "manifest.json.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, root / "manifest.json")
+    sig = root / "manifest.sig"
+    if signing_key is not None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        signature = Ed25519PrivateKey.from_private_bytes(signing_key).sign(data)
+        sig.write_text(signature.hex() + "\n")
+    elif sig.exists():
+        sig.unlink()  # a signature over an older manifest would only be refused later
+
+
+def sign_package(root: Path, signing_key: bytes) -> None:
+    manifest = json.loads((Path(root) / "manifest.json").read_text())
+    write_manifest(Path(root), manifest, signing_key)
+
+
+def generate_keypair() -> tuple[bytes, bytes]:
+    """(private, public) raw Ed25519 keys."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    raw = serialization.Encoding.Raw
+    private = key.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    public = key.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
+    return private, public

@@ -1,0 +1,87 @@
+"""Precision variants of the exported graphs: FP16 (GPUs) and INT8 QDQ (CPUs, TensorRT).
+
+TensorRT 10+/11 builds strongly typed networks, so precision lives in the ONNX itself: an FP16
+graph (float16 weights and math, float32 inputs/outputs kept for the runtime) and a QDQ graph
+(QuantizeLinear/DequantizeLinear pairs around quantized ops) for INT8. One INT8 ONNX therefore
+serves ONNX Runtime and TensorRT alike.
+
+INT8 is post-training static quantization calibrated on the training data: the calibration
+inputs are training tiles perturbed by the package's own schedule at random steps (what the
+score network sees while sampling), and for the backward graph the forward's saved tensors on
+those inputs with cotangents of the size the sampler produces.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from runtime.schedule import Schedule
+
+
+def to_fp16(src: Path, dst: Path) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    # Keep float32 inputs/outputs; ops whose float16 versions ONNX Runtime's CPU provider lacks
+    # (and that are numerically sensitive) stay in float32.
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Round", "InstanceNormalization", "Softmax", "ScatterND", "GatherND"])
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(converted, str(dst))
+
+
+def calibration_inputs(tiles: np.ndarray, schedule: Schedule, rng: np.random.Generator) -> list[dict]:
+    """One feed {x, t} per tile: x_i = scale_i x0 + std_i z at a random step i."""
+    feeds = []
+    for tile in tiles:
+        i = np.array([rng.integers(len(schedule))])
+        z = rng.standard_normal((1,) + tile.shape)
+        x = schedule.perturb(tile[None].astype(np.float64), z, i).astype(np.float32)
+        feeds.append({"x": x, "t": schedule.times[i].astype(np.float32)})
+    return feeds
+
+
+class _Reader:
+    """onnxruntime.quantization CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, feeds: list[dict]):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def to_int8(src: Path, dst: Path, feeds: list[dict]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    prepared = dst.with_suffix(".prep.onnx")
+    logging.getLogger("root").setLevel(logging.ERROR)
+    quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared), str(dst), _Reader(feeds),
+        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+        op_types_to_quantize=["Conv", "ConvTranspose", "MatMul", "Gemm"],
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+    prepared.unlink(missing_ok=True)
+
+
+def backward_feeds(forward_onnx: Path, feeds: list[dict], rng: np.random.Generator) -> list[dict]:
+    """Calibration feeds of the backward graph: the fp32 forward's saved tensors plus cotangents."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(forward_onnx), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()[1:]]
+    out = []
+    for feed in feeds:
+        saved = sess.run(None, feed)[1:]
+        v = rng.standard_normal(feed["x"].shape).astype(np.float32)
+        v /= np.sqrt((v**2).sum())  # the sampler's cotangent g0 has unit norm per sample
+        out.append({**dict(zip(names, saved)), "v": v})
+    return out

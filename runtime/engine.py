@@ -1,0 +1,165 @@
+"""Engines: the network behind one small interface, without PyTorch.
+
+    score(x, t)            -> s                    one network forward
+    forward(x, t)          -> (s, saved)           forward that keeps what the backward needs
+    backward(saved, v)     -> v^T ds/dx            the network's vector-Jacobian product
+    close()                                        release the sessions (also a context manager)
+
+`OrtEngine` runs a package's ONNX graphs in ONNX Runtime on the CPU (threads configurable) or
+with CUDA (IO binding keeps the saved tensors on the GPU between forward and backward). Every
+native call goes through `_checked`, which re-raises ONNX Runtime's message as an EngineError.
+Calls are counted per kind (`calls`), which the tests use to check the cost of a DPS step.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime.package import GRAPHS, Package
+
+
+class EngineError(RuntimeError):
+    """A failure inside the inference library, or an engine asked for something it cannot do."""
+
+
+def check_onnxruntime_install() -> None:
+    """Refuse an environment with both onnxruntime and onnxruntime-gpu: they overwrite each other."""
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            importlib.metadata.version(dist)
+            found.append(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if len(found) == 2:
+        raise EngineError(
+            "both onnxruntime and onnxruntime-gpu are installed; they overwrite each other's files. "
+            "Uninstall both, then install exactly one (the `cpu` or the `gpu` extra of ckm-edge)."
+        )
+    if not found:
+        raise EngineError("ONNX Runtime is not installed: install ckm-edge with the `cpu` or the `gpu` extra")
+
+
+def _checked(what: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # ONNX Runtime raises its own exception classes
+        if isinstance(e, EngineError):
+            raise
+        raise EngineError(f"{what} failed in ONNX Runtime: {e}") from e
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    precision: str = "fp32"
+    device: str = "cpu"  # "cpu" or "cuda"
+    threads: int = 0  # intra-op threads for the CPU provider; 0 = ONNX Runtime's default
+    device_id: int = 0
+
+    def __post_init__(self):
+        if self.device not in ("cpu", "cuda"):
+            raise EngineError(f"engine device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.threads < 0:
+            raise EngineError(f"threads must be >= 0, got {self.threads}")
+
+
+@dataclass
+class OrtEngine:
+    package: Package
+    config: EngineConfig = EngineConfig()
+    calls: Counter = field(default_factory=Counter)
+
+    def __post_init__(self):
+        check_onnxruntime_install()
+        import onnxruntime as ort
+
+        self._ort = ort
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if self.config.threads:
+            opts.intra_op_num_threads = self.config.threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.config.device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise EngineError("device 'cuda' asked for, but this ONNX Runtime has no CUDAExecutionProvider "
+                                  "(install the `gpu` extra on a machine with an NVIDIA GPU)")
+            providers = [("CUDAExecutionProvider", {"device_id": self.config.device_id}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self._sessions = {}
+        for graph in GRAPHS:
+            path = self.package.graph_path(self.config.precision, graph)
+            self._sessions[graph] = _checked(f"loading {path}", ort.InferenceSession, str(path), opts, providers=providers)
+        self._saved_names = [o.name for o in self._sessions["forward"].get_outputs()[1:]]
+        bwd_inputs = [i.name for i in self._sessions["backward"].get_inputs()]
+        if bwd_inputs != self._saved_names + ["v"]:
+            raise EngineError("the package's forward outputs do not line up with its backward inputs")
+
+    # -- the interface ---------------------------------------------------------------------------
+    def score(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        self.calls["score"] += 1
+        return self._run("score", {"x": _f32(x), "t": _f32(t)})[0]
+
+    def forward(self, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, Any]:
+        self.calls["forward"] += 1
+        if self.config.device == "cuda":
+            return self._forward_bound(x, t)
+        outs = self._run("forward", {"x": _f32(x), "t": _f32(t)})
+        return outs[0], outs[1:]
+
+    def backward(self, saved: Any, v: np.ndarray) -> np.ndarray:
+        self.calls["backward"] += 1
+        if self.config.device == "cuda":
+            return self._backward_bound(saved, v)
+        feeds = dict(zip(self._saved_names, saved))
+        feeds["v"] = _f32(v)
+        return self._run("backward", feeds)[0]
+
+    def close(self) -> None:
+        self._sessions.clear()
+
+    def __enter__(self) -> "OrtEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals -------------------------------------------------------------------------------
+    def _run(self, graph: str, feeds: dict) -> list[np.ndarray]:
+        if not self._sessions:
+            raise EngineError("engine is closed")
+        return _checked(f"{graph} graph", self._sessions[graph].run, None, feeds)
+
+    def _forward_bound(self, x, t):
+        """CUDA: the saved tensors stay on the GPU as OrtValues; only the score comes back."""
+        binding = self._sessions["forward"].io_binding()
+        binding.bind_cpu_input("x", _f32(x))
+        binding.bind_cpu_input("t", _f32(t))
+        for out in self._sessions["forward"].get_outputs():
+            binding.bind_output(out.name, "cuda", self.config.device_id)
+        _checked("forward graph", self._sessions["forward"].run_with_iobinding, binding)
+        outs = binding.get_outputs()
+        return outs[0].numpy(), outs[1:]
+
+    def _backward_bound(self, saved, v):
+        binding = self._sessions["backward"].io_binding()
+        for name, value in zip(self._saved_names, saved):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_cpu_input("v", _f32(v))
+        binding.bind_output("vjp", "cpu")
+        _checked("backward graph", self._sessions["backward"].run_with_iobinding, binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def open_engine(package: Package, config: EngineConfig = EngineConfig()) -> OrtEngine:
+    """The engine for a package and configuration (TensorRT joins here when available)."""
+    return OrtEngine(package, config)

@@ -1,0 +1,163 @@
+"""Model packages: the self-describing unit the cloud ships to edge servers.
+
+A package is a directory (or a .tar of one)::
+
+    manifest.json        schema, name, version, channels, tile size, codec, schedule, provenance,
+                         files with SHA-256, exporter/opset versions, accuracy per precision
+    manifest.sig         optional Ed25519 signature over the exact bytes of manifest.json
+    fp32/score.onnx      score graph              (B,2,H,W),(B,) -> (B,2,H,W)
+    fp32/forward.onnx    score + saved tensors    (x, t) -> (score, saved_*)
+    fp32/backward.onnx   vector-Jacobian product  (saved_*, v) -> vjp
+    fp16/..., int8/...   the same graphs in other precisions
+
+`load_package` verifies every file's checksum (and the signature when trusted keys are given)
+before anything is used; a tampered or truncated package is refused with the reason. Everything
+the edge needs is rebuilt from the manifest (schedule included); nothing comes from training code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime import codec
+from runtime.schedule import Schedule
+
+SCHEMA = "ckm-edge-package/1"
+GRAPHS = ("score", "forward", "backward")
+PRECISIONS = ("fp32", "fp16", "int8")
+_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class PackageError(ValueError):
+    """A package that is malformed, tampered with, truncated or untrusted."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Package:
+    root: Path
+    manifest: dict
+    signed_by: str | None  # hex of the public key that verified the signature, if any
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.manifest["tile_size"])
+
+    @property
+    def precisions(self) -> list[str]:
+        return sorted(self.manifest["graphs"], key=PRECISIONS.index)
+
+    def schedule(self) -> Schedule:
+        return Schedule.from_dict(self.manifest["schedule"])
+
+    def graph_path(self, precision: str, graph: str) -> Path:
+        try:
+            rel = self.manifest["graphs"][precision][graph]
+        except KeyError:
+            raise PackageError(
+                f"package {self.name} {self.version} has no {precision} {graph} graph (precisions: {self.precisions})"
+            ) from None
+        return self.root / rel
+
+    def accuracy(self) -> dict:
+        return self.manifest.get("accuracy", {})
+
+
+def validate_manifest(manifest: dict) -> None:
+    """Check the manifest's fields and codec constants; raise PackageError naming the bad field."""
+    if manifest.get("schema") != SCHEMA:
+        raise PackageError(f"manifest schema is {manifest.get('schema')!r}, this runtime reads {SCHEMA!r}")
+    for key in ("name", "version", "tile_size", "channels", "codec", "schedule", "graphs", "files"):
+        if key not in manifest:
+            raise PackageError(f"manifest is missing the field {key!r}")
+    if not _NAME_RE.match(str(manifest["name"])):
+        raise PackageError(f"manifest name {manifest['name']!r} must match {_NAME_RE.pattern}")
+    if not _VERSION_RE.match(str(manifest["version"])):
+        raise PackageError(f"manifest version {manifest['version']!r} is not a semantic version X.Y.Z")
+    if manifest["channels"] != list(codec.CHANNELS):
+        raise PackageError(f"manifest channels {manifest['channels']} differ from the codec's {list(codec.CHANNELS)}")
+    expect = {"gain_db_range": [codec.GAIN_DB_MIN, codec.GAIN_DB_MAX],
+              "aoa_sine_pixel_range": [codec.AOA_PIXEL_MIN, codec.AOA_PIXEL_MAX]}
+    for key, value in expect.items():
+        if manifest["codec"].get(key) != value:
+            raise PackageError(f"manifest codec {key} = {manifest['codec'].get(key)} differs from the runtime's {value}")
+    for precision, graphs in manifest["graphs"].items():
+        if precision not in PRECISIONS or set(graphs) != set(GRAPHS):
+            raise PackageError(f"manifest graphs[{precision!r}] must name {GRAPHS} for a precision in {PRECISIONS}")
+        for rel in graphs.values():
+            if rel not in manifest["files"]:
+                raise PackageError(f"graph file {rel} has no checksum in the manifest")
+    Schedule.from_dict(manifest["schedule"])
+
+
+def _verify_signature(manifest_bytes: bytes, sig_path: Path, trusted_keys: list[bytes]) -> str:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if not sig_path.is_file():
+        raise PackageError(f"{sig_path.parent} is unsigned but trusted keys are configured")
+    signature = bytes.fromhex(sig_path.read_text().strip())
+    for raw in trusted_keys:
+        try:
+            Ed25519PublicKey.from_public_bytes(raw).verify(signature, manifest_bytes)
+            return raw.hex()
+        except InvalidSignature:
+            continue
+    raise PackageError(f"the signature of {sig_path.parent} does not verify with any trusted key")
+
+
+def load_package(root: str | Path, trusted_keys: list[bytes] | None = None, verify_files: bool = True) -> Package:
+    """Open and verify a package directory. trusted_keys: raw 32-byte Ed25519 public keys."""
+    root = Path(root)
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise PackageError(f"{root} is not a model package: {path} is missing")
+    data = path.read_bytes()
+    try:
+        manifest = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise PackageError(f"{path} is not valid JSON ({e}); the package is truncated or corrupted") from None
+    validate_manifest(manifest)
+    signed_by = _verify_signature(data, root / "manifest.sig", trusted_keys) if trusted_keys else None
+    if verify_files:
+        for rel, info in manifest["files"].items():
+            file = root / rel
+            if not file.is_file():
+                raise PackageError(f"package file {rel} is missing")
+            if file.stat().st_size != info["bytes"]:
+                raise PackageError(f"package file {rel} has {file.stat().st_size} bytes, the manifest says {info['bytes']} (truncated?)")
+            if sha256_file(file) != info["sha256"]:
+                raise PackageError(f"package file {rel} does not match its SHA-256 in the manifest (tampered or corrupted)")
+    return Package(root, manifest, signed_by)
+
+
+def read_public_key(path: str | Path) -> bytes:
+    """A trusted key file: the 32-byte raw Ed25519 public key as 64 hex characters."""
+    text = Path(path).read_text().strip()
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise PackageError(f"{path} is not a raw Ed25519 public key in hex (64 hex characters)")
+    return raw
