@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -54,6 +55,7 @@ def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: n
     graphs = onnx_export.export_graphs(model, work / "fp32", cfg.tile_size)
     verification = onnx_export.check_against_torch(model, graphs, cfg.tile_size)
     files = {p: {g: f"{p}/{g}.onnx" for g in GRAPHS} for p in cfg.precisions}
+    weights = {p: f"{p}/weights.bin" for p in cfg.precisions}
     if "fp16" in cfg.precisions:
         for g in GRAPHS:
             precision.to_fp16(work / files["fp32"][g], work / files["fp16"][g])
@@ -67,6 +69,8 @@ def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: n
         precision.to_int8(work / files["fp32"]["forward"], work / files["int8"]["forward"], [dict(f) for f in feeds])
         bwd = precision.backward_feeds(work / files["fp32"]["forward"], feeds, rng)
         precision.to_int8(work / files["fp32"]["backward"], work / files["int8"]["backward"], bwd)
+    for p in cfg.precisions:
+        share_weights([work / files[p][g] for g in GRAPHS], work / weights[p])
     manifest = {
         "schema": SCHEMA,
         "name": cfg.name,
@@ -84,11 +88,43 @@ def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: n
         "files": {},
         "accuracy": {},
     }
-    for rel in sorted({f for p in files.values() for f in p.values()}):
+    for rel in sorted({f for p in files.values() for f in p.values()} | set(weights.values())):
         manifest["files"][rel] = {"sha256": sha256_file(work / rel), "bytes": (work / rel).stat().st_size}
     write_manifest(work, manifest)
     os.replace(work, out)
     return load_package(out)
+
+
+def share_weights(graphs: list[Path], weights: Path, min_bytes: int = 1024) -> None:
+    """Move the large initializers of several graphs into one file, each distinct tensor once.
+
+    The score, forward and backward graphs carry the same network weights; stored once they
+    cost a third. ONNX Runtime and TensorRT resolve external data relative to the graph file.
+    """
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    offsets: dict[str, tuple[int, int]] = {}
+    with open(weights, "wb") as blob:
+        for path in graphs:
+            model = onnx.load(str(path))
+            for tensor in model.graph.initializer:
+                raw = onnx.numpy_helper.to_array(tensor).tobytes()
+                if len(raw) < min_bytes:
+                    continue
+                key = f"{tensor.data_type}:{list(tensor.dims)}:" + hashlib.sha256(raw).hexdigest()
+                if key not in offsets:
+                    blob.write(b"\0" * (-blob.tell() % 64))  # aligned for memory mapping
+                    offsets[key] = (blob.tell(), len(raw))
+                    blob.write(raw)
+                offset, length = offsets[key]
+                set_external_data(tensor, location=weights.name, offset=offset, length=length)
+                tensor.ClearField("raw_data")
+                tensor.ClearField("float_data")
+                tensor.ClearField("int32_data")
+                tensor.ClearField("int64_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+            onnx.save_model(model, str(path))
 
 
 def write_manifest(root: Path, manifest: dict, signing_key: bytes | None = None) -> None:

@@ -8,6 +8,7 @@ A package is a directory (or a .tar of one)::
     fp32/score.onnx      score graph              (B,2,H,W),(B,) -> (B,2,H,W)
     fp32/forward.onnx    score + saved tensors    (x, t) -> (score, saved_*)
     fp32/backward.onnx   vector-Jacobian product  (saved_*, v) -> vjp
+    fp32/weights.bin     the network weights, stored once and shared by the three graphs
     fp16/..., int8/...   the same graphs in other precisions
 
 `load_package` verifies every file's checksum (and the signature when trusted keys are given)

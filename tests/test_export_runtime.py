@@ -103,7 +103,7 @@ def test_package_round_trip_and_manifest(tiny_package):
     assert m["schedule"] == tiny_package.schedule().to_dict() and m["channels"] == list(codec.CHANNELS)
     assert set(pkg.precisions) == {"fp32", "fp16", "int8"}
     assert m["exporter"]["torch_parity"]["vjp"] < 1e-4
-    assert len(m["files"]) == 9 and all(len(f["sha256"]) == 64 for f in m["files"].values())
+    assert len(m["files"]) == 12 and all(len(f["sha256"]) == 64 for f in m["files"].values())
 
 
 def test_tampering_and_truncation_are_refused(package_copy):

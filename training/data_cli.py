@@ -82,6 +82,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tile(args: argparse.Namespace) -> int:
+    """One procedural tile from a held-out (eval) region, as an npz the edge CLI reads."""
+    cfg = procedural.ProceduralConfig(tile_size=args.tile_size)
+    pixels, tx = procedural.generate_region(cfg, "eval", args.region, args.index + 1, seed=args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out, pixels=pixels[args.index], tx=tx[args.index])
+    print(f"wrote {args.out}: eval region {args.region}, tile {args.index}, base station at {tx[args.index].round(1).tolist()}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate a few tiles, round-trip them through the codec, write a preview."""
     out = Path(args.out)
@@ -131,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--split", default="eval")
     ins.add_argument("--count", type=_positive_int, default=8)
     ins.set_defaults(func=cmd_inspect)
+
+    tile = sub.add_parser("tile", help="one held-out procedural tile as npz (for ckm-edge construct --truth)")
+    tile.add_argument("--out", required=True, type=Path)
+    tile.add_argument("--region", type=int, default=0)
+    tile.add_argument("--index", type=int, default=0)
+    tile.add_argument("--seed", type=int, default=0)
+    tile.add_argument("--tile-size", type=_positive_int, default=128)
+    tile.set_defaults(func=cmd_tile)
 
     demo = sub.add_parser("demo", help="generate, round-trip and preview a few tiles")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))

@@ -8,22 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from runtime import codec
-
-# Anchor colours of a perceptually ordered map (dark blue -> teal -> yellow), like viridis.
-_ANCHORS = np.array(
-    [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64
-)
-# A diverging map for the AoA sine: blue (-1) -> white (0) -> red (+1).
-_DIVERGING = np.array([[33, 102, 172], [247, 247, 247], [178, 24, 43]], dtype=np.float64)
-
-
-def _colormap(values: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """values in [0, 1] (H, W) -> RGB uint8 (H, W, 3) by piecewise-linear interpolation."""
-    pos = np.clip(values, 0.0, 1.0) * (len(anchors) - 1)
-    lo = np.minimum(pos.astype(int), len(anchors) - 2)
-    w = (pos - lo)[..., None]
-    return (anchors[lo] * (1 - w) + anchors[lo + 1] * w).astype(np.uint8)
-
+from runtime.figures import DIVERGING as _DIVERGING, SEQUENTIAL as _ANCHORS, colormap as _colormap
 
 def render_tile(pixels: np.ndarray, scale: int = 2, tx: np.ndarray | None = None) -> Image.Image:
     """One tile (2, H, W) -> an RGB image: gain | AoA sine, buildings black, BS as a cross."""

@@ -1,0 +1,133 @@
+"""`ckm-edge`: the edge runtime's command line (no PyTorch).
+
+    ckm-edge construct --package packages/ckm-prior/0.1.0 --truth tile.npz --task ipbox --out out/
+    ckm-edge construct --package ... --observation obs.npz --out out/ --json
+
+--truth: an npz with `pixels` (2, H, W); the observation is simulated with --task and --sigma.
+--observation: an npz with `y` and `operator` (the operator's JSON spec, see runtime.operators).
+Writes out/construction.npz (pixels and physical units, std, observation) and
+out/construction.png (truth, observation, construction, error, uncertainty).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runtime import codec, figures, operators, tasks
+from runtime.construct import ConstructConfig, construct
+from runtime.engine import EngineConfig, EngineError, open_engine
+from runtime.package import PackageError, load_package, read_public_key
+from runtime.sampler import SamplerConfig
+
+TASK_ALIASES = {"ipbox": "ipbox", "iprandom": "iprandom", "sr": "sr2", "sr2": "sr2", "jtqr": "jtqr",
+                "trajectory": "trajectory"}
+
+
+def _load_npz(path: Path, key: str) -> np.lib.npyio.NpzFile:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path} as npz: {e}") from None
+    if key not in data:
+        raise ValueError(f"{path} has no array {key!r} (has {sorted(data.files)})")
+    return data
+
+
+def _observation(args, tile_size: int):
+    truth = None
+    if args.truth:
+        truth = codec.check_pixels(_load_npz(args.truth, "pixels")["pixels"], name=f"{args.truth}:pixels")
+        if truth.shape != (2, tile_size, tile_size):
+            raise ValueError(f"{args.truth}:pixels has shape {truth.shape}, the package expects (2, {tile_size}, {tile_size})")
+        task = TASK_ALIASES.get(args.task.lower()) if args.task else None
+        if task is None:
+            raise ValueError(f"--task must be one of {sorted(TASK_ALIASES)} with --truth, got {args.task!r}")
+        rng = np.random.default_rng([args.seed, 0x0B5])
+        op = tasks.make_operator(task, rng, truth[None])
+        y = tasks.observe(op, truth[None], rng, args.sigma)[0]
+        return truth, op, y, task
+    data = _load_npz(args.observation, "y")
+    if "operator" not in data:
+        raise ValueError(f"{args.observation} has no 'operator' entry (the operator's JSON spec)")
+    op = operators.from_spec(json.loads(str(data["operator"])))
+    return None, op, data["y"], "custom"
+
+
+def cmd_construct(args) -> int:
+    trusted = [read_public_key(k) for k in args.trusted_key] if args.trusted_key else None
+    pkg = load_package(args.package, trusted)
+    truth, op, y, task = _observation(args, pkg.tile_size)
+    cfg = ConstructConfig(steps=args.steps, samples=args.samples, seed=args.seed,
+                          sampler=SamplerConfig(zeta=args.zeta, corrector_steps=args.corrector_steps,
+                                                jacobian_free=args.jacobian_free))
+    start = time.perf_counter()
+    with open_engine(pkg, EngineConfig(precision=args.precision, device=args.device, threads=args.threads)) as engine:
+        result = construct(engine, pkg.schedule(), op, y, (2, pkg.tile_size, pkg.tile_size), cfg)
+        calls = dict(engine.calls)
+    wall = time.perf_counter() - start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    phys = codec.decode(result.mean, clip=True)
+    np.savez_compressed(out / "construction.npz", pixels=result.mean, std=result.std if result.std is not None else np.zeros(0),
+                        gain_db=phys.gain_db, aoa_sine=phys.aoa_sine, building=phys.building, observation=y,
+                        operator=json.dumps(op.to_spec()))
+    figures.construction_figure(out / "construction.png", truth, np.asarray(y)[:2] if np.asarray(y).ndim == 3 else y,
+                                result.mean, result.std)
+    report = {"task": task, "package": f"{pkg.name} {pkg.version}", "steps": result.steps, "samples": args.samples,
+              "engine": f"onnxruntime-{args.device}", "precision": args.precision, "zeta": args.zeta,
+              "residual": round(result.residual, 5), "wall_s": round(wall, 3), "engine_calls": calls,
+              "timings_s": {k: round(v, 4) for k, v in result.timings.items()}, "output": str(out)}
+    if truth is not None:
+        report["gain_rmse_db"] = round(float(codec.gain_rmse_db(result.mean, truth)), 3)
+        report["aoa_sine_rmse"] = round(float(codec.aoa_sine_rmse(result.mean, truth)), 4)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key:>14}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ckm-edge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("construct", help="construct a CKM from an observation with a package")
+    c.add_argument("--package", required=True, type=Path)
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--truth", type=Path, help="npz with `pixels`: simulate the observation with --task")
+    src.add_argument("--observation", type=Path, help="npz with `y` and `operator` (JSON spec)")
+    c.add_argument("--task", help="ipbox, iprandom, sr (x2), jtqr or trajectory (with --truth)")
+    c.add_argument("--sigma", type=float, default=tasks.DEFAULT_SIGMA, help="observation noise, pixels")
+    c.add_argument("--out", type=Path, default=Path("construction-out"))
+    c.add_argument("--steps", type=int, default=100)
+    c.add_argument("--zeta", type=float, default=13.0)
+    c.add_argument("--corrector-steps", type=int, default=1)
+    c.add_argument("--samples", type=int, default=1)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--jacobian-free", action="store_true", help="skip the backward graph (about half the cost)")
+    c.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    c.add_argument("--threads", type=int, default=0)
+    c.add_argument("--trusted-key", action="append", type=Path)
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=cmd_construct)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (PackageError, EngineError, operators.OperatorError, codec.CodecError, ValueError) as e:
+        print(f"ckm-edge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
