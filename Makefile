@@ -14,8 +14,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $@
 
+PACKAGE := models/repository/ckm-prior/0.1.0
+TASKS   := ipbox iprandom sr jtqr trajectory
+
+# The main job: a held-out procedural tile, observed through each task's operator, constructed
+# by the torch-free edge runtime from the shipped default package.
 demo: $(STAMP)
-	$(BIN)/ckm-data demo --out demo-out
+	$(BIN)/ckm-export verify $(PACKAGE)
+	$(BIN)/ckm-data tile --out demo-out/truth.npz
+	@for task in $(TASKS); do \
+	  $(BIN)/ckm-edge construct --package $(PACKAGE) --truth demo-out/truth.npz --task $$task \
+	    --steps 50 --out demo-out/$$task --json || exit 1; \
+	done
+	@echo "figures: demo-out/<task>/construction.png"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"

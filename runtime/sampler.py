@@ -63,6 +63,29 @@ def _norm(v: np.ndarray) -> np.ndarray:
     return np.sqrt((v.astype(np.float64) ** 2).reshape(len(v), -1).sum(axis=1)).reshape(-1, 1, 1, 1)
 
 
+class _Observations:
+    """The observations of a batch: one operator for all samples, or one (operator, y) per sample
+    (different requests batched together). Residuals and norms are always per sample."""
+
+    def __init__(self, op, y, b: int):
+        if isinstance(op, Operator):
+            self.groups = [(slice(0, b), op, np.asarray(y, np.float32))]
+        else:
+            if len(op) != b or len(y) != b:
+                raise ValueError(f"per-sample operators and observations must number {b}, got {len(op)} and {len(y)}")
+            self.groups = [(slice(i, i + 1), o, np.asarray(yi, np.float32).reshape((1,) + np.shape(yi)[-3:]))
+                           for i, (o, yi) in enumerate(zip(op, y))]
+
+    def residuals(self, x0_hat: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        rs = [y - op.forward(x0_hat[sl]) for sl, op, y in self.groups]
+        return rs, np.concatenate([_norm(r) for r in rs])
+
+    def grad(self, x0_hat: np.ndarray, rs: list[np.ndarray], norms: np.ndarray) -> np.ndarray:
+        """d||r|| / d x0_hat = -A'(x0_hat)^T r / ||r||, per sample."""
+        g = np.concatenate([op.vjp(x0_hat[sl], r) for (sl, op, _), r in zip(self.groups, rs)])
+        return -g / np.maximum(norms, 1e-12)
+
+
 def _noise(rngs: Sequence[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:
     return np.stack([r.standard_normal(shape).astype(np.float32) for r in rngs])
 
@@ -70,18 +93,22 @@ def _noise(rngs: Sequence[np.random.Generator], shape: tuple[int, ...]) -> np.nd
 def sample(
     engine: Engine,
     schedule: Schedule,
-    op: Operator | None,
-    y: np.ndarray | None,
+    op: Operator | Sequence[Operator] | None,
+    y: np.ndarray | Sequence[np.ndarray] | None,
     *,
     shape: tuple[int, int, int],
     rngs: Sequence[np.random.Generator],
     cfg: SamplerConfig = SamplerConfig(),
     callback: Callable[[StepInfo], None] | None = None,
 ) -> np.ndarray:
-    """Algorithm 2: returns x_0 (B, C, H, W) for B = len(rngs). op = None samples the prior."""
+    """Algorithm 2: returns x_0 (B, C, H, W) for B = len(rngs). op = None samples the prior.
+
+    `op`/`y`: one operator and a (B, ...) observation, or B operators and B observations.
+    """
     if (op is None) != (y is None):
         raise ValueError("give both the operator and the observation, or neither (prior sampling)")
     b = len(rngs)
+    obs = None if op is None else _Observations(op, y, b)
     x = np.stack([schedule.prior_sample(shape, r) for r in rngs])  # x_N, (B, C, H, W)
     guided = op is not None and cfg.zeta > 0
     for k in reversed(range(len(schedule))):
@@ -93,9 +120,8 @@ def sample(
         ax, bs = (float(c) for c in schedule.x0_hat_coefficients(k))
         x0_hat = ax * x + bs * s  # progressive estimate
         residual = None
-        if op is not None:
-            r = y - op.forward(x0_hat)
-            residual = _norm(r)
+        if obs is not None:
+            rs, residual = obs.residuals(x0_hat)
         a, bc, c = (float(v) for v in schedule.ancestral_coefficients(k))
         x_next = a * x + bc * s + c * _noise(rngs, shape)  # ancestral predictor, eq. (13)
         if k > 0:
@@ -107,7 +133,7 @@ def sample(
                 eps = 2 * alpha * (cfg.snr * _norm(z) / np.maximum(_norm(s_c), 1e-12)) ** 2
                 x_next = x_next + eps.astype(np.float32) * s_c + np.sqrt(2 * eps).astype(np.float32) * z
         if guided:
-            g0 = -op.vjp(x0_hat, r) / np.maximum(residual, 1e-12)  # d||r|| / d x0_hat
+            g0 = obs.grad(x0_hat, rs, residual)  # d||r|| / d x0_hat
             g = ax * g0
             if not cfg.jacobian_free:
                 g = g + bs * engine.backward(saved, g0.astype(np.float32))  # J_s^T through the network

@@ -130,7 +130,16 @@ class Schedule:
         return 1.0 / self.scale[i], self.noise_std[i] ** 2 / self.scale[i]
 
     def ancestral_coefficients(self, i: int) -> tuple[float, float, float]:
-        """(a, b, c) of the ancestral step x_{i-1} = a x_i + b s + c z (eq. 13; VE: SMLD reverse step)."""
+        """(a, b, c) of the step x_{i-1} = a x_i + b s + c z.
+
+        DDPM respacing (default): the ancestral step, eq. (13) (VE: the SMLD reverse step).
+        DDIM respacing: the deterministic DDIM update (eta = 0), x_{i-1} = scale_{i-1} x0_hat +
+        std_{i-1} eps_hat with eps_hat = -std_i s, so c = 0.
+        """
+        if self.params.get("respacing") == "ddim":
+            scale, prev_scale = self.scale[i], self.prev_scale[i]
+            std, prev_std = self.noise_std[i], self.prev_noise_std[i]
+            return prev_scale / scale, prev_scale * std**2 / scale - prev_std * std, 0.0
         if self.kind == "vp":
             alpha = (self.scale[i] / self.prev_scale[i]) ** 2
             beta = 1.0 - alpha

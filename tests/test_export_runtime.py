@@ -83,6 +83,20 @@ def test_batch_equals_samples_run_one_by_one(tiny_package, tiny_prior):
             np.testing.assert_allclose(batch[i], one[0], atol=2e-5)
 
 
+def test_different_requests_batch_together(tiny_package, tiny_prior):
+    *_, evl = tiny_prior
+    x = evl[:2]
+    schedule = tiny_package.schedule().respace(4)
+    ops = [tasks.make_operator("sr2", np.random.default_rng(1), x[:1]), tasks.make_operator("jtqr", np.random.default_rng(1), x[1:])]
+    ys = [tasks.observe(o, x[i : i + 1], np.random.default_rng(i))[0] for i, o in enumerate(ops)]
+    with open_engine(tiny_package, EngineConfig(threads=1)) as eng:
+        both = sample(eng, schedule, ops, ys, shape=x.shape[1:], rngs=[np.random.default_rng(s) for s in (3, 4)])
+        assert eng.calls["forward"] == 4  # one engine call per step for both requests
+        for i in range(2):
+            one = sample(eng, schedule, ops[i], ys[i][None], shape=x.shape[1:], rngs=[np.random.default_rng(3 + i)])
+            np.testing.assert_allclose(both[i], one[0], atol=2e-5)
+
+
 def test_jacobian_free_guidance_skips_the_backward_graph(tiny_package, tiny_prior):
     *_, evl = tiny_prior
     x = evl[:1]

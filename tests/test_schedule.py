@@ -68,3 +68,16 @@ def test_bad_parameters_are_refused():
         Schedule.from_dict({"kind": "cosine", "n": 10})
     with pytest.raises(ScheduleError, match="bad parameters for a vp schedule"):
         Schedule.from_dict({"kind": "vp", "n": 10, "gamma": 1})
+
+
+def test_ddim_respacing_is_deterministic_and_exact_for_a_point_mass():
+    # Data = a single point x0: the true score is known at every step, and DDIM must land on x0.
+    s = Schedule.vp(1000).respace(20, "ddim")
+    x0 = 0.7
+    x = 1.3  # any starting point
+    for i in reversed(range(len(s))):
+        score = -(x - s.scale[i] * x0) / s.noise_std[i] ** 2
+        a, b, c = s.ancestral_coefficients(i)
+        assert c == 0.0
+        x = a * x + b * score
+    assert x == pytest.approx(x0, abs=1e-9)
