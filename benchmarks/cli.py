@@ -1,6 +1,7 @@
 """`ckm-bench`: run a benchmark, store its JSON and regenerate benchmarks/RESULTS.md.
 
     ckm-bench procedural [--tiles 1000] [--workers N]
+    ckm-bench latency [--package DIR] [--checkpoint FILE] [--steps 10]
 """
 
 from __future__ import annotations
@@ -22,6 +23,64 @@ def _cmd_procedural(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_latency(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from benchmarks import latency
+    from runtime.package import load_package
+    from training import procedural
+    from training.checkpoint import load_model
+
+    pkg = load_package(args.package)
+    model, meta = load_model(args.checkpoint)
+    tile, _ = procedural.generate_region(procedural.ProceduralConfig(tile_size=pkg.tile_size), "eval", 0, 1, seed=7)
+    tile = tile[0]
+    steps = args.steps
+    rows, results = [], {"steps_timed": steps, "threads": args.threads or "default", "package": f"{pkg.name} {pkg.version}"}
+    torch_m1 = latency.torch_step(model, meta["schedule"], tile, steps, corrector=1, threads=args.threads)
+    torch_m2 = latency.torch_step(model, meta["schedule"], tile, steps, corrector=2, threads=args.threads)
+    results["torch_reference"] = {"M1_step_s": torch_m1, "M2_paper_step_s": torch_m2}
+    flops = latency.network_flops(model, pkg.tile_size)
+    gflops = latency.machine_gflops()
+    floor_m1 = (2 * flops["forward"] + flops["backward"]) / (gflops * 1e9)
+    results.update(flops=flops, machine_gflops=round(gflops, 1), floor_M1_step_s=floor_m1)
+    rows.append(f"| PyTorch reference, autograd (M=1) | 1 | {torch_m1 * 1e3:.1f} | | | 1.00 | {torch_m1 / floor_m1:.1f}x |")
+    rows.append(f"| PyTorch reference, paper config (M=2: 3 fwd + 1 bwd) | 1 | {torch_m2 * 1e3:.1f} | | | {torch_m1 / torch_m2:.2f} | |")
+    results["runtime"] = {}
+    for precision in pkg.precisions:
+        for batch in args.batches:
+            r = latency.runtime_step(pkg, tile, precision, steps, batch=batch, threads=args.threads)
+            results["runtime"][f"{precision}-b{batch}"] = r
+            per_map = r["step_s"] / batch
+            rows.append(f"| runtime ORT CPU {precision}, guided (M=1) | {batch} | {r['step_s'] * 1e3:.1f} | "
+                        f"{r['engine_s'] * 1e3:.1f} | {r['overhead_s'] * 1e3:.1f} | {torch_m1 / per_map:.2f} | "
+                        f"{per_map / floor_m1:.1f}x |")
+    jf = latency.runtime_step(pkg, tile, "fp32", steps, jacobian_free=True, threads=args.threads)
+    results["runtime"]["fp32-b1-jacobian-free"] = jf
+    rows.append(f"| runtime ORT CPU fp32, Jacobian-free (M=1) | 1 | {jf['step_s'] * 1e3:.1f} | {jf['engine_s'] * 1e3:.1f} | "
+                f"{jf['overhead_s'] * 1e3:.1f} | {torch_m1 / jf['step_s']:.2f} | |")
+    fp32 = results["runtime"]["fp32-b1"]["step_s"]
+    ratio = torch_m1 / fp32
+    results["speedup_fp32_vs_torch"] = ratio
+    target = "met" if ratio >= 2.5 else "MISSED"
+    markdown = "\n".join([
+        f"Per DPS step on `{pkg.name} {pkg.version}` ({pkg.tile_size}x{pkg.tile_size}), {steps} timed steps, "
+        f"IPbox observation. Network: {flops['forward'] / 1e9:.2f} GFLOP forward, {flops['backward'] / 1e9:.2f} GFLOP "
+        f"input-gradient backward; this machine's float32 matmul rate {gflops:.0f} GFLOP/s, so a guided step "
+        f"(2 forwards + 1 backward) cannot take less than {floor_m1 * 1e3:.1f} ms.",
+        "",
+        "| path | batch | ms/step | engine ms | loop ms | speed-up vs PyTorch (per map) | x floor (per map) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"Target: runtime per-step time on CPU at least 2.5x faster than the PyTorch reference: {ratio:.2f}x, {target}.",
+    ])
+    path = report.write_result("latency-cpu", f"ckm-bench latency --steps {steps}", results, markdown)
+    print(markdown)
+    print(f"results: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--tiles", type=int, default=1000)
     proc.add_argument("--workers", type=int, default=None, help="processes (default: usable cores)")
     proc.set_defaults(func=_cmd_procedural)
+    lat = sub.add_parser("latency", help="runtime vs PyTorch reference per-step latency on CPU")
+    lat.add_argument("--package", default="models/repository/ckm-prior/0.1.0")
+    lat.add_argument("--checkpoint", default="models/checkpoints/prior-small.pt")
+    lat.add_argument("--steps", type=int, default=10)
+    lat.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    lat.add_argument("--threads", type=int, default=0)
+    lat.set_defaults(func=_cmd_latency)
     return parser
 
 

@@ -103,7 +103,7 @@ def cmd_sign(args) -> int:
 
 
 def cmd_engines(args) -> int:
-    from export import tensorrt_build
+    from runtime import tensorrt as tensorrt_build
 
     pkg = load_package(args.package)
     reason = tensorrt_build.unavailable_reason()

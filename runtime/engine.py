@@ -5,7 +5,7 @@
     backward(saved, v)     -> v^T ds/dx            the network's vector-Jacobian product
     close()                                        release the sessions (also a context manager)
 
-`OrtEngine` runs a package's ONNX graphs in ONNX Runtime on the CPU (threads configurable) or
+`OrtEngine` (here) and `runtime.tensorrt.TrtEngine` implement it. `OrtEngine` runs a package's ONNX graphs in ONNX Runtime on the CPU (threads configurable) or
 with CUDA (IO binding keeps the saved tensors on the GPU between forward and backward). Every
 native call goes through `_checked`, which re-raises ONNX Runtime's message as an EngineError.
 Calls are counted per kind (`calls`), which the tests use to check the cost of a DPS step.
@@ -160,6 +160,12 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def open_engine(package: Package, config: EngineConfig = EngineConfig()) -> OrtEngine:
-    """The engine for a package and configuration (TensorRT joins here when available)."""
-    return OrtEngine(package, config)
+def open_engine(package: Package, config: EngineConfig = EngineConfig(), backend: str = "onnxruntime"):
+    """The engine for a package: "onnxruntime" (CPU or CUDA per config.device) or "tensorrt"."""
+    if backend == "onnxruntime":
+        return OrtEngine(package, config)
+    if backend == "tensorrt":
+        from runtime.tensorrt import TrtEngine
+
+        return TrtEngine(package, config.precision)
+    raise EngineError(f"unknown engine backend {backend!r}; expected 'onnxruntime' or 'tensorrt'")

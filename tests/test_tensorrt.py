@@ -2,7 +2,7 @@
 
 import pytest
 
-from export import tensorrt_build
+from runtime import tensorrt as tensorrt_build
 
 REASON = tensorrt_build.unavailable_reason()
 
@@ -21,3 +21,23 @@ def test_unavailable_reason_names_what_is_missing():
     if REASON is None:
         pytest.skip("TensorRT is available here")
     assert "tensorrt" in REASON or "GPU" in REASON
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(REASON is not None, reason=f"TensorRT unavailable: {REASON}")
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-4), ("fp16", 2e-2), ("int8", 0.25)])
+def test_tensorrt_agrees_with_onnxruntime(tiny_package, tiny_prior, precision, tol):
+    import numpy as np
+
+    from runtime.engine import EngineConfig, open_engine
+
+    *_, evl = tiny_prior
+    x, t = evl[:2], np.array([0.2, 0.6], np.float32)
+    v = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    results = []
+    for backend in ("onnxruntime", "tensorrt"):
+        with open_engine(tiny_package, EngineConfig(precision=precision), backend=backend) as eng:
+            s, saved = eng.forward(x, t)
+            results.append((eng.score(x, t), s, eng.backward(saved, v)))
+    for a, b in zip(*results):
+        assert np.abs(a - b).max() / np.abs(a).max() < tol

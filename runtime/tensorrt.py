@@ -83,3 +83,55 @@ def build_engines(pkg: Package, precision: str, max_batch: int = 8, opt_batch: i
         plan.write_bytes(bytes(serialized))
         timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     return paths
+
+
+class TrtEngine:
+    """The engine interface over TensorRT engines of a package (built or taken from the cache).
+
+    Uses Polygraphy's runner for buffer management: the forward's saved tensors stay on the GPU
+    (device views) and feed the backward directly; only the score and the VJP come to the host.
+    """
+
+    def __init__(self, package: Package, precision: str = "fp32", max_batch: int = 8):
+        reason = unavailable_reason()
+        if reason:
+            from runtime.engine import EngineError
+
+            raise EngineError(f"TensorRT engine unavailable: {reason}")
+        from collections import Counter
+
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+        self.calls = Counter()
+        paths = dict(zip(GRAPHS, build_engines(package, precision, max_batch=max_batch)))
+        self._runners = {g: TrtRunner(EngineFromBytes(BytesFromPath(str(p)))) for g, p in paths.items()}
+        for runner in self._runners.values():
+            runner.activate()
+
+    def score(self, x, t):
+        self.calls["score"] += 1
+        return self._runners["score"].infer({"x": x, "t": t})["score"].copy()
+
+    def forward(self, x, t):
+        self.calls["forward"] += 1
+        out = self._runners["forward"].infer({"x": x, "t": t}, copy_outputs_to_host=False)
+        score = out.pop("score").numpy()
+        return score, out
+
+    def backward(self, saved, v):
+        self.calls["backward"] += 1
+        feeds = dict(saved)
+        feeds["v"] = v
+        return self._runners["backward"].infer(feeds)["vjp"].copy()
+
+    def close(self):
+        for runner in self._runners.values():
+            runner.deactivate()
+        self._runners = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
