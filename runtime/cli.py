@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +61,10 @@ def _observation(args, tile_size: int):
 
 
 def cmd_construct(args) -> int:
+    if args.server:
+        return _construct_remote(args)
+    if not args.package:
+        raise ValueError("give --package (local construction) or --server host:port")
     trusted = [read_public_key(k) for k in args.trusted_key] if args.trusted_key else None
     pkg = load_package(args.package, trusted)
     truth, op, y, task = _observation(args, pkg.tile_size)
@@ -94,11 +99,74 @@ def cmd_construct(args) -> int:
     return 0
 
 
+def _construct_remote(args) -> int:
+    """The same construction, sent to an edge server over gRPC."""
+    import grpc
+
+    from runtime.client import EdgeClient
+
+    with EdgeClient(args.server, token=args.token, root_certs=args.root_certs) as client:
+        meta = client.metadata(args.model or "", args.model_version or "")
+        truth, op, y, task = _observation(args, meta.tile_size)
+        start = time.perf_counter()
+        try:
+            result = client.construct(y, op, model=meta.name, version=meta.version, steps=args.steps, zeta=args.zeta,
+                                      corrector_steps=args.corrector_steps, samples=args.samples, seed=args.seed,
+                                      precision=args.precision, jacobian_free=args.jacobian_free, timeout=args.timeout)
+        except grpc.RpcError as e:
+            raise ValueError(f"the server answered {e.code().name}: {e.details()}") from None
+        wall = time.perf_counter() - start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures.construction_figure(out / "construction.png", truth, y, result.map, result.std)
+    np.savez_compressed(out / "construction.npz", pixels=result.map, observation=y, operator=json.dumps(op.to_spec()))
+    report = {"task": task, "server": args.server, "model": f"{result.model} {result.version}", "steps": result.steps,
+              "precision": args.precision, "residual": round(result.residual_norm, 5), "wall_s": round(wall, 3),
+              "server_timings_s": {k: round(v, 4) for k, v in result.timings.items()}, "output": str(out)}
+    if truth is not None:
+        report["gain_rmse_db"] = round(float(codec.gain_rmse_db(result.map, truth)), 3)
+        report["aoa_sine_rmse"] = round(float(codec.aoa_sine_rmse(result.map, truth)), 4)
+    print(json.dumps(report) if args.json else "\n".join(f"{k:>16}: {v}" for k, v in report.items()))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import logging
+    import signal
+
+    from runtime.server import ServerConfig, create_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = ServerConfig(repository=args.repository, host=args.host, port=args.port, metrics_port=args.metrics_port,
+                       max_batch=args.max_batch, max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue,
+                       engine_threads=args.threads, device=args.device, poll_seconds=args.poll_seconds,
+                       tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
+                       tokens=tuple(Path(args.token_file).read_text().split()) if args.token_file else (),
+                       trusted_keys=tuple(args.trusted_key or ()))
+    edge = create_server(cfg).start()
+    print(f"ckm-edge serving {[m.key for m in edge.repository.models()]} on port {edge.port}"
+          + (f", metrics on http://127.0.0.1:{edge.metrics_port}/metrics" if edge.metrics_port else ""), flush=True)
+    if args.port_file:
+        Path(args.port_file).write_text(str(edge.port))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    edge.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-edge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("construct", help="construct a CKM from an observation with a package")
-    c.add_argument("--package", required=True, type=Path)
+    c.add_argument("--package", type=Path, help="construct locally with this package")
+    c.add_argument("--server", help="or send the request to an edge server, host:port")
+    c.add_argument("--model", help="model name on the server (default: its only model)")
+    c.add_argument("--model-version", help="model version on the server (default: newest)")
+    c.add_argument("--token", help="bearer token for the server")
+    c.add_argument("--root-certs", type=Path, help="CA certificate for a TLS server")
+    c.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--truth", type=Path, help="npz with `pixels`: simulate the observation with --task")
     src.add_argument("--observation", type=Path, help="npz with `y` and `operator` (JSON spec)")
@@ -117,6 +185,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--trusted-key", action="append", type=Path)
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=cmd_construct)
+
+    s = sub.add_parser("serve", help="serve a model repository over gRPC")
+    s.add_argument("--repository", type=Path, default=Path("models/repository"))
+    s.add_argument("--host", default=None, help="bind address (default 127.0.0.1; 0.0.0.0 with TLS)")
+    s.add_argument("--port", type=int, default=50051)
+    s.add_argument("--port-file", type=Path, help="write the bound port here (useful with --port 0)")
+    s.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on this port")
+    s.add_argument("--max-batch", type=int, default=8)
+    s.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    s.add_argument("--max-queue", type=int, default=64)
+    s.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--poll-seconds", type=float, default=2.0, help="repository watch interval (0 = off)")
+    s.add_argument("--tls-cert", type=Path)
+    s.add_argument("--tls-key", type=Path)
+    s.add_argument("--client-ca", type=Path, help="require client certificates from this CA (mTLS)")
+    s.add_argument("--token-file", type=Path, help="accepted bearer tokens, whitespace separated")
+    s.add_argument("--trusted-key", action="append", type=Path, help="only serve packages signed by these keys")
+    s.set_defaults(func=cmd_serve)
     return parser
 
 

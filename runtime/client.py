@@ -1,0 +1,97 @@
+"""A small Python client of the edge service, for base-station integrators.
+
+    with EdgeClient("edge-host:50051", token="...") as client:
+        result = client.construct(y, operators.Downsample(2), steps=100, samples=4)
+        result.map, result.std, result.timings
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from runtime import api
+from runtime.api import pb
+from runtime.operators import Operator
+
+_PRECISION = {"fp32": pb.PRECISION_FP32, "fp16": pb.PRECISION_FP16, "int8": pb.PRECISION_INT8}
+
+
+@dataclass
+class ClientResult:
+    map: np.ndarray  # (2, H, W), pixels or physical units
+    std: np.ndarray | None
+    residual_norm: float
+    model: str
+    version: str
+    steps: int
+    timings: dict
+
+
+class EdgeClient:
+    def __init__(self, target: str, *, token: str | None = None, root_certs: Path | None = None,
+                 client_cert: Path | None = None, client_key: Path | None = None, max_message_bytes: int = 16 * 2**20):
+        options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
+        if root_certs:
+            creds = grpc.ssl_channel_credentials(
+                Path(root_certs).read_bytes(),
+                Path(client_key).read_bytes() if client_key else None,
+                Path(client_cert).read_bytes() if client_cert else None)
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = api.services.EdgeServiceStub(self.channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def request(self, y: np.ndarray, op: Operator, *, model: str = "", version: str = "", steps: int = 100,
+                zeta: float | None = None, corrector_steps: int = 1, samples: int = 1, seed: int = 0,
+                physical: bool = False, precision: str = "fp32", jacobian_free: bool = False, noise_sigma: float = 0.01):
+        req = pb.ConstructRequest(
+            model_name=model, model_version=version, observation=api.from_numpy(np.asarray(y, np.float32)),
+            operator=api.operator_to_proto(op), noise_sigma=noise_sigma, steps=steps, corrector_steps=corrector_steps,
+            samples=samples, seed=seed, precision=_PRECISION[precision], jacobian_free=jacobian_free,
+            output_units=pb.OUTPUT_UNITS_PHYSICAL if physical else pb.OUTPUT_UNITS_PIXELS)
+        if zeta is not None:
+            req.zeta = zeta
+        return req
+
+    def construct(self, y: np.ndarray, op: Operator, *, timeout: float | None = None, **kwargs) -> ClientResult:
+        resp = self.stub.Construct(self.request(y, op, **kwargs), timeout=timeout, metadata=self._metadata)
+        return _result(resp)
+
+    def construct_stream(self, y: np.ndarray, op: Operator, *, progress_interval: int = 1, timeout: float | None = None, **kwargs):
+        """Yields ("progress", (step, total, residual)) events, then ("result", ClientResult)."""
+        req = pb.ConstructStreamRequest(request=self.request(y, op, **kwargs), progress_interval=progress_interval)
+        for event in self.stub.ConstructStream(req, timeout=timeout, metadata=self._metadata):
+            if event.HasField("progress"):
+                p = event.progress
+                yield "progress", (p.step, p.total_steps, p.residual_norm)
+            else:
+                yield "result", _result(event.result)
+
+    def list_models(self) -> list[tuple[str, str]]:
+        return [(m.name, m.version) for m in self.stub.ListModels(pb.ListModelsRequest(), metadata=self._metadata).models]
+
+    def metadata(self, model: str = "", version: str = ""):
+        return self.stub.GetModelMetadata(pb.GetModelMetadataRequest(model_name=model, model_version=version),
+                                          metadata=self._metadata)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "EdgeClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _result(resp) -> ClientResult:
+    big = 2**31  # responses come from the server: no request-size limit, NaN marks buildings
+    std = api.to_numpy(resp.std, "std", big, finite=False) if resp.HasField("std") else None
+    t = resp.timings
+    return ClientResult(api.to_numpy(resp.map, "map", big, finite=False), std, resp.residual_norm, resp.model_name, resp.model_version,
+                        resp.steps, {"queue_s": t.queue_seconds, "sampling_s": t.sampling_seconds, "total_s": t.total_seconds})

@@ -1,0 +1,479 @@
+"""The gRPC edge server (ckm.edge.v1.EdgeService): thin servicer, dynamic batcher, repository.
+
+    server, port = create_server(ServerConfig(repository="models/repository"))
+    server.start(); server.wait_for_termination()
+
+- The servicer validates and converts each request (INVALID_ARGUMENT naming the field), hands a
+  job to the batcher and converts the result; it holds no sampling logic.
+- The batcher groups compatible jobs (same model version, precision, steps and sampler settings)
+  arriving within `max_queue_delay_ms`, up to `max_batch` rows, into one `runtime.sampler.sample`
+  call with per-row operators; a full queue answers RESOURCE_EXHAUSTED. Between steps it checks
+  every job's deadline and cancellation and stops a batch whose jobs have all gone.
+- Standard grpc.health.v1 health, server reflection, Prometheus metrics over HTTP, optional TLS
+  or mTLS and bearer tokens; with no credentials the server binds to localhost only.
+- A watcher polls the repository and reloads it when packages change; in-flight jobs keep the
+  engines they started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from runtime import api, codec
+from runtime.api import InvalidArgument, pb
+from runtime.construct import MAX_SAMPLES, MAX_STEPS, check_observation
+from runtime.engine import EngineConfig, EngineError
+from runtime.operators import OperatorError
+from runtime.package import PackageError, read_public_key
+from runtime.repository import LoadedModel, ModelRepository
+from runtime.sampler import SamplerConfig, StepInfo, sample
+
+log = logging.getLogger("ckm.edge.server")
+PRECISIONS = {pb.PRECISION_UNSPECIFIED: "fp32", pb.PRECISION_FP32: "fp32", pb.PRECISION_FP16: "fp16", pb.PRECISION_INT8: "int8"}
+DEFAULT_STEPS, DEFAULT_ZETA = 100, 13.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    repository: Path
+    host: str | None = None  # None: 127.0.0.1 without credentials, 0.0.0.0 with TLS
+    port: int = 50051
+    metrics_port: int | None = None  # Prometheus /metrics; None = off, 0 = any free port
+    max_batch: int = 8
+    max_queue_delay_ms: float = 5.0
+    max_queue: int = 64
+    batch_workers: int = 1
+    rpc_threads: int = 16
+    engine_threads: int = 0
+    device: str = "cpu"
+    max_message_bytes: int = 16 * 2**20
+    poll_seconds: float = 2.0  # repository watch interval; 0 = no watching
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None  # mTLS: require client certificates signed by this CA
+    tokens: tuple[str, ...] = ()  # accepted bearer tokens; empty = no token check
+    trusted_keys: tuple[Path, ...] = ()  # package signature keys; empty = no signature check
+
+    def __post_init__(self):
+        if not 1 <= self.max_batch <= 256 or self.max_queue < 1 or self.batch_workers < 1:
+            raise ValueError("need 1 <= max_batch <= 256, max_queue >= 1 and batch_workers >= 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("mTLS (client_ca) needs a server certificate (tls_cert, tls_key)")
+
+
+class _Cancelled(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    model: LoadedModel
+    precision: str
+    steps: int
+    sampler: SamplerConfig
+    op: object
+    y: np.ndarray  # (1, C, H', W')
+    samples: int
+    seed: int
+    context: grpc.ServicerContext
+    progress: queue.Queue | None = None
+    progress_interval: int = 1
+    enqueued: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
+    done: threading.Event = field(default_factory=threading.Event)
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (id(self.model), self.precision, self.steps, self.sampler)
+
+    def alive(self) -> bool:
+        return self.context.is_active()
+
+
+class Metrics:
+    def __init__(self, registry=None):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter("ckm_requests", "Construction requests", ["model", "version", "code"], registry=self.registry)
+        self.latency = Histogram("ckm_request_seconds", "Request latency", ["model", "version"], registry=self.registry,
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.queue_depth = Gauge("ckm_queue_depth", "Jobs waiting for a batch", registry=self.registry)
+        self.batch_rows = Histogram("ckm_batch_rows", "Rows per engine batch", registry=self.registry,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+
+    def serve(self, port: int) -> int:
+        from prometheus_client import start_http_server
+
+        server, _ = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        return server.server_port
+
+
+class Batcher:
+    """Collects jobs into engine batches (see module doc)."""
+
+    def __init__(self, cfg: ServerConfig, metrics: Metrics):
+        self.cfg, self.metrics = cfg, metrics
+        self._queue: queue.Queue[Job] = queue.Queue(maxsize=cfg.max_queue)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, name=f"ckm-batcher-{i}", daemon=True)
+                         for i in range(cfg.batch_workers)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, job: Job) -> None:
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise OverflowError(f"the server's queue is full ({self.cfg.max_queue} jobs); retry later") from None
+        self.metrics.queue_depth.set(self._queue.qsize())
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def _collect(self) -> list[Job]:
+        first = self._queue.get(timeout=0.1)
+        batch, rows = [first], first.samples
+        deadline = time.perf_counter() + self.cfg.max_queue_delay_ms / 1e3
+        held: list[Job] = []
+        while rows < self.cfg.max_batch:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                job = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if job.key == first.key and rows + job.samples <= self.cfg.max_batch:
+                batch.append(job)
+                rows += job.samples
+            else:
+                held.append(job)
+        for job in held:  # incompatible jobs go back for the next round
+            self._queue.put(job)
+        return batch
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = self._collect()
+            except queue.Empty:
+                continue
+            self.metrics.queue_depth.set(self._queue.qsize())
+            batch = [j for j in batch if j.alive()]
+            if batch:
+                self._run(batch)
+
+    def _run(self, batch: list[Job]) -> None:
+        first = batch[0]
+        ops, ys, rngs, owner = [], [], [], []
+        for j, job in enumerate(batch):
+            job.started = time.perf_counter()
+            for s in range(job.samples):
+                ops.append(job.op)
+                ys.append(job.y[0])
+                rngs.append(np.random.default_rng([job.seed, s]))
+                owner.append(j)
+        self.metrics.batch_rows.observe(len(rngs))
+        n = first.model.package.tile_size
+        total = first.steps
+
+        def step(info: StepInfo) -> None:
+            if not any(job.alive() for job in batch):
+                raise _Cancelled()
+            done = total - info.k
+            for j, job in enumerate(batch):
+                if job.progress is not None and (done % job.progress_interval == 0 or info.k == 0):
+                    rows = [i for i, o in enumerate(owner) if o == j]
+                    job.progress.put(pb.Progress(step=done, total_steps=total, residual_norm=float(info.residual[rows].mean())))
+
+        try:
+            engine = first.model.engine(first.precision)
+            schedule = first.model.package.schedule().respace(first.steps)
+            x = sample(engine, schedule, ops, ys, shape=(2, n, n), rngs=rngs, cfg=first.sampler, callback=step)
+            x = np.clip(x, 0.0, 1.0)
+            for j, job in enumerate(batch):
+                job.result = x[[i for i, o in enumerate(owner) if o == j]]
+        except _Cancelled as e:
+            for job in batch:
+                job.error = e
+        except Exception as e:  # the engine failed: every job of the batch gets the error
+            log.exception("batch failed")
+            for job in batch:
+                job.error = e
+        for job in batch:
+            job.done.set()
+
+
+class EdgeServicer(api.services.EdgeServiceServicer):
+    def __init__(self, repo: ModelRepository, batcher: Batcher, metrics: Metrics):
+        self.repo, self.batcher, self.metrics = repo, batcher, metrics
+
+    # -- validation -------------------------------------------------------------------------------
+    def _job(self, req, context, progress=None, interval=1) -> Job:
+        try:
+            model = self.repo.resolve(req.model_name, req.model_version)
+        except LookupError as e:
+            raise _Status(grpc.StatusCode.NOT_FOUND, str(e)) from None
+        pkg = model.package
+        precision = PRECISIONS.get(req.precision)
+        if precision is None:
+            raise InvalidArgument(f"precision {req.precision} is not a known Precision value")
+        if precision not in pkg.precisions:
+            raise InvalidArgument(f"precision: model {pkg.name} {pkg.version} has no {precision} variant (has {pkg.precisions})")
+        steps = req.steps or DEFAULT_STEPS
+        n_max = min(MAX_STEPS, len(pkg.schedule()))
+        if not 1 <= steps <= n_max:
+            raise InvalidArgument(f"steps must be in [1, {n_max}], got {req.steps}")
+        samples = req.samples or 1
+        if not 1 <= samples <= min(MAX_SAMPLES, self.batcher.cfg.max_batch):
+            raise InvalidArgument(f"samples must be in [1, {min(MAX_SAMPLES, self.batcher.cfg.max_batch)}], got {req.samples}")
+        if not 0 <= req.corrector_steps <= 20:
+            raise InvalidArgument(f"corrector_steps must be in [0, 20], got {req.corrector_steps}")
+        zeta = req.zeta if req.HasField("zeta") else DEFAULT_ZETA
+        if not (np.isfinite(zeta) and 0 <= zeta <= 1e4):
+            raise InvalidArgument(f"zeta must be finite and in [0, 10000], got {zeta}")
+        if not (np.isfinite(req.noise_sigma) and req.noise_sigma >= 0):
+            raise InvalidArgument(f"noise_sigma must be finite and >= 0, got {req.noise_sigma}")
+        if not req.HasField("operator"):
+            raise InvalidArgument("operator is required")
+        op = api.operator_from_proto(req.operator)
+        if not req.HasField("observation"):
+            raise InvalidArgument("observation is required")
+        y = api.to_numpy(req.observation, "observation")
+        try:
+            y = check_observation(op, y.astype(np.float32), (2, pkg.tile_size, pkg.tile_size))
+        except OperatorError as e:
+            raise InvalidArgument(f"observation: {e}") from None
+        sampler = SamplerConfig(zeta=float(zeta), corrector_steps=int(req.corrector_steps), jacobian_free=req.jacobian_free)
+        return Job(model, precision, steps, sampler, op, y, samples, int(req.seed), context, progress, max(1, interval))
+
+    def _response(self, job: Job, req) -> object:
+        x = job.result
+        mean = x.mean(axis=0)
+        std = x.std(axis=0) if len(x) > 1 else None
+        if req.output_units == pb.OUTPUT_UNITS_PHYSICAL:
+            phys = codec.decode(mean, clip=True)
+            out = np.stack([phys.gain_db, phys.aoa_sine])
+            if std is not None:
+                std = std * np.array([codec.GAIN_RMSE_FACTOR, codec.AOA_RMSE_FACTOR], np.float32)[:, None, None]
+        else:
+            out = mean
+        residual = float(np.sqrt(((job.y[0] - job.op.forward(mean[None])[0]) ** 2).sum()))
+        now = time.perf_counter()
+        pkg = job.model.package
+        resp = pb.ConstructResponse(map=api.from_numpy(out.astype(np.float32)), residual_norm=residual,
+                                    model_name=pkg.name, model_version=pkg.version, steps=job.steps,
+                                    timings=pb.Timings(queue_seconds=job.started - job.enqueued,
+                                                       sampling_seconds=now - job.started, total_seconds=now - job.enqueued))
+        if std is not None:
+            resp.std.CopyFrom(api.from_numpy(std.astype(np.float32)))
+        return resp
+
+    def _wait(self, job: Job, context) -> None:
+        while not job.done.wait(timeout=0.05):
+            if not context.is_active():
+                return
+        if isinstance(job.error, _Cancelled):
+            raise _Status(grpc.StatusCode.CANCELLED, "the request was cancelled or its deadline passed")
+        if job.error is not None:
+            raise _Status(grpc.StatusCode.INTERNAL, f"construction failed: {job.error}")
+
+    # -- RPCs -------------------------------------------------------------------------------------
+    def Construct(self, request, context):
+        with self._handling(context, request) as labels:
+            job = self._job(request, context)
+            labels.update(model=job.model.package.name, version=job.model.package.version)
+            self.batcher.submit(job)
+            self._wait(job, context)
+            return self._response(job, request)
+
+    def ConstructStream(self, request, context):
+        with self._handling(context, request.request) as labels:
+            progress: queue.Queue = queue.Queue()
+            job = self._job(request.request, context, progress, request.progress_interval)
+            labels.update(model=job.model.package.name, version=job.model.package.version)
+            self.batcher.submit(job)
+            while not job.done.is_set() or not progress.empty():
+                try:
+                    yield pb.ConstructStreamResponse(progress=progress.get(timeout=0.05))
+                except queue.Empty:
+                    if not context.is_active():
+                        return
+            self._wait(job, context)
+            yield pb.ConstructStreamResponse(result=self._response(job, request.request))
+
+    def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=[pb.ModelVersion(name=m.package.name, version=m.package.version, ready=True)
+                                             for m in self.repo.models()])
+
+    def GetModelMetadata(self, request, context):
+        with self._handling(context, None):
+            try:
+                model = self.repo.resolve(request.model_name, request.model_version)
+            except LookupError as e:
+                raise _Status(grpc.StatusCode.NOT_FOUND, str(e)) from None
+            pkg = model.package
+            accuracy = [pb.TaskAccuracy(precision=p, task=t, gain_rmse_db=v["gain_rmse_db"], aoa_sine_rmse=v["aoa_sine_rmse"])
+                        for p, rec in pkg.accuracy().items() if isinstance(rec, dict) and "tasks" in rec
+                        for t, v in rec["tasks"].items()]
+            import json
+
+            return pb.GetModelMetadataResponse(
+                name=pkg.name, version=pkg.version, channels=list(pkg.manifest["channels"]), tile_size=pkg.tile_size,
+                operators=["identity", "mask", "downsample", "truncate", "quantize_aoa", "per_channel", "compose"],
+                precisions=pkg.precisions, schedule_json=json.dumps(pkg.manifest["schedule"]),
+                max_steps=min(MAX_STEPS, len(pkg.schedule())), accuracy=accuracy)
+
+    def _handling(self, context, request):
+        return _Handling(self.metrics, context)
+
+
+class _Status(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class _Handling:
+    """Maps errors to gRPC status codes and records metrics for one RPC."""
+
+    def __init__(self, metrics: Metrics, context):
+        self.metrics, self.context, self.labels = metrics, context, {"model": "", "version": ""}
+        self.start = time.perf_counter()
+
+    def __enter__(self):
+        return self.labels
+
+    def __exit__(self, exc_type, exc, tb):
+        code = grpc.StatusCode.OK
+        if isinstance(exc, _Status):
+            code = exc.code
+        elif isinstance(exc, (InvalidArgument, OperatorError, codec.CodecError)):
+            code = grpc.StatusCode.INVALID_ARGUMENT
+        elif isinstance(exc, OverflowError):
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        elif isinstance(exc, (EngineError, PackageError)):
+            code = grpc.StatusCode.UNAVAILABLE
+        elif exc is not None and not isinstance(exc, GeneratorExit):
+            log.exception("unexpected error")
+            code = grpc.StatusCode.INTERNAL
+        self.metrics.requests.labels(self.labels["model"], self.labels["version"], code.name).inc()
+        self.metrics.latency.labels(self.labels["model"], self.labels["version"]).observe(time.perf_counter() - self.start)
+        if exc is not None and code != grpc.StatusCode.OK:
+            self.context.abort(code, str(exc))
+        return False
+
+
+class _TokenInterceptor(grpc.ServerInterceptor):
+    """Bearer-token check on the EdgeService; health and reflection stay open."""
+
+    def __init__(self, tokens: tuple[str, ...]):
+        self._tokens = {f"Bearer {t}" for t in tokens}
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid 'authorization: Bearer <token>' header is required")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, details):
+        if not details.method.startswith(f"/{api.SERVICE_NAME}/"):
+            return continuation(details)
+        if dict(details.invocation_metadata).get("authorization") in self._tokens:
+            return continuation(details)
+        return self._deny_stream if details.method.endswith("/ConstructStream") else self._deny
+
+
+@dataclass
+class EdgeServer:
+    """What create_server returns: the started-or-not gRPC server and its parts."""
+
+    server: grpc.Server
+    port: int
+    repository: ModelRepository
+    batcher: Batcher
+    metrics: Metrics
+    metrics_port: int | None
+    health: health.HealthServicer
+    _watcher: threading.Thread | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> "EdgeServer":
+        self.server.start()
+        return self
+
+    def stop(self, grace: float = 2.0) -> None:
+        self._stop.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.batcher.stop()
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                if self.repository.reload():
+                    self._set_health()
+            except Exception:
+                log.exception("repository reload failed")
+
+    def _set_health(self) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if self.repository.models() else health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set("", status)
+        self.health.set(api.SERVICE_NAME, status)
+
+
+def create_server(cfg: ServerConfig) -> EdgeServer:
+    """Build (not start) the server; returns it with its bound port (cfg.port 0 = any free port)."""
+    keys = [read_public_key(k) for k in cfg.trusted_keys] or None
+    repo = ModelRepository(cfg.repository, EngineConfig(device=cfg.device, threads=cfg.engine_threads), keys)
+    for model in repo.models():
+        model.engine("fp32")  # load and warm up before serving
+    metrics = Metrics()
+    batcher = Batcher(cfg, metrics)
+    options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
+               ("grpc.max_send_message_length", cfg.max_message_bytes)]
+    interceptors = [_TokenInterceptor(cfg.tokens)] if cfg.tokens else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.rpc_threads), options=options, interceptors=interceptors)
+    api.services.add_EdgeServiceServicer_to_server(EdgeServicer(repo, batcher, metrics), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (api.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    secure = cfg.tls_cert is not None
+    host = cfg.host or ("0.0.0.0" if secure else "127.0.0.1")
+    address = f"{host}:{cfg.port}"
+    if secure:
+        creds = grpc.ssl_server_credentials(
+            [(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())],
+            root_certificates=Path(cfg.client_ca).read_bytes() if cfg.client_ca else None,
+            require_client_auth=cfg.client_ca is not None)
+        port = server.add_secure_port(address, creds)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not bind {address}")
+    metrics_port = metrics.serve(cfg.metrics_port) if cfg.metrics_port is not None else None
+    edge = EdgeServer(server, port, repo, batcher, metrics, metrics_port, health_servicer)
+    edge._set_health()
+    if cfg.poll_seconds > 0:
+        edge._watcher = threading.Thread(target=edge._watch, args=(cfg.poll_seconds,), daemon=True, name="ckm-repo-watch")
+        edge._watcher.start()
+    return edge
