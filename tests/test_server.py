@@ -1,0 +1,240 @@
+"""The gRPC edge service over real loopback channels."""
+
+import datetime
+import shutil
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from runtime import api, codec, operators, tasks
+from runtime.api import pb
+from runtime.client import EdgeClient
+from runtime.server import ServerConfig, create_server
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_package, tmp_path_factory):
+    root = tmp_path_factory.mktemp("repository")
+    shutil.copytree(tiny_package.root, root / "tiny" / "1.0.0")
+    return root
+
+
+@pytest.fixture(scope="module")
+def edge(repo):
+    server = create_server(ServerConfig(repository=repo, port=0, metrics_port=0, poll_seconds=0.2, engine_threads=1,
+                                        max_batch=8, max_queue_delay_ms=50)).start()
+    yield server
+    server.stop(0)
+
+
+@pytest.fixture()
+def client(edge):
+    with EdgeClient(f"127.0.0.1:{edge.port}") as c:
+        yield c
+
+
+def _observation(tiny_prior, task="sr2", seed=0):
+    *_, evl = tiny_prior
+    x = evl[:1]
+    rng = np.random.default_rng(seed)
+    op = tasks.make_operator(task, rng, x)
+    if isinstance(op, operators.Mask):
+        op = operators.Mask(op.mask[0])
+    return x[0], op, tasks.observe(op, x, rng)[0]
+
+
+def test_construct_and_metadata(client, tiny_prior):
+    x, op, y = _observation(tiny_prior)
+    result = client.construct(y, op, steps=6, samples=2, seed=1)
+    assert result.map.shape == (2, 32, 32) and result.std.shape == (2, 32, 32)
+    assert (result.map >= 0).all() and (result.map <= 1).all() and result.steps == 6
+    assert (result.model, result.version) == ("tiny", "1.0.0") and result.residual_norm > 0
+    assert result.timings["total_s"] >= result.timings["sampling_s"] > 0
+    phys = client.construct(y, op, steps=6, physical=True, seed=1)
+    expected = codec.decode(client.construct(y, op, steps=6, seed=1).map, clip=True)
+    np.testing.assert_allclose(phys.map[0], expected.gain_db, rtol=1e-5)
+    meta = client.metadata()
+    assert meta.name == "tiny" and meta.tile_size == 32 and list(meta.precisions) == ["fp32", "fp16", "int8"]
+    assert "downsample" in meta.operators and meta.max_steps == 1000
+    assert client.list_models() == [("tiny", "1.0.0")]
+
+
+def test_stream_reports_every_step_then_the_result(client, tiny_prior):
+    _, op, y = _observation(tiny_prior, "iprandom")
+    events = list(client.construct_stream(y, op, steps=5))
+    progress = [e[1] for e in events if e[0] == "progress"]
+    assert [p[0] for p in progress] == [1, 2, 3, 4, 5] and all(p[1] == 5 for p in progress)
+    assert events[-1][0] == "result" and events[-1][1].map.shape == (2, 32, 32)
+
+
+def test_concurrent_requests_are_batched_and_equal_single_runs(edge, client, tiny_prior):
+    _, op, y = _observation(tiny_prior, "sr2")
+    alone = client.construct(y, op, steps=4, seed=3).map
+    before = edge.metrics.batch_rows.collect()[0].samples
+    count_before = sum(s.value for s in before if s.name.endswith("_count"))
+    sum_before = sum(s.value for s in before if s.name.endswith("_sum"))
+    results = [None] * 4
+    def run(i):
+        results[i] = client.construct(y, op, steps=4, seed=3).map
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        np.testing.assert_allclose(r, alone, atol=1e-5)
+    after = edge.metrics.batch_rows.collect()[0].samples
+    batches = sum(s.value for s in after if s.name.endswith("_count")) - count_before
+    rows = sum(s.value for s in after if s.name.endswith("_sum")) - sum_before
+    assert rows == 4 and batches < 4  # at least two requests shared one engine batch
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda r: r.observation.shape.__setitem__(0, 3), "observation"),
+    (lambda r: setattr(r.observation, "data", r.observation.data[:-4]), "observation.data"),
+    (lambda r: setattr(r.observation, "data", np.full(512, np.nan, np.float32).tobytes()), "non-finite"),
+    (lambda r: setattr(r, "steps", 100000), "steps"),
+    (lambda r: setattr(r, "samples", 1000), "samples"),
+    (lambda r: r.ClearField("operator"), "operator is required"),
+    (lambda r: r.operator.downsample.__setattr__("factor", 0), "operator.downsample"),
+    (lambda r: setattr(r, "zeta", float("nan")), "zeta"),
+    (lambda r: setattr(r, "precision", 42), "precision"),
+    (lambda r: setattr(r.observation, "dtype", 0), "observation.dtype"),
+])
+def test_invalid_requests_name_the_field_and_the_server_keeps_serving(client, tiny_prior, mutate, field):
+    _, op, y = _observation(tiny_prior, "sr2")
+    req = client.request(y, op, steps=3)
+    mutate(req)
+    with pytest.raises(grpc.RpcError) as err:
+        client.stub.Construct(req)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in err.value.details()
+    assert client.construct(y, op, steps=2).map.shape == (2, 32, 32)
+
+
+def test_unknown_model_version_and_oversized_messages(client, tiny_prior):
+    _, op, y = _observation(tiny_prior, "sr2")
+    with pytest.raises(grpc.RpcError) as err:
+        client.construct(y, op, version="9.9.9", steps=2)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "9.9.9" in err.value.details()
+    req = client.request(y, op, steps=2)
+    req.observation.data = b"\0" * (17 * 2**20)
+    with pytest.raises(grpc.RpcError) as err:
+        client.stub.Construct(req)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_deadline_is_honoured_between_steps(client, tiny_prior):
+    _, op, y = _observation(tiny_prior, "sr2")
+    with pytest.raises(grpc.RpcError) as err:
+        client.construct(y, op, steps=1000, timeout=0.5)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    t0 = time.perf_counter()
+    assert client.construct(y, op, steps=2).steps == 2  # the abandoned batch stopped early
+    assert time.perf_counter() - t0 < 20
+
+
+def test_health_reflection_and_metrics(edge, client, tiny_prior):
+    _, op, y = _observation(tiny_prior)
+    client.construct(y, op, steps=2)
+    health = health_pb2_grpc.HealthStub(client.channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service=api.SERVICE_NAME)).status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(client.channel)
+    names = {s.name for r in refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+             for s in r.list_services_response.service}
+    assert api.SERVICE_NAME in names and "grpc.health.v1.Health" in names
+    text = urllib.request.urlopen(f"http://127.0.0.1:{edge.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'ckm_requests_total{code="OK",model="tiny",version="1.0.0"}' in text and "ckm_batch_rows_bucket" in text
+
+
+def test_repository_reload_serves_new_versions(edge, repo, client, tiny_prior):
+    shutil.copytree(repo / "tiny" / "1.0.0", repo / "tiny" / "1.1.0")
+    manifest = (repo / "tiny" / "1.1.0" / "manifest.json")
+    manifest.write_text(manifest.read_text().replace('"version": "1.0.0"', '"version": "1.1.0"'))
+    deadline = time.time() + 10
+    while ("tiny", "1.1.0") not in client.list_models() and time.time() < deadline:
+        time.sleep(0.1)
+    assert ("tiny", "1.1.0") in client.list_models()
+    _, op, y = _observation(tiny_prior)
+    assert client.construct(y, op, steps=2).version == "1.1.0"
+    assert client.construct(y, op, steps=2, version="1.0.0").version == "1.0.0"
+    shutil.rmtree(repo / "tiny" / "1.1.0")
+
+
+def test_full_queue_answers_resource_exhausted(repo, tiny_prior):
+    server = create_server(ServerConfig(repository=repo, port=0, poll_seconds=0, engine_threads=1, max_queue=1,
+                                        max_batch=1, max_queue_delay_ms=0)).start()
+    try:
+        _, op, y = _observation(tiny_prior)
+        codes = []
+        with EdgeClient(f"127.0.0.1:{server.port}") as c:
+            futures = [c.stub.Construct.future(c.request(y, op, steps=40, seed=i)) for i in range(6)]
+            for f in futures:
+                try:
+                    f.result()
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as e:
+                    codes.append(e.code())
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes
+    finally:
+        server.stop(0)
+
+
+def test_bearer_tokens(repo, tiny_prior):
+    server = create_server(ServerConfig(repository=repo, port=0, poll_seconds=0, engine_threads=1, tokens=("s3cret",))).start()
+    try:
+        _, op, y = _observation(tiny_prior)
+        with EdgeClient(f"127.0.0.1:{server.port}") as anonymous:
+            with pytest.raises(grpc.RpcError) as err:
+                anonymous.construct(y, op, steps=2)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            health = health_pb2_grpc.HealthStub(anonymous.channel)
+            assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        with EdgeClient(f"127.0.0.1:{server.port}", token="s3cret") as c:
+            assert c.construct(y, op, steps=2).steps == 2
+    finally:
+        server.stop(0)
+
+
+def _self_signed(tmp_path, name):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                               serialization.NoEncryption()))
+    return tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+
+
+def test_mutual_tls(repo, tiny_prior, tmp_path):
+    cert, key = _self_signed(tmp_path, "server")
+    client_cert, client_key = _self_signed(tmp_path, "client")
+    server = create_server(ServerConfig(repository=repo, host="127.0.0.1", port=0, poll_seconds=0, engine_threads=1,
+                                        tls_cert=cert, tls_key=key, client_ca=client_cert)).start()
+    try:
+        _, op, y = _observation(tiny_prior)
+        target = f"localhost:{server.port}"
+        with EdgeClient(target, root_certs=cert, client_cert=client_cert, client_key=client_key) as c:
+            assert c.construct(y, op, steps=2).steps == 2
+        with EdgeClient(target, root_certs=cert) as no_client_cert:
+            with pytest.raises(grpc.RpcError) as err:
+                no_client_cert.construct(y, op, steps=2, timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(0)
