@@ -15,18 +15,13 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 PACKAGE := models/repository/ckm-prior/0.1.0
-TASKS   := ipbox iprandom sr jtqr trajectory
 
-# The main job: a held-out procedural tile, observed through each task's operator, constructed
-# by the torch-free edge runtime from the shipped default package.
+# The main job: the edge server starts on the shipped default package; a held-out procedural
+# tile, observed through each task's operator, is constructed over gRPC.
 demo: $(STAMP)
 	$(BIN)/ckm-export verify $(PACKAGE)
 	$(BIN)/ckm-data tile --out demo-out/truth.npz
-	@for task in $(TASKS); do \
-	  $(BIN)/ckm-edge construct --package $(PACKAGE) --truth demo-out/truth.npz --task $$task \
-	    --steps 50 --out demo-out/$$task --json || exit 1; \
-	done
-	@echo "figures: demo-out/<task>/construction.png"
+	$(BIN)/ckm-edge demo --repository models/repository --truth demo-out/truth.npz --out demo-out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"

@@ -93,9 +93,10 @@ def operator_to_proto(op: operators.Operator):
     if isinstance(op, operators.Identity):
         return pb.Operator(identity=pb.IdentityOperator())
     if isinstance(op, operators.Mask):
-        if op.mask.ndim != 2:
-            raise ValueError("a request carries one (H, W) mask")
-        return pb.Operator(mask=pb.MaskOperator(mask=from_numpy(op.mask.astype(np.uint8))))
+        mask = op.mask[0] if op.mask.ndim == 3 and len(op.mask) == 1 else op.mask
+        if mask.ndim != 2:
+            raise ValueError(f"a request carries one (H, W) mask, got shape {op.mask.shape}")
+        return pb.Operator(mask=pb.MaskOperator(mask=from_numpy(mask.astype(np.uint8))))
     if isinstance(op, operators.Downsample):
         return pb.Operator(downsample=pb.DownsampleOperator(factor=op.factor))
     if isinstance(op, operators.Truncate):

@@ -156,6 +156,26 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    """The main job end to end: an edge server on the repository, one gRPC construction per task."""
+    from runtime.server import ServerConfig, create_server
+
+    edge = create_server(ServerConfig(repository=args.repository, port=0, poll_seconds=0, engine_threads=args.threads)).start()
+    print(f"edge server on 127.0.0.1:{edge.port} serving {[m.key for m in edge.repository.models()]}", flush=True)
+    try:
+        for task in args.tasks:
+            ns = argparse.Namespace(
+                server=f"127.0.0.1:{edge.port}", token=None, root_certs=None, model=None, model_version=None,
+                truth=args.truth, observation=None, task=task, sigma=tasks.DEFAULT_SIGMA, seed=args.seed,
+                steps=args.steps, zeta=13.0, corrector_steps=1, samples=args.samples, precision="fp32",
+                jacobian_free=False, timeout=None, out=Path(args.out) / task, json=True)
+            _construct_remote(ns)
+    finally:
+        edge.stop(0)
+    print(f"figures: {args.out}/<task>/construction.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-edge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--token-file", type=Path, help="accepted bearer tokens, whitespace separated")
     s.add_argument("--trusted-key", action="append", type=Path, help="only serve packages signed by these keys")
     s.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("demo", help="serve the repository and construct a truth tile for each task over gRPC")
+    d.add_argument("--repository", type=Path, default=Path("models/repository"))
+    d.add_argument("--truth", type=Path, required=True, help="npz with `pixels` (ckm-data tile)")
+    d.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr", "jtqr", "trajectory"])
+    d.add_argument("--steps", type=int, default=50)
+    d.add_argument("--samples", type=int, default=2)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=0)
+    d.add_argument("--out", type=Path, default=Path("demo-out"))
+    d.set_defaults(func=cmd_demo)
     return parser
 
 
