@@ -159,3 +159,26 @@ def test_engine_errors_are_clear(tiny_package):
             eng.score(np.zeros((1, 3, 32, 32), np.float32), np.zeros(1, np.float32))
     with pytest.raises(EngineError, match="device must be"):
         EngineConfig(device="tpu")
+
+
+def test_polygraphy_loads_and_runs_every_graph(tiny_package, tiny_prior):
+    """NVIDIA's Polygraphy (the TensorRT toolkit) reads and runs each graph through ONNX Runtime,
+    fed with realistic inputs: a noisy tile, its time, and the fp32 forward's saved tensors."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator
+
+    *_, evl = tiny_prior
+    x = (evl[:1] + 0.2 * np.random.default_rng(0).standard_normal(evl[:1].shape)).astype(np.float32)
+    t = np.array([0.3], np.float32)
+    with open_engine(tiny_package, EngineConfig(threads=1)) as eng:
+        _, saved = eng.forward(x, t)
+        names = eng._saved_names
+    v = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    feeds = {"score": {"x": x, "t": t}, "forward": {"x": x, "t": t}, "backward": {**dict(zip(names, saved)), "v": v}}
+    for precision in tiny_package.precisions:
+        for graph in ("score", "forward", "backward"):
+            runner = OnnxrtRunner(SessionFromOnnx(str(tiny_package.graph_path(precision, graph)),
+                                                  providers=["CPUExecutionProvider"]))
+            results = Comparator.run([runner], data_loader=[feeds[graph]])
+            outputs = results[runner.name][0]
+            assert all(np.isfinite(v).all() for v in outputs.values()), (precision, graph)
