@@ -159,37 +159,62 @@ class Truncate(Operator):
         return {"op": self.name, "low": self.low, "high": self.high}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class QuantizeAoA(Operator):
     """AoA quantization into K equal sectors (eqs. 28-31) on AoA-sine pixels, STE backward (eq. 36).
 
-    Reported angles are sector centres; building cells (pixel below the codec's gap threshold)
-    stay 0. Only the sine is stored, and theta and 180 - theta share it; the quantizer is the
-    same for both when K is even (sector boundaries are symmetric about +-90 degrees), so K must
-    be even. Backward: the identity on outdoor cells (straight-through), 0 on buildings.
+    Reported angles are sector centres; building cells stay 0. Which cells are buildings is a
+    property of the map (eq. 31), known at the base station from its building layout or read off
+    the observation (`building_from_observation`); pass it as `building` ((H, W) or (B, H, W)).
+    Without it, cells whose current value lies in the codec's building gap count as buildings.
+    Only the sine is stored, and theta and 180 - theta share it; the quantizer is the same for
+    both when K is even (sector boundaries are symmetric about +-90 degrees), so K must be even.
+    Backward: the identity on outdoor cells (straight-through), 0 on buildings.
     """
 
     sectors: int = 24
+    building: np.ndarray | None = None
     name = "quantize_aoa"
 
     def __post_init__(self):
         if not isinstance(self.sectors, (int, np.integer)) or self.sectors < 2 or self.sectors % 2:
             raise OperatorError(f"AoA quantization needs an even number of sectors >= 2, got {self.sectors!r}")
+        if self.building is not None:
+            b = np.asarray(self.building)
+            if b.dtype != np.bool_ or b.ndim not in (2, 3):
+                raise OperatorError(f"building must be a boolean (H, W) or (B, H, W) array, got {b.dtype} {b.shape}")
+            object.__setattr__(self, "building", b)
+
+    def _building(self, x: np.ndarray) -> np.ndarray:
+        if self.building is None:
+            return x < codec.BUILDING_THRESHOLD
+        b = self.building if self.building.ndim == 3 else self.building[None]
+        if b.shape[-2:] != x.shape[-2:] or b.shape[0] not in (1, x.shape[0]):
+            raise OperatorError(f"building mask shape {self.building.shape} does not fit input {x.shape}")
+        return np.broadcast_to(b[:, None], x.shape)
 
     def forward(self, x):
         x = _check_x(x)
         sine = np.clip((x - codec.AOA_OFFSET) / codec.AOA_SCALE, -1.0, 1.0)
         theta = np.degrees(np.arcsin(sine))
         delta = 360.0 / self.sectors
-        k = np.floor((theta + 180.0) / delta)
+        k = np.minimum(np.floor((theta + 180.0) / delta), self.sectors - 1)
         hard = codec.AOA_SCALE * np.sin(np.radians(-180.0 + (k + 0.5) * delta)) + codec.AOA_OFFSET
-        return np.where(x < codec.BUILDING_THRESHOLD, 0.0, hard).astype(x.dtype)
+        return np.where(self._building(x), 0.0, hard).astype(x.dtype)
 
     def vjp(self, x, v):
-        return v * (x >= codec.BUILDING_THRESHOLD)
+        return v * ~self._building(x)
 
     def to_spec(self):
-        return {"op": self.name, "sectors": int(self.sectors)}
+        spec = {"op": self.name, "sectors": int(self.sectors)}
+        if self.building is not None:
+            spec["building"] = self.building.astype(np.uint8).tolist()
+        return spec
+
+
+def building_from_observation(y: np.ndarray) -> np.ndarray:
+    """Building cells of an observation whose AoA channel keeps buildings at 0: (B, H, W) bool."""
+    return np.asarray(y)[:, -1] < codec.BUILDING_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -260,9 +285,9 @@ class Compose(Operator):
         return {"op": self.name, "operators": [o.to_spec() for o in self.operators]}
 
 
-def jtqr(low: float = 0.2, high: float = 0.7, sectors: int = 24) -> PerChannel:
+def jtqr(low: float = 0.2, high: float = 0.7, sectors: int = 24, building: np.ndarray | None = None) -> PerChannel:
     """Joint truncation (gain) and AoA quantization (eq. 32), the paper's JTQR task."""
-    return PerChannel((Truncate(low, high), QuantizeAoA(sectors)))
+    return PerChannel((Truncate(low, high), QuantizeAoA(sectors, building)))
 
 
 # --- masks -----------------------------------------------------------------------------------
@@ -354,7 +379,9 @@ def from_spec(spec: dict) -> Operator:
         if name == "truncate":
             return Truncate(float(args.pop("low", 0.2)), float(args.pop("high", 0.7)), **args)
         if name == "quantize_aoa":
-            return QuantizeAoA(int(args.pop("sectors", 24)), **args)
+            building = args.pop("building", None)
+            building = None if building is None else np.asarray(building, dtype=np.uint8).astype(bool)
+            return QuantizeAoA(int(args.pop("sectors", 24)), building, **args)
         if name in ("per_channel", "compose"):
             ops = tuple(from_spec(s) for s in args.pop("operators"))
             return (PerChannel if name == "per_channel" else Compose)(ops, **args)

@@ -35,7 +35,8 @@ def make_operator(task: str, rng: np.random.Generator, x: np.ndarray) -> operato
     if task == "sr2":
         return operators.Downsample(2)
     if task == "jtqr":
-        return operators.jtqr()
+        # The building layout is part of the base station's map data (eq. 31).
+        return operators.jtqr(building=codec.building_mask(x))
     if task == "trajectory":
         building = codec.building_mask(x)
         return operators.Mask(np.stack([operators.trajectory_mask(rng, b) for b in building]))
