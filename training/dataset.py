@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from runtime import codec
+from runtime.package import sha256_file
 
 FORMAT = "ckm-dataset"
 VERSION = 1
@@ -33,14 +34,6 @@ _REGION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 class DatasetError(ValueError):
     """A dataset that is malformed, inconsistent or asked for something it does not hold."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -126,7 +119,7 @@ class DatasetWriter:
             if txs is not None:
                 tx_file = f"{stem}.tx.npy"
                 np.save(self.root / tx_file, txs[start:stop])
-            sha = _sha256(self.root / f"{stem}.npy")
+            sha = sha256_file(self.root / f"{stem}.npy")
             self._shards[split].append(_Shard(f"{stem}.npy", region, stop - start, sha, tx_file))
         if end < len(maps):
             self._pending[(split, region)] = ([maps[end:]], [None if txs is None else txs[end:]])
@@ -260,7 +253,7 @@ class Dataset:
                 path = self.root / shard["file"]
                 if not path.is_file():
                     raise DatasetError(f"shard {path} is missing")
-                if _sha256(path) != shard["sha256"]:
+                if sha256_file(path) != shard["sha256"]:
                     raise DatasetError(f"shard {path} does not match its checksum in the manifest")
                 arr = np.load(path, mmap_mode="r")
                 expect = (shard["count"], 2, self.tile_size, self.tile_size)
