@@ -154,3 +154,19 @@ def test_operator_bridge_uses_the_numpy_vjp():
     (g,) = torch.autograd.grad((y * v).sum(), x)
     np.testing.assert_allclose(g.numpy(), op.vjp(x.detach().numpy(), v.numpy()), rtol=1e-6)
     torch.testing.assert_close(y, torch.nn.functional.avg_pool2d(x, 2))
+
+
+def test_warm_start_from_a_slim_model_file(small_dataset, tmp_path):
+    from training import cli
+    from training.checkpoint import slim
+
+    first = _prior_trainer(small_dataset, tmp_path / "a", steps=3)
+    first.fit()
+    slim(tmp_path / "a" / "checkpoint.pt", tmp_path / "m.pt")
+    rc = cli.main(["prior", "--data", str(small_dataset.root), "--out", str(tmp_path / "b"), "--preset", "tiny",
+                   "--steps", "1", "--batch-size", "4", "--init", str(tmp_path / "m.pt")])
+    assert rc == 0
+    warm = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert warm["step"] == 1
+    for name, value in first.ema.model.state_dict().items():  # one step at a warm-up learning rate
+        torch.testing.assert_close(warm["model"][name], value, rtol=0, atol=1e-4)

@@ -100,6 +100,15 @@ def _run(trainer: Trainer, args) -> int:
     if trainer.path.exists():
         trainer.resume()
         print(f"resumed {trainer.path} at step {trainer.step}", file=sys.stderr)
+    elif args.init:
+        from training.checkpoint import load_model
+
+        model, meta = load_model(args.init)
+        if meta.get("unet") != trainer.meta.get("unet"):
+            raise ValueError(f"{args.init} has a different U-Net config than --preset {args.preset}")
+        trainer.model.load_state_dict(model.state_dict())
+        trainer.ema.model.load_state_dict(model.state_dict())
+        print(f"initialised from {args.init} ({meta.get('trained_steps')} steps); optimizer starts fresh", file=sys.stderr)
     print(f"{trainer.meta['kind']}: {count_parameters(trainer.model):,} parameters on {trainer.device}, "
           f"world size {trainer.world}", file=sys.stderr)
     last = trainer.fit(max_seconds=args.max_minutes * 60 if args.max_minutes else None)
@@ -135,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--checkpoint-every", type=int, default=250)
     common.add_argument("--log-every", type=int, default=25)
     common.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    common.add_argument("--init", type=Path, default=None,
+                        help="warm start from a slim model file (weights only) when --out has no checkpoint")
 
     prior = sub.add_parser("prior", parents=[common], help="the foundation score prior (Algorithm 1)")
     prior.add_argument("--sde", choices=("vp", "ve"), default="vp")
