@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -298,7 +299,7 @@ class EdgeServicer(api.services.EdgeServiceServicer):
 
     # -- RPCs -------------------------------------------------------------------------------------
     def Construct(self, request, context):
-        with self._handling(context, request) as labels:
+        with self._handling(context) as labels:
             job = self._job(request, context)
             labels.update(model=job.model.package.name, version=job.model.package.version)
             self.batcher.submit(job)
@@ -306,7 +307,7 @@ class EdgeServicer(api.services.EdgeServiceServicer):
             return self._response(job, request)
 
     def ConstructStream(self, request, context):
-        with self._handling(context, request.request) as labels:
+        with self._handling(context) as labels:
             progress: queue.Queue = queue.Queue()
             job = self._job(request.request, context, progress, request.progress_interval)
             labels.update(model=job.model.package.name, version=job.model.package.version)
@@ -325,7 +326,7 @@ class EdgeServicer(api.services.EdgeServiceServicer):
                                              for m in self.repo.models()])
 
     def GetModelMetadata(self, request, context):
-        with self._handling(context, None):
+        with self._handling(context):
             try:
                 model = self.repo.resolve(request.model_name, request.model_version)
             except LookupError as e:
@@ -334,15 +335,13 @@ class EdgeServicer(api.services.EdgeServiceServicer):
             accuracy = [pb.TaskAccuracy(precision=p, task=t, gain_rmse_db=v["gain_rmse_db"], aoa_sine_rmse=v["aoa_sine_rmse"])
                         for p, rec in pkg.accuracy().items() if isinstance(rec, dict) and "tasks" in rec
                         for t, v in rec["tasks"].items()]
-            import json
-
             return pb.GetModelMetadataResponse(
                 name=pkg.name, version=pkg.version, channels=list(pkg.manifest["channels"]), tile_size=pkg.tile_size,
                 operators=["identity", "mask", "downsample", "truncate", "quantize_aoa", "per_channel", "compose"],
                 precisions=pkg.precisions, schedule_json=json.dumps(pkg.manifest["schedule"]),
                 max_steps=min(MAX_STEPS, len(pkg.schedule())), accuracy=accuracy)
 
-    def _handling(self, context, request):
+    def _handling(self, context):
         return _Handling(self.metrics, context)
 
 
