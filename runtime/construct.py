@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime import operators
-from runtime.sampler import SamplerConfig, StepInfo, sample
+from runtime.sampler import SamplerConfig, sample
 from runtime.schedule import Schedule
 
 MAX_STEPS = 2000
@@ -77,5 +77,3 @@ def construct(engine, schedule: Schedule, op: operators.Operator, y: np.ndarray,
     timings = {"prepare_s": t1 - t0, "sampling_s": t2 - t1, "finish_s": time.perf_counter() - t2}
     return Construction(mean, std, x, residual, timings, len(short))
 
-
-__all__ = ["ConstructConfig", "Construction", "construct", "check_observation", "StepInfo"]

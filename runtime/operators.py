@@ -164,8 +164,8 @@ class QuantizeAoA(Operator):
     """AoA quantization into K equal sectors (eqs. 28-31) on AoA-sine pixels, STE backward (eq. 36).
 
     Reported angles are sector centres; building cells stay 0. Which cells are buildings is a
-    property of the map (eq. 31), known at the base station from its building layout or read off
-    the observation (`building_from_observation`); pass it as `building` ((H, W) or (B, H, W)).
+    property of the map (eq. 31), known at the base station from its building layout; pass it as
+    `building` ((H, W) or (B, H, W)).
     Without it, cells whose current value lies in the codec's building gap count as buildings.
     Only the sine is stored, and theta and 180 - theta share it; the quantizer is the same for
     both when K is even (sector boundaries are symmetric about +-90 degrees), so K must be even.
@@ -212,9 +212,11 @@ class QuantizeAoA(Operator):
         return spec
 
 
-def building_from_observation(y: np.ndarray) -> np.ndarray:
-    """Building cells of an observation whose AoA channel keeps buildings at 0: (B, H, W) bool."""
-    return np.asarray(y)[:, -1] < codec.BUILDING_THRESHOLD
+def _freeze_operators(combinator: Operator, message: str) -> None:
+    """Store a combinator's operators as a tuple; refuse an empty list or a non-operator."""
+    object.__setattr__(combinator, "operators", tuple(combinator.operators))
+    if not combinator.operators or not all(isinstance(o, Operator) for o in combinator.operators):
+        raise OperatorError(message)
 
 
 @dataclass(frozen=True)
@@ -225,9 +227,7 @@ class PerChannel(Operator):
     name = "per_channel"
 
     def __post_init__(self):
-        object.__setattr__(self, "operators", tuple(self.operators))
-        if not self.operators or not all(isinstance(o, Operator) for o in self.operators):
-            raise OperatorError("per_channel needs one operator per channel")
+        _freeze_operators(self, "per_channel needs one operator per channel")
 
     def forward(self, x):
         x = _check_x(x, len(self.operators))
@@ -258,9 +258,7 @@ class Compose(Operator):
     name = "compose"
 
     def __post_init__(self):
-        object.__setattr__(self, "operators", tuple(self.operators))
-        if not self.operators or not all(isinstance(o, Operator) for o in self.operators):
-            raise OperatorError("compose needs at least one operator")
+        _freeze_operators(self, "compose needs at least one operator")
 
     def forward(self, x):
         for op in self.operators:
