@@ -2,6 +2,7 @@
 
     ckm-bench procedural [--tiles 1000] [--workers N]
     ckm-bench latency [--package DIR] [--checkpoint FILE] [--steps 10]
+    ckm-bench load [--repository DIR | --server HOST:PORT] [--clients 1 2 4 8] [--duration 20]
 """
 
 from __future__ import annotations
@@ -81,6 +82,54 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_load(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from benchmarks import load
+    from runtime import tasks
+    from runtime.client import EdgeClient
+    from training import procedural
+
+    if any(c < 1 for c in args.clients) or args.duration <= 0:
+        raise SystemExit("ckm-bench load: --clients must be >= 1 and --duration > 0")
+    edge = None
+    if args.server:
+        target = args.server
+    else:
+        from runtime.server import ServerConfig, create_server
+
+        edge = create_server(ServerConfig(repository=args.repository, port=0, poll_seconds=0, max_batch=args.max_batch,
+                                          max_queue_delay_ms=args.max_queue_delay_ms, max_queue=max(64, 2 * max(args.clients)),
+                                          engine_threads=args.threads)).start()
+        target = f"127.0.0.1:{edge.port}"
+    try:
+        with EdgeClient(target) as client:
+            tile_size = client.metadata().tile_size
+        tile, _ = procedural.generate_region(procedural.ProceduralConfig(tile_size=tile_size), "eval", 0, 1, seed=7)
+        rng = np.random.default_rng(0)
+        op = tasks.make_operator(args.task, rng, tile)
+        y = tasks.observe(op, tile, rng)[0]
+        kwargs = {"steps": args.steps, "corrector_steps": 1, "precision": args.precision}
+        levels = []
+        for clients in args.clients:
+            level = load.run_level(target, y, op, clients, args.duration, kwargs, edge)
+            print(level.row(), flush=True)
+            levels.append(level)
+    finally:
+        if edge is not None:
+            edge.stop(0)
+    where = f"server {args.server}" if args.server else (
+        f"in-process server on `{args.repository}` (max batch {args.max_batch}, max queue delay {args.max_queue_delay_ms} ms)")
+    text = load.markdown(levels, f"gRPC Construct load on {where}: task {args.task}, {args.steps} steps, M = 1, "
+                                 f"{args.precision}, {args.duration:g} s per level, closed-loop clients (each sends its next "
+                                 "request when the previous one returns).")
+    command = f"ckm-bench load --clients {' '.join(map(str, args.clients))} --duration {args.duration:g} --steps {args.steps}"
+    path = report.write_result("grpc-load", command, {"levels": [vars(lv) for lv in levels]}, text)
+    print(text)
+    print(f"results: {path}; report: {report.RESULTS_MD}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     lat.add_argument("--threads", type=int, default=0)
     lat.set_defaults(func=_cmd_latency)
+    ld = sub.add_parser("load", help="gRPC service throughput and p50/p95/p99 latency for 1..N concurrent clients")
+    ld.add_argument("--repository", default="models/repository", help="serve this repository in-process")
+    ld.add_argument("--server", help="or load an already running server, host:port")
+    ld.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
+    ld.add_argument("--duration", type=float, default=20.0, help="seconds per concurrency level")
+    ld.add_argument("--steps", type=int, default=10)
+    ld.add_argument("--task", default="ipbox")
+    ld.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    ld.add_argument("--max-batch", type=int, default=8)
+    ld.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    ld.add_argument("--threads", type=int, default=0, help="engine threads (0 = ONNX Runtime default)")
+    ld.set_defaults(func=_cmd_load)
     return parser
 
 

@@ -95,6 +95,21 @@ def test_concurrent_requests_are_batched_and_equal_single_runs(edge, client, tin
     assert rows == 4 and batches < 4  # at least two requests shared one engine batch
 
 
+def test_load_benchmark_reports_throughput_percentiles_and_batching(edge, tiny_prior):
+    from benchmarks import load
+
+    _, op, y = _observation(tiny_prior, "sr2")
+    level = load.run_level(f"127.0.0.1:{edge.port}", y, op, clients=3, duration_s=1.0,
+                           request_kwargs={"steps": 2}, edge=edge)
+    assert level.clients == 3 and level.errors == 0 and level.requests >= 3
+    assert 0 < level.p50_s <= level.p95_s <= level.p99_s
+    assert level.throughput_rps == pytest.approx(level.requests / level.seconds)
+    assert level.mean_batch_rows is not None and 1.0 <= level.mean_batch_rows <= 3.0
+    assert level.row().startswith("| 3 | ")
+    with pytest.raises(ValueError, match="clients"):
+        load.run_level(f"127.0.0.1:{edge.port}", y, op, clients=0, duration_s=1.0, request_kwargs={})
+
+
 @pytest.mark.parametrize("mutate,field", [
     (lambda r: r.observation.shape.__setitem__(0, 3), "observation"),
     (lambda r: setattr(r.observation, "data", r.observation.data[:-4]), "observation.data"),
