@@ -70,7 +70,8 @@ def cmd_construct(args) -> int:
     truth, op, y, task = _observation(args, pkg.tile_size)
     cfg = ConstructConfig(steps=args.steps, samples=args.samples, seed=args.seed,
                           sampler=SamplerConfig(zeta=args.zeta, corrector_steps=args.corrector_steps,
-                                                jacobian_free=args.jacobian_free))
+                                                jacobian_free=args.jacobian_free,
+                                                clip_denoised=None if args.no_clip_denoised else (0.0, 1.0)))
     start = time.perf_counter()
     with open_engine(pkg, EngineConfig(precision=args.precision, device=args.device, threads=args.threads)) as engine:
         result = construct(engine, pkg.schedule(), op, y, (2, pkg.tile_size, pkg.tile_size), cfg)
@@ -199,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--samples", type=int, default=1)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--jacobian-free", action="store_true", help="skip the backward graph (about half the cost)")
+    c.add_argument("--no-clip-denoised", action="store_true",
+                   help="local only: the paper's unclipped predictor (x0_hat not clipped to [0, 1] in the ancestral step)")
     c.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     c.add_argument("--threads", type=int, default=0)

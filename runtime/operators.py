@@ -139,7 +139,15 @@ class Downsample(Operator):
 
 @dataclass(frozen=True)
 class Truncate(Operator):
-    """Dynamic-range truncation (eq. 2 / 26): y = min(max(x, a), b); gradient 1 strictly inside."""
+    """Dynamic-range truncation (eq. 2 / 26): y = min(max(x, a), b), straight-through backward.
+
+    The clamp's own gradient is 0 outside [a, b], so a cell whose estimate has left the window
+    while its observation lies inside gets no pull back and the guidance loses it for good (on
+    JTQR this made the construction diverge). The VJP is therefore the identity, as the paper
+    does for the quantizer (eq. 36). It only differs from the clamp's gradient where the
+    estimate is saturated, and there it points the right way: toward y when y is inside the
+    window, and nowhere when y is saturated on the same side (the residual is then ~0).
+    """
 
     low: float = 0.2
     high: float = 0.7
@@ -153,7 +161,7 @@ class Truncate(Operator):
         return np.clip(_check_x(x), self.low, self.high)
 
     def vjp(self, x, v):
-        return v * ((x > self.low) & (x < self.high))
+        return np.asarray(v).copy()
 
     def to_spec(self):
         return {"op": self.name, "low": self.low, "high": self.high}

@@ -41,6 +41,11 @@ class SamplerConfig:
     corrector_steps: int = 1  # M Langevin steps per predictor step
     snr: float = 0.16  # target signal-to-noise ratio of the Langevin step size
     jacobian_free: bool = False
+    # Clip x0_hat to the data range where it enters the predictor (DDPM's clip_denoised). The
+    # paper's Algorithm 2 does not; without it an early guided step can throw x far out of the
+    # data's range (x0_hat carries 1/scale ~ 150 at t = 1) and the prior takes many steps to
+    # recover. The observation step always uses the unclipped x0_hat, as in Algorithm 2.
+    clip_denoised: tuple[float, float] | None = (0.0, 1.0)
 
     def __post_init__(self):
         if not (np.isfinite(self.zeta) and self.zeta >= 0):
@@ -49,6 +54,10 @@ class SamplerConfig:
             raise ValueError(f"corrector_steps must be in [0, 20], got {self.corrector_steps}")
         if not (np.isfinite(self.snr) and self.snr > 0):
             raise ValueError(f"snr must be finite and > 0, got {self.snr}")
+        if self.clip_denoised is not None:
+            lo, hi = self.clip_denoised
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+                raise ValueError(f"clip_denoised must be a finite (low, high) with low < high, got {self.clip_denoised}")
 
 
 @dataclass(frozen=True)
@@ -122,8 +131,12 @@ def sample(
         residual = None
         if obs is not None:
             rs, residual = obs.residuals(x0_hat)
-        a, bc, c = (float(v) for v in schedule.ancestral_coefficients(k))
-        x_next = a * x + bc * s + c * _noise(rngs, shape)  # ancestral predictor, eq. (13)
+        if cfg.clip_denoised is None:
+            a, bc, c = (float(v) for v in schedule.ancestral_coefficients(k))
+            x_next = a * x + bc * s + c * _noise(rngs, shape)  # ancestral predictor, eq. (13)
+        else:  # the same predictor over the clipped progressive estimate
+            d, e, c = schedule.x0_predictor_coefficients(k)
+            x_next = d * x + e * np.clip(x0_hat, *cfg.clip_denoised) + c * _noise(rngs, shape)
         if k > 0:
             t_prev = np.full(b, schedule.times[k - 1], np.float32)
             alpha = schedule.langevin_alpha(k - 1)

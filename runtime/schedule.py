@@ -149,6 +149,20 @@ class Schedule:
         var = var_step * self.prev_noise_std[i] ** 2 / self.noise_std[i] ** 2
         return 1.0, var_step, float(np.sqrt(var))
 
+    def x0_predictor_coefficients(self, i: int) -> tuple[float, float, float]:
+        """(d, e, c) of the same predictor written over the progressive estimate:
+
+            x_{i-1} = d x_i + e x0_hat + c z      (= a x_i + b s + c z when x0_hat = ax x_i + bs s)
+
+        so that a sampler can clip x0_hat to the data range before it enters the step (the
+        ``clip_denoised`` of DDPM/guided-diffusion, ``clip_sample`` in diffusers). VP/DDPM:
+        e = sqrt(abar_{i-1}) beta_i / (1 - abar_i), d = sqrt(alpha_i) (1 - abar_{i-1}) / (1 - abar_i).
+        """
+        a, b, c = self.ancestral_coefficients(i)
+        ax, bs = self.x0_hat_coefficients(i)
+        e = b / bs
+        return float(a - e * ax), float(e), float(c)
+
     def langevin_alpha(self, i: int) -> float:
         """The alpha that scales the Langevin corrector step size (score_sde): alpha_i (VP), 1 (VE)."""
         if self.kind == "vp":

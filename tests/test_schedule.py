@@ -37,6 +37,24 @@ def test_ancestral_coefficients_match_eq_13():
     assert s.ancestral_coefficients(0)[2] == 0.0  # the last step adds no noise
 
 
+@pytest.mark.parametrize("schedule", [Schedule.vp(1000).respace(30), Schedule.vp(1000).respace(30, "ddim"),
+                                      Schedule.ve(100, 0.01, 50.0)], ids=["vp-ddpm", "vp-ddim", "ve"])
+def test_predictor_over_x0_hat_is_the_same_step(schedule):
+    rng = np.random.default_rng(0)
+    x, score = rng.standard_normal((2, 64))
+    for i in range(len(schedule)):
+        a, b, c = schedule.ancestral_coefficients(i)
+        d, e, c2 = schedule.x0_predictor_coefficients(i)
+        np.testing.assert_allclose(d * x + e * schedule.x0_hat(x, score, i), a * x + b * score, rtol=1e-9, atol=1e-9)
+        assert c2 == c
+    if schedule.kind == "vp" and schedule.params.get("respacing") != "ddim":
+        ab, abp = schedule.alpha_bars[5], schedule.alpha_bars[4]
+        d, e, _ = schedule.x0_predictor_coefficients(5)  # DDPM's posterior-mean coefficients
+        assert e == pytest.approx(np.sqrt(abp) * (1 - ab / abp) / (1 - ab))
+        assert d == pytest.approx(np.sqrt(ab / abp) * (1 - abp) / (1 - ab))
+        assert schedule.x0_predictor_coefficients(0)[0] == pytest.approx(0, abs=1e-12)  # x_0 = x0_hat
+
+
 def test_respacing_keeps_alpha_bars_and_rederives_betas():
     s = Schedule.vp(1000)
     r = s.respace(50)

@@ -5,7 +5,8 @@ compare against; it is not the product's inference path. Per step i = K..1 (arra
 
     1  s      = s_theta(x_i, t_i)                                   (network forward, with grad)
     2  x0_hat = (x_i + std_i^2 s) / scale_i                         progressive estimate
-    3  x'     = a_i x_i + b_i s + c_i z                             ancestral predictor (eq. 13)
+    3  x'     = a_i x_i + b_i s + c_i z                             ancestral predictor (eq. 13);
+              by default written d_i x_i + e_i clip(x0_hat) + c_i z     (DDPM's clip_denoised)
     4  M x    x' <- x' + eps s_theta(x', t_{i-1}) + sqrt(2 eps) z  Langevin corrector,
               eps = 2 alpha (snr ||z|| / ||s||)^2 per sample        (score_sde's target-SNR rule)
     5  x_{i-1} = x' - zeta grad_{x_i} ||y - A(x0_hat)||             normalized observation step
@@ -54,6 +55,7 @@ class DPSConfig:
     zeta: float = 13.0  # observation constraint strength (paper: 10-13)
     corrector_steps: int = 1  # M
     snr: float = 0.16  # Langevin target signal-to-noise ratio
+    clip_denoised: tuple[float, float] | None = (0.0, 1.0)  # x0_hat clipped where it enters the predictor
 
     def __post_init__(self):
         if self.zeta < 0 or self.corrector_steps < 0 or self.snr <= 0:
@@ -100,8 +102,12 @@ def dps_sample(
             if op is not None:
                 residual = _per_sample_norm(y - apply_operator(op, x0_hat))
         with torch.no_grad():
-            a, b_coef, c = schedule.ancestral_coefficients(k)
-            x_next = float(a) * x + float(b_coef) * s + float(c) * _randn(rng, shape, device)  # (3)
+            if cfg.clip_denoised is None:
+                a, b_coef, c = schedule.ancestral_coefficients(k)
+                x_next = float(a) * x + float(b_coef) * s + float(c) * _randn(rng, shape, device)  # (3)
+            else:  # (3) over the clipped progressive estimate, as DDPM's clip_denoised
+                d, e, c = schedule.x0_predictor_coefficients(k)
+                x_next = d * x + e * x0_hat.clamp(*cfg.clip_denoised) + c * _randn(rng, shape, device)
             if k > 0:
                 t_prev = torch.full((b,), float(schedule.times[k - 1]), device=device)
                 alpha = schedule.langevin_alpha(k - 1)
