@@ -60,6 +60,20 @@ def from_numpy(array: np.ndarray):
     return pb.Tensor(shape=list(array.shape), dtype=_PB_DTYPES[array.dtype], data=array.astype(array.dtype.newbyteorder("<")).tobytes())
 
 
+def _binary_map(tensor, field: str) -> np.ndarray:
+    m = to_numpy(tensor, field)
+    if m.ndim != 2 or not np.isin(m, (0, 1)).all():
+        raise InvalidArgument(f"{field} must be an (H, W) array of 0/1, got shape {list(m.shape)}")
+    return m.astype(bool)
+
+
+def _one_map(m: np.ndarray, what: str) -> np.ndarray:
+    m = m[0] if m.ndim == 3 and len(m) == 1 else m
+    if m.ndim != 2:
+        raise ValueError(f"a request carries one (H, W) {what}, got shape {m.shape}")
+    return m.astype(np.uint8)
+
+
 def operator_from_proto(msg, field: str = "operator", depth: int = 0) -> operators.Operator:
     """An Operator message -> a runtime operator; every error names the offending field."""
     if depth > 8:
@@ -71,16 +85,16 @@ def operator_from_proto(msg, field: str = "operator", depth: int = 0) -> operato
         if kind == "identity":
             return operators.Identity()
         if kind == "mask":
-            m = to_numpy(msg.mask.mask, f"{field}.mask.mask")
-            if m.ndim != 2 or not np.isin(m, (0, 1)).all():
-                raise InvalidArgument(f"{field}.mask.mask must be an (H, W) array of 0/1, got shape {list(m.shape)}")
-            return operators.Mask(m.astype(bool))
+            return operators.Mask(_binary_map(msg.mask.mask, f"{field}.mask.mask"))
         if kind == "downsample":
             return operators.Downsample(int(msg.downsample.factor))
         if kind == "truncate":
             return operators.Truncate(float(msg.truncate.low), float(msg.truncate.high))
         if kind == "quantize_aoa":
-            return operators.QuantizeAoA(int(msg.quantize_aoa.sectors))
+            building = None
+            if msg.quantize_aoa.HasField("building"):
+                building = _binary_map(msg.quantize_aoa.building, f"{field}.quantize_aoa.building")
+            return operators.QuantizeAoA(int(msg.quantize_aoa.sectors), building)
         sub = msg.per_channel.operators if kind == "per_channel" else msg.compose.operators
         ops = tuple(operator_from_proto(o, f"{field}.{kind}.operators[{i}]", depth + 1) for i, o in enumerate(sub))
         return (operators.PerChannel if kind == "per_channel" else operators.Compose)(ops)
@@ -93,16 +107,16 @@ def operator_to_proto(op: operators.Operator):
     if isinstance(op, operators.Identity):
         return pb.Operator(identity=pb.IdentityOperator())
     if isinstance(op, operators.Mask):
-        mask = op.mask[0] if op.mask.ndim == 3 and len(op.mask) == 1 else op.mask
-        if mask.ndim != 2:
-            raise ValueError(f"a request carries one (H, W) mask, got shape {op.mask.shape}")
-        return pb.Operator(mask=pb.MaskOperator(mask=from_numpy(mask.astype(np.uint8))))
+        return pb.Operator(mask=pb.MaskOperator(mask=from_numpy(_one_map(op.mask, "mask"))))
     if isinstance(op, operators.Downsample):
         return pb.Operator(downsample=pb.DownsampleOperator(factor=op.factor))
     if isinstance(op, operators.Truncate):
         return pb.Operator(truncate=pb.TruncateOperator(low=op.low, high=op.high))
     if isinstance(op, operators.QuantizeAoA):
-        return pb.Operator(quantize_aoa=pb.QuantizeAoaOperator(sectors=op.sectors))
+        msg = pb.QuantizeAoaOperator(sectors=op.sectors)
+        if op.building is not None:
+            msg.building.CopyFrom(from_numpy(_one_map(op.building, "building mask")))
+        return pb.Operator(quantize_aoa=msg)
     subs = [operator_to_proto(o) for o in op.operators]
     if isinstance(op, operators.PerChannel):
         return pb.Operator(per_channel=pb.PerChannelOperator(operators=subs))

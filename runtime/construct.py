@@ -52,7 +52,10 @@ def check_observation(op: operators.Operator, y: np.ndarray, shape: tuple[int, i
     y = np.asarray(y, dtype=np.float32)
     if y.ndim == 3:
         y = y[None]
-    expect = op.output_shape((1,) + tuple(shape))
+    try:  # a probe run catches masks and building layouts that do not fit the tile
+        expect = op.forward(np.zeros((1,) + tuple(shape), np.float32)).shape
+    except (operators.OperatorError, ValueError) as e:
+        raise operators.OperatorError(f"the operator does not fit a {tuple(shape)} map: {e}") from None
     if y.shape != expect:
         raise operators.OperatorError(f"observation has shape {y.shape[1:]}, the operator produces {expect[1:]}")
     if not np.isfinite(y).all():

@@ -74,13 +74,16 @@ class ModelRepository:
         self.reload()
 
     def fingerprint(self) -> tuple:
-        """What changes when a package is added, removed or rewritten."""
+        """What changes when a package is added, removed or rewritten (any file of a version
+        directory, so a package skipped while it was still being copied is retried once the
+        copy completes)."""
         items = []
-        for manifest in sorted(self.root.glob("*/*/manifest.json")):
+        for path in sorted(self.root.glob("*/*/*")):
             try:
-                items.append((str(manifest), manifest.stat().st_mtime_ns, manifest.stat().st_size))
+                st = path.stat()
             except OSError:
                 continue
+            items.append((str(path), st.st_mtime_ns, st.st_size))
         return tuple(items)
 
     def reload(self) -> bool:

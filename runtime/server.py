@@ -117,6 +117,8 @@ class Metrics:
         self.queue_depth = Gauge("ckm_queue_depth", "Jobs waiting for a batch", registry=self.registry)
         self.batch_rows = Histogram("ckm_batch_rows", "Rows per engine batch", registry=self.registry,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.abandoned = Counter("ckm_abandoned_batches", "Batches stopped between steps because every caller "
+                                 "cancelled or ran past its deadline", registry=self.registry)
 
     def serve(self, port: int) -> int:
         from prometheus_client import start_http_server
@@ -213,6 +215,7 @@ class Batcher:
             for j, job in enumerate(batch):
                 job.result = x[[i for i, o in enumerate(owner) if o == j]]
         except _Cancelled as e:
+            self.metrics.abandoned.inc()
             for job in batch:
                 job.error = e
         except Exception as e:  # the engine failed: every job of the batch gets the error

@@ -15,6 +15,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from runtime import api, codec, operators, tasks
 from runtime.api import pb
 from runtime.client import EdgeClient
+from runtime.construct import ConstructConfig, construct
+from runtime.engine import EngineConfig, open_engine
 from runtime.server import ServerConfig, create_server
 
 
@@ -63,6 +65,44 @@ def test_construct_and_metadata(client, tiny_prior):
     assert meta.name == "tiny" and meta.tile_size == 32 and list(meta.precisions) == ["fp32", "fp16", "int8"]
     assert "downsample" in meta.operators and meta.max_steps == 1000
     assert client.list_models() == [("tiny", "1.0.0")]
+
+
+@pytest.mark.parametrize("task", tasks.TASKS)
+def test_every_task_over_grpc_equals_the_local_construction(client, tiny_prior, tiny_package, task):
+    _, op, y = _observation(tiny_prior, task, seed=5)
+    remote = client.construct(y, op, steps=3, samples=2, seed=4)
+    with open_engine(tiny_package, EngineConfig(threads=1)) as engine:
+        local = construct(engine, tiny_package.schedule(), op, y, (2, 32, 32), ConstructConfig(steps=3, samples=2, seed=4))
+    # The operator (masks, building layout, quantizer, truncation window) crossed the wire intact.
+    np.testing.assert_allclose(remote.map, local.mean, atol=1e-5)
+    np.testing.assert_allclose(remote.std, local.std, atol=1e-5)
+    assert remote.residual_norm == pytest.approx(local.residual, rel=1e-4)
+
+
+def test_operator_that_does_not_fit_the_tile_is_refused_before_batching(client, tiny_prior):
+    _, _, y = _observation(tiny_prior, "ipbox")
+    small = operators.Mask(np.ones((16, 16), bool))
+    with pytest.raises(grpc.RpcError) as err:
+        client.construct(np.zeros((2, 16, 16), np.float32), small, steps=2)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "does not fit" in err.value.details()
+    jtqr = operators.jtqr(building=np.zeros((8, 8), bool))
+    with pytest.raises(grpc.RpcError) as err:
+        client.construct(y, jtqr, steps=2)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "building" in err.value.details()
+
+
+def test_client_cancellation_stops_the_batch(edge, client, tiny_prior):
+    _, op, y = _observation(tiny_prior, "iprandom")
+    before = edge.metrics.registry.get_sample_value("ckm_abandoned_batches_total") or 0.0
+    call = client.stub.ConstructStream(pb.ConstructStreamRequest(request=client.request(y, op, steps=1000), progress_interval=1))
+    steps_seen = [event.progress.step for _, event in zip(range(3), call)]
+    assert steps_seen == [1, 2, 3]
+    call.cancel()
+    deadline = time.time() + 60
+    while (edge.metrics.registry.get_sample_value("ckm_abandoned_batches_total") or 0.0) == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert edge.metrics.registry.get_sample_value("ckm_abandoned_batches_total") == before + 1
+    assert client.construct(y, op, steps=2).steps == 2  # and the server goes on serving
 
 
 def test_stream_reports_every_step_then_the_result(client, tiny_prior):
@@ -179,6 +219,70 @@ def test_repository_reload_serves_new_versions(edge, repo, client, tiny_prior):
     assert client.construct(y, op, steps=2).version == "1.1.0"
     assert client.construct(y, op, steps=2, version="1.0.0").version == "1.0.0"
     shutil.rmtree(repo / "tiny" / "1.1.0")
+    deadline = time.time() + 10
+    while ("tiny", "1.1.0") in client.list_models() and time.time() < deadline:
+        time.sleep(0.1)
+    assert client.list_models() == [("tiny", "1.0.0")]  # a removed version is no longer served
+
+
+def test_reload_during_load_drops_no_request(edge, repo, tiny_prior):
+    _, op, y = _observation(tiny_prior, "sr2")
+    results, errors = [], []
+
+    def load(i):
+        with EdgeClient(f"127.0.0.1:{edge.port}") as c:
+            for k in range(6):
+                try:
+                    results.append(c.construct(y, op, steps=3, seed=10 * i + k).version)
+                except grpc.RpcError as e:
+                    errors.append((e.code(), e.details()))
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    shutil.copytree(repo / "tiny" / "1.0.0", repo / "tiny" / "1.2.0")
+    manifest = repo / "tiny" / "1.2.0" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"version": "1.0.0"', '"version": "1.2.0"'))
+    for t in threads:
+        t.join()
+    try:
+        assert errors == [], errors
+        assert len(results) == 18 and set(results) <= {"1.0.0", "1.2.0"}, results
+        with EdgeClient(f"127.0.0.1:{edge.port}") as c:
+            deadline = time.time() + 10
+            while ("tiny", "1.2.0") not in c.list_models() and time.time() < deadline:
+                time.sleep(0.1)
+            assert c.construct(y, op, steps=2).version == "1.2.0"
+    finally:
+        shutil.rmtree(repo / "tiny" / "1.2.0")
+        with EdgeClient(f"127.0.0.1:{edge.port}") as c:
+            deadline = time.time() + 10
+            while ("tiny", "1.2.0") in c.list_models() and time.time() < deadline:
+                time.sleep(0.1)
+
+
+def test_health_follows_the_repository(tiny_package, tmp_path):
+    server = create_server(ServerConfig(repository=tmp_path, port=0, poll_seconds=0.1, engine_threads=1)).start()
+    try:
+        with EdgeClient(f"127.0.0.1:{server.port}") as c:
+            health = health_pb2_grpc.HealthStub(c.channel)
+
+            def status():
+                return health.Check(health_pb2.HealthCheckRequest(service=api.SERVICE_NAME)).status
+
+            def wait_for(expected):
+                deadline = time.time() + 10
+                while status() != expected and time.time() < deadline:
+                    time.sleep(0.05)
+                return status()
+
+            assert status() == health_pb2.HealthCheckResponse.NOT_SERVING  # nothing to serve yet
+            shutil.copytree(tiny_package.root, tmp_path / "tiny" / "1.0.0")
+            assert wait_for(health_pb2.HealthCheckResponse.SERVING) == health_pb2.HealthCheckResponse.SERVING
+            shutil.rmtree(tmp_path / "tiny")
+            assert wait_for(health_pb2.HealthCheckResponse.NOT_SERVING) == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        server.stop(0)
 
 
 def test_full_queue_answers_resource_exhausted(repo, tiny_prior):
