@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $@
 
-PACKAGE := models/repository/ckm-prior/0.1.0
+PACKAGE := models/repository/ckm-prior/0.2.0
 
 # The main job: the edge server starts on the shipped default package; a held-out procedural
 # tile, observed through each task's operator, is constructed over gRPC.
@@ -31,6 +31,8 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/ckm-bench procedural
+	$(BIN)/ckm-bench latency
+	$(BIN)/ckm-bench load
 
 clean:
 	rm -rf $(VENV) demo-out

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--workers", type=int, default=None, help="processes (default: usable cores)")
     proc.set_defaults(func=_cmd_procedural)
     lat = sub.add_parser("latency", help="runtime vs PyTorch reference per-step latency on CPU")
-    lat.add_argument("--package", default="models/repository/ckm-prior/0.1.0")
+    lat.add_argument("--package", default="models/repository/ckm-prior/0.2.0")
     lat.add_argument("--checkpoint", default="models/checkpoints/prior-small.pt")
     lat.add_argument("--steps", type=int, default=10)
     lat.add_argument("--batches", type=int, nargs="+", default=[1, 4])

@@ -34,8 +34,6 @@ def test_default_model_rebuilds_from_its_own_file(prior):
     assert s.shape == x.shape and torch.isfinite(s).all()
 
 
-@pytest.mark.xfail(strict=False, reason="issue 4 is open: the shipped prior has ~4k CPU training steps and does not yet "
-                   "beat nearest-neighbour fill on this box; it must once trained further")
 def test_reference_dps_beats_nearest_neighbour_fill_on_a_box_mask(prior):
     model, meta = prior
     cfg = procedural.ProceduralConfig()

@@ -42,7 +42,8 @@ def operators_(depth=2):
         st.builds(lambda t: pb.Operator(mask=pb.MaskOperator(mask=t)), tensors()),
         st.builds(lambda f: pb.Operator(downsample=pb.DownsampleOperator(factor=f)), st.integers(-3, 70)),
         st.builds(lambda a, b: pb.Operator(truncate=pb.TruncateOperator(low=a, high=b)), st.floats(allow_nan=True), st.floats(allow_nan=True)),
-        st.builds(lambda k: pb.Operator(quantize_aoa=pb.QuantizeAoaOperator(sectors=k)), st.integers(-5, 100)),
+        st.builds(lambda k, b: pb.Operator(quantize_aoa=pb.QuantizeAoaOperator(sectors=k, building=b)),
+                  st.integers(-5, 100), st.one_of(st.none(), tensors())),
         st.just(pb.Operator(identity=pb.IdentityOperator())),
         st.just(pb.Operator()),
     )
