@@ -50,14 +50,19 @@ def run_level(target: str, y: np.ndarray, op: Operator, clients: int, duration_s
         raise ValueError(f"need clients >= 1 and duration_s > 0, got {clients}, {duration_s}")
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
-    start = threading.Barrier(clients + 1)
-    stop_at: list[float] = [0.0]
+    clock: dict[str, float] = {}
+
+    def open_window() -> None:  # runs once, before the barrier releases anyone
+        clock["began"] = time.perf_counter()
+        clock["stop_at"] = clock["began"] + duration_s
+
+    start = threading.Barrier(clients + 1, action=open_window)
 
     def worker(i: int) -> None:
         with EdgeClient(target) as client:
             client.construct(y, op, seed=i, **request_kwargs)  # warm-up: channel, model, engine
             start.wait()
-            while time.perf_counter() < stop_at[0]:
+            while time.perf_counter() < clock["stop_at"]:
                 t0 = time.perf_counter()
                 try:
                     client.construct(y, op, seed=i, **request_kwargs)
@@ -70,13 +75,10 @@ def run_level(target: str, y: np.ndarray, op: Operator, clients: int, duration_s
     for t in threads:
         t.start()
     rows0, batches0 = _batch_stats(edge)
-    stop_at[0] = time.perf_counter() + 1e9  # set properly once everyone is warm
-    start.wait()
-    began = time.perf_counter()
-    stop_at[0] = began + duration_s
+    start.wait()  # everyone is warm: the measured window opens
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - began
+    elapsed = time.perf_counter() - clock["began"]
     rows1, batches1 = _batch_stats(edge)
     lat = np.array([v for per in latencies for v in per])
     if lat.size == 0:
