@@ -4,6 +4,9 @@
     ckm-data convert-ckmimagenet --root /path/to/CKMImageNet --out data/ckmimagenet
     ckm-data inspect data/proc --verify --preview preview.png
     ckm-data demo --out demo-out
+    ckm-data stats data/proc data/rt --labels procedural ray-traced --out docs/calibration
+    ckm-data calibrate datasets/sionna-rt-small --out docs/calibration --save-preset calibrated --preview 4
+    ckm-data raytrace --out data/rt --train munich etoile --eval florence --tiles-per-scene 64 [--shard 0/8]
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime import codec
-from training import ckmimagenet, preview, procedural
+from training import ckmimagenet, preview, procedural, raytrace
 from training.dataset import Dataset, DatasetError, DatasetWriter
 
 
@@ -29,15 +32,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        return raytrace.parse_shard(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _procedural_config(args: argparse.Namespace) -> procedural.ProceduralConfig:
-    return procedural.ProceduralConfig(
-        tile_size=args.tile_size, cell_size_m=args.cell_size, carrier_hz=args.carrier_hz
+    return procedural.ProceduralConfig.preset(
+        args.preset, tile_size=args.tile_size, cell_size_m=args.cell_size, carrier_hz=args.carrier_hz
     )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     cfg = _procedural_config(args)
-    provenance = {"generator": "training.procedural", "seed": args.seed, "config": dataclasses.asdict(cfg)}
+    provenance = {"generator": "training.procedural", "preset": args.preset, "seed": args.seed,
+                  "config": dataclasses.asdict(cfg)}
     start = time.perf_counter()
     with DatasetWriter(
         args.out, "procedural", cfg.tile_size, cfg.cell_size_m, cfg.carrier_hz, provenance
@@ -84,7 +95,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_tile(args: argparse.Namespace) -> int:
     """One procedural tile from a held-out (eval) region, as an npz the edge CLI reads."""
-    cfg = procedural.ProceduralConfig(tile_size=args.tile_size)
+    cfg = procedural.ProceduralConfig.preset(args.preset, tile_size=args.tile_size)
     pixels, tx = procedural.generate_region(cfg, "eval", args.region, args.index + 1, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, pixels=pixels[args.index], tx=tx[args.index])
@@ -113,6 +124,112 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _height_range(text: str) -> tuple[float, float]:
+    parts = text.split(":")
+    try:
+        lo, hi = (float(parts[0]), float(parts[-1]))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected metres as H or LO:HI, got {text!r}") from None
+    if len(parts) > 2 or not 0 < lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected H or LO:HI with 0 < LO <= HI, got {text!r}")
+    return lo, hi
+
+
+def cmd_raytrace(args: argparse.Namespace) -> int:
+    """Ray-traced tiles from city scenes (Sionna RT); resumable and shardable."""
+    if not args.train and not args.eval:
+        raise DatasetError("name at least one scene with --train and/or --eval")
+    cfg = raytrace.RaytraceConfig(
+        tile_size=args.tile_size,
+        cell_size_m=args.cell_size,
+        carrier_hz=args.carrier_hz,
+        rx_height_m=args.rx_height,
+        bs_height_m=args.bs_height,
+        bs_offset=args.bs_offset,
+        max_depth=args.max_depth,
+        diffraction=args.diffraction,
+        edge_diffraction=args.edge_diffraction,
+        samples_per_src=args.samples_per_src,
+    )
+    scenes = tuple((s, "train") for s in args.train) + tuple((s, "eval") for s in args.eval)
+    plan = raytrace.BuildPlan(scenes, args.tiles_per_scene, args.seed, cfg)
+    if args.check:
+        problem = raytrace.backend_problem("cuda" if args.device == "cuda" else "cpu")
+        print(problem or f"ray-tracing backend ready ({raytrace.find_llvm()[1]})")
+        return 0 if problem is None else 1
+    summary = raytrace.build(args.out, plan, shard=args.shard, device=args.device, limit=args.limit)
+    done = "dataset assembled: " + summary["manifest"] if summary["manifest"] else (
+        f"{summary['remaining']} tile(s) of the plan still to build (other shards, or rerun to resume)"
+    )
+    print(f"built {summary['built']} tile(s), {summary['skipped']} already there; {done}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Statistics of datasets side by side (calibration of one source against another)."""
+    from training import statistics
+
+    labels = args.labels or [Path(d).name for d in args.datasets]
+    if len(labels) != len(args.datasets):
+        raise DatasetError(f"{len(labels)} label(s) for {len(args.datasets)} dataset(s)")
+    rows = [
+        (label, statistics.dataset_statistics(d, args.split, args.limit)) for label, d in zip(labels, args.datasets)
+    ]
+    paths = statistics.write_report(rows, args.out)
+    if args.preview:
+        strips = []
+        for label, d in zip(labels, args.datasets):
+            part = Dataset(d).split(args.split)
+            k = min(args.preview, len(part))
+            tx = part.transmitters()
+            strips.append((f"{label} ({args.split})", part.take(np.arange(k)), None if tx is None else tx[:k]))
+        paths["preview"] = preview.save_rows(Path(args.out) / "preview.png", strips)
+    print(statistics.markdown(rows))
+    print("written: " + ", ".join(str(p) for p in paths.values() if p))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit the procedural generator's parameters to a reference dataset's training statistics."""
+    from training import calibrate, statistics
+
+    reference = calibrate.reference_statistics(args.reference, "train")
+    start = time.perf_counter()
+    result = calibrate.calibrate(reference, trials=args.trials, tiles=args.tiles, seed=args.seed)
+    rows = [("ray-traced (train)", result.reference), ("procedural v1", result.baseline),
+            ("procedural calibrated", result.calibrated)]
+    out = Path(args.out)
+    paths = statistics.write_report(rows, out)
+    table = statistics.markdown(rows)
+    keys = ("gain_histogram_l1", "building_fraction", "no_path_fraction", "falloff_mean_abs_db", "total")
+    table += "\n| mismatch to the reference | v1 | calibrated |\n|---|---|---|\n" + "".join(
+        f"| {k} | {result.baseline_mismatch[k]:.3f} | {result.mismatch[k]:.3f} |\n" for k in keys
+    )
+    table += "\nCalibrated parameters: " + ", ".join(f"`{k}={v}`" for k, v in result.params.items()) + "\n"
+    (out / "stats.md").write_text(table)
+    (out / "calibration.json").write_text(json.dumps({
+        "reference": str(args.reference), "params": result.params, "mismatch": result.mismatch,
+        "baseline_mismatch": result.baseline_mismatch, "trials": result.trials, "tiles_per_trial": args.tiles,
+        "seed": args.seed, "seconds": round(time.perf_counter() - start, 1),
+    }, indent=2) + "\n")
+    if args.save_preset:
+        preset_path = calibrate.save_preset(result, args.save_preset, str(args.reference))
+        print(f"preset {args.save_preset!r} written to {preset_path}")
+    if args.preview:
+        ref = Dataset(args.reference).split("train")
+        k = min(args.preview, len(ref))
+        pix_v1, tx_v1 = procedural.generate_region(result.config.__class__(), "eval", 0, k, seed=args.seed)
+        pix_c, tx_c = procedural.generate_region(result.config, "eval", 0, k, seed=args.seed)
+        paths["preview"] = preview.save_rows(out / "preview.png", [
+            ("ray-traced (Sionna RT, training scenes)", ref.take(np.arange(k)), ref.transmitters()[:k]),
+            ("procedural v1 (defaults)", pix_v1, tx_v1),
+            ("procedural, calibrated preset", pix_c, tx_c),
+        ])
+    print(table)
+    print("written: " + ", ".join(str(p) for p in paths.values() if p))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--tile-size", type=_positive_int, default=128)
     gen.add_argument("--cell-size", type=float, default=2.0, help="metres per cell")
     gen.add_argument("--carrier-hz", type=float, default=3.5e9)
+    gen.add_argument("--preset", default="v1", help="procedural parameter set (v1 = defaults; see `ckm-data calibrate`)")
     gen.set_defaults(func=cmd_generate)
 
     conv = sub.add_parser("convert-ckmimagenet", help="convert a CKMImageNet tree")
@@ -148,7 +266,56 @@ def build_parser() -> argparse.ArgumentParser:
     tile.add_argument("--index", type=int, default=0)
     tile.add_argument("--seed", type=int, default=0)
     tile.add_argument("--tile-size", type=_positive_int, default=128)
+    tile.add_argument("--preset", default="v1", help="procedural parameter set")
     tile.set_defaults(func=cmd_tile)
+
+    rt = sub.add_parser(
+        "raytrace",
+        help="ray-traced dataset from Sionna RT scenes (extra `raytrace`); resumable, --shard i/n",
+        description="Ray-trace CKM tiles from city scenes. Scenes are Sionna built-ins (munich, etoile; "
+        "florence and san_francisco are held out: eval only) or Mitsuba XML files. Every finished "
+        "tile is kept under OUT/.raytrace; rerun the same command to resume; the job that finds the "
+        "plan complete writes the dataset.",
+    )
+    rt.add_argument("--out", required=True, type=Path)
+    rt.add_argument("--train", nargs="*", default=[], metavar="SCENE", help="scenes for the train split")
+    rt.add_argument("--eval", nargs="*", default=[], metavar="SCENE", help="scenes for the eval split")
+    rt.add_argument("--tiles-per-scene", type=_positive_int, default=8)
+    rt.add_argument("--seed", type=int, default=0)
+    rt.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: build tiles i, i+n, ...")
+    rt.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    rt.add_argument("--limit", type=_positive_int, help="stop after this many new tiles")
+    rt.add_argument("--tile-size", type=_positive_int, default=128)
+    rt.add_argument("--cell-size", type=float, default=2.0, help="metres per cell")
+    rt.add_argument("--carrier-hz", type=float, default=3.5e9)
+    rt.add_argument("--rx-height", type=float, default=1.5, help="receiver height above ground, m")
+    rt.add_argument("--bs-height", type=_height_range, default=(10.0, 30.0), help="BS height above ground, m: H or LO:HI")
+    rt.add_argument("--bs-offset", type=float, default=1.25, help="max BS offset from the tile centre, in tile half-widths")
+    rt.add_argument("--max-depth", type=int, default=3, help="interactions per path")
+    rt.add_argument("--samples-per-src", type=_positive_int, default=100_000, help="rays shot per transmitter")
+    rt.add_argument("--diffraction", action=argparse.BooleanOptionalAction, default=True)
+    rt.add_argument("--edge-diffraction", action=argparse.BooleanOptionalAction, default=False)
+    rt.add_argument("--check", action="store_true", help="only check that the backend (sionna-rt, LLVM) is usable")
+    rt.set_defaults(func=cmd_raytrace)
+
+    st = sub.add_parser("stats", help="gain histogram, building fraction and fall-off of datasets side by side")
+    st.add_argument("datasets", nargs="+", type=Path)
+    st.add_argument("--labels", nargs="*", help="one label per dataset (default: directory names)")
+    st.add_argument("--split", default="train")
+    st.add_argument("--limit", type=_positive_int, help="use the first N tiles of each")
+    st.add_argument("--out", type=Path, required=True, help="directory for stats.json / stats.md / stats.png")
+    st.add_argument("--preview", type=int, default=0, metavar="N", help="also preview.png: the first N tiles of each, one row per dataset")
+    st.set_defaults(func=cmd_stats)
+
+    cal = sub.add_parser("calibrate", help="fit the procedural generator to a reference dataset's training split")
+    cal.add_argument("reference", type=Path, help="dataset whose train split is the reference (e.g. ray-traced)")
+    cal.add_argument("--out", type=Path, required=True, help="report directory (stats.md/json/png, calibration.json)")
+    cal.add_argument("--trials", type=_positive_int, default=48)
+    cal.add_argument("--tiles", type=_positive_int, default=48, help="procedural tiles per trial")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--save-preset", metavar="NAME", help="record the result as a procedural preset")
+    cal.add_argument("--preview", type=int, default=0, metavar="N", help="preview.png with N tiles per source")
+    cal.set_defaults(func=cmd_calibrate)
 
     demo = sub.add_parser("demo", help="generate, round-trip and preview a few tiles")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
@@ -162,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, ckmimagenet.CKMImageNetError, codec.CodecError, ValueError) as e:
+    except (DatasetError, ckmimagenet.CKMImageNetError, codec.CodecError, ValueError, raytrace.RaytraceError) as e:
         print(f"ckm-data {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -46,3 +46,30 @@ def save_grid(path: str | Path, tiles: np.ndarray, tx: np.ndarray | None = None,
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return path
+
+
+def save_rows(path: str | Path, rows: list[tuple[str, np.ndarray, np.ndarray | None]]) -> Path:
+    """One labelled row of tiles per dataset: [(label, tiles (B, 2, H, W), tx (B, 3) or None)] -> PNG."""
+    if not rows:
+        raise ValueError("save_rows needs at least one row")
+    strips = []
+    for label, tiles, tx in rows:
+        tiles = np.asarray(tiles)
+        if tiles.ndim != 4 or tiles.shape[0] == 0:
+            raise ValueError(f"row {label!r}: tiles must have shape (B, 2, H, W) with B >= 1, got {tiles.shape}")
+        images = [render_tile(t, tx=None if tx is None else tx[i]) for i, t in enumerate(tiles)]
+        w, h = images[0].size
+        strip = Image.new("RGB", (len(images) * (w + 8), h + 22), (255, 255, 255))
+        ImageDraw.Draw(strip).text((4, 4), label, fill=(0, 0, 0))
+        for i, image in enumerate(images):
+            strip.paste(image, (i * (w + 8), 20))
+        strips.append(strip)
+    sheet = Image.new("RGB", (max(s.width for s in strips), sum(s.height + 6 for s in strips)), (255, 255, 255))
+    y = 0
+    for strip in strips:
+        sheet.paste(strip, (0, y))
+        y += strip.height + 6
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path

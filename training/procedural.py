@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -62,6 +64,9 @@ class ProceduralConfig:
     reflection_loss_db: tuple[float, float] = (5.0, 10.0)
     shadowing_sigma_db: float = 3.0
     shadowing_correlation: float = 12.0
+    # Cells whose total gain falls below this get the codec's floor, like the cells a ray tracer's
+    # paths (bounded depth, no transmission) never reach. None: every cell keeps its gain.
+    no_path_below_db: float | None = None
 
     def __post_init__(self) -> None:
         if self.tile_size < 16 or self.tile_size % 2:
@@ -76,9 +81,29 @@ class ProceduralConfig:
         if self.street_width[1] >= self.block_pitch[0]:
             raise ValueError("street_width must stay below block_pitch")
 
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ProceduralConfig":
+        """A named parameter set from `procedural_presets.json` (see `training/calibrate.py`)."""
+        presets = load_presets()
+        if name not in presets:
+            raise ValueError(f"unknown procedural preset {name!r}; known: {', '.join(sorted(presets))}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in presets[name]["config"].items()}
+        return cls(**{**values, **overrides})
+
     @property
     def wavelength_m(self) -> float:
         return SPEED_OF_LIGHT / self.carrier_hz
+
+
+PRESETS_FILE = Path(__file__).with_name("procedural_presets.json")
+
+
+def load_presets() -> dict:
+    """{name: {"config": {...overrides of the defaults...}, "note": ...}}; `v1` is the defaults."""
+    presets = {"v1": {"config": {}, "note": "the defaults (ckm-prior 0.1.0 and 0.2.0 were trained on these)"}}
+    if PRESETS_FILE.exists():
+        presets.update(json.loads(PRESETS_FILE.read_text()))
+    return presets
 
 
 @dataclass(frozen=True)
@@ -297,6 +322,8 @@ def generate_tile(rng: np.random.Generator, cfg: ProceduralConfig = ProceduralCo
     best = np.argmax(g, axis=0)
     total_db = 10.0 * np.log10(np.power(10.0, g / 10.0).sum(0))
     total_db = total_db + _shadowing(rng, cfg).ravel()
+    if cfg.no_path_below_db is not None:
+        total_db = np.where(total_db < cfg.no_path_below_db, codec.GAIN_DB_MIN, total_db)
     arr = np.stack(arrivals)[best, np.arange(grid.shape[0])]  # (N, 2)
     norm = np.sqrt((arr**2).sum(1))
     sine = np.where(norm > 1e-6, -arr[:, 0] / np.maximum(norm, 1e-6), 0.0)
