@@ -3,6 +3,7 @@
     ckm-bench procedural [--tiles 1000] [--workers N]
     ckm-bench latency [--package DIR] [--checkpoint FILE] [--steps 10]
     ckm-bench load [--repository DIR | --server HOST:PORT] [--clients 1 2 4 8] [--duration 20]
+    ckm-bench raytrace [--scene munich] [--tiles 2] [--device auto|cpu|cuda]
 """
 
 from __future__ import annotations
@@ -138,6 +139,23 @@ def _cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_raytrace(args: argparse.Namespace) -> int:
+    from benchmarks import raytrace as bench_raytrace
+    from training.raytrace import HELD_OUT_SCENES, RaytraceError
+
+    if args.scene in HELD_OUT_SCENES:
+        raise SystemExit(f"ckm-bench raytrace: {args.scene!r} is a held-out region; benchmark on a training scene")
+    try:
+        results, markdown = bench_raytrace.run(args.scene, args.tiles, args.device)
+    except RaytraceError as e:
+        raise SystemExit(f"ckm-bench raytrace: {e}") from None
+    command = f"ckm-bench raytrace --scene {args.scene} --tiles {args.tiles} --device {args.device}"
+    path = report.write_result(f"raytrace-{results['device']}", command, results, markdown)
+    print(markdown)
+    print(f"results: {path}; report: {report.RESULTS_MD}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--max-queue-delay-ms", type=float, default=5.0)
     ld.add_argument("--threads", type=int, default=0, help="engine threads (0 = ONNX Runtime default)")
     ld.set_defaults(func=_cmd_load)
+    rt = sub.add_parser("raytrace", help="seconds per ray-traced tile (Sionna RT) on this machine's CPU or GPU")
+    rt.add_argument("--scene", default="munich")
+    rt.add_argument("--tiles", type=int, default=2)
+    rt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    rt.set_defaults(func=_cmd_raytrace)
     return parser
 
 

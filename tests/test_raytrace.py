@@ -325,3 +325,14 @@ def test_shipped_tile_is_reproduced_from_its_provenance(tmp_path):
     # one run and not the other (hash-table races in Sionna's parallel candidate stage).
     diff_db = np.abs(again[0] - stored[0]) * codec.GAIN_RMSE_FACTOR
     assert np.mean(diff_db < 0.05) > 0.99
+
+
+def test_check_reports_missing_llvm_clearly(tmp_path):
+    old = tmp_path / "libLLVM-14.so"
+    old.write_bytes(b"")
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.data_cli", "raytrace", "--check", "--device", "cpu"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "DRJIT_LIBLLVM_PATH": str(old)},
+    )
+    assert proc.returncode == 1
+    assert ("LLVM 14" in proc.stdout and "libllvm19" not in proc.stdout) or "sionna-rt is not installed" in proc.stdout

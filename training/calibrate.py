@@ -2,9 +2,9 @@
 
 The statistics of `training/statistics.py` — outdoor gain histogram (with the share of cells no
 path reaches), building fraction and the median gain per distance ring — are computed for the
-reference's *training* split and for procedural tiles drawn with candidate parameters; a
-seeded random search over the parameters that move them keeps the candidate with the smallest
-mismatch. Held-out regions never enter: only a train split is accepted, and a split holding a
+reference's *training* split and for procedural tiles drawn with candidate parameters: the
+block density is fitted to the building fraction first, then a seeded random search over the
+propagation parameters keeps the candidate with the smallest gain mismatch. Held-out regions never enter: only a train split is accepted, and a split holding a
 held-out ray-tracing scene is refused.
 """
 
@@ -96,6 +96,9 @@ def reference_statistics(root: str | Path, split: str = "train") -> dict:
     return statistics.dataset_statistics(root, split)
 
 
+LAYOUT_PARAMS = ("density_centre",)
+
+
 def calibrate(
     reference: dict,
     *,
@@ -104,24 +107,39 @@ def calibrate(
     seed: int = 0,
     base: procedural.ProceduralConfig | None = None,
 ) -> CalibrationResult:
-    """Random search (seeded) over SEARCH_SPACE, then a local refinement around the best."""
+    """Two stages, both seeded: the layout first, then the propagation.
+
+    1. Layout: the block density is chosen on a grid to match the reference's building fraction
+       (a structural statistic the propagation cannot change).
+    2. Propagation: with that layout, a random search (the first half of `trials` uniform over
+       SEARCH_SPACE, the second half perturbing the best so far) over the remaining parameters
+       minimises the gain-histogram, no-path and fall-off mismatch.
+    """
     base = base or procedural.ProceduralConfig(cell_size_m=float(reference.get("cell_size_m") or 2.0))
     rng = np.random.default_rng(seed)
     baseline = procedural_statistics(base, tiles, seed)
-    best = (mismatch(baseline, reference), {}, baseline)
-    names = list(SEARCH_SPACE)
+    target_building = reference["building_fraction"]["mean"]
+    lo, hi = SEARCH_SPACE["density_centre"]
+    layout = min(
+        (abs(procedural_statistics(apply(base, {"density_centre": c}), tiles, seed)["building_fraction"]["mean"]
+             - target_building), round(float(c), 3))
+        for c in np.linspace(lo, hi, 14)
+    )[1]
+    names = [k for k in SEARCH_SPACE if k not in LAYOUT_PARAMS]
+    best = None
     for trial in range(trials):
-        if trial < trials // 2 or not best[1]:
+        if trial < trials // 2 or best is None:
             params = {k: float(rng.uniform(*SEARCH_SPACE[k])) for k in names}
         else:  # refine: perturb the best by 10% of each range
             params = {
-                k: float(np.clip(best[1][k] + 0.1 * (hi - lo) * rng.standard_normal(), lo, hi))
-                for k, (lo, hi) in SEARCH_SPACE.items()
+                k: float(np.clip(best[1][k] + 0.1 * (SEARCH_SPACE[k][1] - SEARCH_SPACE[k][0]) * rng.standard_normal(),
+                                 *SEARCH_SPACE[k]))
+                for k in names
             }
-        params = {k: round(v, 3) for k, v in params.items()}
+        params = {"density_centre": layout, **{k: round(v, 3) for k, v in params.items()}}
         stats = procedural_statistics(apply(base, params), tiles, seed)
         score = mismatch(stats, reference)
-        if score["total"] < best[0]["total"]:
+        if best is None or score["total"] < best[0]["total"]:
             best = (score, params, stats)
     score, params, stats = best
     return CalibrationResult(params, apply(base, params), score, mismatch(baseline, reference), reference, stats,

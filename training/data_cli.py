@@ -137,8 +137,14 @@ def _height_range(text: str) -> tuple[float, float]:
 
 def cmd_raytrace(args: argparse.Namespace) -> int:
     """Ray-traced tiles from city scenes (Sionna RT); resumable and shardable."""
+    if args.check:
+        problem = raytrace.backend_problem("cuda" if args.device == "cuda" else "cpu")
+        print(problem or f"ray-tracing backend ready ({raytrace.find_llvm()[1]})")
+        return 0 if problem is None else 1
     if not args.train and not args.eval:
         raise DatasetError("name at least one scene with --train and/or --eval")
+    if args.out is None:
+        raise DatasetError("--out is required")
     cfg = raytrace.RaytraceConfig(
         tile_size=args.tile_size,
         cell_size_m=args.cell_size,
@@ -153,10 +159,6 @@ def cmd_raytrace(args: argparse.Namespace) -> int:
     )
     scenes = tuple((s, "train") for s in args.train) + tuple((s, "eval") for s in args.eval)
     plan = raytrace.BuildPlan(scenes, args.tiles_per_scene, args.seed, cfg)
-    if args.check:
-        problem = raytrace.backend_problem("cuda" if args.device == "cuda" else "cpu")
-        print(problem or f"ray-tracing backend ready ({raytrace.find_llvm()[1]})")
-        return 0 if problem is None else 1
     summary = raytrace.build(args.out, plan, shard=args.shard, device=args.device, limit=args.limit)
     done = "dataset assembled: " + summary["manifest"] if summary["manifest"] else (
         f"{summary['remaining']} tile(s) of the plan still to build (other shards, or rerun to resume)"
@@ -277,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tile is kept under OUT/.raytrace; rerun the same command to resume; the job that finds the "
         "plan complete writes the dataset.",
     )
-    rt.add_argument("--out", required=True, type=Path)
+    rt.add_argument("--out", type=Path, help="dataset directory (required unless --check)")
     rt.add_argument("--train", nargs="*", default=[], metavar="SCENE", help="scenes for the train split")
     rt.add_argument("--eval", nargs="*", default=[], metavar="SCENE", help="scenes for the eval split")
     rt.add_argument("--tiles-per-scene", type=_positive_int, default=8)

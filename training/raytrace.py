@@ -116,9 +116,7 @@ def find_llvm() -> tuple[str | None, str]:
 
 def backend_problem(device: str = "cpu") -> str | None:
     """Why a ray-traced build cannot run here on `device`, or None when it can (imports nothing heavy)."""
-    import importlib.util
-
-    if importlib.util.find_spec("sionna") is None or importlib.util.find_spec("sionna.rt") is None:
+    if _sionna_rt_dir() is None:
         return "sionna-rt is not installed: pip install 'ckm-edge[raytrace]'"
     if device == "cpu":
         path, note = find_llvm()
@@ -159,11 +157,10 @@ def load_backend(device: str = "auto"):
     for name in wanted:
         try:
             mi.set_variant(_VARIANTS[name])
+            import sionna.rt as rt
         except Exception as e:  # noqa: BLE001 - mitsuba raises ImportError/RuntimeError/AttributeError
             errors.append(f"{name}: {e}")
             continue
-        import sionna.rt as rt
-
         return rt, name
     raise RaytraceError("no usable ray-tracing backend: " + "; ".join(errors))
 
@@ -260,13 +257,22 @@ class SceneSpec:
         return None
 
 
-def _builtin_xml(name: str) -> str | None:
+def _sionna_rt_dir() -> Path | None:
+    """Where sionna.rt is installed, found without importing it (its import starts drjit)."""
     import importlib.util
 
-    spec = importlib.util.find_spec("sionna.rt")
+    spec = importlib.util.find_spec("sionna")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "scenes" / name / f"{name}.xml"
+    path = Path(list(spec.submodule_search_locations)[0]) / "rt"
+    return path if (path / "__init__.py").exists() else None
+
+
+def _builtin_xml(name: str) -> str | None:
+    root = _sionna_rt_dir()
+    if root is None:
+        return None
+    path = root / "scenes" / name / f"{name}.xml"
     return str(path) if path.exists() else None
 
 
