@@ -4,12 +4,14 @@
     ckm-bench latency [--package DIR] [--checkpoint FILE] [--steps 10]
     ckm-bench load [--repository DIR | --server HOST:PORT] [--clients 1 2 4 8] [--duration 20]
     ckm-bench raytrace [--scene munich] [--tiles 2] [--device auto|cpu|cuda]
+    ckm-bench accuracy [--data datasets/sionna-rt-small | --data procedural] [--tiles 8] [--steps 50]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from benchmarks import report
 
@@ -156,6 +158,30 @@ def _cmd_raytrace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_accuracy(args: argparse.Namespace) -> int:
+    import re
+
+    from benchmarks import accuracy
+    from runtime import tasks
+
+    unknown = [t for t in args.tasks if t not in tasks.TASKS]
+    if unknown:
+        raise SystemExit(f"ckm-bench accuracy: unknown task(s) {unknown}; known: {', '.join(tasks.TASKS)}")
+    cfg = accuracy.AccuracyConfig(steps=args.steps, zeta=args.zeta, precision=args.precision, seed=args.seed)
+    tiles, description = accuracy.load_tiles(args.data, args.tiles, seed=args.seed)
+    results = accuracy.run(args.package, args.checkpoints, tiles, tuple(args.tasks), cfg,
+                           progress=lambda line: print(line, flush=True))
+    text = accuracy.markdown(results, f"Construction accuracy on {len(tiles)} region-held-out tiles: {description}; "
+                                      f"package `{args.package}`.", cfg)
+    name = "accuracy-" + re.sub(r"[^A-Za-z0-9]+", "-", Path(args.data).name if args.data != "procedural" else "procedural")
+    command = (f"ckm-bench accuracy --data {args.data} --tiles {args.tiles} --steps {args.steps} --zeta {args.zeta:g} "
+               f"--precision {args.precision} --tasks {' '.join(args.tasks)}")
+    path = report.write_result(name, command, {"config": vars(cfg), "tiles": len(tiles), "per_map": results}, text)
+    print(text)
+    print(f"results: {path}; report: {report.RESULTS_MD}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--tiles", type=int, default=2)
     rt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     rt.set_defaults(func=_cmd_raytrace)
+    acc = sub.add_parser("accuracy", help="construction RMSE per task and method on held-out tiles (paper Tables II/III)")
+    acc.add_argument("--data", default="datasets/sionna-rt-small", help="dataset dir (its eval split) or 'procedural'")
+    acc.add_argument("--tiles", type=int, default=8)
+    acc.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr", "trajectory"])
+    acc.add_argument("--package", default="models/repository/ckm-prior/0.2.0")
+    acc.add_argument("--checkpoints", default="models/checkpoints", help="directory of baseline-<task>.pt")
+    acc.add_argument("--steps", type=int, default=50)
+    acc.add_argument("--zeta", type=float, default=13.0)
+    acc.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    acc.add_argument("--seed", type=int, default=0)
+    acc.set_defaults(func=_cmd_accuracy)
     return parser
 
 
