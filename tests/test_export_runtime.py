@@ -26,6 +26,32 @@ def test_graphs_use_standard_ops_and_match_autograd(tiny_prior, tiny_package):
     assert errors["vjp"] < 1e-4 and errors["score"] < 1e-4, errors
 
 
+@pytest.mark.parametrize("stride,padding,kernel", [(1, 1, 3), (1, 0, 1), (1, 0, 3), (2, 1, 3), (2, 0, 1)])
+def test_convolution_input_gradient_decomposition_matches_autograd(stride, padding, kernel):
+    from export.vjp import _convolution_backward
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16, 16, requires_grad=True)
+    w = torch.randn(7, 5, kernel, kernel)
+    y = torch.nn.functional.conv2d(x, w, stride=stride, padding=padding)
+    g = torch.randn_like(y)
+    (expect,) = torch.autograd.grad(y, x, g)
+    got, _, _ = _convolution_backward(g, x.detach(), w, None, [stride] * 2, [padding] * 2, [1, 1], False,
+                                      [0, 0], 1, [True, False, False])
+    torch.testing.assert_close(got, expect, atol=1e-4, rtol=1e-4)
+
+
+def test_backward_graph_uses_plain_convolutions_for_stride_one(tiny_package):
+    """Only the stride-2 downsampling convolutions keep a ConvTranspose in the backward graph."""
+    fwd = onnx.load(str(tiny_package.graph_path("fp32", "forward"))).graph.node
+    bwd = onnx.load(str(tiny_package.graph_path("fp32", "backward"))).graph.node
+    strided = sum(1 for n in fwd if n.op_type == "Conv"
+                  and any(a.name == "strides" and list(a.ints) != [1, 1] for a in n.attribute))
+    transposed = sum(1 for n in bwd if n.op_type == "ConvTranspose")
+    assert transposed <= strided
+    assert sum(1 for n in bwd if n.op_type == "Conv") > transposed
+
+
 def test_precision_variants_load_run_and_stay_close(tiny_package, tiny_prior):
     _, _, _, evl = tiny_prior
     x = evl[:2] * 0.8 + 0.1
