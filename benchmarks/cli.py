@@ -4,6 +4,7 @@
     ckm-bench latency [--package DIR] [--checkpoint FILE] [--steps 10]
     ckm-bench load [--repository DIR | --server HOST:PORT] [--clients 1 2 4 8] [--duration 20]
     ckm-bench raytrace [--scene munich] [--tiles 2] [--device auto|cpu|cuda]
+    ckm-bench memory [--package DIR] [--batches 1 4]
     ckm-bench accuracy [--data datasets/sionna-rt-small | --data procedural] [--tiles 8] [--steps 50]
 """
 
@@ -190,6 +191,18 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_memory(args: argparse.Namespace) -> int:
+    from benchmarks import memory
+
+    results, text = memory.run(args.package, args.precisions, args.batches, args.steps)
+    command = (f"ckm-bench memory --package {args.package} --precisions {' '.join(args.precisions)} "
+               f"--batches {' '.join(map(str, args.batches))}")
+    path = report.write_result("memory-cpu", command, results, text)
+    print(text)
+    print(f"results: {path}; report: {report.RESULTS_MD}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -221,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--tiles", type=int, default=2)
     rt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     rt.set_defaults(func=_cmd_raytrace)
+    mem = sub.add_parser("memory", help="peak resident memory of the edge engine per precision and batch; package sizes")
+    mem.add_argument("--package", default="models/repository/ckm-prior/0.2.0")
+    mem.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"], choices=["fp32", "fp16", "int8"])
+    mem.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    mem.add_argument("--steps", type=int, default=3)
+    mem.set_defaults(func=_cmd_memory)
     acc = sub.add_parser("accuracy", help="construction RMSE per task and method on held-out tiles (paper Tables II/III)")
     acc.add_argument("--data", default="datasets/sionna-rt-small", help="dataset dir (its eval split) or 'procedural'")
     acc.add_argument("--tiles", type=int, default=8)
