@@ -143,8 +143,11 @@ def _cmd_load(args: argparse.Namespace) -> int:
     text = load.markdown(levels, f"gRPC Construct load on {where}: task {args.task}, {args.steps} steps, M = 1, "
                                  f"{args.precision}, {args.duration:g} s per level, closed-loop clients (each sends its next "
                                  "request when the previous one returns).")
-    command = f"ckm-bench load --clients {' '.join(map(str, args.clients))} --duration {args.duration:g} --steps {args.steps}"
-    path = report.write_result("grpc-load", command, {"levels": [vars(lv) for lv in levels]}, text)
+    command = (f"ckm-bench load --clients {' '.join(map(str, args.clients))} --duration {args.duration:g} --steps {args.steps}"
+               + ("" if args.server or args.max_batch == 8 else f" --max-batch {args.max_batch}"))
+    # Batched and unbatched serving are separate sections, so they can be read side by side.
+    name = "grpc-load" if args.server or args.max_batch > 1 else "grpc-load-no-batching"
+    path = report.write_result(name, command, {"levels": [vars(lv) for lv in levels], "max_batch": args.max_batch}, text)
     print(text)
     print(f"results: {path}; report: {report.RESULTS_MD}")
     return 0
