@@ -4,6 +4,7 @@
     ckm-bench latency [--package DIR] [--checkpoint FILE] [--steps 10]
     ckm-bench load [--repository DIR | --server HOST:PORT] [--clients 1 2 4 8] [--duration 20]
     ckm-bench raytrace [--scene munich] [--tiles 2] [--device auto|cpu|cuda]
+    ckm-bench sweep [--zetas 2 5 9 13 18] [--steps 25] [--precisions fp32 fp16 int8] [--jacobian-free]
     ckm-bench memory [--package DIR] [--batches 1 4]
     ckm-bench accuracy [--data datasets/sionna-rt-small | --data procedural] [--tiles 8] [--steps 50]
 """
@@ -206,6 +207,33 @@ def _cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmarks import sweep
+    from runtime.package import load_package
+
+    ref_zeta = args.reference_zeta
+    points = [sweep.Point(z, s, "fp32", False) for z in args.zetas for s in args.steps]
+    points += [sweep.Point(ref_zeta, args.steps[0], p, False) for p in args.precisions if p != "fp32"]
+    if args.jacobian_free:
+        points.append(sweep.Point(ref_zeta, args.steps[0], "fp32", True))
+    pkg = load_package(args.package)
+    tiles = sweep.validation_tiles(args.tiles, pkg.tile_size, seed=args.seed)
+    rows = sweep.run(args.package, points, tuple(args.tasks), tiles, seed=args.seed,
+                     progress=lambda line: print(line, flush=True))
+    png = sweep.plot(rows, report.BENCH_DIR / "results" / "sweep-zeta.png")
+    text = sweep.markdown(rows, f"Foundation prior `{pkg.name} {pkg.version}` with the runtime's DPS on {len(tiles)} "
+                                f"validation tiles (procedural regions never used in training), ONNX Runtime CPU; "
+                                f"mean over tiles of gain RMSE (dB) / AoA-sine RMSE.")
+    if png is not None:
+        text += f"\n\n![RMSE vs zeta](results/{png.name})"
+    command = (f"ckm-bench sweep --zetas {' '.join(f'{z:g}' for z in args.zetas)} --steps {' '.join(map(str, args.steps))} "
+               f"--precisions {' '.join(args.precisions)} --tiles {args.tiles}" + (" --jacobian-free" if args.jacobian_free else ""))
+    path = report.write_result("sweep-cpu", command, {"rows": rows}, text)
+    print(text)
+    print(f"results: {path}; report: {report.RESULTS_MD}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,6 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--tiles", type=int, default=2)
     rt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     rt.set_defaults(func=_cmd_raytrace)
+    sw = sub.add_parser("sweep", help="RMSE vs zeta / steps / precision, guided vs Jacobian-free (paper Fig. 11)")
+    sw.add_argument("--package", default="models/repository/ckm-prior/0.2.0")
+    sw.add_argument("--zetas", type=float, nargs="+", default=[2.0, 5.0, 9.0, 13.0, 18.0])
+    sw.add_argument("--steps", type=int, nargs="+", default=[25])
+    sw.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"], choices=["fp32", "fp16", "int8"])
+    sw.add_argument("--reference-zeta", type=float, default=13.0, help="zeta for the precision / Jacobian-free points")
+    sw.add_argument("--jacobian-free", action="store_true", help="add a Jacobian-free point")
+    sw.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr"])
+    sw.add_argument("--tiles", type=int, default=2)
+    sw.add_argument("--seed", type=int, default=0)
+    sw.set_defaults(func=_cmd_sweep)
     mem = sub.add_parser("memory", help="peak resident memory of the edge engine per precision and batch; package sizes")
     mem.add_argument("--package", default="models/repository/ckm-prior/0.2.0")
     mem.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"], choices=["fp32", "fp16", "int8"])

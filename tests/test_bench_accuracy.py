@@ -47,3 +47,17 @@ def test_accuracy_refuses_tiles_of_the_wrong_size(tiny_package, tmp_path):
     with pytest.raises(ValueError, match="wide"):
         accuracy.run(tiny_package.root, tmp_path, np.zeros((1, 2, 64, 64), np.float32), ("ipbox",),
                      accuracy.AccuracyConfig(steps=2))
+
+
+def test_sweep_rows_and_best_zeta(tiny_package):
+    from benchmarks import sweep
+
+    tiles = sweep.validation_tiles(1, tiny_package.tile_size)
+    points = [sweep.Point(z, 3, "fp32", False) for z in (0.0, 13.0)] + [sweep.Point(13.0, 3, "fp32", True)]
+    rows = sweep.run(tiny_package.root, points, ("iprandom",), tiles, progress=lambda line: None)
+    assert len(rows) == 3 and all(np.isfinite(r["gain_db"]) for r in rows)
+    text = sweep.markdown(rows, "sweep")
+    assert "Best zeta by gain RMSE: iprandom" in text and "Jacobian-free" in text
+    # zeta = 0 is the unconditional prior: it must not match the observation better than guidance.
+    unguided, guided = rows[0]["gain_db"], rows[1]["gain_db"]
+    assert guided <= unguided + 1e-6
