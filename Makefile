@@ -29,10 +29,14 @@ test: $(STAMP) raytrace-setup
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow"
 
+# The quick benchmarks (minutes). The long ones regenerate their own sections when run:
+# ckm-bench accuracy (~20 min on 2 cores), ckm-bench sweep --jacobian-free (~10 min), ckm-bench raytrace (~4 min).
 bench: $(STAMP)
 	$(BIN)/ckm-bench procedural
 	$(BIN)/ckm-bench latency
-	$(BIN)/ckm-bench load
+	$(BIN)/ckm-bench memory
+	$(BIN)/ckm-bench load --clients 1 2 4 8 --duration 20 --steps 5
+	$(BIN)/ckm-bench load --clients 1 2 4 8 --duration 20 --steps 5 --max-batch 1
 
 # Sionna RT's CPU backend needs LLVM >= 16 (Debian's 14/15 crash drjit's code generation).
 # Installs Debian's libllvm19 when it is missing and this user may; otherwise says why and the
