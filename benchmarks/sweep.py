@@ -99,11 +99,10 @@ def markdown(rows: list[dict], description: str) -> str:
 
 def plot(rows: list[dict], path: str | Path) -> Path | None:
     """RMSE vs zeta per task (fp32, guided) as a PNG; None without matplotlib."""
-    try:
-        import matplotlib
+    from training import plots
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:
+        plt = plots.pyplot()
     except ImportError:
         return None
     task_names = list(dict.fromkeys(r["task"] for r in rows))
@@ -117,12 +116,4 @@ def plot(rows: list[dict], path: str | Path) -> Path | None:
             axes[1].plot(z, a, marker="o", label=t)
     axes[0].set(xlabel="zeta", ylabel="gain RMSE (dB)", title="RMSE vs observation strength zeta")
     axes[1].set(xlabel="zeta", ylabel="AoA-sine RMSE", title="AoA-sine RMSE vs zeta")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plots.save(fig, axes, path)

@@ -130,12 +130,9 @@ def markdown(rows: list[tuple[str, dict]]) -> str:
 
 def plot(rows: list[tuple[str, dict]], path: str | Path) -> Path:
     """Gain histogram, fall-off with distance and building fraction, one line per dataset (PNG)."""
-    import matplotlib
+    from training import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plots.pyplot().subplots(1, 3, figsize=(15, 4.2))
     for label, s in rows:
         h = s["gain_histogram"]
         centres = (np.array(h["edges_db"][:-1]) + np.array(h["edges_db"][1:])) / 2
@@ -150,15 +147,7 @@ def plot(rows: list[tuple[str, dict]], path: str | Path) -> Path:
     axes[0].set(xlabel="outdoor gain (dB)", ylabel="fraction of outdoor cells", title="gain histogram (10 dB bins)")
     axes[1].set(xlabel="distance from BS (m)", ylabel="median gain of reached cells (dB)", title="fall-off with distance")
     axes[2].set(xlabel="distance from BS (m)", ylabel="fraction of outdoor cells", title="cells no path reaches")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plots.save(fig, axes, path, legend_fontsize=8)
 
 
 def write_report(rows: list[tuple[str, dict]], out: str | Path) -> dict:
