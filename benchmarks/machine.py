@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import subprocess
+
+from runtime.package import installed_versions
 
 _LIBRARIES = ("numpy", "onnxruntime", "onnxruntime-gpu", "torch", "onnx", "grpcio", "tensorrt")
 
@@ -34,12 +35,6 @@ def _gpu_names() -> list[str]:
 
 def describe() -> dict:
     """CPU model, usable cores, memory, GPUs and the versions of the libraries that matter."""
-    versions = {}
-    for name in _LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
     mem_gib = None
     try:
         mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -52,7 +47,7 @@ def describe() -> dict:
         "gpus": _gpu_names(),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "libraries": versions,
+        "libraries": installed_versions(_LIBRARIES),
     }
 
 

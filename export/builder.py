@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -15,8 +14,10 @@ import numpy as np
 
 from export import onnx_export, precision
 from runtime import codec
-from runtime.package import GRAPHS, PRECISIONS, SCHEMA, Package, load_package, sha256_file
+from runtime.package import GRAPHS, PRECISIONS, SCHEMA, Package, installed_versions, load_package, sha256_file
 from runtime.schedule import Schedule
+
+EXPORTER_DISTRIBUTIONS = ("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu")
 
 
 @dataclass(frozen=True)
@@ -32,16 +33,6 @@ class BuildConfig:
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or "fp32" not in self.precisions:
             raise ValueError(f"precisions must include fp32 and come from {PRECISIONS}, got {self.precisions}")
-
-
-def _versions() -> dict:
-    out = {}
-    for dist in ("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: np.ndarray | None,
@@ -83,7 +74,7 @@ def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: n
         "schedule": meta["schedule"],
         "network": {"unet": meta["unet"], "saved_tensors": graphs.saved, "batch": "dynamic"},
         "provenance": provenance or {},
-        "exporter": {"opset": onnx_export.OPSET, "versions": _versions(), "torch_parity": verification},
+        "exporter": {"opset": onnx_export.OPSET, "versions": installed_versions(EXPORTER_DISTRIBUTIONS), "torch_parity": verification},
         "graphs": files,
         "files": {},
         "accuracy": {},

@@ -19,6 +19,7 @@ the edge needs is rebuilt from the manifest (schedule included); nothing comes f
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import re
 from dataclasses import dataclass
@@ -44,6 +45,17 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def installed_versions(distributions) -> dict:
+    """{distribution: version} of those installed (provenance of packages, datasets, benchmarks)."""
+    out = {}
+    for dist in distributions:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from typing import Callable
 import numpy as np
 
 from runtime import codec
-from runtime.package import sha256_file
+from runtime.package import installed_versions, sha256_file
 from training.dataset import SPLITS, DatasetError, DatasetWriter
 
 TRAINING_SCENES = ("munich", "etoile")
@@ -739,7 +739,6 @@ def assemble(out: Path, plan: BuildPlan, scenes_info: dict | None = None) -> Pat
             with np.load(_part_path(out, spec.region, i)) as z:
                 by_region.setdefault((split, spec.region), []).append((z["pixels"], z["tx"]))
                 tiles_meta.append(json.loads(str(z["meta"])))
-        versions = _versions()
         scene_rows = []
         for source, split in plan.scenes:
             spec = SceneSpec.parse(source)
@@ -752,7 +751,7 @@ def assemble(out: Path, plan: BuildPlan, scenes_info: dict | None = None) -> Pat
         cfg = plan.config
         provenance = {
             "generator": "training.raytrace (Sionna RT path solver)",
-            "versions": versions,
+            "versions": installed_versions(("sionna-rt", "mitsuba", "drjit", "numpy")),
             "seed": plan.seed,
             "config": dataclasses.asdict(cfg),
             "gain": "coherent sum over paths at the carrier, isotropic antennas, V polarisation",
@@ -768,15 +767,3 @@ def assemble(out: Path, plan: BuildPlan, scenes_info: dict | None = None) -> Pat
         return out / "manifest.json"
     finally:
         lock.unlink(missing_ok=True)
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for dist in ("sionna-rt", "mitsuba", "drjit", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
