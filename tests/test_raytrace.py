@@ -150,7 +150,7 @@ def test_sharded_build_resumes_and_assembles(tmp_path):
     assert prov["config"]["samples_per_src"] == 20000 and prov["versions"]["sionna-rt"]
     assert [t["index"] for t in prov["tiles"]] == [0, 1, 2]
     assert all(len(t["bs_m"]) == 3 for t in prov["tiles"])
-    assert prov["scenes"][0]["ground_objects"] == ["floor"] or prov["scenes"][0]["scene"] == TOY
+    assert prov["scenes"] and prov["scenes"][0]["ground_objects"] == ["floor"] and prov["scenes"][0]["scene"] == TOY
     assert not list((out / ".raytrace" / "tiles").glob("*.npz"))  # parts removed once assembled
     # The same seed gives the same tiles unsharded: placements exactly; values up to the float
     # summation order of drjit's parallel kernels (1e-4 pixel = 0.02 dB).

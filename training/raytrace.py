@@ -702,7 +702,7 @@ def build(
         meta = {"region": spec.region, "split": split, "index": i, "device": used, **tile.meta}
         path = _part_path(out, spec.region, i)
         tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, pixels=tile.pixels, tx=tile.tx, meta=json.dumps(meta))
+        np.savez(tmp, pixels=tile.pixels, tx=tile.tx, meta=json.dumps(meta), scene=json.dumps(traced.describe()))
         os.replace(tmp, path)
         built += 1
         elapsed = time.perf_counter() - start
@@ -715,13 +715,17 @@ def build(
     remaining = [j for j in plan.jobs() if not _part_path(out, j[0].region, j[2]).exists()]
     summary = {"built": built, "skipped": skipped, "remaining": len(remaining), "device": used, "manifest": None}
     if not remaining:
-        manifest = assemble(out, plan, scenes_info={r: s.describe() for r, s in scenes.items()})
+        manifest = assemble(out, plan)
         summary["manifest"] = str(manifest) if manifest else None
     return summary
 
 
-def assemble(out: Path, plan: BuildPlan, scenes_info: dict | None = None) -> Path | None:
-    """Write the dataset (shards + manifest) from the finished tiles; None if another job is at it."""
+def assemble(out: Path, plan: BuildPlan) -> Path | None:
+    """Write the dataset (shards + manifest) from the finished tiles; None if another job is at it.
+
+    Every tile part carries the description of the scene it was traced in, so the manifest is
+    the same whichever shard assembles it (a job may not have loaded every scene).
+    """
     out = Path(out)
     work = out / WORK_DIR
     lock = work / "assemble.lock"
@@ -735,19 +739,12 @@ def assemble(out: Path, plan: BuildPlan, scenes_info: dict | None = None) -> Pat
             return out / "manifest.json"
         tiles_meta = []
         by_region: dict[tuple[str, str], list] = {}
+        scenes: dict[str, dict] = {}
         for spec, split, i in plan.jobs():
             with np.load(_part_path(out, spec.region, i)) as z:
                 by_region.setdefault((split, spec.region), []).append((z["pixels"], z["tx"]))
                 tiles_meta.append(json.loads(str(z["meta"])))
-        scene_rows = []
-        for source, split in plan.scenes:
-            spec = SceneSpec.parse(source)
-            info = (scenes_info or {}).get(spec.region) or {
-                "scene": spec.source if spec.builtin else Path(spec.source).name,
-                "builtin": spec.builtin,
-                "xml_sha256": sha256_file(Path(_builtin_xml(spec.source))) if spec.builtin and _builtin_xml(spec.source) else None,
-            }
-            scene_rows.append({"region": spec.region, "split": split, **info})
+                scenes.setdefault(spec.region, {"region": spec.region, "split": split, **json.loads(str(z["scene"]))})
         cfg = plan.config
         provenance = {
             "generator": "training.raytrace (Sionna RT path solver)",
@@ -756,7 +753,7 @@ def assemble(out: Path, plan: BuildPlan, scenes_info: dict | None = None) -> Pat
             "config": dataclasses.asdict(cfg),
             "gain": "coherent sum over paths at the carrier, isotropic antennas, V polarisation",
             "aoa": "azimuth of the strongest path, counter-clockwise from +x (east); row 0 = north",
-            "scenes": scene_rows,
+            "scenes": list(scenes.values()),
             "tiles": tiles_meta,
         }
         with DatasetWriter(out, "sionna-rt", cfg.tile_size, cfg.cell_size_m, cfg.carrier_hz, provenance) as writer:
