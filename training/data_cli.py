@@ -220,7 +220,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.preview:
         ref = Dataset(args.reference).split("train")
         k = min(args.preview, len(ref))
-        pix_v1, tx_v1 = procedural.generate_region(result.config.__class__(), "eval", 0, k, seed=args.seed)
+        pix_v1, tx_v1 = procedural.generate_region(procedural.ProceduralConfig(), "eval", 0, k, seed=args.seed)
         pix_c, tx_c = procedural.generate_region(result.config, "eval", 0, k, seed=args.seed)
         paths["preview"] = preview.save_rows(out / "preview.png", [
             ("ray-traced (Sionna RT, training scenes)", ref.take(np.arange(k)), ref.transmitters()[:k]),
