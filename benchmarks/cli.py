@@ -7,6 +7,7 @@
     ckm-bench sweep [--zetas 2 5 9 13 18] [--steps 25] [--precisions fp32 fp16 int8] [--jacobian-free]
     ckm-bench memory [--package DIR] [--batches 1 4]
     ckm-bench accuracy [--data datasets/sionna-rt-small | --data procedural] [--tiles 8] [--steps 50]
+    ckm-bench gpu [--device cuda] [--batches 1 8 32 128 256 512] [--step-counts 20 50 100 200 500 1000]
 """
 
 from __future__ import annotations
@@ -234,6 +235,39 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gpu(args: argparse.Namespace) -> int:
+    import re
+
+    import torch
+
+    from benchmarks import gpu, sweep
+    from runtime.package import load_package
+    from training import procedural
+    from training.checkpoint import load_model
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("ckm-bench gpu: no CUDA device visible to PyTorch (run it on a GPU machine, or --device cpu)")
+    pkg = load_package(args.package)
+    model, meta = load_model(args.checkpoint)
+    tile, _ = procedural.generate_region(procedural.ProceduralConfig(tile_size=pkg.tile_size), "eval", 0, 1, seed=7)
+    tiles = sweep.validation_tiles(args.tiles, pkg.tile_size, seed=args.seed)
+    cfg = gpu.GpuBenchConfig(steps=args.steps, batches=tuple(args.batches), precisions=tuple(args.precisions),
+                             step_counts=tuple(args.step_counts), tiles=args.tiles, tasks=tuple(args.tasks),
+                             zeta=args.zeta, reference_steps=args.reference_steps, seed=args.seed,
+                             time_budget_s=args.time_budget)
+    results = gpu.run(model, meta, tile[0], tiles, cfg, device=args.device, progress=lambda line: print(line, flush=True))
+    results["package"] = f"{pkg.name} {pkg.version}"
+    text = gpu.markdown(results, f"{pkg.name} {pkg.version}")
+    command = (f"ckm-bench gpu --device {args.device} --steps {args.steps} --batches {' '.join(map(str, args.batches))} "
+               f"--precisions {' '.join(args.precisions)} --step-counts {' '.join(map(str, args.step_counts))} "
+               f"--tiles {args.tiles}")
+    name = "gpu-" + re.sub(r"[^a-z0-9]+", "-", results["device"].lower()).strip("-")
+    path = report.write_result(name, command, results, text)
+    print(text)
+    print(f"results: {path}; report: {report.RESULTS_MD}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -293,6 +327,22 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     acc.add_argument("--seed", type=int, default=0)
     acc.set_defaults(func=_cmd_accuracy)
+    gp = sub.add_parser("gpu", help="construction latency/throughput, reference ratios and RMSE vs steps on a GPU (PyTorch CUDA)")
+    gp.add_argument("--package", default="models/repository/ckm-prior/0.2.0")
+    gp.add_argument("--checkpoint", default="models/checkpoints/prior-small.pt", help="the package's PyTorch weights")
+    gp.add_argument("--device", default="cuda")
+    gp.add_argument("--steps", type=int, default=50)
+    gp.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128, 256, 512])
+    gp.add_argument("--precisions", nargs="+", default=["fp32", "tf32", "bf16", "fp16"], choices=["fp32", "tf32", "bf16", "fp16"])
+    gp.add_argument("--step-counts", type=int, nargs="+", default=[20, 50, 100, 200, 500, 1000])
+    gp.add_argument("--tiles", type=int, default=8)
+    gp.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr"])
+    gp.add_argument("--zeta", type=float, default=13.0)
+    gp.add_argument("--reference-steps", type=int, default=20)
+    gp.add_argument("--seed", type=int, default=0)
+    gp.add_argument("--time-budget", type=float, default=float("inf"),
+                    help="seconds; steps-curve runs that would end later are skipped (and reported missing)")
+    gp.set_defaults(func=_cmd_gpu)
     return parser
 
 
