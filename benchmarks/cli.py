@@ -7,6 +7,7 @@
     ckm-bench sweep [--zetas 2 5 9 13 18] [--steps 25] [--precisions fp32 fp16 int8] [--jacobian-free]
     ckm-bench memory [--package DIR] [--batches 1 4]
     ckm-bench accuracy [--data datasets/sionna-rt-small | --data procedural] [--tiles 8] [--steps 50]
+    ckm-bench adapt [--device cuda] [--counts 16 64 256]     (site adapters vs fine-tuning)
     ckm-bench gpu [--device cuda] [--batches 1 8 32 128 256 512] [--step-counts 20 50 100 200 500 1000]
 """
 
@@ -268,6 +269,41 @@ def _cmd_gpu(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+
+    from benchmarks import adapt
+    from runtime.package import load_package
+    from training.checkpoint import load_model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pkg = load_package(args.package)
+    large, meta = load_model(args.checkpoint)
+    meta = dict(meta, tile_size=pkg.tile_size)
+    try:
+        cfg = adapt.AdaptBenchConfig(site_preset=args.site_preset, site_region=args.site_region, counts=tuple(args.counts),
+                                     test_tiles=args.test_tiles, tasks=tuple(args.tasks), steps=args.steps, zeta=args.zeta,
+                                     generic_tiles=args.generic_tiles, reference_steps=args.reference_steps,
+                                     proxy_steps=args.proxy_steps, finetune_steps=args.finetune_steps,
+                                     batch_size=args.batch_size, seed=args.seed)
+    except ValueError as e:
+        raise SystemExit(f"ckm-bench adapt: {e}") from None
+    with tempfile.TemporaryDirectory(prefix="ckm-adapt-") as work:
+        results = adapt.run(large, meta, cfg, Path(work), device=device, workers=args.workers,
+                            progress=lambda line: print(line, flush=True))
+    device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"
+    text = adapt.markdown(results, f"{pkg.name} {pkg.version}", device_name)
+    command = (f"ckm-bench adapt --device {device} --counts {' '.join(map(str, args.counts))} --test-tiles {args.test_tiles} "
+               f"--steps {args.steps} --reference-steps {args.reference_steps} --proxy-steps {args.proxy_steps} "
+               f"--finetune-steps {args.finetune_steps}")
+    path = report.write_result("site-adaptation", command, results, text)
+    print(text)
+    print(f"results: {path}; report: {report.RESULTS_MD}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -327,6 +363,25 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     acc.add_argument("--seed", type=int, default=0)
     acc.set_defaults(func=_cmd_accuracy)
+    ad = sub.add_parser("adapt", help="site adapters (LASCO) vs foundation alone vs full fine-tuning, with training cost")
+    ad.add_argument("--package", default="models/repository/ckm-prior/0.2.0")
+    ad.add_argument("--checkpoint", default="models/checkpoints/prior-small.pt", help="the package's PyTorch weights")
+    ad.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    ad.add_argument("--site-preset", default="calibrated")
+    ad.add_argument("--site-region", type=int, default=100)
+    ad.add_argument("--counts", type=int, nargs="+", default=[16, 64, 256])
+    ad.add_argument("--test-tiles", type=int, default=8)
+    ad.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr"])
+    ad.add_argument("--steps", type=int, default=50)
+    ad.add_argument("--zeta", type=float, default=13.0)
+    ad.add_argument("--generic-tiles", type=int, default=1024)
+    ad.add_argument("--reference-steps", type=int, default=2000)
+    ad.add_argument("--proxy-steps", type=int, default=500)
+    ad.add_argument("--finetune-steps", type=int, default=500)
+    ad.add_argument("--batch-size", type=int, default=16)
+    ad.add_argument("--workers", type=int, default=1, help="processes generating the procedural tiles")
+    ad.add_argument("--seed", type=int, default=0)
+    ad.set_defaults(func=_cmd_adapt)
     gp = sub.add_parser("gpu", help="construction latency/throughput, reference ratios and RMSE vs steps on a GPU (PyTorch CUDA)")
     gp.add_argument("--package", default="models/repository/ckm-prior/0.2.0")
     gp.add_argument("--checkpoint", default="models/checkpoints/prior-small.pt", help="the package's PyTorch weights")

@@ -209,6 +209,29 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 8192) -> floa
     return 2 * n**3 / seconds
 
 
+def task_problems(tiles: np.ndarray, task: str, seed: int = 0) -> tuple[list, list]:
+    """One observation per tile (operator, y), drawn from the generator [seed, tile index]."""
+    ops, ys = [], []
+    for i, x in enumerate(tiles):
+        rng = np.random.default_rng([seed, i])
+        op = tasks.make_operator(task, rng, x[None])
+        ops.append(op)
+        ys.append(tasks.observe(op, x[None], rng))
+    return ops, ys
+
+
+def batched_rmse(engine, schedule: Schedule, tiles: np.ndarray, problems: tuple[list, list], steps: int,
+                 zeta: float = 13.0, seed: int = 0) -> dict:
+    """All tiles as one batch through the runtime's sampler (per-sample operators); mean RMSEs."""
+    ops, ys = problems
+    t0 = time.perf_counter()
+    out = sample(engine, schedule.respace(steps), ops, ys, shape=tiles.shape[1:],
+                 rngs=[np.random.default_rng([seed, i]) for i in range(len(tiles))], cfg=SamplerConfig(zeta=zeta))
+    out = np.clip(out, 0.0, 1.0)  # as runtime.construct returns a map
+    return {"seconds": time.perf_counter() - t0, "gain_db": float(np.mean(codec.gain_rmse_db(out, tiles))),
+            "aoa_sine": float(np.mean(codec.aoa_sine_rmse(out, tiles)))}
+
+
 def steps_curve(model: torch.nn.Module, schedule: Schedule, tiles: np.ndarray, task_names, step_counts,
                 device: str, zeta: float = 13.0, seed: int = 0, progress=print,
                 deadline: float = float("inf")) -> list[dict]:
@@ -216,28 +239,17 @@ def steps_curve(model: torch.nn.Module, schedule: Schedule, tiles: np.ndarray, t
     batch with per-sample operators. A run that would end after `deadline` (time.perf_counter())
     is skipped, judged by the seconds per step seen so far."""
     engine = TorchEngine(model, device, "fp32")
-    shape = tiles.shape[1:]
     rows, per_step = [], 0.0
     for task in task_names:
-        ops, ys = [], []
-        for i, x in enumerate(tiles):
-            rng = np.random.default_rng([seed, i])
-            op = tasks.make_operator(task, rng, x[None])
-            ops.append(op)
-            ys.append(tasks.observe(op, x[None], rng))
+        problems = task_problems(tiles, task, seed)
         for steps in step_counts:
-            t0 = time.perf_counter()
-            if t0 + per_step * steps > deadline:
+            if time.perf_counter() + per_step * steps > deadline:
                 progress(f"steps {steps} {task}: skipped, would pass the time budget")
                 continue
-            out = sample(engine, schedule.respace(steps), ops, ys, shape=shape,
-                         rngs=[np.random.default_rng([seed, i]) for i in range(len(tiles))], cfg=SamplerConfig(zeta=zeta))
-            out = np.clip(out, 0.0, 1.0)  # as runtime.construct returns a map
-            per_step = (time.perf_counter() - t0) / steps
-            rows.append({"task": task, "steps": steps, "seconds": time.perf_counter() - t0,
-                         "gain_db": float(np.mean(codec.gain_rmse_db(out, tiles))),
-                         "aoa_sine": float(np.mean(codec.aoa_sine_rmse(out, tiles)))})
-            progress(f"steps {steps} {task}: {rows[-1]['gain_db']:.2f} dB ({rows[-1]['seconds']:.1f} s)")
+            r = batched_rmse(engine, schedule, tiles, problems, steps, zeta, seed)
+            per_step = r["seconds"] / steps
+            rows.append({"task": task, "steps": steps, **r})
+            progress(f"steps {steps} {task}: {r['gain_db']:.2f} dB ({r['seconds']:.1f} s)")
     return rows
 
 

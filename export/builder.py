@@ -36,8 +36,15 @@ class BuildConfig:
 
 
 def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: np.ndarray | None,
-                  provenance: dict | None = None) -> Package:
-    """Export, check against PyTorch, make precision variants, write the manifest; atomic."""
+                  provenance: dict | None = None, sections: dict | None = None) -> Package:
+    """Export, check against PyTorch, make precision variants, write the manifest; atomic.
+
+    `sections`: further manifest sections (a site adapter's "adapter"), which may not replace
+    the standard fields."""
+    clash = sorted(set(sections or {}) & {"schema", "name", "version", "created", "channels", "tile_size", "codec",
+                                          "schedule", "network", "provenance", "exporter", "graphs", "files", "accuracy"})
+    if clash:
+        raise ValueError(f"extra manifest sections may not replace standard fields: {clash}")
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; packages are immutable, choose a new version or directory")
@@ -78,6 +85,7 @@ def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: n
         "graphs": files,
         "files": {},
         "accuracy": {},
+        **(sections or {}),
     }
     for rel in sorted({f for p in files.values() for f in p.values()} | set(weights.values())):
         manifest["files"][rel] = {"sha256": sha256_file(work / rel), "bytes": (work / rel).stat().st_size}

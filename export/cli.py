@@ -1,6 +1,8 @@
 """`ckm-export`: from a training checkpoint to a verified model package, and package tools.
 
     ckm-export package --checkpoint models/prior-small.pt --data data/proc --out packages/ckm-prior/0.1.0
+    ckm-export adapter --adapter runs/adapter-site/adapter.pt --base-package models/repository/ckm-prior/0.2.0 \
+                       --out models/repository/site-a/1.0.0          (a site adapter as an add-on package)
     ckm-export inspect packages/ckm-prior/0.1.0
     ckm-export verify  packages/ckm-prior/0.1.0 [--trusted-key key.pub]     (exit 1 if bad)
     ckm-export keygen  --out keys/release                                   (writes .key and .pub)
@@ -48,6 +50,33 @@ def cmd_package(args) -> int:
     pkg = load_package(args.out)
     print(json.dumps({"package": str(pkg.root), "name": pkg.name, "version": pkg.version,
                       "precisions": pkg.precisions, "accuracy": pkg.accuracy()}, indent=2))
+    return 0
+
+
+def cmd_adapter(args) -> int:
+    from export import builder
+    from export.adapter import build_adapter_package
+    from training.adapter import load_adapter
+
+    delta, lam, meta = load_adapter(args.adapter)
+    base = load_package(args.base_package)
+    calibration = None
+    if "int8" in args.precisions:
+        if not args.data:
+            raise ValueError("INT8 needs calibration maps: give --data (the site's dataset)")
+        from training.dataset import Dataset
+
+        split = Dataset(args.data).split("train")
+        rng = np.random.default_rng(args.seed)
+        calibration = split.take(np.sort(rng.choice(len(split), min(args.calibration_tiles, len(split)), replace=False)))
+    cfg = builder.BuildConfig(name=args.name or args.out.parent.name, version=args.version or args.out.name,
+                              tile_size=base.tile_size, precisions=tuple(args.precisions),
+                              calibration_tiles=args.calibration_tiles, seed=args.seed)
+    pkg = build_adapter_package(delta, lam, dict(meta, file=str(args.adapter)), base, args.out, cfg, calibration)
+    if args.key:
+        builder.sign_package(pkg.root, bytes.fromhex(Path(args.key).read_text().strip()))
+    print(json.dumps({"package": str(pkg.root), "name": pkg.name, "version": pkg.version, "precisions": pkg.precisions,
+                      "adapts": pkg.manifest["adapter"]["base"], "lambda": pkg.manifest["adapter"]["lambda"]}, indent=2))
     return 0
 
 
@@ -132,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", type=Path, help="sign with this Ed25519 private key (hex file from keygen)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_package)
+    a = sub.add_parser("adapter", help="site adapter file -> add-on package naming its foundation package")
+    a.add_argument("--adapter", required=True, type=Path, help="adapter.pt from `ckm-train adapter`")
+    a.add_argument("--base-package", required=True, type=Path)
+    a.add_argument("--out", required=True, type=Path, help="<repository>/<name>/<version>")
+    a.add_argument("--name", default=None, help="default: the --out parent directory's name")
+    a.add_argument("--version", default=None, help="default: the --out directory's name")
+    a.add_argument("--precisions", nargs="+", default=["fp32", "fp16"], choices=["fp32", "fp16", "int8"])
+    a.add_argument("--data", type=Path, default=None, help="site dataset (train split calibrates INT8)")
+    a.add_argument("--calibration-tiles", type=int, default=32)
+    a.add_argument("--key", type=Path, help="sign with this Ed25519 private key (hex file from keygen)")
+    a.add_argument("--seed", type=int, default=0)
+    a.set_defaults(func=cmd_adapter)
     for name, func, helptext in (("inspect", cmd_inspect, "print a package's manifest summary"),
                                  ("verify", cmd_verify, "check checksums (and signature); exit 1 if bad")):
         q = sub.add_parser(name, help=helptext)

@@ -12,6 +12,7 @@ out/construction.png (truth, observation, construction, error, uncertainty).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -73,7 +74,15 @@ def cmd_construct(args) -> int:
                                                 jacobian_free=args.jacobian_free,
                                                 clip_denoised=None if args.no_clip_denoised else (0.0, 1.0)))
     start = time.perf_counter()
-    with open_engine(pkg, EngineConfig(precision=args.precision, device=args.device, threads=args.threads)) as engine:
+    engine_cfg = EngineConfig(precision=args.precision, device=args.device, threads=args.threads)
+    with contextlib.ExitStack() as stack:
+        engine = stack.enter_context(open_engine(pkg, engine_cfg))
+        if args.adapter:  # compose a site adapter package with the model
+            from runtime.adapter import ComposedEngine, check_base
+
+            adapter_pkg = load_package(args.adapter, trusted)
+            lam = check_base(adapter_pkg, pkg)
+            engine = ComposedEngine(engine, stack.enter_context(open_engine(adapter_pkg, engine_cfg)), lam)
         result = construct(engine, pkg.schedule(), op, y, (2, pkg.tile_size, pkg.tile_size), cfg)
         calls = dict(engine.calls)
     wall = time.perf_counter() - start
@@ -85,7 +94,9 @@ def cmd_construct(args) -> int:
                         operator=json.dumps(op.to_spec()))
     figures.construction_figure(out / "construction.png", truth, np.asarray(y)[:2] if np.asarray(y).ndim == 3 else y,
                                 result.mean, result.std)
-    report = {"task": task, "package": f"{pkg.name} {pkg.version}", "steps": result.steps, "samples": args.samples,
+    report = {"task": task, "package": f"{pkg.name} {pkg.version}",
+              **({"adapter": f"{adapter_pkg.name} {adapter_pkg.version}"} if args.adapter else {}),
+              "steps": result.steps, "samples": args.samples,
               "engine": f"onnxruntime-{args.device}", "precision": args.precision, "zeta": args.zeta,
               "residual": round(result.residual, 5), "wall_s": round(wall, 3), "engine_calls": calls,
               "timings_s": {k: round(v, 4) for k, v in result.timings.items()}, "output": str(out)}
@@ -113,7 +124,8 @@ def _construct_remote(args) -> int:
         try:
             result = client.construct(y, op, model=meta.name, version=meta.version, steps=args.steps, zeta=args.zeta,
                                       corrector_steps=args.corrector_steps, samples=args.samples, seed=args.seed,
-                                      precision=args.precision, jacobian_free=args.jacobian_free, timeout=args.timeout)
+                                      precision=args.precision, jacobian_free=args.jacobian_free, timeout=args.timeout,
+                                      adapter=str(args.adapter or ""), adapter_version=args.adapter_version or "")
         except grpc.RpcError as e:
             raise ValueError(f"the server answered {e.code().name}: {e.details()}") from None
         wall = time.perf_counter() - start
@@ -121,7 +133,8 @@ def _construct_remote(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     figures.construction_figure(out / "construction.png", truth, y, result.map, result.std)
     np.savez_compressed(out / "construction.npz", pixels=result.map, observation=y, operator=json.dumps(op.to_spec()))
-    report = {"task": task, "server": args.server, "model": f"{result.model} {result.version}", "steps": result.steps,
+    report = {"task": task, "server": args.server, "model": f"{result.model} {result.version}",
+              **({"adapter": f"{result.adapter} {result.adapter_version}"} if result.adapter else {}), "steps": result.steps,
               "precision": args.precision, "residual": round(result.residual_norm, 5), "wall_s": round(wall, 3),
               "server_timings_s": {k: round(v, 4) for k, v in result.timings.items()}, "output": str(out)}
     if truth is not None:
@@ -185,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--server", help="or send the request to an edge server, host:port")
     c.add_argument("--model", help="model name on the server (default: its only model)")
     c.add_argument("--model-version", help="model version on the server (default: newest)")
+    c.add_argument("--adapter", help="site adapter: a package directory (local) or its name on the server")
+    c.add_argument("--adapter-version", help="site adapter version on the server (default: newest fitted to the model)")
     c.add_argument("--token", help="bearer token for the server")
     c.add_argument("--root-certs", type=Path, help="CA certificate for a TLS server")
     c.add_argument("--timeout", type=float, default=None, help="deadline in seconds")

@@ -29,6 +29,8 @@ class ClientResult:
     version: str
     steps: int
     timings: dict
+    adapter: str = ""  # the site adapter composed with the model ("" = none)
+    adapter_version: str = ""
 
 
 class EdgeClient:
@@ -48,12 +50,14 @@ class EdgeClient:
 
     def request(self, y: np.ndarray, op: Operator, *, model: str = "", version: str = "", steps: int = 100,
                 zeta: float | None = None, corrector_steps: int = 1, samples: int = 1, seed: int = 0,
-                physical: bool = False, precision: str = "fp32", jacobian_free: bool = False, noise_sigma: float = 0.01):
+                physical: bool = False, precision: str = "fp32", jacobian_free: bool = False, noise_sigma: float = 0.01,
+                adapter: str = "", adapter_version: str = ""):
         req = pb.ConstructRequest(
             model_name=model, model_version=version, observation=api.from_numpy(np.asarray(y, np.float32)),
             operator=api.operator_to_proto(op), noise_sigma=noise_sigma, steps=steps, corrector_steps=corrector_steps,
             samples=samples, seed=seed, precision=_PRECISION[precision], jacobian_free=jacobian_free,
-            output_units=pb.OUTPUT_UNITS_PHYSICAL if physical else pb.OUTPUT_UNITS_PIXELS)
+            output_units=pb.OUTPUT_UNITS_PHYSICAL if physical else pb.OUTPUT_UNITS_PIXELS,
+            adapter_name=adapter, adapter_version=adapter_version)
         if zeta is not None:
             req.zeta = zeta
         return req
@@ -73,6 +77,7 @@ class EdgeClient:
                 yield "result", _result(event.result)
 
     def list_models(self) -> list[tuple[str, str]]:
+        """(name, version) of every served model and site adapter."""
         return [(m.name, m.version) for m in self.stub.ListModels(pb.ListModelsRequest(), metadata=self._metadata).models]
 
     def metadata(self, model: str = "", version: str = ""):
@@ -94,4 +99,5 @@ def _result(resp) -> ClientResult:
     std = api.to_numpy(resp.std, "std", big, finite=False) if resp.HasField("std") else None
     t = resp.timings
     return ClientResult(api.to_numpy(resp.map, "map", big, finite=False), std, resp.residual_norm, resp.model_name, resp.model_version,
-                        resp.steps, {"queue_s": t.queue_seconds, "sampling_s": t.sampling_seconds, "total_s": t.total_seconds})
+                        resp.steps, {"queue_s": t.queue_seconds, "sampling_s": t.sampling_seconds, "total_s": t.total_seconds},
+                        resp.adapter_name, resp.adapter_version)

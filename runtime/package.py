@@ -151,6 +151,10 @@ def load_package(root: str | Path, trusted_keys: list[bytes] | None = None, veri
     except json.JSONDecodeError as e:
         raise PackageError(f"{path} is not valid JSON ({e}); the package is truncated or corrupted") from None
     validate_manifest(manifest)
+    if "adapter" in manifest:  # a site adapter: its base reference and lambda table must be sound
+        from runtime.adapter import adapter_info
+
+        adapter_info(Package(root, manifest, None))
     signed_by = _verify_signature(data, root / "manifest.sig", trusted_keys) if trusted_keys else None
     if verify_files:
         for rel, info in manifest["files"].items():

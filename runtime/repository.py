@@ -5,6 +5,10 @@ a model and optionally a version (empty = the newest by semantic version). `relo
 and swaps the whole mapping at once, so in-flight requests keep the engines they hold while new
 requests see the new versions. A package that fails verification is skipped and reported; it
 never replaces a good one.
+
+Site adapters (runtime/adapter.py) live in the same repository as add-on packages. `resolve`
+finds foundation models only; `resolve_adapter` finds an adapter and checks that it was fitted
+to the resolved model (name, version and manifest checksum).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.adapter import LambdaTable, adapter_info, check_base, is_adapter
 from runtime.engine import EngineConfig, open_engine
 from runtime.package import Package, PackageError, load_package
 
@@ -118,7 +123,11 @@ class ModelRepository:
         return sorted(self._models.values(), key=lambda m: (m.package.name, _semver(m.package.version)))
 
     def resolve(self, name: str, version: str = "") -> LoadedModel:
-        models = self._models  # one consistent snapshot
+        """A foundation model by name and version (empty = newest)."""
+        models = {k: m for k, m in self._models.items() if not is_adapter(m.package)}  # one consistent snapshot
+        if name and not any(k[0] == name for k in models) and any(k[0] == name for k in self._models):
+            raise LookupError(f"{name!r} is a site adapter, not a model: name its model in model_name and the "
+                              "adapter in adapter_name")
         if not name:
             names = sorted({k[0] for k in models})
             if len(names) != 1:
@@ -133,3 +142,41 @@ class ModelRepository:
                     return m
             raise LookupError(f"model {name!r} has no version {version!r} (has {sorted(m.package.version for m in candidates)})")
         return max(candidates, key=lambda m: _semver(m.package.version))
+
+    def find(self, name: str, version: str = "") -> LoadedModel | None:
+        """Any served package (model or adapter) by exact name, newest when no version; or None."""
+        found = [m for k, m in self._models.items() if k[0] == name and (not version or k[1] == version)]
+        return max(found, key=lambda m: _semver(m.package.version)) if found else None
+
+    def resolve_adapter(self, name: str, version: str, base: LoadedModel) -> tuple[LoadedModel, LambdaTable]:
+        """A site adapter for `base`: the given version, or the newest one fitted to `base`.
+
+        LookupError when no such adapter is served; PackageError when it adapts another model."""
+        candidates = [m for k, m in self._models.items() if k[0] == name and is_adapter(m.package)]
+        if not candidates:
+            raise LookupError(f"site adapter {name!r} is not in the repository")
+        if version:
+            chosen = next((m for m in candidates if m.package.version == version), None)
+            if chosen is None:
+                raise LookupError(f"site adapter {name!r} has no version {version!r} "
+                                  f"(has {sorted(m.package.version for m in candidates)})")
+            return chosen, check_base(chosen.package, base.package)
+        fitting = []
+        for m in candidates:
+            try:
+                fitting.append((m, check_base(m.package, base.package)))
+            except PackageError:
+                continue
+        if not fitting:
+            bases = sorted({"{name} {version}".format(**adapter_info(m.package)[0]) for m in candidates})
+            raise PackageError(f"no version of site adapter {name!r} adapts {base.package.name} "
+                               f"{base.package.version} (its versions adapt {bases})")
+        return max(fitting, key=lambda pair: _semver(pair[0].package.version))
+
+
+def adapts(pkg: Package) -> str:
+    """'name version' of the model a site adapter adapts ('' for a model)."""
+    if not is_adapter(pkg):
+        return ""
+    ref, _ = adapter_info(pkg)
+    return f"{ref['name']} {ref['version']}"

@@ -37,7 +37,8 @@ from runtime.construct import MAX_SAMPLES, MAX_STEPS, check_observation
 from runtime.engine import EngineConfig, EngineError
 from runtime.operators import OperatorError
 from runtime.package import PackageError, read_public_key
-from runtime.repository import LoadedModel, ModelRepository
+from runtime.adapter import ComposedEngine, LambdaTable
+from runtime.repository import LoadedModel, ModelRepository, adapts
 from runtime.sampler import SamplerConfig, StepInfo, sample
 
 log = logging.getLogger("ckm.edge.server")
@@ -92,6 +93,8 @@ class Job:
     context: grpc.ServicerContext
     progress: queue.Queue | None = None
     progress_interval: int = 1
+    adapter: LoadedModel | None = None  # a site adapter composed with the model
+    adapter_lambda: LambdaTable | None = None
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     done: threading.Event = field(default_factory=threading.Event)
@@ -100,7 +103,7 @@ class Job:
 
     @property
     def key(self) -> tuple:
-        return (id(self.model), self.precision, self.steps, self.sampler)
+        return (id(self.model), id(self.adapter), self.precision, self.steps, self.sampler)
 
     def alive(self) -> bool:
         return self.context.is_active()
@@ -209,6 +212,8 @@ class Batcher:
 
         try:
             engine = first.model.engine(first.precision)
+            if first.adapter is not None:  # s = s_model + lambda(t) (s_proxy - s_reference)
+                engine = ComposedEngine(engine, first.adapter.engine(first.precision), first.adapter_lambda)
             schedule = first.model.package.schedule().respace(first.steps)
             x = sample(engine, schedule, ops, ys, shape=(2, n, n), rngs=rngs, cfg=first.sampler, callback=step)
             x = np.clip(x, 0.0, 1.0)
@@ -237,11 +242,15 @@ class EdgeServicer(api.services.EdgeServiceServicer):
         except LookupError as e:
             raise _Status(grpc.StatusCode.NOT_FOUND, str(e)) from None
         pkg = model.package
+        adapter, lam = self._adapter(req, model)
         precision = PRECISIONS.get(req.precision)
         if precision is None:
             raise InvalidArgument(f"precision {req.precision} is not a known Precision value")
         if precision not in pkg.precisions:
             raise InvalidArgument(f"precision: model {pkg.name} {pkg.version} has no {precision} variant (has {pkg.precisions})")
+        if adapter is not None and precision not in adapter.package.precisions:
+            raise InvalidArgument(f"precision: site adapter {adapter.package.name} {adapter.package.version} has no "
+                                  f"{precision} variant (has {adapter.package.precisions})")
         steps = req.steps or DEFAULT_STEPS
         n_max = min(MAX_STEPS, len(pkg.schedule()))
         if not 1 <= steps <= n_max:
@@ -267,7 +276,20 @@ class EdgeServicer(api.services.EdgeServiceServicer):
         except OperatorError as e:
             raise InvalidArgument(f"observation: {e}") from None
         sampler = SamplerConfig(zeta=float(zeta), corrector_steps=int(req.corrector_steps), jacobian_free=req.jacobian_free)
-        return Job(model, precision, steps, sampler, op, y, samples, int(req.seed), context, progress, max(1, interval))
+        return Job(model, precision, steps, sampler, op, y, samples, int(req.seed), context, progress, max(1, interval),
+                   adapter=adapter, adapter_lambda=lam)
+
+    def _adapter(self, req, model: LoadedModel) -> tuple[LoadedModel | None, LambdaTable | None]:
+        if not req.adapter_name:
+            if req.adapter_version:
+                raise InvalidArgument("adapter_version given without adapter_name")
+            return None, None
+        try:
+            return self.repo.resolve_adapter(req.adapter_name, req.adapter_version, model)
+        except LookupError as e:
+            raise _Status(grpc.StatusCode.NOT_FOUND, str(e)) from None
+        except PackageError as e:
+            raise _Status(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
 
     def _response(self, job: Job, req) -> object:
         x = job.result
@@ -289,6 +311,8 @@ class EdgeServicer(api.services.EdgeServiceServicer):
                                                        sampling_seconds=now - job.started, total_seconds=now - job.enqueued))
         if std is not None:
             resp.std.CopyFrom(api.from_numpy(std.astype(np.float32)))
+        if job.adapter is not None:
+            resp.adapter_name, resp.adapter_version = job.adapter.package.name, job.adapter.package.version
         return resp
 
     def _wait(self, job: Job, context) -> None:
@@ -325,7 +349,8 @@ class EdgeServicer(api.services.EdgeServiceServicer):
             yield pb.ConstructStreamResponse(result=self._response(job, request.request))
 
     def ListModels(self, request, context):
-        return pb.ListModelsResponse(models=[pb.ModelVersion(name=m.package.name, version=m.package.version, ready=True)
+        return pb.ListModelsResponse(models=[pb.ModelVersion(name=m.package.name, version=m.package.version, ready=True,
+                                                             adapts=adapts(m.package))
                                              for m in self.repo.models()])
 
     def GetModelMetadata(self, request, context):
@@ -333,7 +358,9 @@ class EdgeServicer(api.services.EdgeServiceServicer):
             try:
                 model = self.repo.resolve(request.model_name, request.model_version)
             except LookupError as e:
-                raise _Status(grpc.StatusCode.NOT_FOUND, str(e)) from None
+                model = self.repo.find(request.model_name, request.model_version)  # a site adapter, by exact name
+                if model is None:
+                    raise _Status(grpc.StatusCode.NOT_FOUND, str(e)) from None
             pkg = model.package
             accuracy = [pb.TaskAccuracy(precision=p, task=t, gain_rmse_db=v["gain_rmse_db"], aoa_sine_rmse=v["aoa_sine_rmse"])
                         for p, rec in pkg.accuracy().items() if isinstance(rec, dict) and "tasks" in rec
@@ -342,7 +369,7 @@ class EdgeServicer(api.services.EdgeServiceServicer):
                 name=pkg.name, version=pkg.version, channels=list(pkg.manifest["channels"]), tile_size=pkg.tile_size,
                 operators=["identity", "mask", "downsample", "truncate", "quantize_aoa", "per_channel", "compose"],
                 precisions=pkg.precisions, schedule_json=json.dumps(pkg.manifest["schedule"]),
-                max_steps=min(MAX_STEPS, len(pkg.schedule())), accuracy=accuracy)
+                max_steps=min(MAX_STEPS, len(pkg.schedule())), accuracy=accuracy, adapts=adapts(pkg))
 
     def _handling(self, context):
         return _Handling(self.metrics, context)

@@ -64,3 +64,37 @@ def package_copy(tiny_package, tmp_path):
     dst = tmp_path / "pkg"
     shutil.copytree(tiny_package.root, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_prior, tiny_package, tmp_path_factory):
+    """A site adapter for the tiny package, made the way an operator makes one: `ckm-train adapter`
+    on a site dataset (procedural `calibrated` tiles, another region) and `ckm-export adapter`
+    into a repository that also serves the base package. Returns (repository, adapter package,
+    work directory: tiny-prior.pt, run/adapter.pt)."""
+    import dataclasses
+
+    from export import cli as export_cli
+    from runtime.package import load_package
+    from training import cli as train_cli
+    from training.dataset import DatasetWriter
+
+    model, meta, train, _ = tiny_prior
+    root = tmp_path_factory.mktemp("adapter")
+    base_file = root / "tiny-prior.pt"
+    torch.save({"format": "ckm-model", "meta": meta, "weights": model.state_dict()}, base_file)
+    site_cfg = dataclasses.replace(procedural.ProceduralConfig.preset("calibrated"), tile_size=32,
+                                   block_pitch=(10.0, 16.0), street_width=(2.0, 3.0))
+    with DatasetWriter(root / "site", "procedural", 32, 2.0, 3.5e9) as w:
+        w.add("train", "site-a", procedural.generate_region(site_cfg, "eval", 7, 16, seed=5)[0])
+    with DatasetWriter(root / "generic", "procedural", 32, 2.0, 3.5e9) as w:
+        w.add("train", "generic", train)
+    repo = root / "repository"
+    shutil.copytree(tiny_package.root, repo / "tiny" / "1.0.0")
+    assert train_cli.main(["adapter", "--base-package", str(repo / "tiny" / "1.0.0"), "--base-checkpoint", str(base_file),
+                           "--site-data", str(root / "site"), "--generic-data", str(root / "generic"),
+                           "--out", str(root / "run"), "--steps", "20", "--reference-steps", "40"]) == 0
+    assert export_cli.main(["adapter", "--adapter", str(root / "run" / "adapter.pt"), "--base-package",
+                            str(repo / "tiny" / "1.0.0"), "--out", str(repo / "site-a" / "1.0.0"),
+                            "--precisions", "fp32"]) == 0
+    return repo, load_package(repo / "site-a" / "1.0.0"), root

@@ -4,6 +4,8 @@
     ckm-train baseline --data data/proc --out runs/e2e-ipbox --task ipbox
     ckm-train baseline --data data/proc --out runs/e2e-multi --task multi
     ckm-train slim --checkpoint runs/prior/checkpoint.pt --out models/prior.pt
+    ckm-train adapter --base-package models/repository/ckm-prior/0.2.0 --site-data data/site --generic-data data/proc \
+                      --out runs/adapter-site          (a site adapter: reference + proxy small models, lambda(t))
     torchrun --nproc_per_node 8 -m training.cli prior --data ... --preset base   # multi-GPU
 
 An existing checkpoint in --out is resumed from its exact step; --steps is the total.
@@ -124,6 +126,69 @@ def cmd_slim(args) -> int:
     return 0
 
 
+def cmd_adapter(args) -> int:
+    import json
+
+    from runtime.adapter import LambdaTable, manifest_sha256
+    from runtime.package import load_package
+    from training import adapter as adapt
+    from training.checkpoint import load_model
+
+    base_pkg = load_package(args.base_package)
+    checkpoint = args.base_checkpoint or Path(base_pkg.manifest.get("provenance", {}).get("checkpoint", ""))
+    if not Path(checkpoint).is_file():
+        raise ValueError(f"the base package's PyTorch weights were not found at {checkpoint!s}; give --base-checkpoint")
+    large, large_meta = load_model(checkpoint)
+    same = lambda a, b: json.loads(json.dumps(a)) == json.loads(json.dumps(b))  # tuples vs JSON lists
+    if not (same(large_meta.get("schedule"), base_pkg.manifest["schedule"])
+            and same(large_meta.get("unet"), base_pkg.manifest["network"]["unet"])):
+        raise ValueError(f"{checkpoint} is not the network of {base_pkg.name} {base_pkg.version} (schedule or U-Net differ)")
+    site = Dataset(args.site_data)
+    if site.tile_size != base_pkg.tile_size:
+        raise ValueError(f"site tiles are {site.tile_size} cells, the base package's {base_pkg.tile_size}")
+    split = site.split(args.site_split)
+    maps = split.take(np.arange(len(split)))
+    schedule = base_pkg.schedule()
+    cfg = adapt.AdapterConfig(
+        proxy=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=20, ema_decay=0.99, seed=args.seed,
+                          eval_every=10**9, checkpoint_every=10**9, log_every=100),
+        reference=TrainConfig(steps=args.reference_steps, batch_size=args.batch_size, lr=1e-3, warmup=100, ema_decay=0.995,
+                              seed=args.seed, eval_every=10**9, checkpoint_every=10**9, log_every=100),
+        seed=args.seed)
+    out = Path(args.out)
+    if args.reference:
+        reference, ref_meta = load_model(args.reference)
+        if not (same(ref_meta.get("unet"), cfg.unet.to_dict()) and same(ref_meta.get("schedule"), schedule.to_dict())):
+            raise ValueError(f"{args.reference} is not a reference model for this adapter (U-Net or schedule differ)")
+        ref_cost = ref_meta.get("training", {})
+    else:
+        if not args.generic_data:
+            raise ValueError("give --generic-data (the shared data the prior saw) or a trained --reference")
+        generic = Dataset(args.generic_data).split("train")
+        rng = np.random.default_rng(args.seed)
+        pick = np.sort(rng.choice(len(generic), min(args.generic_tiles, len(generic)), replace=False))
+        reference, ref_cost = adapt.train_reference(generic.take(pick), schedule, cfg, out, progress=True)
+        ref_path = out / "reference.pt"
+        torch.save({"format": "ckm-model", "meta": {"kind": "prior", "unet": cfg.unet.to_dict(), "schedule": schedule.to_dict(),
+                                                    "training": ref_cost, "data": str(args.generic_data)},
+                    "weights": reference.state_dict()}, ref_path)
+        print(f"reference model: {ref_path} ({ref_cost['seconds']:.0f} s); reuse it for other sites with --reference",
+              file=sys.stderr)
+    proxy, proxy_cost = adapt.train_proxy(reference, maps, schedule, cfg, out, progress=True)
+    delta = adapt.ScoreDifference(proxy, reference)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lam = (LambdaTable.constant(1.0) if args.fixed_lambda else
+           adapt.fit_elastic(large, delta, maps, schedule, np.random.default_rng([args.seed, len(maps)]), device=device))
+    meta = {"base": {"name": base_pkg.name, "version": base_pkg.version, "manifest_sha256": manifest_sha256(base_pkg)},
+            "unet": cfg.unet.to_dict(), "schedule": schedule.to_dict(),
+            "site": {"data": str(args.site_data), "split": args.site_split, "maps": int(len(maps)),
+                     "data_checksum": site.manifest.get("checksum")},
+            "training": {"proxy": proxy_cost, "reference": ref_cost}}
+    path = adapt.save_adapter(out / "adapter.pt", proxy.cpu(), reference.cpu(), lam, meta)
+    print(json.dumps({"adapter": str(path), "lambda": lam.to_dict(), "proxy": proxy_cost}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +224,24 @@ def build_parser() -> argparse.ArgumentParser:
     base = sub.add_parser("baseline", parents=[common], help="end-to-end supervised baseline (paper Fig. 6)")
     base.add_argument("--task", choices=tasks.PAPER_TASKS + tasks.TASKS[4:] + ("multi",), required=True)
     base.set_defaults(func=cmd_baseline)
+
+    ad = sub.add_parser("adapter", help="a site adapter: small reference + proxy score models and lambda(t) (LASCO)")
+    ad.add_argument("--base-package", required=True, type=Path, help="the foundation package the adapter shifts")
+    ad.add_argument("--base-checkpoint", type=Path, default=None,
+                    help="its PyTorch weights (default: the checkpoint named in the package's provenance)")
+    ad.add_argument("--site-data", required=True, type=Path, help="dataset of the site's unlabeled maps")
+    ad.add_argument("--site-split", default="train")
+    ad.add_argument("--generic-data", type=Path, default=None, help="the shared data, for training the reference model")
+    ad.add_argument("--generic-tiles", type=int, default=1024)
+    ad.add_argument("--reference", type=Path, default=None, help="a reference model trained before (reference.pt)")
+    ad.add_argument("--out", required=True, type=Path)
+    ad.add_argument("--steps", type=int, default=500, help="proxy fine-tuning steps")
+    ad.add_argument("--reference-steps", type=int, default=2000)
+    ad.add_argument("--batch-size", type=int, default=16)
+    ad.add_argument("--lr", type=float, default=2e-4, help="proxy learning rate")
+    ad.add_argument("--fixed-lambda", action="store_true", help="lambda = 1 (LASCO) instead of the fitted lambda(t)")
+    ad.add_argument("--seed", type=int, default=0)
+    ad.set_defaults(func=cmd_adapter)
 
     sl = sub.add_parser("slim", help="keep only a checkpoint's EMA weights, for shipping")
     sl.add_argument("--checkpoint", required=True, type=Path)

@@ -1,0 +1,145 @@
+"""Site adapters: small plug-in score models that shift the shared prior towards one site (LASCO).
+
+A site adapter is the difference of two small score models, a *reference* trained on the shared
+(generic) data and a *proxy* trained on the site's own unlabeled maps; their difference is the
+environment-induced shift of the score, added to the foundation prior's score at inference:
+
+    s_site(x, t) = s_large(x, t) + lambda(t) * d(x, t),     d = s_proxy - s_reference
+
+lambda is a fixed strength (LASCO, lambda = 1) or piecewise constant over t, fitted on the site
+data (elastic LASCO). The VJP composes the same way, J_site^T v = J_large^T v + J_d^T (lambda v),
+so `ComposedEngine` is an engine like any other and the DPS loop is unchanged.
+
+An adapter ships as an ordinary package (its graphs compute d) whose manifest also holds
+
+    "adapter": {"base": {"name", "version", "manifest_sha256"},      the foundation it adapts
+                "lambda": {"edges": [0, ..., 1], "values": [...], "kind": "fixed" | "elastic"},
+                "site": "...", "training": {...}}
+
+and it is only ever composed with exactly that base package (checked by `check_base`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime.package import Package, PackageError, sha256_file
+
+LAMBDA_MAX = 10.0  # a strength beyond this is a broken fit, not an adaptation
+
+
+@dataclass(frozen=True)
+class LambdaTable:
+    """lambda(t), piecewise constant: values[k] on edges[k] < t <= edges[k+1] (t = 0 in the first bin)."""
+
+    edges: tuple[float, ...]
+    values: tuple[float, ...]
+    kind: str = "elastic"
+
+    def __post_init__(self):
+        edges, values = np.asarray(self.edges, float), np.asarray(self.values, float)
+        if self.kind not in ("fixed", "elastic"):
+            raise PackageError(f"adapter lambda kind must be 'fixed' or 'elastic', got {self.kind!r}")
+        if edges.ndim != 1 or len(edges) < 2 or len(values) != len(edges) - 1:
+            raise PackageError(f"adapter lambda needs K+1 edges and K values, got {len(edges)} edges and {len(values)} values")
+        if not (np.all(np.isfinite(edges)) and edges[0] <= 0.0 and edges[-1] >= 1.0 and np.all(np.diff(edges) > 0)):
+            raise PackageError(f"adapter lambda edges must increase from <= 0 to >= 1, got {list(edges)}")
+        if not (np.all(np.isfinite(values)) and np.all(np.abs(values) <= LAMBDA_MAX)):
+            raise PackageError(f"adapter lambda values must be finite with |lambda| <= {LAMBDA_MAX}, got {list(values)}")
+
+    @staticmethod
+    def constant(value: float = 1.0) -> "LambdaTable":
+        return LambdaTable((0.0, 1.0), (float(value),), "fixed")
+
+    @staticmethod
+    def from_dict(d: dict) -> "LambdaTable":
+        try:
+            return LambdaTable(tuple(float(e) for e in d["edges"]), tuple(float(v) for v in d["values"]),
+                               str(d.get("kind", "elastic")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise PackageError(f"adapter lambda must be {{'edges': [...], 'values': [...]}}: {e}") from None
+
+    def to_dict(self) -> dict:
+        return {"edges": list(self.edges), "values": list(self.values), "kind": self.kind}
+
+    def __call__(self, t: np.ndarray) -> np.ndarray:
+        """lambda at each t, shaped (B, 1, 1, 1) for broadcasting over maps."""
+        k = np.clip(np.searchsorted(np.asarray(self.edges), np.asarray(t, float), side="left") - 1, 0, len(self.values) - 1)
+        return np.asarray(self.values, np.float32)[k].reshape(-1, 1, 1, 1)
+
+
+def manifest_sha256(pkg: Package) -> str:
+    return sha256_file(pkg.root / "manifest.json")
+
+
+def is_adapter(pkg: Package) -> bool:
+    return "adapter" in pkg.manifest
+
+
+def adapter_info(pkg: Package) -> tuple[dict, LambdaTable]:
+    """The adapter section of a package: (base reference, lambda table); PackageError if malformed."""
+    info = pkg.manifest.get("adapter")
+    if not isinstance(info, dict):
+        raise PackageError(f"package {pkg.name} {pkg.version} is not a site adapter (no 'adapter' section)")
+    base = info.get("base")
+    if not isinstance(base, dict) or not all(isinstance(base.get(k), str) and base.get(k) for k in
+                                             ("name", "version", "manifest_sha256")):
+        raise PackageError(f"adapter {pkg.name} {pkg.version}: 'base' must name the foundation package by "
+                           "name, version and manifest_sha256")
+    return base, LambdaTable.from_dict(info.get("lambda", {}))
+
+
+def check_base(adapter: Package, base: Package) -> LambdaTable:
+    """Refuse to compose an adapter with any package but the one it was fitted to."""
+    ref, lam = adapter_info(adapter)
+    if is_adapter(base):
+        raise PackageError(f"{base.name} {base.version} is itself an adapter; adapters compose with a foundation package")
+    if (ref["name"], ref["version"]) != (base.name, base.version):
+        raise PackageError(f"adapter {adapter.name} {adapter.version} adapts {ref['name']} {ref['version']}, "
+                           f"not {base.name} {base.version}")
+    if ref["manifest_sha256"] != manifest_sha256(base):
+        raise PackageError(f"adapter {adapter.name} {adapter.version} was fitted to a different build of "
+                           f"{base.name} {base.version} (manifest SHA-256 differs)")
+    if adapter.tile_size != base.tile_size or adapter.manifest["schedule"] != base.manifest["schedule"]:
+        raise PackageError(f"adapter {adapter.name} {adapter.version} has another tile size or noise schedule than its base")
+    return lam
+
+
+@dataclass
+class ComposedEngine:
+    """s = s_base + lambda(t) d over two engines; forward/backward keep both parts' saved tensors."""
+
+    base: Any
+    delta: Any
+    lam: LambdaTable
+    calls: Counter = field(default_factory=Counter)
+
+    def score(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        self.calls["score"] += 1
+        return self.base.score(x, t) + self.lam(t) * self.delta.score(x, t)
+
+    def forward(self, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, Any]:
+        self.calls["forward"] += 1
+        s_base, saved_base = self.base.forward(x, t)
+        s_delta, saved_delta = self.delta.forward(x, t)
+        lam = self.lam(t)
+        return s_base + lam * s_delta, (saved_base, saved_delta, lam)
+
+    def backward(self, saved: Any, v: np.ndarray) -> np.ndarray:
+        self.calls["backward"] += 1
+        saved_base, saved_delta, lam = saved
+        v = np.asarray(v, np.float32)
+        return self.base.backward(saved_base, v) + self.delta.backward(saved_delta, (lam * v).astype(np.float32))
+
+    def close(self) -> None:
+        """The parts belong to whoever opened them (a repository shares them between requests)."""
+
+    def __enter__(self) -> "ComposedEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
