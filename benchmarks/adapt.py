@@ -73,8 +73,9 @@ def generic_tiles(cfg: AdaptBenchConfig, tile_size: int, workers: int = 1) -> np
 
 
 def run(large, meta: dict, cfg: AdaptBenchConfig, work: Path, device: str = "cpu", workers: int = 1,
-        progress=print) -> dict:
-    """Train, fit and score every method; returns JSON-able results."""
+        progress=print, on_result=None) -> dict:
+    """Train, fit and score every method; returns JSON-able results. `on_result(results)` is called
+    after every method, so a run stopped early still leaves what it measured."""
     import torch
 
     from runtime.adapter import ComposedEngine, LambdaTable
@@ -109,9 +110,15 @@ def run(large, meta: dict, cfg: AdaptBenchConfig, work: Path, device: str = "cpu
                                seed=cfg.seed, eval_every=10**9, checkpoint_every=10**9, log_every=100)
     large_engine = TorchEngine(large, device)
     results: dict = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cfg).items()},
-                     "device": device, "large_parameters": count_parameters(large), "methods": []}
-    results["methods"].append({"method": "foundation", "n": 0, "rmse": score(large_engine, "foundation alone"),
-                               "cost": {"seconds": 0.0, "parameters_trained": 0}})
+                     "device": device, "large_parameters": count_parameters(large), "methods": [], "complete": False}
+
+    def add(row: dict) -> None:
+        results["methods"].append(row)
+        if on_result is not None:
+            on_result(results)
+
+    add({"method": "foundation", "n": 0, "rmse": score(large_engine, "foundation alone"),
+         "cost": {"seconds": 0.0, "parameters_trained": 0}})
 
     reference, ref_cost = adapt.train_reference(generic, schedule, acfg, work)
     results["reference_cost"] = ref_cost
@@ -122,23 +129,25 @@ def run(large, meta: dict, cfg: AdaptBenchConfig, work: Path, device: str = "cpu
         delta = adapt.ScoreDifference(proxy, reference)
         delta_engine = TorchEngine(delta, device)
         lasco = ComposedEngine(large_engine, delta_engine, LambdaTable.constant(1.0))
-        results["methods"].append({"method": "lasco", "n": n, "rmse": score(lasco, f"N={n} LASCO"), "cost": proxy_cost})
+        add({"method": "lasco", "n": n, "rmse": score(lasco, f"N={n} LASCO"), "cost": proxy_cost})
         t1 = time.perf_counter()
         lam = adapt.fit_elastic(large, delta, maps, schedule, np.random.default_rng([cfg.seed, n]), device=device)
         elastic_cost = dict(proxy_cost, seconds=proxy_cost["seconds"] + time.perf_counter() - t1,
                             lambda_fit_seconds=time.perf_counter() - t1)
         elastic = ComposedEngine(large_engine, delta_engine, lam)
-        results["methods"].append({"method": "elastic", "n": n, "rmse": score(elastic, f"N={n} elastic LASCO"),
-                                   "cost": elastic_cost, "lambda": lam.to_dict()})
+        add({"method": "elastic", "n": n, "rmse": score(elastic, f"N={n} elastic LASCO"), "cost": elastic_cost,
+             "lambda": lam.to_dict()})
         tuned, tune_cost = adapt.train_score_model(
             adapt.ArraySplit("site", maps), schedule, UNetConfig.from_dict(meta["unet"]), finetune_cfg,
             work / f"n{n}" / "finetune", init=copy.deepcopy(large).cpu())
-        results["methods"].append({"method": "finetune", "n": n, "rmse": score(TorchEngine(tuned, device), f"N={n} fine-tune"),
-                                   "cost": tune_cost})
+        add({"method": "finetune", "n": n, "rmse": score(TorchEngine(tuned, device), f"N={n} fine-tune"), "cost": tune_cost})
         large.to(device)  # the fine-tune moved nothing of `large`, but be explicit for the next round
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     results["seconds"] = time.perf_counter() - t0
+    results["complete"] = True
+    if on_result is not None:
+        on_result(results)
     return results
 
 
@@ -164,10 +173,17 @@ def markdown(results: dict, package: str, device_name: str) -> str:
         cells = []
         for t in task_names:
             r = m["rmse"][t]
-            cells.append(f"{r['gain_db']:.2f} / {r['aoa_sine']:.3f}")
+            aoa = r.get("aoa_sine")
+            cells.append(f"{r['gain_db']:.2f} / " + (f"{aoa:.3f}" if aoa is not None and np.isfinite(aoa) else "—"))
         n = m["n"] or "-"
-        lines.append(f"| {LABELS[m['method']]} | {n} | " + " | ".join(cells) + f" | {m['cost']['seconds']:.0f} | "
-                     f"{m['cost']['parameters_trained']:,} |")
+        secs = m["cost"].get("seconds")
+        lines.append(f"| {LABELS[m['method']]} | {n} | " + " | ".join(cells) + " | "
+                     + (f"{secs:.0f}" if secs is not None else "not recorded") + f" | {m['cost']['parameters_trained']:,} |")
+    if not results.get("complete", True):
+        last = results["methods"][-1]
+        lines += ["", f"Incomplete run: {len(results['methods'])} of {1 + 3 * len(cfg['counts'])} rows; it stopped after "
+                      f"{LABELS[last['method']].lower()}" + (f" at N = {last['n']}" if last["n"] else "")
+                  + (f", {results['stopped']}" if results.get("stopped") else "") + "."]
     ref = results.get("reference_cost", {})
     lines += ["", f"The adapter's reference model ({ref.get('parameters_trained', 0):,} parameters, "
                   f"{ref.get('steps', 0)} steps on {cfg['generic_tiles']} shared maps) took {ref.get('seconds', 0):.0f} s once; "
@@ -187,6 +203,15 @@ def markdown(results: dict, package: str, device_name: str) -> str:
         lines += ["", "Mean gain RMSE over the tasks: " + "; ".join(verdicts) + "."]
         helped = [n for n in cfg["counts"] if any(mean(m) < mean(base) for m in results["methods"]
                                                   if m["n"] == n and m["method"] in ("lasco", "elastic"))]
-        lines.append("The adapter " + (f"improves on the foundation alone at N = {', '.join(map(str, helped))}."
-                                       if helped else "does not improve on the foundation alone at any N here."))
+        lines.append("On the mean, the adapter " + (f"improves on the foundation alone at N = {', '.join(map(str, helped))}."
+                                                    if helped else "does not improve on the foundation alone at any N here."))
+        per_task = []
+        for t in task_names:
+            best = min((m["rmse"][t]["gain_db"] for m in results["methods"] if m["method"] in ("lasco", "elastic")),
+                       default=None)
+            tuned = min((m["rmse"][t]["gain_db"] for m in results["methods"] if m["method"] == "finetune"), default=None)
+            if best is not None:
+                per_task.append(f"{t} {base['rmse'][t]['gain_db']:.2f} -> {best:.2f}"
+                                + (f" (fine-tune {tuned:.2f})" if tuned is not None else ""))
+        lines.append("Per task, foundation -> best adapter row: " + "; ".join(per_task) + " dB.")
     return "\n".join(lines)

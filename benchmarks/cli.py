@@ -290,15 +290,20 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
                                      batch_size=args.batch_size, seed=args.seed)
     except ValueError as e:
         raise SystemExit(f"ckm-bench adapt: {e}") from None
+    device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"
+    command = (f"ckm-bench adapt --device {device} --counts {' '.join(map(str, args.counts))} --test-tiles {args.test_tiles} "
+               f"--tasks {' '.join(args.tasks)} --steps {args.steps} --reference-steps {args.reference_steps} "
+               f"--proxy-steps {args.proxy_steps} --finetune-steps {args.finetune_steps} --batch-size {args.batch_size}")
+    name = f"site-adaptation-{'gpu' if device.startswith('cuda') else 'cpu'}"
+
+    def write(results: dict):  # after every method: a run stopped early keeps what it measured
+        return report.write_result(name, command, results, adapt.markdown(results, f"{pkg.name} {pkg.version}", device_name))
+
     with tempfile.TemporaryDirectory(prefix="ckm-adapt-") as work:
         results = adapt.run(large, meta, cfg, Path(work), device=device, workers=args.workers,
-                            progress=lambda line: print(line, flush=True))
-    device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"
+                            progress=lambda line: print(line, flush=True), on_result=write)
+    path = write(results)
     text = adapt.markdown(results, f"{pkg.name} {pkg.version}", device_name)
-    command = (f"ckm-bench adapt --device {device} --counts {' '.join(map(str, args.counts))} --test-tiles {args.test_tiles} "
-               f"--steps {args.steps} --reference-steps {args.reference_steps} --proxy-steps {args.proxy_steps} "
-               f"--finetune-steps {args.finetune_steps}")
-    path = report.write_result("site-adaptation", command, results, text)
     print(text)
     print(f"results: {path}; report: {report.RESULTS_MD}")
     return 0

@@ -206,3 +206,36 @@ def test_grpc_request_names_a_site_adapter(tiny_adapter, tmp_path):
                 assert re.search(match, err.value.details()), err.value.details()
     finally:
         edge.stop(0)
+
+
+def test_site_adaptation_benchmark_reports_every_method_as_it_goes(tiny_prior, tmp_path):
+    import copy
+
+    from benchmarks import adapt
+
+    model, meta, _, _ = tiny_prior
+    cfg = adapt.AdaptBenchConfig(counts=(16,), test_tiles=2, tasks=("ipbox", "sr2"), steps=2, generic_tiles=32,
+                                 reference_steps=3, proxy_steps=2, finetune_steps=2)
+    seen = []
+    results = adapt.run(copy.deepcopy(model), dict(meta, tile_size=32), cfg, tmp_path, progress=lambda _: None,
+                        on_result=lambda r: seen.append((len(r["methods"]), r["complete"])))
+    assert [(m["method"], m["n"]) for m in results["methods"]] == [("foundation", 0), ("lasco", 16), ("elastic", 16),
+                                                                    ("finetune", 16)]
+    assert seen == [(1, False), (2, False), (3, False), (4, False), (4, True)]
+    rows = {m["method"]: m for m in results["methods"]}
+    from training.adapter import ADAPTER_UNET
+    from training.trainer import count_parameters
+    from training.unet import UNet
+
+    assert rows["finetune"]["cost"]["parameters_trained"] == results["large_parameters"]  # the whole foundation
+    assert rows["lasco"]["cost"]["parameters_trained"] == count_parameters(UNet(ADAPTER_UNET))  # the proxy alone
+    assert len(rows["elastic"]["lambda"]["values"]) == 10 and results["reference_cost"]["steps"] == 3
+    for m in results["methods"]:
+        assert all(np.isfinite(m["rmse"][t]["gain_db"]) for t in cfg.tasks)
+    text = adapt.markdown(results, "tiny 1.0.0", "CPU")
+    assert "| Full fine-tuning of the foundation | 16 |" in text and "Mean gain RMSE over the tasks: N = 16" in text
+    assert "improves on the foundation alone" in text or "does not improve on the foundation alone" in text
+    partial = adapt.markdown(dict(results, methods=results["methods"][:2], complete=False), "tiny 1.0.0", "CPU")
+    assert "Incomplete run: it stopped after foundation, + adapter, lasco (lambda = 1) N = 16" in partial
+    with pytest.raises(ValueError, match="batch size"):
+        adapt.AdaptBenchConfig(counts=(8,))
