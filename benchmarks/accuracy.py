@@ -140,6 +140,33 @@ def run(package_dir: str | Path, checkpoints: str | Path, tiles: np.ndarray, tas
     return results
 
 
+def target_verdict(results: dict) -> str:
+    """The issue's accuracy target, per paper task: the foundation within 10% of the single-configuration
+    model's gain RMSE and below the multi-configuration model's and every classical method's."""
+    met, missed = [], []
+    for task in (t for t in results if t in ("ipbox", "iprandom", "sr2", "jtqr")):
+        rows = {m: _mean(r["gain_db"]) for m, r in results[task].items()}
+        ours = rows.get("foundation")
+        if ours is None:
+            continue
+        why = []
+        if rows.get("single") is not None and ours > 1.1 * rows["single"]:
+            why.append(f"{(ours / rows['single'] - 1) * 100:.0f}% above single-configuration ({rows['single']:.2f})")
+        for other, label in (("multi", "multi-configuration"), ("nearest", "nearest/bicubic/clipping-aware"), ("idw", "IDW")):
+            if rows.get(other) is not None and rows[other] <= ours:
+                why.append(f"{label} {rows[other]:.2f}")
+        (missed if why else met).append(f"{task} ({ours:.2f} dB" + (": " + "; ".join(why) if why else "") + ")")
+    text = "Target (foundation within 10% of single-configuration, better than multi-configuration and every " \
+           "classical method, gain RMSE): " + (f"met on {', '.join(met)}" if met else "met on no task")
+    if not missed:
+        return text + "."
+    return (text + f"; missed on {', '.join(missed)}. Why: the shipped prior is small and briefly trained on a CPU "
+            "(see its model card); on masks with gaps of a few to 50 cells, interpolating the observed neighbours "
+            "(IDW) is hard to beat and an underfit prior's samples add variance; on ray-traced tiles every learned "
+            "model here also meets a distribution shift (all were trained on procedural v1 tiles, which have no "
+            "unreached cells).")
+
+
 def _mean(values):
     return float(np.mean(values)) if values else None
 
@@ -164,6 +191,7 @@ def markdown(results: dict, description: str, cfg: AccuracyConfig) -> str:
             cells = [fmt.format(PAPER[metric][m][t]) if t in PAPER[metric][m] else "—" for t in task_names]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         out += lines + [""]
+    out += [target_verdict(results), ""]
     secs = {t: _mean(results[t]["foundation"]["seconds"]) for t in task_names}
     out.append(
         f"Foundation: runtime DPS, {cfg.steps} steps, {cfg.corrector_steps} corrector step(s), zeta {cfg.zeta:g}, "

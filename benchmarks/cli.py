@@ -1,7 +1,7 @@
 """`ckm-bench`: run a benchmark, store its JSON and regenerate benchmarks/RESULTS.md.
 
     ckm-bench procedural [--tiles 1000] [--workers N]
-    ckm-bench latency [--package DIR] [--checkpoint FILE] [--steps 10]
+    ckm-bench latency [--package DIR] [--checkpoint FILE] [--steps 10] [--device cpu|cuda] [--backend onnxruntime|tensorrt]
     ckm-bench load [--repository DIR | --server HOST:PORT] [--clients 1 2 4 8] [--duration 20]
     ckm-bench raytrace [--scene munich] [--tiles 2] [--device auto|cpu|cuda]
     ckm-bench sweep [--zetas 2 5 9 13 18] [--steps 25] [--precisions fp32 fp16 int8] [--jacobian-free]
@@ -42,17 +42,32 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     from training import procedural
     from training.checkpoint import load_model
 
+    from runtime.engine import EngineConfig, EngineError, open_engine
+
     pkg = load_package(args.package)
+    try:  # an engine this machine cannot run is refused before anything is timed
+        open_engine(pkg, EngineConfig(device=args.device), args.backend).close()
+    except (EngineError, ImportError) as e:
+        raise SystemExit(f"ckm-bench latency: the {args.backend} engine on {args.device} cannot run here: {e}") from None
     model, meta = load_model(args.checkpoint)
     tile, _ = procedural.generate_region(procedural.ProceduralConfig(tile_size=pkg.tile_size), "eval", 0, 1, seed=7)
     tile = tile[0]
     steps = args.steps
+    where = {"device": args.device, "backend": args.backend}
+    engine_label = "TensorRT" if args.backend == "tensorrt" else f"ORT {args.device.upper()}"
     rows, results = [], {"steps_timed": steps, "threads": args.threads or "default", "package": f"{pkg.name} {pkg.version}"}
-    torch_m1 = latency.torch_step(model, meta["schedule"], tile, steps, corrector=1, threads=args.threads)
-    torch_m2 = latency.torch_step(model, meta["schedule"], tile, steps, corrector=2, threads=args.threads)
+    torch_m1 = latency.torch_step(model, meta["schedule"], tile, steps, corrector=1, threads=args.threads, device=args.device)
+    torch_m2 = latency.torch_step(model, meta["schedule"], tile, steps, corrector=2, threads=args.threads, device=args.device)
     results["torch_reference"] = {"M1_step_s": torch_m1, "M2_paper_step_s": torch_m2}
     flops = latency.network_flops(model, pkg.tile_size)
-    gflops = latency.machine_gflops()
+    if args.device == "cuda":
+        import torch
+
+        from benchmarks.gpu import matmul_rate
+
+        gflops = matmul_rate(torch.device("cuda"), torch.float32) / 1e9
+    else:
+        gflops = latency.machine_gflops()
     floor_m1 = (2 * flops["forward"] + flops["backward"]) / (gflops * 1e9)
     results.update(flops=flops, machine_gflops=round(gflops, 1), floor_M1_step_s=floor_m1)
     rows.append(f"| PyTorch reference, autograd (M=1) | 1 | {torch_m1 * 1e3:.1f} | | | 1.00 | {torch_m1 / floor_m1:.1f}x |")
@@ -60,15 +75,15 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     results["runtime"] = {}
     for precision in pkg.precisions:
         for batch in args.batches:
-            r = latency.runtime_step(pkg, tile, precision, steps, batch=batch, threads=args.threads)
+            r = latency.runtime_step(pkg, tile, precision, steps, batch=batch, threads=args.threads, **where)
             results["runtime"][f"{precision}-b{batch}"] = r
             per_map = r["step_s"] / batch
-            rows.append(f"| runtime ORT CPU {precision}, guided (M=1) | {batch} | {r['step_s'] * 1e3:.1f} | "
+            rows.append(f"| runtime {engine_label} {precision}, guided (M=1) | {batch} | {r['step_s'] * 1e3:.1f} | "
                         f"{r['engine_s'] * 1e3:.1f} | {r['overhead_s'] * 1e3:.1f} | {torch_m1 / per_map:.2f} | "
                         f"{per_map / floor_m1:.1f}x |")
-    jf = latency.runtime_step(pkg, tile, "fp32", steps, jacobian_free=True, threads=args.threads)
+    jf = latency.runtime_step(pkg, tile, "fp32", steps, jacobian_free=True, threads=args.threads, **where)
     results["runtime"]["fp32-b1-jacobian-free"] = jf
-    rows.append(f"| runtime ORT CPU fp32, Jacobian-free (M=1) | 1 | {jf['step_s'] * 1e3:.1f} | {jf['engine_s'] * 1e3:.1f} | "
+    rows.append(f"| runtime {engine_label} fp32, Jacobian-free (M=1) | 1 | {jf['step_s'] * 1e3:.1f} | {jf['engine_s'] * 1e3:.1f} | "
                 f"{jf['overhead_s'] * 1e3:.1f} | {torch_m1 / jf['step_s']:.2f} | |")
     fp32 = results["runtime"]["fp32-b1"]["step_s"]
     ratio = torch_m1 / fp32
@@ -86,8 +101,9 @@ def _cmd_latency(args: argparse.Namespace) -> int:
         "|---|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        f"Target: runtime per-step time on CPU at least 2.5x faster than the PyTorch reference: {ratio:.2f}x, {target}.",
-        *([] if ratio >= 2.5 else [
+        (f"Target: runtime per-step time on CPU at least 2.5x faster than the PyTorch reference: {ratio:.2f}x, {target}."
+         if args.device == "cpu" else f"Runtime vs PyTorch reference on {args.device}, same run: {ratio:.2f}x (the 2.5x target is stated for CPUs)."),
+        *([] if ratio >= 2.5 or args.device != "cpu" else [
             "",
             "Why: the guided step is engine bound (the loop adds ~2 ms) and runs the same network FLOPs as "
             "PyTorch's autograd on the same cores, so per-step parity, not 2.5x, is what kernels alone can give; "
@@ -99,7 +115,10 @@ def _cmd_latency(args: argparse.Namespace) -> int:
             + ". A 2.5x per-step ratio on a CPU needs fewer network evaluations per step: the Jacobian-free "
             f"step, which skips the backward graph, is {torch_m1 / jf['step_s']:.1f}x faster than the reference."]),
     ])
-    path = report.write_result("latency-cpu", f"ckm-bench latency --steps {steps}", results, markdown)
+    name = "latency-tensorrt" if args.backend == "tensorrt" else f"latency-{args.device}"
+    command = f"ckm-bench latency --steps {steps}" + ("" if args.device == "cpu" else f" --device {args.device}") + (
+        "" if args.backend == "onnxruntime" else f" --backend {args.backend}")
+    path = report.write_result(name, command, results, markdown)
     print(markdown)
     print(f"results: {path}")
     return 0
@@ -258,6 +277,8 @@ def _cmd_gpu(args: argparse.Namespace) -> int:
                              time_budget_s=args.time_budget)
     results = gpu.run(model, meta, tile[0], tiles, cfg, device=args.device, progress=lambda line: print(line, flush=True))
     results["package"] = f"{pkg.name} {pkg.version}"
+    if isinstance(results.get("steps_curve"), list) and results["steps_curve"]:
+        gpu.plot_steps(results["steps_curve"], report.RESULTS_DIR / "steps-curve.png")
     text = gpu.markdown(results, f"{pkg.name} {pkg.version}")
     command = (f"ckm-bench gpu --device {args.device} --steps {args.steps} --batches {' '.join(map(str, args.batches))} "
                f"--precisions {' '.join(args.precisions)} --step-counts {' '.join(map(str, args.step_counts))} "
@@ -322,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--steps", type=int, default=10)
     lat.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     lat.add_argument("--threads", type=int, default=0)
+    lat.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="engine and PyTorch reference device")
+    lat.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     lat.set_defaults(func=_cmd_latency)
     ld = sub.add_parser("load", help="gRPC service throughput and p50/p95/p99 latency for 1..N concurrent clients")
     ld.add_argument("--repository", default="models/repository", help="serve this repository in-process")

@@ -253,6 +253,26 @@ def steps_curve(model: torch.nn.Module, schedule: Schedule, tiles: np.ndarray, t
     return rows
 
 
+def plot_steps(rows: list[dict], path) -> "Path | None":
+    """RMSE vs number of sampling steps per task (log x) as a PNG; None without matplotlib."""
+    from training import plots
+
+    try:
+        plt = plots.pyplot()
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for t in dict.fromkeys(r["task"] for r in rows):
+        pts = sorted((r["steps"], r["gain_db"], r["aoa_sine"]) for r in rows if r["task"] == t)
+        n, g, a = zip(*pts)
+        axes[0].plot(n, g, marker="o", label=t)
+        axes[1].plot(n, a, marker="o", label=t)
+    for ax, what in zip(axes, ("gain RMSE (dB)", "AoA-sine RMSE")):
+        ax.set_xscale("log")
+        ax.set(xlabel="sampling steps", ylabel=what, title=f"{what} vs steps")
+    return plots.save(fig, axes, path)
+
+
 def fewest_steps_within(rows: list[dict], task: str, tolerance: float = 0.05) -> int | None:
     """The fewest steps whose gain RMSE is within `tolerance` of the most-steps result (None when
     this task lacks the run with the most steps of the whole curve)."""
@@ -491,7 +511,7 @@ def markdown(results: dict, package: str) -> str:
     if isinstance(curve, list) and curve:
         counts = sorted({r["steps"] for r in curve})
         task_names = list(dict.fromkeys(r["task"] for r in curve))
-        lines += ["", f"**RMSE vs sampling steps** (runtime sampler, fp32 without TF32, zeta {results['config']['zeta']:g}, "
+        lines += ["", "![RMSE vs steps](results/steps-curve.png)", "", f"**RMSE vs sampling steps** (runtime sampler, fp32 without TF32, zeta {results['config']['zeta']:g}, "
                       f"{results['config']['tiles']} validation tiles; gain dB / AoA-sine):", "",
                   "| steps | " + " | ".join(task_names) + " |", "|---:|" + "---:|" * len(task_names)]
         for n in counts:

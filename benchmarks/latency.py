@@ -53,11 +53,12 @@ def _problem(tile: np.ndarray, batch: int):
 
 
 def runtime_step(pkg: Package, tile: np.ndarray, precision: str, steps: int, batch: int = 1,
-                 corrector: int = 1, jacobian_free: bool = False, threads: int = 0) -> dict:
+                 corrector: int = 1, jacobian_free: bool = False, threads: int = 0, device: str = "cpu",
+                 backend: str = "onnxruntime") -> dict:
     x, op, y = _problem(tile, batch)
     schedule = pkg.schedule().respace(steps)
     cfg = SamplerConfig(corrector_steps=corrector, jacobian_free=jacobian_free)
-    with open_engine(pkg, EngineConfig(precision=precision, threads=threads)) as engine:
+    with open_engine(pkg, EngineConfig(precision=precision, threads=threads, device=device), backend) as engine:
         warm = pkg.schedule().respace(2)
         sample(engine, warm, op, y, shape=x.shape[1:], rngs=[np.random.default_rng(b) for b in range(batch)], cfg=cfg)
         timed = _TimedEngine(engine)
@@ -67,7 +68,8 @@ def runtime_step(pkg: Package, tile: np.ndarray, precision: str, steps: int, bat
     return {"step_s": total / steps, "engine_s": timed.seconds / steps, "overhead_s": (total - timed.seconds) / steps}
 
 
-def torch_step(model, schedule_dict: dict, tile: np.ndarray, steps: int, corrector: int, threads: int = 0) -> float:
+def torch_step(model, schedule_dict: dict, tile: np.ndarray, steps: int, corrector: int, threads: int = 0,
+               device: str = "cpu") -> float:
     import torch
 
     from runtime.schedule import Schedule
@@ -78,10 +80,14 @@ def torch_step(model, schedule_dict: dict, tile: np.ndarray, steps: int, correct
     x, op, y = _problem(tile, 1)
     schedule = Schedule.from_dict(schedule_dict).respace(steps)
     cfg = DPSConfig(corrector_steps=corrector)
-    dps_sample(model, Schedule.from_dict(schedule_dict).respace(2), op, torch.from_numpy(y), shape=x.shape,
-               rng=np.random.default_rng(0), cfg=cfg)
+    model = model.to(device)
+    y_t = torch.from_numpy(y).to(device)
+    dps_sample(model, Schedule.from_dict(schedule_dict).respace(2), op, y_t, shape=x.shape,
+               rng=np.random.default_rng(0), cfg=cfg, device=device)
     t0 = time.perf_counter()
-    dps_sample(model, schedule, op, torch.from_numpy(y), shape=x.shape, rng=np.random.default_rng(0), cfg=cfg)
+    dps_sample(model, schedule, op, y_t, shape=x.shape, rng=np.random.default_rng(0), cfg=cfg, device=device)
+    if device != "cpu":
+        torch.cuda.synchronize()
     return (time.perf_counter() - t0) / steps
 
 

@@ -73,7 +73,8 @@ class LambdaTable:
 
 
 def manifest_sha256(pkg: Package) -> str:
-    return sha256_file(pkg.root / "manifest.json")
+    """SHA-256 of the package's manifest as it was verified at load (the file only as a fallback)."""
+    return pkg.manifest_sha256 or sha256_file(pkg.root / "manifest.json")
 
 
 def is_adapter(pkg: Package) -> bool:

@@ -11,6 +11,9 @@ A package is a directory (or a .tar of one)::
     fp32/weights.bin     the network weights, stored once and shared by the three graphs
     fp16/..., int8/...   the same graphs in other precisions
 
+A site adapter (runtime/adapter.py) is a package of the same layout whose graphs compute a score
+difference and whose manifest also holds an "adapter" section naming the foundation it adapts.
+
 `load_package` verifies every file's checksum (and the signature when trusted keys are given)
 before anything is used; a tampered or truncated package is refused with the reason. Everything
 the edge needs is rebuilt from the manifest (schedule included); nothing comes from training code.
@@ -63,6 +66,7 @@ class Package:
     root: Path
     manifest: dict
     signed_by: str | None  # hex of the public key that verified the signature, if any
+    manifest_sha256: str = ""  # of the manifest bytes that were verified ("" = not read through load_package)
 
     @property
     def name(self) -> str:
@@ -154,7 +158,7 @@ def load_package(root: str | Path, trusted_keys: list[bytes] | None = None, veri
     if "adapter" in manifest:  # a site adapter: its base reference and lambda table must be sound
         from runtime.adapter import adapter_info
 
-        adapter_info(Package(root, manifest, None))
+        adapter_info(Package(root, manifest, None, hashlib.sha256(data).hexdigest()))
     signed_by = _verify_signature(data, root / "manifest.sig", trusted_keys) if trusted_keys else None
     if verify_files:
         for rel, info in manifest["files"].items():
@@ -165,7 +169,7 @@ def load_package(root: str | Path, trusted_keys: list[bytes] | None = None, veri
                 raise PackageError(f"package file {rel} has {file.stat().st_size} bytes, the manifest says {info['bytes']} (truncated?)")
             if sha256_file(file) != info["sha256"]:
                 raise PackageError(f"package file {rel} does not match its SHA-256 in the manifest (tampered or corrupted)")
-    return Package(root, manifest, signed_by)
+    return Package(root, manifest, signed_by, hashlib.sha256(data).hexdigest())
 
 
 def read_public_key(path: str | Path) -> bytes:

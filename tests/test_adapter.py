@@ -236,6 +236,23 @@ def test_site_adaptation_benchmark_reports_every_method_as_it_goes(tiny_prior, t
     assert "| Full fine-tuning of the foundation | 16 |" in text and "Mean gain RMSE over the tasks: N = 16" in text
     assert "improves on the foundation alone" in text or "does not improve on the foundation alone" in text
     partial = adapt.markdown(dict(results, methods=results["methods"][:2], complete=False), "tiny 1.0.0", "CPU")
-    assert "Incomplete run: it stopped after foundation, + adapter, lasco (lambda = 1) N = 16" in partial
+    assert "Incomplete run: 2 of 4 rows; it stopped after + adapter, lasco (lambda = 1) at N = 16." in partial
     with pytest.raises(ValueError, match="batch size"):
         adapt.AdaptBenchConfig(counts=(8,))
+
+
+def test_ckm_edge_construct_composes_an_adapter_package(tiny_adapter, tmp_path, capsys):
+    from runtime import cli
+
+    repo, adapter, _ = tiny_adapter
+    base = repo / "tiny" / "1.0.0"
+    truth = np.random.default_rng(2).uniform(0.2, 0.9, (2, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "truth.npz", pixels=truth)
+    args = ["construct", "--package", str(base), "--truth", str(tmp_path / "truth.npz"), "--task", "ipbox", "--steps", "3",
+            "--json", "--out", str(tmp_path / "out")]
+    assert cli.main(args + ["--adapter", str(adapter.root)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["adapter"] == "site-a 1.0.0" and report["engine_calls"] == {"forward": 3, "backward": 3, "score": 2}
+    # An adapter package given as the model, or a model given as the adapter, is refused with the reason.
+    assert cli.main(args + ["--adapter", str(base)]) != 0
+    assert "not a site adapter" in capsys.readouterr().err

@@ -52,13 +52,15 @@ def test_graph_dps_is_the_runtime_sampler_with_the_same_draws(tiny_prior):
         gpu.GraphDPS(model, schedule, mask, yt, SamplerConfig(jacobian_free=True))
 
 
-def test_steps_curve_rows_and_the_fewest_steps_rule(tiny_prior):
+def test_steps_curve_rows_and_the_fewest_steps_rule(tiny_prior, tmp_path):
     model, meta, _, held = tiny_prior
     tiles = held[:2].astype(np.float32)
     rows = gpu.steps_curve(model, Schedule.from_dict(meta["schedule"]), tiles, ("ipbox", "sr2"), (2, 8), "cpu",
                            progress=lambda _: None)
     assert [(r["task"], r["steps"]) for r in rows] == [("ipbox", 2), ("ipbox", 8), ("sr2", 2), ("sr2", 8)]
     assert all(np.isfinite(r["gain_db"]) and r["gain_db"] >= 0 for r in rows)
+    png = gpu.plot_steps(rows, tmp_path / "steps.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     made = [{"task": "a", "steps": n, "gain_db": g} for n, g in ((20, 12.0), (100, 10.4), (1000, 10.0))]
     assert gpu.fewest_steps_within(made, "a") == 100  # 10.4 <= 1.05 * 10.0
     assert gpu.fewest_steps_within(made + [{"task": "b", "steps": 20, "gain_db": 1.0}], "b") is None
@@ -84,3 +86,18 @@ def test_captured_graph_equals_the_eager_step(tiny_prior):
     captured.capture()
     b = captured.run(x_init, iter(draws).__next__)
     torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+def test_latency_refuses_an_engine_this_machine_cannot_run(capsys):
+    """`ckm-bench latency --device cuda` / `--backend tensorrt` measure the product's GPU engines where
+    they are installed; elsewhere they stop before timing anything, saying why."""
+    import onnxruntime
+
+    from benchmarks import cli
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has ONNX Runtime's CUDA provider")
+    with pytest.raises(SystemExit, match="onnxruntime engine on cuda cannot run here: .*CUDAExecutionProvider"):
+        cli.main(["latency", "--device", "cuda", "--steps", "1"])
+    with pytest.raises(SystemExit, match="tensorrt engine on cpu cannot run here"):
+        cli.main(["latency", "--backend", "tensorrt", "--steps", "1"])
