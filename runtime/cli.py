@@ -182,7 +182,8 @@ def cmd_demo(args) -> int:
                 server=f"127.0.0.1:{edge.port}", token=None, root_certs=None, model=None, model_version=None,
                 truth=args.truth, observation=None, task=task, sigma=tasks.DEFAULT_SIGMA, seed=args.seed,
                 steps=args.steps, zeta=13.0, corrector_steps=1, samples=args.samples, precision="fp32",
-                jacobian_free=False, timeout=None, out=Path(args.out) / task, json=True)
+                jacobian_free=False, timeout=None, out=Path(args.out) / task, json=True, adapter=args.adapter,
+                adapter_version=None)
             _construct_remote(ns)
     finally:
         edge.stop(0)
@@ -252,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=0)
     d.add_argument("--out", type=Path, default=Path("demo-out"))
+    d.add_argument("--adapter", default=None, help="compose this site adapter (its name in the repository)")
     d.set_defaults(func=cmd_demo)
     return parser
 

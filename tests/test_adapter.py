@@ -256,3 +256,17 @@ def test_ckm_edge_construct_composes_an_adapter_package(tiny_adapter, tmp_path, 
     # An adapter package given as the model, or a model given as the adapter, is refused with the reason.
     assert cli.main(args + ["--adapter", str(base)]) != 0
     assert "not a site adapter" in capsys.readouterr().err
+
+
+def test_ckm_edge_demo_serves_the_repository_with_and_without_an_adapter(tiny_adapter, tmp_path, capsys):
+    from runtime import cli
+
+    repo, _, _ = tiny_adapter
+    np.savez(tmp_path / "truth.npz", pixels=np.random.default_rng(3).uniform(0.2, 0.9, (2, 32, 32)).astype(np.float32))
+    for extra, adapter in (([], None), (["--adapter", "site-a"], "site-a 1.0.0")):
+        assert cli.main(["demo", "--repository", str(repo), "--truth", str(tmp_path / "truth.npz"), "--tasks", "ipbox", "sr",
+                         "--steps", "2", "--samples", "1", "--out", str(tmp_path / "demo")] + extra) == 0
+        reports = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        assert [r["task"] for r in reports] == ["ipbox", "sr2"]
+        assert all(r.get("adapter") == adapter and r["model"] == "tiny 1.0.0" for r in reports)
+        assert (tmp_path / "demo" / "sr" / "construction.png").is_file()
