@@ -31,7 +31,7 @@ test-slow: $(STAMP)
 
 # The quick benchmarks (minutes). The long ones regenerate their own sections when run:
 # ckm-bench accuracy (~20 min on 2 cores), ckm-bench sweep --jacobian-free (~10 min), ckm-bench raytrace (~4 min);
-# on a GPU machine: ckm-bench gpu --time-budget 280 (~5 min on an H100).
+# on a GPU machine: ckm-bench gpu --time-budget 280 (~5 min on an H100), ckm-bench adapt (~8 min on an H100).
 bench: $(STAMP)
 	$(BIN)/ckm-bench procedural
 	$(BIN)/ckm-bench latency
