@@ -18,6 +18,7 @@ the runtime's `ComposedEngine`, i.e. the product's composition with the package'
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,6 @@ class AdaptBenchConfig:
 
 def site_tiles(cfg: AdaptBenchConfig, tile_size: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(the site's unlabeled maps, held-out test maps) from one evaluation region of the site preset."""
-    import dataclasses
-
     from training import procedural
 
     pcfg = dataclasses.replace(procedural.ProceduralConfig.preset(cfg.site_preset), tile_size=tile_size)
@@ -81,7 +80,7 @@ def run(large, meta: dict, cfg: AdaptBenchConfig, work: Path, device: str = "cpu
     from runtime.adapter import ComposedEngine, LambdaTable
     from runtime.schedule import Schedule
     from training import adapter as adapt
-    from training.trainer import TrainConfig, count_parameters
+    from training.trainer import count_parameters
     from training.unet import UNetConfig
 
     schedule = Schedule.from_dict(meta["schedule"])
@@ -100,14 +99,8 @@ def run(large, meta: dict, cfg: AdaptBenchConfig, work: Path, device: str = "cpu
         progress(f"{label}: " + ", ".join(f"{t} {r['gain_db']:.2f} dB" for t, r in out.items()))
         return out
 
-    acfg = adapt.AdapterConfig(
-        reference=TrainConfig(steps=cfg.reference_steps, batch_size=cfg.batch_size, lr=1e-3, warmup=100, ema_decay=0.995,
-                              seed=cfg.seed, eval_every=10**9, checkpoint_every=10**9, log_every=100),
-        proxy=TrainConfig(steps=cfg.proxy_steps, batch_size=cfg.batch_size, lr=2e-4, warmup=20, ema_decay=0.99,
-                          seed=cfg.seed, eval_every=10**9, checkpoint_every=10**9, log_every=100),
-        seed=cfg.seed)
-    finetune_cfg = TrainConfig(steps=cfg.finetune_steps, batch_size=cfg.batch_size, lr=1e-4, warmup=20, ema_decay=0.99,
-                               seed=cfg.seed, eval_every=10**9, checkpoint_every=10**9, log_every=100)
+    acfg = adapt.AdapterConfig.sized(cfg.reference_steps, cfg.proxy_steps, cfg.batch_size, cfg.seed)
+    finetune_cfg = dataclasses.replace(acfg.proxy, steps=cfg.finetune_steps, lr=1e-4)  # the proxy's schedule, a lower rate
     large_engine = TorchEngine(large, device)
     results: dict = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cfg).items()},
                      "device": device, "large_parameters": count_parameters(large), "methods": [], "complete": False}
@@ -131,7 +124,8 @@ def run(large, meta: dict, cfg: AdaptBenchConfig, work: Path, device: str = "cpu
         lasco = ComposedEngine(large_engine, delta_engine, LambdaTable.constant(1.0))
         add({"method": "lasco", "n": n, "rmse": score(lasco, f"N={n} LASCO"), "cost": proxy_cost})
         t1 = time.perf_counter()
-        lam = adapt.fit_elastic(large, delta, maps, schedule, np.random.default_rng([cfg.seed, n]), device=device)
+        lam = adapt.fit_elastic(large, delta, maps, schedule, np.random.default_rng([cfg.seed, n]), bins=acfg.bins,
+                                lam_max=acfg.lam_max, device=device)
         elastic_cost = dict(proxy_cost, seconds=proxy_cost["seconds"] + time.perf_counter() - t1,
                             lambda_fit_seconds=time.perf_counter() - t1)
         elastic = ComposedEngine(large_engine, delta_engine, lam)
@@ -141,7 +135,6 @@ def run(large, meta: dict, cfg: AdaptBenchConfig, work: Path, device: str = "cpu
             adapt.ArraySplit("site", maps), schedule, UNetConfig.from_dict(meta["unet"]), finetune_cfg,
             work / f"n{n}" / "finetune", init=copy.deepcopy(large).cpu())
         add({"method": "finetune", "n": n, "rmse": score(TorchEngine(tuned, device), f"N={n} fine-tune"), "cost": tune_cost})
-        large.to(device)  # the fine-tune moved nothing of `large`, but be explicit for the next round
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     results["seconds"] = time.perf_counter() - t0

@@ -19,6 +19,9 @@ from pathlib import Path
 
 from benchmarks import report
 
+DEFAULT_PACKAGE = "models/repository/ckm-prior/0.2.0"  # the embedded default model
+DEFAULT_CHECKPOINT = "models/checkpoints/prior-small.pt"  # its PyTorch weights
+
 
 def _cmd_procedural(args: argparse.Namespace) -> int:
     from benchmarks import procedural
@@ -338,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--workers", type=int, default=None, help="processes (default: usable cores)")
     proc.set_defaults(func=_cmd_procedural)
     lat = sub.add_parser("latency", help="runtime vs PyTorch reference per-step latency on CPU")
-    lat.add_argument("--package", default="models/repository/ckm-prior/0.2.0")
-    lat.add_argument("--checkpoint", default="models/checkpoints/prior-small.pt")
+    lat.add_argument("--package", default=DEFAULT_PACKAGE)
+    lat.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     lat.add_argument("--steps", type=int, default=10)
     lat.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     lat.add_argument("--threads", type=int, default=0)
@@ -364,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     rt.set_defaults(func=_cmd_raytrace)
     sw = sub.add_parser("sweep", help="RMSE vs zeta / steps / precision, guided vs Jacobian-free (paper Fig. 11)")
-    sw.add_argument("--package", default="models/repository/ckm-prior/0.2.0")
+    sw.add_argument("--package", default=DEFAULT_PACKAGE)
     sw.add_argument("--zetas", type=float, nargs="+", default=[2.0, 5.0, 9.0, 13.0, 18.0])
     sw.add_argument("--steps", type=int, nargs="+", default=[25])
     sw.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"], choices=["fp32", "fp16", "int8"])
@@ -375,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--seed", type=int, default=0)
     sw.set_defaults(func=_cmd_sweep)
     mem = sub.add_parser("memory", help="peak resident memory of the edge engine per precision and batch; package sizes")
-    mem.add_argument("--package", default="models/repository/ckm-prior/0.2.0")
+    mem.add_argument("--package", default=DEFAULT_PACKAGE)
     mem.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"], choices=["fp32", "fp16", "int8"])
     mem.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     mem.add_argument("--steps", type=int, default=3)
@@ -384,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--data", default="datasets/sionna-rt-small", help="dataset dir (its eval split) or 'procedural'")
     acc.add_argument("--tiles", type=int, default=8)
     acc.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr", "trajectory"])
-    acc.add_argument("--package", default="models/repository/ckm-prior/0.2.0")
+    acc.add_argument("--package", default=DEFAULT_PACKAGE)
     acc.add_argument("--checkpoints", default="models/checkpoints", help="directory of baseline-<task>.pt")
     acc.add_argument("--steps", type=int, default=50)
     acc.add_argument("--zeta", type=float, default=13.0)
@@ -392,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--seed", type=int, default=0)
     acc.set_defaults(func=_cmd_accuracy)
     ad = sub.add_parser("adapt", help="site adapters (LASCO) vs foundation alone vs full fine-tuning, with training cost")
-    ad.add_argument("--package", default="models/repository/ckm-prior/0.2.0")
-    ad.add_argument("--checkpoint", default="models/checkpoints/prior-small.pt", help="the package's PyTorch weights")
+    ad.add_argument("--package", default=DEFAULT_PACKAGE)
+    ad.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="the package's PyTorch weights")
     ad.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
     ad.add_argument("--site-preset", default="calibrated")
     ad.add_argument("--site-region", type=int, default=100)
@@ -411,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--seed", type=int, default=0)
     ad.set_defaults(func=_cmd_adapt)
     gp = sub.add_parser("gpu", help="construction latency/throughput, reference ratios and RMSE vs steps on a GPU (PyTorch CUDA)")
-    gp.add_argument("--package", default="models/repository/ckm-prior/0.2.0")
-    gp.add_argument("--checkpoint", default="models/checkpoints/prior-small.pt", help="the package's PyTorch weights")
+    gp.add_argument("--package", default=DEFAULT_PACKAGE)
+    gp.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="the package's PyTorch weights")
     gp.add_argument("--device", default="cuda")
     gp.add_argument("--steps", type=int, default=50)
     gp.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128, 256, 512])

@@ -120,10 +120,19 @@ class AdapterConfig:
                                          eval_every=10**9, checkpoint_every=10**9, log_every=100)
     proxy: TrainConfig = TrainConfig(steps=600, batch_size=16, lr=2e-4, warmup=20, ema_decay=0.99,
                                      eval_every=10**9, checkpoint_every=10**9, log_every=100)
-    elastic: bool = True
-    bins: int = 10
+    bins: int = 10  # elastic lambda(t): bins in t
     lam_max: float = 2.0
     seed: int = 0
+
+    @classmethod
+    def sized(cls, reference_steps: int, proxy_steps: int, batch_size: int, seed: int = 0,
+              proxy_lr: float | None = None) -> "AdapterConfig":
+        """These settings with another training budget (steps, batch size, seed, proxy learning rate)."""
+        d = cls()
+        reference = dataclasses.replace(d.reference, steps=reference_steps, batch_size=batch_size, seed=seed)
+        proxy = dataclasses.replace(d.proxy, steps=proxy_steps, batch_size=batch_size, seed=seed,
+                                    lr=d.proxy.lr if proxy_lr is None else proxy_lr)
+        return dataclasses.replace(d, reference=reference, proxy=proxy, seed=seed)
 
 
 def train_reference(generic: np.ndarray, schedule: Schedule, cfg: AdapterConfig, out: Path,

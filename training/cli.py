@@ -149,12 +149,7 @@ def cmd_adapter(args) -> int:
     split = site.split(args.site_split)
     maps = split.take(np.arange(len(split)))
     schedule = base_pkg.schedule()
-    cfg = adapt.AdapterConfig(
-        proxy=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=20, ema_decay=0.99, seed=args.seed,
-                          eval_every=10**9, checkpoint_every=10**9, log_every=100),
-        reference=TrainConfig(steps=args.reference_steps, batch_size=args.batch_size, lr=1e-3, warmup=100, ema_decay=0.995,
-                              seed=args.seed, eval_every=10**9, checkpoint_every=10**9, log_every=100),
-        seed=args.seed)
+    cfg = adapt.AdapterConfig.sized(args.reference_steps, args.steps, args.batch_size, args.seed, proxy_lr=args.lr)
     out = Path(args.out)
     if args.reference:
         reference, ref_meta = load_model(args.reference)
@@ -178,7 +173,8 @@ def cmd_adapter(args) -> int:
     delta = adapt.ScoreDifference(proxy, reference)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     lam = (LambdaTable.constant(1.0) if args.fixed_lambda else
-           adapt.fit_elastic(large, delta, maps, schedule, np.random.default_rng([args.seed, len(maps)]), device=device))
+           adapt.fit_elastic(large, delta, maps, schedule, np.random.default_rng([args.seed, len(maps)]), bins=cfg.bins,
+                             lam_max=cfg.lam_max, device=device))
     meta = {"base": {"name": base_pkg.name, "version": base_pkg.version, "manifest_sha256": manifest_sha256(base_pkg)},
             "unet": cfg.unet.to_dict(), "schedule": schedule.to_dict(),
             "site": {"data": str(args.site_data), "split": args.site_split, "maps": int(len(maps)),
