@@ -94,7 +94,7 @@ def run(package_dir: str | Path, checkpoints: str | Path, tiles: np.ndarray, tas
     from runtime.construct import ConstructConfig, construct
     from runtime.engine import EngineConfig, open_engine
     from runtime.package import load_package
-    from runtime.sampler import SamplerConfig
+    from runtime.dps import DPSConfig
     from training.objectives import observation_inputs
 
     pkg = load_package(package_dir)
@@ -104,7 +104,7 @@ def run(package_dir: str | Path, checkpoints: str | Path, tiles: np.ndarray, tas
     multi = _baseline(checkpoints / "baseline-multi.pt") if (checkpoints / "baseline-multi.pt").exists() else None
     shape = (2, pkg.tile_size, pkg.tile_size)
     ccfg = ConstructConfig(steps=cfg.steps, seed=cfg.seed,
-                           sampler=SamplerConfig(zeta=cfg.zeta, corrector_steps=cfg.corrector_steps))
+                           sampler=DPSConfig(zeta=cfg.zeta, corrector_steps=cfg.corrector_steps))
     results: dict = {}
     with open_engine(pkg, EngineConfig(precision=cfg.precision)) as engine:
         for task in task_names:

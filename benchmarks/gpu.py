@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from runtime import codec, tasks
-from runtime.sampler import SamplerConfig, sample
+from runtime.dps import DPSConfig
+from runtime.sampler import Observations, sample
 from runtime.schedule import Schedule
 
 PRECISIONS = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -94,11 +95,11 @@ class GraphDPS:
     schedule: Schedule
     mask: torch.Tensor  # (B, 1, H, W) float, 1 = observed
     y: torch.Tensor  # (B, C, H, W)
-    cfg: SamplerConfig = SamplerConfig()
+    cfg: DPSConfig = DPSConfig()
     precision: str = "fp32"
 
     def __post_init__(self):
-        if self.cfg.jacobian_free or self.cfg.corrector_steps != 1 or self.cfg.clip_denoised is None:
+        if self.cfg.jacobian_free or self.cfg.corrector_steps != 1 or not self.cfg.clip_denoised:
             raise ValueError("GraphDPS implements the guided sampler with M = 1 and clip_denoised")
         set_precision(self.precision)
         self.device = self.y.device
@@ -129,7 +130,7 @@ class GraphDPS:
             x0_hat = ax * x + bs * s
             residual = _norm(self.y - self.mask * x0_hat)
         with torch.no_grad():
-            x_next = d * self.x + e * x0_hat.detach().clamp(*self.cfg.clip_denoised) + c * self.z_pred
+            x_next = d * self.x + e * x0_hat.detach().clamp(0.0, 1.0) + c * self.z_pred
             if corrector:
                 with autocast(self.device, self.precision):
                     s_c = self.model(x_next, t_prev.expand(b)).float()
@@ -225,8 +226,8 @@ def batched_rmse(engine, schedule: Schedule, tiles: np.ndarray, problems: tuple[
     """All tiles as one batch through the runtime's sampler (per-sample operators); mean RMSEs."""
     ops, ys = problems
     t0 = time.perf_counter()
-    out = sample(engine, schedule.respace(steps), ops, ys, shape=tiles.shape[1:],
-                 rngs=[np.random.default_rng([seed, i]) for i in range(len(tiles))], cfg=SamplerConfig(zeta=zeta))
+    out = sample(engine, schedule.respace(steps), Observations.of(ops, ys, tiles.shape[1:], len(tiles)),
+                 [np.random.default_rng([seed, i]) for i in range(len(tiles))], DPSConfig(zeta=zeta))
     out = np.clip(out, 0.0, 1.0)  # as runtime.construct returns a map
     return {"seconds": time.perf_counter() - t0, "gain_db": float(np.mean(codec.gain_rmse_db(out, tiles))),
             "aoa_sine": float(np.mean(codec.aoa_sine_rmse(out, tiles)))}
@@ -349,12 +350,12 @@ def run(model: torch.nn.Module, meta: dict, tile: np.ndarray, tiles: np.ndarray,
         short = schedule.respace(10)
         op, y, mask, yt = mask_problem(tile, 1, dev, seed=cfg.seed)
         rng = np.random.default_rng(1)
-        ref = sample(TorchEngine(model, dev, "fp32"), short, op, y, shape=tile.shape, rngs=[rng],
-                     cfg=SamplerConfig(zeta=cfg.zeta))
+        ref = sample(TorchEngine(model, dev, "fp32"), short, Observations.of(op, y, tile.shape, 1), [rng],
+                     DPSConfig(zeta=cfg.zeta))
         rng = np.random.default_rng(1)
         x_init = torch.from_numpy(short.prior_sample(tile.shape, rng)[None]).to(dev)
         noise = lambda: torch.from_numpy(rng.standard_normal(tile.shape).astype(np.float32)[None]).to(dev)
-        dps = GraphDPS(model, short, mask, yt, SamplerConfig(zeta=cfg.zeta), "fp32")
+        dps = GraphDPS(model, short, mask, yt, DPSConfig(zeta=cfg.zeta), "fp32")
         if cuda:
             dps.capture()
         got = dps.run(x_init, noise).cpu().numpy()
@@ -367,7 +368,7 @@ def run(model: torch.nn.Module, meta: dict, tile: np.ndarray, tiles: np.ndarray,
         _, _, mask, yt = mask_problem(tile, batch, dev, seed=cfg.seed)
         if cuda:
             torch.cuda.reset_peak_memory_stats(dev)
-        dps = GraphDPS(model, short, mask, yt, SamplerConfig(zeta=cfg.zeta), precision)
+        dps = GraphDPS(model, short, mask, yt, DPSConfig(zeta=cfg.zeta), precision)
         x_init = torch.randn_like(yt)
         row = {"precision": precision, "batch": batch}
         if cuda:
@@ -426,9 +427,9 @@ def run(model: torch.nn.Module, meta: dict, tile: np.ndarray, tiles: np.ndarray,
         op, y, _, _ = mask_problem(tile, 1, dev, seed=cfg.seed)
         engine = _TimedEngine(TorchEngine(model, dev, "fp32"))
         short = schedule.respace(cfg.reference_steps)
-        sample(engine.engine, schedule.respace(2), op, y, shape=tile.shape, rngs=[np.random.default_rng(0)])
+        sample(engine.engine, schedule.respace(2), Observations.of(op, y, tile.shape, 1), [np.random.default_rng(0)], DPSConfig())
         t0 = time.perf_counter()
-        sample(engine, short, op, y, shape=tile.shape, rngs=[np.random.default_rng(0)], cfg=SamplerConfig(zeta=cfg.zeta))
+        sample(engine, short, Observations.of(op, y, tile.shape, 1), [np.random.default_rng(0)], DPSConfig(zeta=cfg.zeta))
         total = time.perf_counter() - t0
         return {"step_s": total / len(short), "engine_s": engine.seconds / len(short),
                 "loop_s": (total - engine.seconds) / len(short)}

@@ -20,7 +20,8 @@ import numpy as np
 from runtime import tasks
 from runtime.engine import EngineConfig, open_engine
 from runtime.package import Package
-from runtime.sampler import SamplerConfig, sample
+from runtime.dps import DPSConfig
+from runtime.sampler import Observations, sample
 
 
 class _TimedEngine:
@@ -57,13 +58,13 @@ def runtime_step(pkg: Package, tile: np.ndarray, precision: str, steps: int, bat
                  backend: str = "onnxruntime") -> dict:
     x, op, y = _problem(tile, batch)
     schedule = pkg.schedule().respace(steps)
-    cfg = SamplerConfig(corrector_steps=corrector, jacobian_free=jacobian_free)
+    cfg = DPSConfig(corrector_steps=corrector, jacobian_free=jacobian_free)
     with open_engine(pkg, EngineConfig(precision=precision, threads=threads, device=device), backend) as engine:
         warm = pkg.schedule().respace(2)
-        sample(engine, warm, op, y, shape=x.shape[1:], rngs=[np.random.default_rng(b) for b in range(batch)], cfg=cfg)
+        sample(engine, warm, Observations.of(op, y, x.shape[1:], batch), [np.random.default_rng(b) for b in range(batch)], cfg)
         timed = _TimedEngine(engine)
         t0 = time.perf_counter()
-        sample(timed, schedule, op, y, shape=x.shape[1:], rngs=[np.random.default_rng(b) for b in range(batch)], cfg=cfg)
+        sample(timed, schedule, Observations.of(op, y, x.shape[1:], batch), [np.random.default_rng(b) for b in range(batch)], cfg)
         total = time.perf_counter() - t0
     return {"step_s": total / steps, "engine_s": timed.seconds / steps, "overhead_s": (total - timed.seconds) / steps}
 

@@ -30,7 +30,8 @@ def child(package: str, precision: str, batch: int, steps: int) -> dict:
     from runtime import tasks
     from runtime.engine import EngineConfig, open_engine
     from runtime.package import load_package
-    from runtime.sampler import SamplerConfig, sample
+    from runtime.dps import DPSConfig
+    from runtime.sampler import Observations, sample
 
     base = _rss_mib()
     pkg = load_package(package)
@@ -40,8 +41,8 @@ def child(package: str, precision: str, batch: int, steps: int) -> dict:
     y = tasks.observe(op, x, rng)
     with open_engine(pkg, EngineConfig(precision=precision)) as engine:
         opened = _rss_mib()
-        sample(engine, pkg.schedule().respace(steps), op, y, shape=x.shape[1:],
-               rngs=[np.random.default_rng(b) for b in range(batch)], cfg=SamplerConfig())
+        sample(engine, pkg.schedule().respace(steps), Observations.of(op, y, x.shape[1:], batch),
+               [np.random.default_rng(b) for b in range(batch)], DPSConfig())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"precision": precision, "batch": batch, "baseline_mib": round(base, 1),
             "after_open_mib": round(opened, 1), "peak_mib": round(peak, 1)}

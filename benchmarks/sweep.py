@@ -44,7 +44,7 @@ def run(package_dir: str | Path, points: list[Point], task_names: tuple[str, ...
     from runtime.construct import ConstructConfig, construct
     from runtime.engine import EngineConfig, open_engine
     from runtime.package import load_package
-    from runtime.sampler import SamplerConfig
+    from runtime.dps import DPSConfig
 
     pkg = load_package(package_dir)
     shape = (2, pkg.tile_size, pkg.tile_size)
@@ -58,7 +58,7 @@ def run(package_dir: str | Path, points: list[Point], task_names: tuple[str, ...
         with open_engine(pkg, EngineConfig(precision=precision)) as engine:
             for p in (q for q in points if q.precision == precision):
                 cfg = ConstructConfig(steps=p.steps, seed=seed,
-                                      sampler=SamplerConfig(zeta=p.zeta, jacobian_free=p.jacobian_free))
+                                      sampler=DPSConfig(zeta=p.zeta, jacobian_free=p.jacobian_free))
                 for task in task_names:
                     gains, sines, secs = [], [], []
                     for i, x in enumerate(tiles):

@@ -7,7 +7,8 @@ import numpy as np
 from runtime import codec, tasks
 from runtime.engine import EngineConfig, open_engine
 from runtime.package import Package
-from runtime.sampler import SamplerConfig, sample
+from runtime.dps import DPSConfig
+from runtime.sampler import Observations, sample
 
 
 def evaluate(package: Package, precision: str, tiles: np.ndarray, task_names=tasks.PAPER_TASKS,
@@ -21,7 +22,7 @@ def evaluate(package: Package, precision: str, tiles: np.ndarray, task_names=tas
             op = tasks.make_operator(task, rng, tiles)
             y = tasks.observe(op, tiles, rng)
             rngs = [np.random.default_rng([seed, ti, b]) for b in range(len(tiles))]
-            x = sample(engine, schedule, op, y, shape=tiles.shape[1:], rngs=rngs, cfg=SamplerConfig(zeta=zeta))
+            x = sample(engine, schedule, Observations.of(op, y, tiles.shape[1:], len(tiles)), rngs, DPSConfig(zeta=zeta))
             x = np.clip(x, 0.0, 1.0)
             results[task] = {
                 "gain_rmse_db": round(float(codec.gain_rmse_db(x, tiles).mean()), 3),

@@ -60,7 +60,7 @@ def from_numpy(array: np.ndarray):
     return pb.Tensor(shape=list(array.shape), dtype=_PB_DTYPES[array.dtype], data=array.astype(array.dtype.newbyteorder("<")).tobytes())
 
 
-def _binary_map(tensor, field: str) -> np.ndarray:
+def binary_map(tensor, field: str) -> np.ndarray:
     m = to_numpy(tensor, field)
     if m.ndim != 2 or not np.isin(m, (0, 1)).all():
         raise InvalidArgument(f"{field} must be an (H, W) array of 0/1, got shape {list(m.shape)}")
@@ -85,7 +85,7 @@ def operator_from_proto(msg, field: str = "operator", depth: int = 0) -> operato
         if kind == "identity":
             return operators.Identity()
         if kind == "mask":
-            return operators.Mask(_binary_map(msg.mask.mask, f"{field}.mask.mask"))
+            return operators.Mask(binary_map(msg.mask.mask, f"{field}.mask.mask"))
         if kind == "downsample":
             return operators.Downsample(int(msg.downsample.factor))
         if kind == "truncate":
@@ -93,7 +93,7 @@ def operator_from_proto(msg, field: str = "operator", depth: int = 0) -> operato
         if kind == "quantize_aoa":
             building = None
             if msg.quantize_aoa.HasField("building"):
-                building = _binary_map(msg.quantize_aoa.building, f"{field}.quantize_aoa.building")
+                building = binary_map(msg.quantize_aoa.building, f"{field}.quantize_aoa.building")
             return operators.QuantizeAoA(int(msg.quantize_aoa.sectors), building)
         sub = msg.per_channel.operators if kind == "per_channel" else msg.compose.operators
         ops = tuple(operator_from_proto(o, f"{field}.{kind}.operators[{i}]", depth + 1) for i, o in enumerate(sub))

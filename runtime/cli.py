@@ -1,10 +1,13 @@
 """`ckm-edge`: the edge runtime's command line (no PyTorch).
 
-    ckm-edge construct --package packages/ckm-prior/0.1.0 --truth tile.npz --task ipbox --out out/
-    ckm-edge construct --package ... --observation obs.npz --out out/ --json
+    ckm-edge construct --package models/repository/ckm-prior/0.2.0 --truth tile.npz --task ipbox --out out/
+    ckm-edge construct --package ... --observation obs.npz --sampler diffpir --param lam=30 --steps 10 --samples 4
+    ckm-edge construct --server 127.0.0.1:50051 --truth tile.npz --task trajectory --site
 
 --truth: an npz with `pixels` (2, H, W); the observation is simulated with --task and --sigma.
---observation: an npz with `y` and `operator` (the operator's JSON spec, see runtime.operators).
+--observation: an npz with `y` and `operator` (the operator's JSON spec, see runtime.operators),
+optionally `building` (H, W) for --site. --sampler/--param/--steps/--samples left out take the
+model's recommendation for the operator; --zeta, --corrector-steps, --jacobian-free select DPS.
 Writes out/construction.npz (pixels and physical units, std, observation) and
 out/construction.png (truth, observation, construction, error, uncertainty).
 """
@@ -25,7 +28,9 @@ from runtime import codec, figures, operators, tasks
 from runtime.construct import ConstructConfig, construct
 from runtime.engine import EngineConfig, EngineError, open_engine
 from runtime.package import PackageError, load_package, read_public_key
-from runtime.sampler import SamplerConfig
+from runtime.recommend import resolve
+from runtime.sampler import SAMPLERS, SamplerError
+from runtime.site import Site
 
 TASK_ALIASES = {"ipbox": "ipbox", "iprandom": "iprandom", "sr": "sr2", "sr2": "sr2", "jtqr": "jtqr",
                 "trajectory": "trajectory"}
@@ -41,6 +46,37 @@ def _load_npz(path: Path, key: str) -> np.lib.npyio.NpzFile:
     return data
 
 
+def _sampler_choice(args) -> tuple[str | None, dict]:
+    """--sampler and --param NAME=VALUE, with DPS's own flags as shorthands for sampler dps."""
+    params = {}
+    for item in args.param or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param takes NAME=VALUE, got {item!r}")
+        try:
+            params[key] = float(value)
+        except ValueError:
+            raise ValueError(f"--param {key}: {value!r} is not a number (switches are 0 or 1)") from None
+    legacy = {k: v for k, v in (("zeta", args.zeta), ("corrector_steps", args.corrector_steps)) if v is not None}
+    if args.jacobian_free:
+        legacy["jacobian_free"] = 1.0
+    name = args.sampler or ("dps" if legacy else None)
+    if legacy and name != "dps":
+        raise ValueError(f"--{', --'.join(k.replace('_', '-') for k in legacy)} belong(s) to the dps sampler, not {name!r}")
+    return name, {**legacy, **params}
+
+
+def _site(args, truth, data) -> np.ndarray | None:
+    """The building layout for --site: the truth's, or the observation file's `building`."""
+    if not args.site:
+        return None
+    if truth is not None:
+        return codec.building_mask(truth)
+    if data is None or "building" not in data:
+        raise ValueError(f"--site needs --truth or a `building` array in {args.observation}")
+    return np.asarray(data["building"]).astype(bool)
+
+
 def _observation(args, tile_size: int):
     truth = None
     if args.truth:
@@ -53,12 +89,12 @@ def _observation(args, tile_size: int):
         rng = np.random.default_rng([args.seed, 0x0B5])
         op = tasks.make_operator(task, rng, truth[None])
         y = tasks.observe(op, truth[None], rng, args.sigma)[0]
-        return truth, op, y, task
+        return truth, op, y, task, _site(args, truth, None)
     data = _load_npz(args.observation, "y")
     if "operator" not in data:
         raise ValueError(f"{args.observation} has no 'operator' entry (the operator's JSON spec)")
     op = operators.from_spec(json.loads(str(data["operator"])))
-    return None, op, data["y"], "custom"
+    return None, op, data["y"], "custom", _site(args, None, data)
 
 
 def cmd_construct(args) -> int:
@@ -68,11 +104,14 @@ def cmd_construct(args) -> int:
         raise ValueError("give --package (local construction) or --server host:port")
     trusted = [read_public_key(k) for k in args.trusted_key] if args.trusted_key else None
     pkg = load_package(args.package, trusted)
-    truth, op, y, task = _observation(args, pkg.tile_size)
-    cfg = ConstructConfig(steps=args.steps, samples=args.samples, seed=args.seed,
-                          sampler=SamplerConfig(zeta=args.zeta, corrector_steps=args.corrector_steps,
-                                                jacobian_free=args.jacobian_free,
-                                                clip_denoised=None if args.no_clip_denoised else (0.0, 1.0)))
+    truth, op, y, task, building = _observation(args, pkg.tile_size)
+    name, params = _sampler_choice(args)
+    if args.no_clip_denoised:
+        if name != "dps":
+            raise ValueError("--no-clip-denoised belongs to the dps sampler")
+        params["clip_denoised"] = 0.0
+    sampler, steps, samples = resolve(pkg.manifest, op, name, params, args.steps, args.samples)
+    cfg = ConstructConfig(steps=steps, samples=samples, seed=args.seed, sampler=sampler)
     start = time.perf_counter()
     engine_cfg = EngineConfig(precision=args.precision, device=args.device, threads=args.threads)
     with contextlib.ExitStack() as stack:
@@ -83,7 +122,8 @@ def cmd_construct(args) -> int:
             adapter_pkg = load_package(args.adapter, trusted)
             lam = check_base(adapter_pkg, pkg)
             engine = ComposedEngine(engine, stack.enter_context(open_engine(adapter_pkg, engine_cfg)), lam)
-        result = construct(engine, pkg.schedule(), op, y, (2, pkg.tile_size, pkg.tile_size), cfg)
+        result = construct(engine, pkg.schedule(), op, y, (2, pkg.tile_size, pkg.tile_size), cfg, sigma=args.sigma,
+                           site=None if building is None else Site(building))
         calls = dict(engine.calls)
     wall = time.perf_counter() - start
     out = Path(args.out)
@@ -96,8 +136,8 @@ def cmd_construct(args) -> int:
                                 result.mean, result.std)
     report = {"task": task, "package": f"{pkg.name} {pkg.version}",
               **({"adapter": f"{adapter_pkg.name} {adapter_pkg.version}"} if args.adapter else {}),
-              "steps": result.steps, "samples": args.samples,
-              "engine": f"onnxruntime-{args.device}", "precision": args.precision, "zeta": args.zeta,
+              "sampler": _describe(sampler), "steps": result.steps, "samples": samples, "site": building is not None,
+              "engine": f"onnxruntime-{args.device}", "precision": args.precision,
               "residual": round(result.residual, 5), "wall_s": round(wall, 3), "engine_calls": calls,
               "timings_s": {k: round(v, 4) for k, v in result.timings.items()}, "output": str(out)}
     if truth is not None:
@@ -111,6 +151,12 @@ def cmd_construct(args) -> int:
     return 0
 
 
+def _describe(cfg) -> dict:
+    from runtime.sampler import spec_for
+
+    return {"name": spec_for(cfg).name, **{p["name"]: getattr(cfg, p["name"]) for p in spec_for(cfg).parameters()}}
+
+
 def _construct_remote(args) -> int:
     """The same construction, sent to an edge server over gRPC."""
     import grpc
@@ -119,13 +165,17 @@ def _construct_remote(args) -> int:
 
     with EdgeClient(args.server, token=args.token, root_certs=args.root_certs) as client:
         meta = client.metadata(args.model or "", args.model_version or "")
-        truth, op, y, task = _observation(args, meta.tile_size)
+        truth, op, y, task, building = _observation(args, meta.tile_size)
+        name, params = _sampler_choice(args)
+        if args.no_clip_denoised:
+            raise ValueError("--no-clip-denoised is local only (the server always clips)")
         start = time.perf_counter()
         try:
-            result = client.construct(y, op, model=meta.name, version=meta.version, steps=args.steps, zeta=args.zeta,
-                                      corrector_steps=args.corrector_steps, samples=args.samples, seed=args.seed,
-                                      precision=args.precision, jacobian_free=args.jacobian_free, timeout=args.timeout,
-                                      adapter=str(args.adapter or ""), adapter_version=args.adapter_version or "")
+            result = client.construct(y, op, model=meta.name, version=meta.version, sampler=name or "",
+                                      sampler_parameters=params, steps=args.steps or 0, samples=args.samples or 0,
+                                      seed=args.seed, noise_sigma=args.sigma, site=building, precision=args.precision,
+                                      timeout=args.timeout, adapter=str(args.adapter or ""),
+                                      adapter_version=args.adapter_version or "")
         except grpc.RpcError as e:
             raise ValueError(f"the server answered {e.code().name}: {e.details()}") from None
         wall = time.perf_counter() - start
@@ -134,8 +184,9 @@ def _construct_remote(args) -> int:
     figures.construction_figure(out / "construction.png", truth, y, result.map, result.std)
     np.savez_compressed(out / "construction.npz", pixels=result.map, observation=y, operator=json.dumps(op.to_spec()))
     report = {"task": task, "server": args.server, "model": f"{result.model} {result.version}",
-              **({"adapter": f"{result.adapter} {result.adapter_version}"} if result.adapter else {}), "steps": result.steps,
-              "precision": args.precision, "residual": round(result.residual_norm, 5), "wall_s": round(wall, 3),
+              **({"adapter": f"{result.adapter} {result.adapter_version}"} if result.adapter else {}),
+              "sampler": {"name": result.sampler, **result.sampler_parameters}, "steps": result.steps,
+              "samples": result.samples, "site": building is not None, "precision": args.precision, "residual": round(result.residual_norm, 5), "wall_s": round(wall, 3),
               "server_timings_s": {k: round(v, 4) for k, v in result.timings.items()}, "output": str(out)}
     if truth is not None:
         report["gain_rmse_db"] = round(float(codec.gain_rmse_db(result.map, truth)), 3)
@@ -180,15 +231,28 @@ def cmd_demo(args) -> int:
         for task in args.tasks:
             ns = argparse.Namespace(
                 server=f"127.0.0.1:{edge.port}", token=None, root_certs=None, model=None, model_version=None,
-                truth=args.truth, observation=None, task=task, sigma=tasks.DEFAULT_SIGMA, seed=args.seed,
-                steps=args.steps, zeta=13.0, corrector_steps=1, samples=args.samples, precision="fp32",
-                jacobian_free=False, timeout=None, out=Path(args.out) / task, json=True, adapter=args.adapter,
+                truth=args.truth, observation=None, task=task, sigma=args.sigma, seed=args.seed,
+                steps=args.steps, samples=args.samples, sampler=args.sampler, param=args.param, zeta=None,
+                corrector_steps=None, jacobian_free=False, no_clip_denoised=False, site=task in args.site_tasks,
+                precision="fp32", timeout=None, out=Path(args.out) / task, json=True, adapter=args.adapter,
                 adapter_version=None)
             _construct_remote(ns)
     finally:
         edge.stop(0)
     print(f"figures: {args.out}/<task>/construction.png")
     return 0
+
+
+def _sampler_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
+                   help="posterior sampler (default: the model's recommendation for the operator)")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="a sampler parameter, repeatable: " + "; ".join(
+                       f"{n}: " + ", ".join(q["name"] for q in s.parameters()) for n, s in sorted(SAMPLERS.items())))
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recommendation's)")
+    p.add_argument("--samples", type=int, default=None, help="posterior samples, one batch (default: the recommendation's)")
+    p.add_argument("--sigma", type=float, default=tasks.DEFAULT_SIGMA,
+                   help="observation noise in pixels: simulated with --truth, and what the sampler assumes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,16 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--truth", type=Path, help="npz with `pixels`: simulate the observation with --task")
     src.add_argument("--observation", type=Path, help="npz with `y` and `operator` (JSON spec)")
     c.add_argument("--task", help="ipbox, iprandom, sr (x2), jtqr or trajectory (with --truth)")
-    c.add_argument("--sigma", type=float, default=tasks.DEFAULT_SIGMA, help="observation noise, pixels")
     c.add_argument("--out", type=Path, default=Path("construction-out"))
-    c.add_argument("--steps", type=int, default=100)
-    c.add_argument("--zeta", type=float, default=13.0)
-    c.add_argument("--corrector-steps", type=int, default=1)
-    c.add_argument("--samples", type=int, default=1)
+    _sampler_arguments(c)
+    c.add_argument("--site", action="store_true",
+                   help="use the site's building layout (from --truth, or `building` in the observation file)")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--jacobian-free", action="store_true", help="skip the backward graph (about half the cost)")
+    c.add_argument("--zeta", type=float, default=None, help="dps: observation constraint strength (selects dps)")
+    c.add_argument("--corrector-steps", type=int, default=None, help="dps: Langevin steps per step (selects dps)")
+    c.add_argument("--jacobian-free", action="store_true", help="dps: skip the backward graph (selects dps)")
     c.add_argument("--no-clip-denoised", action="store_true",
-                   help="local only: the paper's unclipped predictor (x0_hat not clipped to [0, 1] in the ancestral step)")
+                   help="local dps only: the paper's unclipped predictor (x0_hat not clipped to [0, 1] in the ancestral step)")
     c.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     c.add_argument("--threads", type=int, default=0)
@@ -248,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--repository", type=Path, default=Path("models/repository"))
     d.add_argument("--truth", type=Path, required=True, help="npz with `pixels` (ckm-data tile)")
     d.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr", "jtqr", "trajectory"])
-    d.add_argument("--steps", type=int, default=50)
-    d.add_argument("--samples", type=int, default=2)
+    d.add_argument("--site-tasks", nargs="*", default=["trajectory"],
+                   help="tasks whose requests carry the site's building layout (default: trajectory)")
+    _sampler_arguments(d)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=0)
     d.add_argument("--out", type=Path, default=Path("demo-out"))
@@ -262,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (PackageError, EngineError, operators.OperatorError, codec.CodecError, ValueError) as e:
+    except (PackageError, EngineError, operators.OperatorError, codec.CodecError, SamplerError, ValueError) as e:
         print(f"ckm-edge {args.command}: error: {e}", file=sys.stderr)
         return 2
 

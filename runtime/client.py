@@ -1,7 +1,7 @@
 """A small Python client of the edge service, for base-station integrators.
 
     with EdgeClient("edge-host:50051", token="...") as client:
-        result = client.construct(y, operators.Downsample(2), steps=100, samples=4)
+        result = client.construct(y, operators.Downsample(2), sampler="diffpir", steps=10, samples=4)
         result.map, result.std, result.timings
 """
 
@@ -31,6 +31,9 @@ class ClientResult:
     timings: dict
     adapter: str = ""  # the site adapter composed with the model ("" = none)
     adapter_version: str = ""
+    sampler: str = ""  # the sampler that ran, its parameters and the posterior samples drawn
+    sampler_parameters: dict | None = None
+    samples: int = 0
 
 
 class EdgeClient:
@@ -48,18 +51,25 @@ class EdgeClient:
         self.stub = api.services.EdgeServiceStub(self.channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
-    def request(self, y: np.ndarray, op: Operator, *, model: str = "", version: str = "", steps: int = 100,
-                zeta: float | None = None, corrector_steps: int = 1, samples: int = 1, seed: int = 0,
-                physical: bool = False, precision: str = "fp32", jacobian_free: bool = False, noise_sigma: float = 0.01,
-                adapter: str = "", adapter_version: str = ""):
+    def request(self, y: np.ndarray, op: Operator, *, model: str = "", version: str = "", sampler: str = "",
+                sampler_parameters: dict | None = None, steps: int = 0, samples: int = 0, seed: int = 0,
+                noise_sigma: float = 0.01, site: np.ndarray | None = None, physical: bool = False,
+                precision: str = "fp32", adapter: str = "", adapter_version: str = "", zeta: float | None = None,
+                corrector_steps: int = 0, jacobian_free: bool = False):
+        """A ConstructRequest. `sampler` "" and steps/samples 0 take the model's recommendation for
+        the operator; `site` is the (H, W) building layout (bool or 0/1). zeta, corrector_steps and
+        jacobian_free are the API's DPS-only shorthands."""
         req = pb.ConstructRequest(
             model_name=model, model_version=version, observation=api.from_numpy(np.asarray(y, np.float32)),
             operator=api.operator_to_proto(op), noise_sigma=noise_sigma, steps=steps, corrector_steps=corrector_steps,
             samples=samples, seed=seed, precision=_PRECISION[precision], jacobian_free=jacobian_free,
             output_units=pb.OUTPUT_UNITS_PHYSICAL if physical else pb.OUTPUT_UNITS_PIXELS,
-            adapter_name=adapter, adapter_version=adapter_version)
+            adapter_name=adapter, adapter_version=adapter_version, sampler=sampler,
+            sampler_parameters={k: float(v) for k, v in (sampler_parameters or {}).items()})
         if zeta is not None:
             req.zeta = zeta
+        if site is not None:
+            req.site.building.CopyFrom(api.from_numpy(np.asarray(site).astype(np.uint8)))
         return req
 
     def construct(self, y: np.ndarray, op: Operator, *, timeout: float | None = None, **kwargs) -> ClientResult:
@@ -100,4 +110,4 @@ def _result(resp) -> ClientResult:
     t = resp.timings
     return ClientResult(api.to_numpy(resp.map, "map", big, finite=False), std, resp.residual_norm, resp.model_name, resp.model_version,
                         resp.steps, {"queue_s": t.queue_seconds, "sampling_s": t.sampling_seconds, "total_s": t.total_seconds},
-                        resp.adapter_name, resp.adapter_version)
+                        resp.adapter_name, resp.adapter_version, resp.sampler, dict(resp.sampler_parameters), resp.samples)

@@ -1,10 +1,13 @@
 """Construct a CKM from one observation: the edge's main call, as a pure function over an engine.
 
-    result = construct(engine, schedule, op, y, shape, ConstructConfig(steps=100, samples=4))
+    result = construct(engine, schedule, op, y, shape, ConstructConfig(sampler=DiffPIRConfig(), samples=4),
+                       sigma=0.01, site=Site(building))
 
 Runs `samples` posterior samples as one batch (each with its own generator, seeded from the
-request's seed), returns their mean and per-cell standard deviation in pixels, plus the final
-residual ||y - A(x)|| of the mean and the wall time of each stage.
+request's seed) through the sampler that `cfg.sampler` configures (runtime.sampler), returns their
+mean and per-cell standard deviation in pixels, plus the final residual ||y - A(x)|| of the mean
+and the wall time of each stage. `sigma` is the observation's noise level in pixels (the
+data-consistent samplers use it; 0 = noiseless), `site` the base station's building layout.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime import operators
-from runtime.sampler import SamplerConfig, sample
+from runtime.diffpir import DiffPIRConfig
+from runtime.sampler import Observation, Observations, respaced, sample, spec_for
 from runtime.schedule import Schedule
+from runtime.site import Site
 
 MAX_STEPS = 2000
 MAX_SAMPLES = 64
@@ -24,13 +29,16 @@ MAX_SAMPLES = 64
 
 @dataclass(frozen=True)
 class ConstructConfig:
-    steps: int = 100  # respaced sampling steps (<= the package's N)
+    steps: int | None = None  # respaced sampling steps (<= the package's N); None: the sampler's default
     samples: int = 1  # posterior samples; > 1 gives a per-cell standard deviation
     seed: int = 0
     respacing: str = "ddpm"
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    sampler: object = field(default_factory=DiffPIRConfig)  # a registered sampler's config
 
     def __post_init__(self):
+        spec_for(self.sampler)  # refuses a config that is not a registered sampler's
+        if self.steps is None:
+            object.__setattr__(self, "steps", spec_for(self.sampler).default_steps)
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {self.steps}")
         if not 1 <= self.samples <= MAX_SAMPLES:
@@ -64,14 +72,17 @@ def check_observation(op: operators.Operator, y: np.ndarray, shape: tuple[int, i
 
 
 def construct(engine, schedule: Schedule, op: operators.Operator, y: np.ndarray, shape: tuple[int, int, int],
-              cfg: ConstructConfig = ConstructConfig(), callback=None) -> Construction:
+              cfg: ConstructConfig = ConstructConfig(), callback=None, *, sigma: float = 0.0,
+              site: Site | None = None) -> Construction:
     t0 = time.perf_counter()
     y = check_observation(op, y, shape)
-    short = schedule.respace(min(cfg.steps, len(schedule)), cfg.respacing)
-    ys = np.repeat(y, cfg.samples, axis=0)
+    if site is not None:
+        site.check(shape)
+    short = respaced(schedule, cfg.steps, cfg.sampler, cfg.respacing)
+    obs = Observations.same(Observation(op, y, sigma, site), shape, cfg.samples)
     rngs = [np.random.default_rng([cfg.seed, s]) for s in range(cfg.samples)]
     t1 = time.perf_counter()
-    x = sample(engine, short, op, ys, shape=shape, rngs=rngs, cfg=cfg.sampler, callback=callback)
+    x = sample(engine, short, obs, rngs, cfg.sampler, callback)
     t2 = time.perf_counter()
     x = np.clip(x, 0.0, 1.0)
     mean = x.mean(axis=0)

@@ -9,6 +9,20 @@ only thing diffusion posterior sampling needs from it. Operators compose:
 
 Every operator is described by a JSON-able spec (`to_spec`, `from_spec`), which is how a request
 names it. Masks are per sample: a (B, H, W) or shared (H, W) boolean array, True = observed.
+
+Data consistency (what samplers other than DPS need): `prox(z, y, lam)` solves, per sample,
+
+    x = argmin_x ||y - A(x)||^2 + lam ||x - z||^2          lam = sigma^2 rho >= 0
+
+which is argmin ||y - A(x)||^2 / (2 sigma^2) + rho/2 ||x - z||^2 for observation noise sigma.
+lam = 0 is the noiseless limit: among the x that fit y best, the one nearest z (for a linear A,
+z + A^+ (y - A z), DDNM's range/null-space step). Exact, in closed form, for identity, masks and
+downsampling (A A^T = c I), per cell for truncation (a clipped gain lies at or beyond the bound
+it hit) and AoA quantization (the angle lies inside its reported sector; buildings are 0), and
+per channel; compositions of linear operators are solved by conjugate gradients to 1e-6. Any
+other operator (a composition with a nonlinear part, a new operator) falls back to gradient
+descent on the same objective through its own VJP (`exact_prox` is False) — never the network's.
+`pinv(y)` is A^+ y for linear operators.
 """
 
 from __future__ import annotations
@@ -35,9 +49,11 @@ def _check_x(x: np.ndarray, channels: int | None = None) -> np.ndarray:
 
 
 class Operator:
-    """Base class: `forward(x)`, `vjp(x, v)`, `output_shape(shape)`, `to_spec()`."""
+    """Base class: `forward(x)`, `vjp(x, v)`, `output_shape(shape)`, `to_spec()`, `prox(z, y, lam)`."""
 
     name = "operator"
+    linear = False  # A(x) = A x: the VJP does not depend on x
+    exact_prox = False  # prox() is exact (closed form, per cell or CG), not the iterative fallback
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -54,16 +70,36 @@ class Operator:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)
 
+    def prox(self, z: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+        """argmin_x ||y - A(x)||^2 + lam ||x - z||^2 per sample (see the module doc). This fallback
+        runs gradient descent through `vjp`; operators with an exact solution override it."""
+        return _descent_prox(self, _check_x(z), y, _check_lam(lam))
+
+    def known_buildings(self) -> np.ndarray | None:
+        """(H, W) or (B, H, W) bool: building cells this operator is told about (eq. 31), or None."""
+        return None
+
+    def pinv(self, y: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """A^+ y for a linear operator: the least-squares solution of least norm, of `shape`."""
+        if not self.linear:
+            raise OperatorError(f"operator {self.name!r} is not linear: it has no pseudo-inverse")
+        return self.prox(np.zeros(shape, np.float32), y, 0.0)
+
 
 @dataclass(frozen=True)
 class Identity(Operator):
     name = "identity"
+    linear = exact_prox = True
 
     def forward(self, x):
         return _check_x(x).copy()
 
     def vjp(self, x, v):
         return np.asarray(v).copy()
+
+    def prox(self, z, y, lam):
+        lam = _check_lam(lam)
+        return ((y + lam * _check_x(z)) / (1.0 + lam)).astype(z.dtype)
 
     def to_spec(self):
         return {"op": self.name}
@@ -75,6 +111,7 @@ class Mask(Operator):
 
     mask: np.ndarray  # (H, W) or (B, H, W) bool, True = observed
     name = "mask"
+    linear = exact_prox = True
 
     def __post_init__(self):
         m = np.asarray(self.mask)
@@ -95,6 +132,11 @@ class Mask(Operator):
     def vjp(self, x, v):
         return v * self._m(x)
 
+    def prox(self, z, y, lam):
+        """Observed cells: (y + lam z) / (1 + lam); the others keep z."""
+        m = self._m(z)
+        return (z + m * (y - z) / (1.0 + _check_lam(lam))).astype(z.dtype)
+
     def observed_fraction(self) -> float:
         return float(self.mask.mean())
 
@@ -108,6 +150,7 @@ class Downsample(Operator):
 
     factor: int
     name = "downsample"
+    linear = exact_prox = True
 
     def __post_init__(self):
         if not isinstance(self.factor, (int, np.integer)) or self.factor < 1:
@@ -128,6 +171,13 @@ class Downsample(Operator):
     def vjp(self, x, v):
         s = self.factor
         return np.repeat(np.repeat(v, s, axis=2), s, axis=3) / (s * s)
+
+    def prox(self, z, y, lam):
+        """D D^T = I / s^2, so x = z + D^T (y - D z) / (1/s^2 + lam) (Woodbury): each block's mean
+        moves toward its observed average, the detail inside the block stays z's."""
+        s = self.factor
+        r = (y - self.forward(z)) / (1.0 + _check_lam(lam) * s * s)
+        return (z + np.repeat(np.repeat(r, s, axis=2), s, axis=3)).astype(z.dtype)
 
     def output_shape(self, shape):
         b, c, h, w = shape
@@ -152,6 +202,7 @@ class Truncate(Operator):
     low: float = 0.2
     high: float = 0.7
     name = "truncate"
+    exact_prox = True
 
     def __post_init__(self):
         if not (math.isfinite(self.low) and math.isfinite(self.high) and 0.0 <= self.low < self.high <= 1.0):
@@ -162,6 +213,18 @@ class Truncate(Operator):
 
     def vjp(self, x, v):
         return np.asarray(v).copy()
+
+    def prox(self, z, y, lam):
+        """Per cell, the best of three pieces: x <= low (then clip(x) = low, x = min(z, low)),
+        low <= x <= high (a quadratic), x >= high (x = max(z, high)). lam = 0: a gain observed
+        at a bound lies at or beyond it (nearest z), one inside the window is y."""
+        z, lam = _check_x(z), _check_lam(lam)
+        a, b = self.low, self.high
+        if lam == 0:
+            return np.where(y <= a, np.minimum(z, a), np.where(y >= b, np.maximum(z, b), y)).astype(z.dtype)
+        pieces = (np.minimum(z, a), np.clip((y + lam * z) / (1.0 + lam), a, b), np.maximum(z, b))
+        cost = np.stack([(y - self.forward(p)) ** 2 + lam * (p - z) ** 2 for p in pieces])
+        return np.choose(np.argmin(cost, axis=0), pieces).astype(z.dtype)
 
     def to_spec(self):
         return {"op": self.name, "low": self.low, "high": self.high}
@@ -183,6 +246,7 @@ class QuantizeAoA(Operator):
     sectors: int = 24
     building: np.ndarray | None = None
     name = "quantize_aoa"
+    exact_prox = True
 
     def __post_init__(self):
         if not isinstance(self.sectors, (int, np.integer)) or self.sectors < 2 or self.sectors % 2:
@@ -212,6 +276,37 @@ class QuantizeAoA(Operator):
 
     def vjp(self, x, v):
         return v * ~self._building(x)
+
+    def known_buildings(self):
+        return self.building
+
+    def sector_intervals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(centre, low, high) pixels of every sector the sine can report: the sector's angles
+        clipped to [-90, 90] degrees (arcsin's range), where the sine is increasing."""
+        delta = 360.0 / self.sectors
+        edges = -180.0 + delta * np.arange(self.sectors + 1)
+        keep = (edges[1:] > -90.0) & (edges[:-1] < 90.0)
+        lo, hi = np.maximum(edges[:-1][keep], -90.0), np.minimum(edges[1:][keep], 90.0)
+        centre = (edges[:-1][keep] + edges[1:][keep]) / 2
+
+        def px(deg):
+            return codec.AOA_SCALE * np.sin(np.radians(deg)) + codec.AOA_OFFSET
+
+        # 1e-6 pixel inside each edge, so that a value clipped into a sector stays in it after
+        # float32 rounding (the forward's floor() puts an edge into one sector or the other)
+        return px(centre), px(lo) + 1e-6, px(hi) - 1e-6
+
+    def prox(self, z, y, lam):
+        """Per outdoor cell: the sector j minimising (y - centre_j)^2 + lam dist(z, sector_j)^2,
+        then z clipped into that sector (lam = 0: the nearest centre's sector). Buildings: 0
+        (the given layout; without one, cells whose observation is in the building gap)."""
+        z, lam = _check_x(z), _check_lam(lam)
+        centre, lo, hi = (v.reshape((-1,) + (1,) * z.ndim) for v in self.sector_intervals())
+        inside = np.clip(z[None], lo, hi)  # (J, B, C, H, W): z clipped into each sector
+        cost = (y[None] - centre) ** 2 + lam * (inside - z[None]) ** 2
+        x = np.take_along_axis(inside, np.argmin(cost, axis=0)[None], axis=0)[0]
+        building = self._building(z) if self.building is not None else np.asarray(y) < codec.BUILDING_THRESHOLD
+        return np.where(building, 0.0, x).astype(z.dtype)
 
     def to_spec(self):
         spec = {"op": self.name, "sectors": int(self.sectors)}
@@ -250,6 +345,28 @@ class PerChannel(Operator):
             [op.vjp(x[:, c : c + 1], v[:, c : c + 1]) for c, op in enumerate(self.operators)], axis=1
         )
 
+    @property
+    def linear(self):
+        return all(o.linear for o in self.operators)
+
+    @property
+    def exact_prox(self):
+        return all(o.exact_prox for o in self.operators)
+
+    def known_buildings(self):
+        return next((b for b in (o.known_buildings() for o in self.operators) if b is not None), None)
+
+    def prox(self, z, y, lam):
+        """Channel by channel; a building layout that one channel's operator knows (JTQR's quantizer)
+        also zeroes the other channels there — buildings are 0 in every channel (codec)."""
+        z = _check_x(z, len(self.operators))
+        x = np.concatenate([op.prox(z[:, c : c + 1], y[:, c : c + 1], lam) for c, op in enumerate(self.operators)],
+                           axis=1)
+        building = self.known_buildings()
+        if building is not None:
+            x = np.where((building if building.ndim == 3 else building[None])[:, None], 0.0, x).astype(x.dtype)
+        return x
+
     def output_shape(self, shape):
         b, _, h, w = self.operators[0].output_shape((shape[0], 1) + tuple(shape[2:]))
         return (b, len(self.operators), h, w)
@@ -282,6 +399,24 @@ class Compose(Operator):
             v = op.vjp(xin, v)
         return v
 
+    @property
+    def linear(self):
+        return all(o.linear for o in self.operators)
+
+    @property
+    def exact_prox(self):
+        return self.linear or len(self.operators) == 1 and self.operators[0].exact_prox
+
+    def known_buildings(self):
+        return self.operators[0].known_buildings() if len(self.operators) == 1 else None
+
+    def prox(self, z, y, lam):
+        if len(self.operators) == 1:
+            return self.operators[0].prox(z, y, lam)
+        if self.linear:
+            return _cg_prox(self, _check_x(z), y, _check_lam(lam))
+        return super().prox(z, y, lam)
+
     def output_shape(self, shape):
         for op in self.operators:
             shape = op.output_shape(shape)
@@ -289,6 +424,71 @@ class Compose(Operator):
 
     def to_spec(self):
         return {"op": self.name, "operators": [o.to_spec() for o in self.operators]}
+
+
+def _check_lam(lam) -> float:
+    lam = float(lam)
+    if not (math.isfinite(lam) and lam >= 0):
+        raise OperatorError(f"the proximal weight lam must be finite and >= 0, got {lam}")
+    return lam
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-sample inner product (B, 1, 1, 1), in float64."""
+    return (a.astype(np.float64) * b).reshape(len(a), -1).sum(axis=1).reshape(-1, 1, 1, 1)
+
+
+def _cg_prox(op: Operator, z: np.ndarray, y: np.ndarray, lam: float, tol: float = 1e-6, iters: int = 500) -> np.ndarray:
+    """x = z + d, d solving min ||r - A d||^2 + lam ||d||^2 with r = y - A z, by CGLS per sample.
+
+    From d = 0, CGLS stays in the row space of A, so for lam = 0 it converges to the least-norm
+    solution: x = z + A^+ (y - A z). Stops when every sample's normal-equation residual is below
+    tol times its start (float64 throughout)."""
+    z64 = z.astype(np.float64)
+    r = np.asarray(y, np.float64) - op.forward(z64)
+    d = np.zeros_like(z64)
+    s = op.vjp(z64, r)  # A^T r - lam d, with d = 0
+    p, gamma = s.copy(), _dot(s, s)
+    stop = tol**2 * np.maximum(gamma, 1e-300)
+    for _ in range(iters):
+        if np.all(gamma <= stop):
+            break
+        q = op.forward(p)
+        alpha = gamma / np.maximum(_dot(q, q) + lam * _dot(p, p), 1e-300)
+        d += alpha * p
+        r -= alpha * q
+        s = op.vjp(z64, r) - lam * d
+        gamma_new = _dot(s, s)
+        p = s + gamma_new / np.maximum(gamma, 1e-300) * p
+        gamma = gamma_new
+    return (z64 + d).astype(z.dtype)
+
+
+def _descent_prox(op: Operator, z: np.ndarray, y: np.ndarray, lam: float, iters: int = 50) -> np.ndarray:
+    """The fallback data step: gradient descent on f(x) = ||y - A(x)||^2 + lam ||x - z||^2 from z,
+    through the operator's VJP only, with a per-sample backtracking step (halved until f falls).
+    With lam = 0 the few iterations from z are what keeps x near z."""
+    x = z.astype(np.float64)
+
+    def f(v):
+        r = np.asarray(y, np.float64) - op.forward(v)
+        return _dot(r, r) + lam * _dot(v - z, v - z), r
+
+    fx, r = f(x)
+    step = np.full_like(fx, 0.5)
+    for _ in range(iters):
+        g = -2.0 * op.vjp(x, r) + 2.0 * lam * (x - z)
+        for _ in range(30):  # backtracking, per sample
+            cand = x - step * g
+            fc, rc = f(cand)
+            ok = fc <= fx - 0.5 * step * _dot(g, g)
+            if ok.all():
+                break
+            step = np.where(ok, step, step / 2)
+        ok = fc <= fx
+        x, fx, r = np.where(ok, cand, x), np.where(ok, fc, fx), np.where(ok, rc, r)
+        step = np.minimum(step * 2, 8.0)
+    return x.astype(z.dtype)
 
 
 def jtqr(low: float = 0.2, high: float = 0.7, sectors: int = 24, building: np.ndarray | None = None) -> PerChannel:

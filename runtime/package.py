@@ -99,6 +99,12 @@ class Package:
     def accuracy(self) -> dict:
         return self.manifest.get("accuracy", {})
 
+    def recommendations(self) -> dict:
+        """Sampler, steps, samples and parameters per operator kind (runtime.recommend)."""
+        from runtime.recommend import recommendations
+
+        return recommendations(self.manifest)
+
 
 def validate_manifest(manifest: dict) -> None:
     """Check the manifest's fields and codec constants; raise PackageError naming the bad field."""
@@ -155,6 +161,14 @@ def load_package(root: str | Path, trusted_keys: list[bytes] | None = None, veri
     except json.JSONDecodeError as e:
         raise PackageError(f"{path} is not valid JSON ({e}); the package is truncated or corrupted") from None
     validate_manifest(manifest)
+    if "samplers" in manifest:  # the recommendations must name known samplers and valid parameters
+        from runtime.recommend import recommendations
+        from runtime.sampler import SamplerError
+
+        try:
+            recommendations(manifest)
+        except SamplerError as e:
+            raise PackageError(str(e)) from None
     if "adapter" in manifest:  # a site adapter: its base reference and lambda table must be sound
         from runtime.adapter import adapter_info
 

@@ -1,32 +1,40 @@
-"""The autograd-free DPS loop (paper Algorithm 2) over an engine, in numpy.
+"""The sampler seam: every posterior sampler is one function of one signature, registered by name.
 
-Symbols (per step k of the schedule, i = k + 1):
+    x = sample(engine, schedule, observations, rngs, cfg, callback=None)     # (B, C, H, W)
 
-    x        x_i             current sample (B, 2, H, W)
-    s        s_theta(x_i,i)  score from the engine
-    x0_hat   (x + std^2 s) / scale = ax x + bs s          progressive estimate
-    r        y - A(x0_hat)   residual, ||r|| per sample
-    g        d||r|| / d x_i  = ax g0 + bs J_s^T g0,  g0 = -A'(x0_hat)^T r / ||r||
+- `engine`       the network (runtime.engine): `score`, and `forward`/`backward` for samplers
+                 that differentiate through it (only DPS does).
+- `schedule`     the (respaced) noise schedule; it owns all noise math.
+- `observations` what each of the B rows conditions on: an `Observation` (operator A, y = A(x) + n,
+                 noise sigma, optional site map) per row group, or none (prior sampling).
+- `rngs`         one numpy Generator per row: a batch equals its rows run one by one.
+- `cfg`          the sampler's own frozen config (`DPSConfig`, `DiffPIRConfig`, `DAPSConfig`); its
+                 type selects the sampler.
+- `callback`     sees a `StepInfo` after every step (progress, tracing, figures).
 
-One guided step = one `engine.forward` (score + saved tensors) + one `engine.backward` (J_s^T g0);
-each Langevin corrector step = one `engine.score`. The operator's VJP and the x0_hat chain rule
-are numpy. The Jacobian-free variant treats x0_hat as locally linear in x (drops the J_s term):
-it skips the backward graph, about half the cost of a guided step.
-
-Randomness: one numpy Generator per sample, each drawing that sample's noise in the same order as
-the PyTorch reference (prior noise, then per step the predictor noise and each corrector's), so a
-batch equals its samples run one by one, and batch 1 reproduces the reference draw for draw.
+Samplers register themselves with `register` (runtime.dps, runtime.diffpir, runtime.daps); the
+server, `construct` and both CLIs find them by name (`spec`, `config_from_params`), so a new
+sampler is one module and one import at the end of this file. `SamplerSpec.evaluations` says
+what a construction costs in network calls, and `needs_vjp` whether the forward-with-saves and
+backward graphs (and their saved activations) are needed at all.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from runtime.operators import Operator
+from runtime.operators import Operator, OperatorError
 from runtime.schedule import Schedule
+from runtime.site import Site
+
+
+class SamplerError(ValueError):
+    """An unknown sampler, or parameters it does not take or cannot use."""
 
 
 class Engine(Protocol):
@@ -36,35 +44,31 @@ class Engine(Protocol):
 
 
 @dataclass(frozen=True)
-class SamplerConfig:
-    zeta: float = 13.0  # observation constraint strength (paper IV-C: 10-13)
-    corrector_steps: int = 1  # M Langevin steps per predictor step
-    snr: float = 0.16  # target signal-to-noise ratio of the Langevin step size
-    jacobian_free: bool = False
-    # Clip x0_hat to the data range where it enters the predictor (DDPM's clip_denoised). The
-    # paper's Algorithm 2 does not; without it an early guided step can throw x far out of the
-    # data's range (x0_hat carries 1/scale ~ 150 at t = 1) and the prior takes many steps to
-    # recover. The observation step always uses the unclipped x0_hat, as in Algorithm 2.
-    clip_denoised: tuple[float, float] | None = (0.0, 1.0)
-
-    def __post_init__(self):
-        if not (np.isfinite(self.zeta) and self.zeta >= 0):
-            raise ValueError(f"zeta must be finite and >= 0, got {self.zeta}")
-        if not 0 <= self.corrector_steps <= 20:
-            raise ValueError(f"corrector_steps must be in [0, 20], got {self.corrector_steps}")
-        if not (np.isfinite(self.snr) and self.snr > 0):
-            raise ValueError(f"snr must be finite and > 0, got {self.snr}")
-        if self.clip_denoised is not None:
-            lo, hi = self.clip_denoised
-            if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-                raise ValueError(f"clip_denoised must be a finite (low, high) with low < high, got {self.clip_denoised}")
-
-
-@dataclass(frozen=True)
 class StepInfo:
     k: int  # schedule index, counting down to 0
-    x0_hat: np.ndarray  # (B, 2, H, W)
-    residual: np.ndarray | None  # (B,) ||y - A(x0_hat)||
+    x0_hat: np.ndarray  # (B, 2, H, W) the network's estimate of the clean map at this step
+    residual: np.ndarray | None  # (B,) ||y - A(x0_hat)||, None without an observation
+
+
+# --- what a batch conditions on ----------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Observation:
+    """One construction's evidence: y = A(x) + n with n ~ N(0, sigma^2 I), and the site map."""
+
+    op: Operator | None
+    y: np.ndarray | None  # (1, C', H', W') or (rows, ...) shaped like op's output
+    sigma: float = 0.0  # noise standard deviation in pixels; 0 = noiseless (exact data consistency)
+    site: Site | None = None
+
+    def __post_init__(self):
+        if (self.op is None) != (self.y is None):
+            raise OperatorError("give both the operator and the observation, or neither")
+        if not (math.isfinite(self.sigma) and self.sigma >= 0):
+            raise OperatorError(f"noise sigma must be finite and >= 0, got {self.sigma}")
+        if self.y is not None:
+            y = np.asarray(self.y, np.float32)
+            object.__setattr__(self, "y", y[None] if y.ndim == 3 else y)
 
 
 def _norm(v: np.ndarray) -> np.ndarray:
@@ -72,86 +76,256 @@ def _norm(v: np.ndarray) -> np.ndarray:
     return np.sqrt((v.astype(np.float64) ** 2).reshape(len(v), -1).sum(axis=1)).reshape(-1, 1, 1, 1)
 
 
-class _Observations:
-    """The observations of a batch: one operator for all samples, or one (operator, y) per sample
-    (different requests batched together). Residuals and norms are always per sample."""
+class Observations:
+    """The observations of a batch of `rows` maps of `shape` (C, H, W), as row groups: one
+    Observation for all rows, one per row (requests batched together), or none (the prior).
+    Every reduction and step is per group, never across groups."""
 
-    def __init__(self, op, y, b: int):
-        if isinstance(op, Operator):
-            self.groups = [(slice(0, b), op, np.asarray(y, np.float32))]
-        else:
-            if len(op) != b or len(y) != b:
-                raise ValueError(f"per-sample operators and observations must number {b}, got {len(op)} and {len(y)}")
-            self.groups = [(slice(i, i + 1), o, np.asarray(yi, np.float32).reshape((1,) + np.shape(yi)[-3:]))
-                           for i, (o, yi) in enumerate(zip(op, y))]
+    def __init__(self, shape: tuple[int, int, int], rows: int, groups: Sequence[tuple[slice, Observation]] = ()):
+        self.shape, self.rows, self.groups = tuple(shape), rows, list(groups)
+        covered = sorted((sl.start, sl.stop) for sl, _ in self.groups)
+        if covered and (covered[0][0] != 0 or covered[-1][1] != rows
+                        or any(a[1] != b[0] for a, b in zip(covered, covered[1:]))):
+            raise ValueError(f"observation groups must cover rows 0..{rows} without gaps, got {covered}")
+        for sl, obs in self.groups:
+            if obs.y is not None and len(obs.y) not in (1, sl.stop - sl.start):
+                raise ValueError(f"an observation for {sl.stop - sl.start} row(s) has {len(obs.y)}")
+            if obs.site is not None:
+                obs.site.check((sl.stop - sl.start,) + self.shape)
 
+    @classmethod
+    def prior(cls, shape, rows: int) -> "Observations":
+        return cls(shape, rows)
+
+    @classmethod
+    def same(cls, obs: Observation, shape, rows: int) -> "Observations":
+        """All rows share one observation (posterior samples of one construction)."""
+        return cls(shape, rows, [(slice(0, rows), obs)])
+
+    @classmethod
+    def per_row(cls, observations: Sequence[Observation], shape) -> "Observations":
+        return cls(shape, len(observations), [(slice(i, i + 1), o) for i, o in enumerate(observations)])
+
+    @classmethod
+    def of(cls, op, y, shape, rows: int, sigma: float = 0.0, site: Site | None = None) -> "Observations":
+        """From an operator and its (rows or 1, ...) observation, a list of per-row operators and
+        observations, or None and None (the prior)."""
+        if op is None and y is None:
+            return cls.prior(shape, rows)
+        if isinstance(op, Operator) or op is None:
+            return cls.same(Observation(op, y, sigma, site), shape, rows)
+        if len(op) != rows or len(y) != rows:
+            raise ValueError(f"per-row operators and observations must number {rows}, got {len(op)} and {len(y)}")
+        return cls.per_row([Observation(o, yi, sigma, site) for o, yi in zip(op, y)], shape)
+
+    @property
+    def guided(self) -> bool:
+        """Whether any row has an operator (else: prior sampling, up to the site map)."""
+        return any(obs.op is not None for _, obs in self.groups)
+
+    def _measured(self):
+        return [(sl, obs) for sl, obs in self.groups if obs.op is not None]
+
+    # -- DPS: residual norms and their gradient ---------------------------------------------------
     def residuals(self, x0_hat: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        rs = [y - op.forward(x0_hat[sl]) for sl, op, y in self.groups]
-        return rs, np.concatenate([_norm(r) for r in rs])
+        """Per measured group y - A(x0_hat), and ||.|| per row (B,); rows without an operator: 0."""
+        rs, norms = [], np.zeros(self.rows)
+        for sl, obs in self._measured():
+            r = obs.y - obs.op.forward(x0_hat[sl])
+            rs.append(r)
+            norms[sl] = _norm(r).reshape(-1)
+        return rs, norms
 
-    def grad(self, x0_hat: np.ndarray, rs: list[np.ndarray], norms: np.ndarray) -> np.ndarray:
-        """d||r|| / d x0_hat = -A'(x0_hat)^T r / ||r||, per sample."""
-        g = np.concatenate([op.vjp(x0_hat[sl], r) for (sl, op, _), r in zip(self.groups, rs)])
-        return -g / np.maximum(norms, 1e-12)
+    def norm_grad(self, x0_hat: np.ndarray, rs: list[np.ndarray], norms: np.ndarray) -> np.ndarray:
+        """d||y - A(x0_hat)|| / d x0_hat = -A'(x0_hat)^T r / ||r||, per row (0 where unobserved)."""
+        g = np.zeros_like(x0_hat)
+        for (sl, obs), r in zip(self._measured(), rs):
+            g[sl] = -obs.op.vjp(x0_hat[sl], r) / np.maximum(norms[sl], 1e-12).reshape(-1, 1, 1, 1)
+        return g
+
+    # -- data-consistent samplers: the proximal data step -----------------------------------------
+    def prox(self, z: np.ndarray, rho: float, rngs: Sequence[np.random.Generator] | None = None,
+             spread: float = 0.0) -> np.ndarray:
+        """Per group argmin ||y - A(x)||^2 / (2 sigma^2) + rho/2 ||x - z||^2, then the site map.
+
+        With `spread` > 0 and `rngs`: perturb-and-MAP, the same step on z + spread e1 and
+        y + sigma e2 (e1, e2 ~ N(0, I) drawn per row) with rho = 1 / spread^2 — an exact draw from
+        N(z, spread^2 I) x p(y | x) when A is linear, and a draw near it otherwise."""
+        out = z.copy()
+        for sl, obs in self.groups:
+            zs = z[sl]
+            if obs.op is not None:
+                y = np.broadcast_to(obs.y, (zs.shape[0],) + obs.y.shape[1:])
+                if spread > 0:
+                    zs = zs + spread * _draw(rngs[sl], zs.shape[1:])
+                    y = y + obs.sigma * _draw(rngs[sl], y.shape[1:])
+                zs = obs.op.prox(zs, y, obs.sigma**2 * rho)
+            out[sl] = zs if obs.site is None else obs.site.project(zs)
+        return out
+
+    def initial_estimate(self) -> np.ndarray:
+        """(B, C, H, W): per group the smoothest map its observation allows (runtime.smooth), the
+        warm start of samplers that begin part-way down the schedule; 0.5 where nothing is observed."""
+        from runtime.smooth import smooth_fill
+
+        x = np.full((self.rows,) + self.shape, 0.5, np.float32)
+        for sl, obs in self.groups:
+            n = sl.stop - sl.start
+            if obs.op is not None:  # one fill per observation, shared by its rows
+                x[sl] = np.broadcast_to(smooth_fill(obs.op, obs.y, (len(obs.y),) + self.shape, obs.site),
+                                        (n,) + self.shape)
+            elif obs.site is not None:
+                x[sl] = obs.site.project(x[sl])
+        return x
+
+    def project_site(self, x: np.ndarray) -> np.ndarray:
+        out = x
+        for sl, obs in self.groups:
+            if obs.site is not None:
+                out = out.copy() if out is x else out
+                out[sl] = obs.site.project(x[sl])
+        return out
 
 
-def _noise(rngs: Sequence[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:
+def _draw(rngs: Sequence[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:
+    """One standard normal draw of `shape` per row, each from that row's generator."""
     return np.stack([r.standard_normal(shape).astype(np.float32) for r in rngs])
 
 
-def sample(
-    engine: Engine,
-    schedule: Schedule,
-    op: Operator | Sequence[Operator] | None,
-    y: np.ndarray | Sequence[np.ndarray] | None,
-    *,
-    shape: tuple[int, int, int],
-    rngs: Sequence[np.random.Generator],
-    cfg: SamplerConfig = SamplerConfig(),
-    callback: Callable[[StepInfo], None] | None = None,
-) -> np.ndarray:
-    """Algorithm 2: returns x_0 (B, C, H, W) for B = len(rngs). op = None samples the prior.
+def noise(rngs: Sequence[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:
+    """(B, *shape) standard normal noise, row b drawn from rngs[b] (samplers' only source of randomness)."""
+    return _draw(rngs, shape)
 
-    `op`/`y`: one operator and a (B, ...) observation, or B operators and B observations.
-    """
-    if (op is None) != (y is None):
-        raise ValueError("give both the operator and the observation, or neither (prior sampling)")
-    b = len(rngs)
-    obs = None if op is None else _Observations(op, y, b)
-    x = np.stack([schedule.prior_sample(shape, r) for r in rngs])  # x_N, (B, C, H, W)
-    guided = op is not None and cfg.zeta > 0
-    for k in reversed(range(len(schedule))):
-        t = np.full(b, schedule.times[k], np.float32)
-        if guided and not cfg.jacobian_free:
-            s, saved = engine.forward(x, t)
-        else:
-            s = engine.score(x, t)
-        ax, bs = (float(c) for c in schedule.x0_hat_coefficients(k))
-        x0_hat = ax * x + bs * s  # progressive estimate
-        residual = None
-        if obs is not None:
-            rs, residual = obs.residuals(x0_hat)
-        if cfg.clip_denoised is None:
-            a, bc, c = (float(v) for v in schedule.ancestral_coefficients(k))
-            x_next = a * x + bc * s + c * _noise(rngs, shape)  # ancestral predictor, eq. (13)
-        else:  # the same predictor over the clipped progressive estimate
-            d, e, c = schedule.x0_predictor_coefficients(k)
-            x_next = d * x + e * np.clip(x0_hat, *cfg.clip_denoised) + c * _noise(rngs, shape)
-        if k > 0:
-            t_prev = np.full(b, schedule.times[k - 1], np.float32)
-            alpha = schedule.langevin_alpha(k - 1)
-            for _ in range(cfg.corrector_steps):  # Langevin corrector
-                s_c = engine.score(x_next, t_prev)
-                z = _noise(rngs, shape)
-                eps = 2 * alpha * (cfg.snr * _norm(z) / np.maximum(_norm(s_c), 1e-12)) ** 2
-                x_next = x_next + eps.astype(np.float32) * s_c + np.sqrt(2 * eps).astype(np.float32) * z
-        if guided:
-            g0 = obs.grad(x0_hat, rs, residual)  # d||r|| / d x0_hat
-            g = ax * g0
-            if not cfg.jacobian_free:
-                g = g + bs * engine.backward(saved, g0.astype(np.float32))  # J_s^T through the network
-            x_next = x_next - cfg.zeta * g.astype(np.float32)  # normalized observation step
-        if callback is not None:
-            callback(StepInfo(k, x0_hat, None if residual is None else residual.reshape(-1)))
-        x = x_next.astype(np.float32)
-    return x
+
+def prior_start(schedule: Schedule, rngs: Sequence[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:
+    """x_K for every row, drawn first from each row's generator (as the PyTorch references do)."""
+    return np.stack([schedule.prior_sample(shape, r) for r in rngs])
+
+
+def warm_start(schedule: Schedule, obs: Observations, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """x_K = scale_K x_init + std_K z, x_init the observation's smoothest consistent map: the
+    start of a sampler whose schedule begins part-way (`Schedule.respace(start=...)`)."""
+    z = _draw(rngs, obs.shape)
+    return schedule.perturb(obs.initial_estimate(), z, np.full(obs.rows, len(schedule) - 1)).astype(np.float32)
+
+
+def respaced(schedule: Schedule, steps: int, cfg, method: str = "ddpm") -> Schedule:
+    """The schedule a sampler runs: `steps` of the package's N, over the noise levels the
+    config's `start` (if it has one) says it begins from."""
+    return schedule.respace(min(steps, len(schedule)), method, getattr(cfg, "start", 1.0))
+
+
+# --- the registry --------------------------------------------------------------------------------
+
+SamplerFn = Callable[[Engine, Schedule, Observations, Sequence[np.random.Generator], object,
+                      Callable[[StepInfo], None] | None], np.ndarray]
+
+
+def param(default, doc: str, low: float | None = None, high: float | None = None):
+    """A sampler config field a request may set: its default, one line of doc, its bounds."""
+    return dataclasses.field(default=default, metadata={"doc": doc, "low": low, "high": high})
+
+
+def check_params(cfg) -> None:
+    """Validate a sampler config's fields against their declared types and bounds."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        kind = _field_type(f)
+        if kind is bool:
+            if not isinstance(value, (bool, np.bool_)):
+                raise SamplerError(f"{f.name} must be true or false, got {value!r}")
+            continue
+        if kind is int and not (isinstance(value, (int, np.integer)) and not isinstance(value, bool)):
+            raise SamplerError(f"{f.name} must be an integer, got {value!r}")
+        if not (isinstance(value, (int, float, np.number)) and math.isfinite(value)):
+            raise SamplerError(f"{f.name} must be a finite number, got {value!r}")
+        low, high = f.metadata.get("low"), f.metadata.get("high")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise SamplerError(f"{f.name} must be in [{low}, {high}], got {value}")
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    return {"bool": bool, "int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, float)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str
+    config: type  # the frozen config dataclass (validates itself)
+    run: SamplerFn
+    summary: str
+    default_steps: int
+    evaluations: Callable[[object, int], dict]  # (cfg, steps) -> network calls per posterior sample
+
+    def needs_vjp(self, cfg) -> bool:
+        """Whether the sampler runs the forward-with-saves and backward graphs."""
+        return self.evaluations(cfg, 2).get("backward", 0) > 0
+
+    def parameters(self) -> list[dict]:
+        """Name, type, default, bounds and doc of every parameter (for metadata and --help)."""
+        return [{"name": f.name, "type": _field_type(f).__name__, "default": f.default, "low": f.metadata.get("low"),
+                 "high": f.metadata.get("high"), "doc": f.metadata.get("doc", "")} for f in dataclasses.fields(self.config)]
+
+
+SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def register(name: str, config: type, *, summary: str, default_steps: int, evaluations: Callable[[object, int], dict]):
+    """Decorator: make `fn` the sampler `name`, configured by `config`."""
+    def wrap(fn: SamplerFn) -> SamplerFn:
+        if name in SAMPLERS or any(s.config is config for s in SAMPLERS.values()):
+            raise SamplerError(f"sampler {name!r} or its config {config.__name__} is registered twice")
+        SAMPLERS[name] = SamplerSpec(name, config, fn, summary, default_steps, evaluations)
+        return fn
+    return wrap
+
+
+def spec(name: str) -> SamplerSpec:
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise SamplerError(f"unknown sampler {name!r}; known: {', '.join(sorted(SAMPLERS))}") from None
+
+
+def spec_for(cfg) -> SamplerSpec:
+    for s in SAMPLERS.values():
+        if type(cfg) is s.config:
+            return s
+    raise SamplerError(f"{type(cfg).__name__} is not the config of a registered sampler")
+
+
+def config_from_params(name: str, params: Mapping[str, object] | None = None):
+    """The config of sampler `name` with `params` (name -> value) over its defaults. Numbers from
+    a request arrive as floats: an integral float is taken for an int, 0/1 for a bool."""
+    s = spec(name)
+    fields = {f.name: f for f in dataclasses.fields(s.config)}
+    values = {}
+    for key, value in (params or {}).items():
+        if key not in fields:
+            raise SamplerError(f"sampler {name!r} has no parameter {key!r}; it takes: {', '.join(fields) or 'none'}")
+        kind = _field_type(fields[key])
+        if kind is bool and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value not in (0, 1):
+                raise SamplerError(f"{key} is a switch: 0 or 1, got {value}")
+            value = bool(value)
+        elif kind is int and isinstance(value, float):
+            if not value.is_integer():
+                raise SamplerError(f"{key} must be an integer, got {value}")
+            value = int(value)
+        values[key] = value
+    try:
+        return s.config(**values)
+    except (TypeError, ValueError) as e:
+        raise SamplerError(f"sampler {name!r}: {e}") from None
+
+
+def sample(engine: Engine, schedule: Schedule, observations: Observations, rngs: Sequence[np.random.Generator], cfg,
+           callback: Callable[[StepInfo], None] | None = None) -> np.ndarray:
+    """Run the sampler that `cfg` configures; returns x_0 (B, C, H, W) for B = len(rngs)."""
+    if len(rngs) != observations.rows:
+        raise ValueError(f"{len(rngs)} generators for {observations.rows} rows")
+    return spec_for(cfg).run(engine, schedule, observations, rngs, cfg, callback)
+
+
+# The built-in samplers register themselves on import.
+from runtime import daps, diffpir, dps  # noqa: E402,F401

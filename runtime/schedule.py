@@ -79,13 +79,14 @@ class Schedule:
         kind = d.pop("kind", None)
         steps = d.pop("steps", None)
         respacing = d.pop("respacing", "ddpm")
+        start = d.pop("start", 1.0)
         try:
             base = {"vp": Schedule.vp, "ve": Schedule.ve}[kind](**d)
         except KeyError:
             raise ScheduleError(f"unknown schedule kind {kind!r}; expected 'vp' or 've'") from None
         except TypeError as e:
             raise ScheduleError(f"bad parameters for a {kind} schedule: {e}") from None
-        return base if steps is None else base.respace(steps, respacing)
+        return base if steps is None else base.respace(steps, respacing, start)
 
     def to_dict(self) -> dict:
         return dict(self.params)
@@ -163,6 +164,28 @@ class Schedule:
         e = b / bs
         return float(a - e * ax), float(e), float(c)
 
+    def noise_to_signal(self, i: int) -> float:
+        """sigma_bar_i = noise_std_i / scale_i: the noise level of x_i / scale_i around x0. It is
+        what DiffPIR's rho_t = lambda sigma_n^2 / sigma_bar_t^2 and DAPS's r_t scale with."""
+        return float(self.noise_std[i] / self.scale[i])
+
+    def renoise(self, i: int, x: np.ndarray, x0: np.ndarray, z: np.ndarray, stochasticity: float = 1.0) -> np.ndarray:
+        """x_{i-1} from x_i and an estimate x0 of the clean map (DDIM's form, DiffPIR's step):
+
+            eps_hat = (x_i - scale_i x0) / noise_std_i
+            x_{i-1} = scale_{i-1} x0 + noise_std_{i-1} (sqrt(1 - eta) eps_hat + sqrt(eta) z)
+
+        eta = `stochasticity` in [0, 1]: 0 is the deterministic DDIM step, 1 draws fresh noise
+        (x_{i-1} ~ the perturbation kernel around x0). At i = 0, x_{-1} = x0."""
+        if not 0.0 <= stochasticity <= 1.0:
+            raise ScheduleError(f"stochasticity must be in [0, 1], got {stochasticity}")
+        prev_scale, prev_std = float(self.prev_scale[i]), float(self.prev_noise_std[i])
+        if prev_std == 0.0:
+            return x0.astype(np.float32)
+        eps = (x - float(self.scale[i]) * x0) / float(self.noise_std[i])
+        noise = np.sqrt(1.0 - stochasticity) * eps + np.sqrt(stochasticity) * z
+        return (prev_scale * x0 + prev_std * noise).astype(np.float32)
+
     def langevin_alpha(self, i: int) -> float:
         """The alpha that scales the Langevin corrector step size (score_sde): alpha_i (VP), 1 (VE)."""
         if self.kind == "vp":
@@ -175,20 +198,26 @@ class Schedule:
         return (std * rng.standard_normal(shape)).astype(np.float32)
 
     # -- respacing --------------------------------------------------------------------------------
-    def respace(self, steps: int, method: str = "ddpm") -> "Schedule":
-        """Keep `steps` of the N steps, evenly spaced and always including the last.
+    def respace(self, steps: int, method: str = "ddpm", start: float = 1.0) -> "Schedule":
+        """Keep `steps` of the N steps, evenly spaced and always including the first (least noise).
 
         "ddpm": the kept alpha_bars define new betas (beta'_k = 1 - alpha_bar_k / alpha_bar_{k-1}),
         so the ancestral step stays exact for the coarser chain. "ddim": same kept steps, for
-        samplers that use the deterministic DDIM update (eta = 0).
+        samplers that use the deterministic DDIM update (eta = 0). `start` in (0, 1]: the steps
+        span the lowest fraction `start` of the noise levels only (a sampler that starts from a
+        noised estimate instead of pure noise, as CCDF); 1 = all of them, up to the last.
         """
         n = len(self)
-        if not 1 <= steps <= n:
-            raise ScheduleError(f"steps must be in [1, {n}], got {steps}")
+        if not 0.0 < start <= 1.0:
+            raise ScheduleError(f"start must be in (0, 1], got {start}")
+        top = max(1, int(round(start * n)))
+        if not 1 <= steps <= top:
+            raise ScheduleError(f"steps must be in [1, {top}]" + (f" (start {start:g} of {n})" if top < n else "")
+                                + f", got {steps}")
         if method not in ("ddpm", "ddim"):
             raise ScheduleError(f"respacing method must be 'ddpm' or 'ddim', got {method!r}")
-        keep = np.unique(np.round(np.linspace(0, n - 1, steps)).astype(int))
-        params = dict(self.params, steps=steps, respacing=method)
+        keep = np.unique(np.round(np.linspace(0, top - 1, steps)).astype(int))
+        params = dict(self.params, steps=steps, respacing=method, **({"start": start} if top < n else {}))
         return Schedule(self.kind, self.scale[keep], self.noise_std[keep], self.times[keep], params)
 
 

@@ -39,11 +39,14 @@ from runtime.operators import OperatorError
 from runtime.package import PackageError, read_public_key
 from runtime.adapter import ComposedEngine, LambdaTable
 from runtime.repository import LoadedModel, ModelRepository, adapts
-from runtime.sampler import SamplerConfig, StepInfo, sample
+from runtime import recommend
+from runtime.sampler import (SAMPLERS, Observation, Observations, SamplerError, StepInfo, config_from_params, respaced,
+                             sample, spec_for)
+from runtime.schedule import ScheduleError
+from runtime.site import Site, SiteError
 
 log = logging.getLogger("ckm.edge.server")
 PRECISIONS = {pb.PRECISION_UNSPECIFIED: "fp32", pb.PRECISION_FP32: "fp32", pb.PRECISION_FP16: "fp16", pb.PRECISION_INT8: "int8"}
-DEFAULT_STEPS, DEFAULT_ZETA = 100, 13.0
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class Job:
     model: LoadedModel
     precision: str
     steps: int
-    sampler: SamplerConfig
+    sampler: object  # a registered sampler's frozen config
     op: object
     y: np.ndarray  # (1, C, H', W')
     samples: int
@@ -95,6 +98,8 @@ class Job:
     progress_interval: int = 1
     adapter: LoadedModel | None = None  # a site adapter composed with the model
     adapter_lambda: LambdaTable | None = None
+    sigma: float = 0.0  # observation noise, pixels
+    site: Site | None = None
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     done: threading.Event = field(default_factory=threading.Event)
@@ -189,16 +194,15 @@ class Batcher:
 
     def _run(self, batch: list[Job]) -> None:
         first = batch[0]
-        ops, ys, rngs, owner = [], [], [], []
+        n = first.model.package.tile_size
+        groups, rngs, owner = [], [], []
         for j, job in enumerate(batch):
             job.started = time.perf_counter()
+            groups.append((slice(len(rngs), len(rngs) + job.samples), Observation(job.op, job.y, job.sigma, job.site)))
             for s in range(job.samples):
-                ops.append(job.op)
-                ys.append(job.y[0])
                 rngs.append(np.random.default_rng([job.seed, s]))
                 owner.append(j)
         self.metrics.batch_rows.observe(len(rngs))
-        n = first.model.package.tile_size
         total = first.steps
 
         def step(info: StepInfo) -> None:
@@ -214,8 +218,8 @@ class Batcher:
             engine = first.model.engine(first.precision)
             if first.adapter is not None:  # s = s_model + lambda(t) (s_proxy - s_reference)
                 engine = ComposedEngine(engine, first.adapter.engine(first.precision), first.adapter_lambda)
-            schedule = first.model.package.schedule().respace(first.steps)
-            x = sample(engine, schedule, ops, ys, shape=(2, n, n), rngs=rngs, cfg=first.sampler, callback=step)
+            schedule = respaced(first.model.package.schedule(), first.steps, first.sampler)
+            x = sample(engine, schedule, Observations((2, n, n), len(rngs), groups), rngs, first.sampler, step)
             x = np.clip(x, 0.0, 1.0)
             for j, job in enumerate(batch):
                 job.result = x[[i for i, o in enumerate(owner) if o == j]]
@@ -251,33 +255,76 @@ class EdgeServicer(api.services.EdgeServiceServicer):
         if adapter is not None and precision not in adapter.package.precisions:
             raise InvalidArgument(f"precision: site adapter {adapter.package.name} {adapter.package.version} has no "
                                   f"{precision} variant (has {adapter.package.precisions})")
-        steps = req.steps or DEFAULT_STEPS
-        n_max = min(MAX_STEPS, len(pkg.schedule()))
-        if not 1 <= steps <= n_max:
-            raise InvalidArgument(f"steps must be in [1, {n_max}], got {req.steps}")
-        samples = req.samples or 1
-        if not 1 <= samples <= min(MAX_SAMPLES, self.batcher.cfg.max_batch):
-            raise InvalidArgument(f"samples must be in [1, {min(MAX_SAMPLES, self.batcher.cfg.max_batch)}], got {req.samples}")
-        if not 0 <= req.corrector_steps <= 20:
-            raise InvalidArgument(f"corrector_steps must be in [0, 20], got {req.corrector_steps}")
-        zeta = req.zeta if req.HasField("zeta") else DEFAULT_ZETA
-        if not (np.isfinite(zeta) and 0 <= zeta <= 1e4):
-            raise InvalidArgument(f"zeta must be finite and in [0, 10000], got {zeta}")
-        if not (np.isfinite(req.noise_sigma) and req.noise_sigma >= 0):
-            raise InvalidArgument(f"noise_sigma must be finite and >= 0, got {req.noise_sigma}")
+        if not (np.isfinite(req.noise_sigma) and 0 <= req.noise_sigma <= 1):
+            raise InvalidArgument(f"noise_sigma must be in [0, 1] pixels, got {req.noise_sigma}")
         if not req.HasField("operator"):
             raise InvalidArgument("operator is required")
         op = api.operator_from_proto(req.operator)
         if not req.HasField("observation"):
             raise InvalidArgument("observation is required")
         y = api.to_numpy(req.observation, "observation")
+        shape = (2, pkg.tile_size, pkg.tile_size)
         try:
-            y = check_observation(op, y.astype(np.float32), (2, pkg.tile_size, pkg.tile_size))
+            y = check_observation(op, y.astype(np.float32), shape)
         except OperatorError as e:
             raise InvalidArgument(f"observation: {e}") from None
-        sampler = SamplerConfig(zeta=float(zeta), corrector_steps=int(req.corrector_steps), jacobian_free=req.jacobian_free)
+        site = None
+        if req.HasField("site"):
+            try:
+                site = Site(api.binary_map(req.site.building, "site.building"))
+                site.check(shape)
+            except SiteError as e:
+                raise InvalidArgument(f"site.building: {e}") from None
+        sampler, steps, samples = self._sampler(req, pkg, op)
         return Job(model, precision, steps, sampler, op, y, samples, int(req.seed), context, progress, max(1, interval),
-                   adapter=adapter, adapter_lambda=lam)
+                   adapter=adapter, adapter_lambda=lam, sigma=float(req.noise_sigma), site=site)
+
+    def _sampler(self, req, pkg, op) -> tuple[object, int, int]:
+        """The sampler config, steps and samples of a request (runtime.recommend.resolve), with the
+        DPS-only legacy fields (zeta, corrector_steps, jacobian_free) as shorthands for "dps"."""
+        legacy = {}
+        if req.HasField("zeta"):
+            legacy["zeta"] = float(req.zeta)
+        if req.corrector_steps:
+            legacy["corrector_steps"] = int(req.corrector_steps)
+        if req.jacobian_free:
+            legacy["jacobian_free"] = True
+        name = req.sampler or ("dps" if legacy else None)
+        if name is not None and name not in SAMPLERS:
+            raise InvalidArgument(f"sampler: unknown sampler {name!r}; known: {', '.join(sorted(SAMPLERS))}")
+        if legacy and name != "dps":
+            raise InvalidArgument(f"{', '.join(legacy)}: DPS-only field(s), but the sampler is {name!r}; "
+                                  "use sampler_parameters")
+        if legacy:
+            try:
+                config_from_params("dps", legacy)
+            except SamplerError as e:
+                raise InvalidArgument(str(e)) from None
+        params = dict(req.sampler_parameters)
+        if legacy.keys() & params.keys():
+            raise InvalidArgument(f"sampler_parameters: {', '.join(sorted(legacy.keys() & params.keys()))} also given "
+                                  "as the request field of the same name; give it once")
+        if name == "dps":  # the gRPC API's DPS: no corrector unless asked (corrector_steps is 0 when unset)
+            params = {"corrector_steps": 0, **legacy, **params}
+        max_samples = min(MAX_SAMPLES, self.batcher.cfg.max_batch)
+        try:
+            cfg, steps, samples = recommend.resolve(pkg.manifest, op, name, params, req.steps or None,
+                                                    req.samples or None)
+        except SamplerError as e:
+            raise InvalidArgument(f"sampler_parameters: {e}") from None
+        if not req.samples:  # a recommendation never asks for more rows than a batch holds
+            samples = min(samples, max_samples)
+        if not 1 <= samples <= max_samples:
+            raise InvalidArgument(f"samples must be in [1, {max_samples}], got {req.samples}")
+        n_max = min(MAX_STEPS, len(pkg.schedule()))
+        if not 1 <= steps <= n_max:
+            raise InvalidArgument(f"steps must be in [1, {n_max}], got {req.steps}")
+        try:
+            respaced(pkg.schedule(), steps, cfg)
+        except ScheduleError as e:
+            raise InvalidArgument(f"steps: {e}") from None
+        return cfg, steps, samples
+
 
     def _adapter(self, req, model: LoadedModel) -> tuple[LoadedModel | None, LambdaTable | None]:
         if not req.adapter_name:
@@ -311,6 +358,9 @@ class EdgeServicer(api.services.EdgeServiceServicer):
                                                        sampling_seconds=now - job.started, total_seconds=now - job.enqueued))
         if std is not None:
             resp.std.CopyFrom(api.from_numpy(std.astype(np.float32)))
+        resp.sampler = spec_for(job.sampler).name
+        resp.sampler_parameters.update(sampler_parameters(job.sampler))
+        resp.samples = job.samples
         if job.adapter is not None:
             resp.adapter_name, resp.adapter_version = job.adapter.package.name, job.adapter.package.version
         return resp
@@ -369,10 +419,31 @@ class EdgeServicer(api.services.EdgeServiceServicer):
                 name=pkg.name, version=pkg.version, channels=list(pkg.manifest["channels"]), tile_size=pkg.tile_size,
                 operators=["identity", "mask", "downsample", "truncate", "quantize_aoa", "per_channel", "compose"],
                 precisions=pkg.precisions, schedule_json=json.dumps(pkg.manifest["schedule"]),
-                max_steps=min(MAX_STEPS, len(pkg.schedule())), accuracy=accuracy, adapts=adapts(pkg))
+                max_steps=min(MAX_STEPS, len(pkg.schedule())), accuracy=accuracy, adapts=adapts(pkg),
+                samplers=[_sampler_info(s) for s in SAMPLERS.values()],
+                recommended=[pb.SamplerRecommendation(operator_kind=kind, sampler=r.sampler, steps=r.steps, samples=r.samples,
+                                                      parameters={k: float(v) for k, v in r.parameters.items()})
+                             for kind, r in pkg.recommendations().items()])
 
     def _handling(self, context):
         return _Handling(self.metrics, context)
+
+
+def sampler_parameters(cfg) -> dict[str, float]:
+    """Every parameter of a sampler config as a number (switches 0/1), as the API reports them."""
+    return {p["name"]: float(getattr(cfg, p["name"])) for p in spec_for(cfg).parameters()}
+
+
+def _sampler_info(s) -> object:
+    params = [pb.SamplerParameter(name=p["name"], type=p["type"], default_value=float(p["default"]), description=p["doc"])
+              for p in s.parameters()]
+    for msg, p in zip(params, s.parameters()):  # proto field names: min / max
+        if p["low"] is not None:
+            msg.min = float(p["low"])
+        if p["high"] is not None:
+            msg.max = float(p["high"])
+    return pb.SamplerInfo(name=s.name, description=s.summary, default_steps=s.default_steps, parameters=params,
+                          uses_network_vjp=s.needs_vjp(s.config()))
 
 
 class _Status(Exception):

@@ -43,6 +43,26 @@ def make_operator(task: str, rng: np.random.Generator, x: np.ndarray) -> operato
     raise operators.OperatorError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
 
 
+def unobserved(task: str, op: operators.Operator, x: np.ndarray) -> np.ndarray:
+    """(B, 2, H, W) bool: the cells of the true maps x whose value the task's observation does not
+    pin down — where "RMSE over the unobserved cells" is taken. Masks (inpainting, trajectories):
+    the missing cells; SR: every cell (only block means are seen); JTQR: saturated gain cells
+    (at or beyond a bound) and every outdoor AoA cell (only its sector is seen). Building cells of
+    JTQR are known (eq. 31) and never counted."""
+    x = np.asarray(x)
+    if task in ("ipbox", "iprandom", "trajectory"):
+        m = op.mask if op.mask.ndim == 3 else op.mask[None]
+        return np.broadcast_to(~m[:, None], x.shape).copy()
+    if task == "sr2":
+        return np.ones(x.shape, dtype=bool)
+    if task == "jtqr":
+        low, high = op.operators[0].low, op.operators[0].high
+        outdoor = ~codec.building_mask(x)
+        gain = x[:, 0]
+        return np.stack([outdoor & ((gain <= low) | (gain >= high)), outdoor], axis=1)
+    raise operators.OperatorError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+
+
 def observe(
     op: operators.Operator, x: np.ndarray, rng: np.random.Generator, sigma: float = DEFAULT_SIGMA
 ) -> np.ndarray:

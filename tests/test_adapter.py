@@ -16,6 +16,7 @@ from runtime.adapter import ComposedEngine, LambdaTable, adapter_info, check_bas
 from runtime.api import pb
 from runtime.client import EdgeClient
 from runtime.construct import ConstructConfig, construct
+from runtime.dps import DPSConfig
 from runtime.engine import EngineConfig, open_engine
 from runtime.package import PackageError, load_package
 from runtime.server import ServerConfig, create_server
@@ -180,13 +181,15 @@ def test_grpc_request_names_a_site_adapter(tiny_adapter, tmp_path):
             listed = {(m.name, m.version): m.adapts for m in client.stub.ListModels(pb.ListModelsRequest()).models}
             assert listed == {("tiny", "1.0.0"): "", ("tiny", "1.0.1"): "", ("site-a", "1.0.0"): "tiny 1.0.0"}
             assert client.metadata("site-a").adapts == "tiny 1.0.0"
-            plain = client.construct(y, op, model="tiny", version="1.0.0", steps=4, seed=3)
-            adapted = client.construct(y, op, model="tiny", version="1.0.0", steps=4, seed=3, adapter="site-a")
+            plain = client.construct(y, op, model="tiny", version="1.0.0", sampler="dps", steps=4, samples=1, seed=3,
+                                     sampler_parameters={"corrector_steps": 1})
+            adapted = client.construct(y, op, model="tiny", version="1.0.0", sampler="dps", steps=4, samples=1, seed=3,
+                                       sampler_parameters={"corrector_steps": 1}, adapter="site-a")
             assert (adapted.adapter, adapted.adapter_version) == ("site-a", "1.0.0") and plain.adapter == ""
             # The served construction is the local one over the composed engine, draw for draw.
             with open_engine(base) as b, open_engine(adapter) as d:
                 local = construct(ComposedEngine(b, d, check_base(adapter, base)), base.schedule(), op, y[None],
-                                  (2, n, n), ConstructConfig(steps=4, seed=3))
+                                  (2, n, n), ConstructConfig(steps=4, seed=3, sampler=DPSConfig()))
             np.testing.assert_allclose(adapted.map, local.mean, atol=1e-5)
             assert np.abs(adapted.map - plain.map).max() > 1e-4
             for kwargs, code, match in [
@@ -252,7 +255,7 @@ def test_ckm_edge_construct_composes_an_adapter_package(tiny_adapter, tmp_path, 
             "--json", "--out", str(tmp_path / "out")]
     assert cli.main(args + ["--adapter", str(adapter.root)]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["adapter"] == "site-a 1.0.0" and report["engine_calls"] == {"forward": 3, "backward": 3, "score": 2}
+    assert report["adapter"] == "site-a 1.0.0" and report["engine_calls"] == {"score": 3}
     # An adapter package given as the model, or a model given as the adapter, is refused with the reason.
     assert cli.main(args + ["--adapter", str(base)]) != 0
     assert "not a site adapter" in capsys.readouterr().err

@@ -6,7 +6,8 @@ import torch
 
 from benchmarks import gpu
 from runtime.engine import EngineConfig, open_engine
-from runtime.sampler import SamplerConfig, sample
+from runtime.dps import DPSConfig
+from runtime.sampler import Observations, sample
 from runtime.schedule import Schedule
 
 
@@ -36,7 +37,8 @@ def test_graph_dps_is_the_runtime_sampler_with_the_same_draws(tiny_prior):
     model, meta, _, held = tiny_prior
     tile = held[0].astype(np.float32)
     schedule, op, y, mask, yt = _problem(model, meta, tile, 6)
-    ref = sample(gpu.TorchEngine(model, "cpu"), schedule, op, y, shape=tile.shape, rngs=[np.random.default_rng(5)])
+    ref = sample(gpu.TorchEngine(model, "cpu"), schedule, Observations.of(op, y, tile.shape, 1), [np.random.default_rng(5)],
+                 DPSConfig())
     rng = np.random.default_rng(5)
     x_init = torch.from_numpy(schedule.prior_sample(tile.shape, rng)[None])
     draws = []
@@ -49,7 +51,7 @@ def test_graph_dps_is_the_runtime_sampler_with_the_same_draws(tiny_prior):
     assert len(draws) == 2 * 6 - 1  # a predictor draw every step, a corrector draw on all but the last
     np.testing.assert_allclose(got, ref, atol=1e-4)
     with pytest.raises(ValueError, match="M = 1"):
-        gpu.GraphDPS(model, schedule, mask, yt, SamplerConfig(jacobian_free=True))
+        gpu.GraphDPS(model, schedule, mask, yt, DPSConfig(jacobian_free=True))
 
 
 def test_steps_curve_rows_and_the_fewest_steps_rule(tiny_prior, tmp_path):

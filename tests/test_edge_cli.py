@@ -20,7 +20,9 @@ def test_construct_from_a_truth_tile(tiny_package, tmp_path):
                "--task", "SR", "--steps", "8", "--samples", "2", "--out", tmp_path / "o", "--json", "--threads", "1")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["task"] == "sr2" and report["steps"] == 8 and report["engine_calls"] == {"forward": 8, "backward": 8, "score": 7}
+    # the recommended sampler: one score evaluation per step and posterior sample batch
+    assert report["task"] == "sr2" and report["steps"] == 8 and report["engine_calls"] == {"score": 8}
+    assert report["sampler"]["name"] == "diffpir" and report["samples"] == 2
     assert report["gain_rmse_db"] >= 0 and report["aoa_sine_rmse"] >= 0
     saved = np.load(tmp_path / "o" / "construction.npz")
     assert saved["pixels"].shape == (2, 32, 32) and saved["std"].shape == (2, 32, 32)
@@ -56,3 +58,12 @@ def test_bad_input_gets_a_clear_error(tiny_package, tmp_path):
     assert out.returncode == 2 and "is not a model package" in out.stderr
     out = _run("ckm-edge", "construct", "--package", tiny_package.root, "--observation", tmp_path / "o.npz", "--steps", "0")
     assert out.returncode == 2 and "steps must be in [1, 2000]" in out.stderr
+    np.savez(tmp_path / "o.npz", y=np.zeros((2, 32, 32), np.float32), operator='{"op": "identity"}')
+    for args, message in [(["--sampler", "ddrm"], "invalid choice: 'ddrm'"),
+                          (["--param", "lam"], "--param takes NAME=VALUE, got 'lam'"),
+                          (["--param", "lam=big"], "--param lam: 'big' is not a number"),
+                          (["--sampler", "diffpir", "--param", "zeta=3"], "sampler 'diffpir' has no parameter 'zeta'"),
+                          (["--sampler", "daps", "--zeta", "3"], "--zeta belong(s) to the dps sampler, not 'daps'"),
+                          (["--site"], "--site needs --truth or a `building` array")]:
+        out = _run("ckm-edge", "construct", "--package", tiny_package.root, "--observation", tmp_path / "o.npz", *args)
+        assert out.returncode == 2 and message in out.stderr, (args, out.stderr)

@@ -11,7 +11,8 @@ from export import builder, onnx_export
 from runtime import codec, tasks
 from runtime.engine import EngineConfig, EngineError, open_engine
 from runtime.package import PackageError, load_package
-from runtime.sampler import SamplerConfig, sample
+from runtime import dps
+from runtime.sampler import Observations, sample
 from training.reference_dps import DPSConfig, dps_sample
 
 
@@ -84,14 +85,14 @@ def test_runtime_dps_matches_the_pytorch_reference(tiny_prior, tiny_package, tas
     ref = dps_sample(model, schedule, op, torch.from_numpy(y), shape=x.shape, rng=np.random.default_rng(99),
                      cfg=DPSConfig(zeta=13.0, corrector_steps=1)).numpy()
     with open_engine(tiny_package, EngineConfig(threads=1)) as eng:
-        out = sample(eng, schedule, op, y, shape=x.shape[1:], rngs=[np.random.default_rng(99)],
-                     cfg=SamplerConfig(zeta=13.0, corrector_steps=1))
+        out = sample(eng, schedule, Observations.of(op, y, x.shape[1:], 1), [np.random.default_rng(99)],
+                     dps.DPSConfig(zeta=13.0, corrector_steps=1))
         # Cost per step: one forward-with-saves + one backward; one score call per corrector step.
         assert eng.calls == {"forward": 12, "backward": 12, "score": 11}
     rmse = float(np.sqrt(((out - ref) ** 2).mean()))
     # ~3e-7 here for every task. JTQR's quantizer is discontinuous, so a 1e-6 difference between
     # ONNX Runtime and PyTorch arithmetic can flip a cell to the next sector; with x0_hat clipped
-    # in the predictor (SamplerConfig.clip_denoised) such flips no longer snowball.
+    # in the predictor (DPSConfig.clip_denoised) such flips no longer snowball.
     assert rmse < 1e-3, rmse
 
 
@@ -102,10 +103,12 @@ def test_batch_equals_samples_run_one_by_one(tiny_package, tiny_prior):
     op = tasks.make_operator("iprandom", np.random.default_rng(1), x)
     y = tasks.observe(op, x, np.random.default_rng(2))
     with open_engine(tiny_package, EngineConfig(threads=1)) as eng:
-        batch = sample(eng, schedule, op, y, shape=x.shape[1:], rngs=[np.random.default_rng(s) for s in (5, 6, 7)])
+        batch = sample(eng, schedule, Observations.of(op, y, x.shape[1:], 3), [np.random.default_rng(s) for s in (5, 6, 7)],
+                       dps.DPSConfig())
         for i, s in enumerate((5, 6, 7)):
             single_op = type(op)(op.mask[i : i + 1])
-            one = sample(eng, schedule, single_op, y[i : i + 1], shape=x.shape[1:], rngs=[np.random.default_rng(s)])
+            one = sample(eng, schedule, Observations.of(single_op, y[i : i + 1], x.shape[1:], 1), [np.random.default_rng(s)],
+                         dps.DPSConfig())
             np.testing.assert_allclose(batch[i], one[0], atol=2e-5)
 
 
@@ -116,10 +119,12 @@ def test_different_requests_batch_together(tiny_package, tiny_prior):
     ops = [tasks.make_operator("sr2", np.random.default_rng(1), x[:1]), tasks.make_operator("jtqr", np.random.default_rng(1), x[1:])]
     ys = [tasks.observe(o, x[i : i + 1], np.random.default_rng(i))[0] for i, o in enumerate(ops)]
     with open_engine(tiny_package, EngineConfig(threads=1)) as eng:
-        both = sample(eng, schedule, ops, ys, shape=x.shape[1:], rngs=[np.random.default_rng(s) for s in (3, 4)])
+        both = sample(eng, schedule, Observations.of(ops, ys, x.shape[1:], 2), [np.random.default_rng(s) for s in (3, 4)],
+                      dps.DPSConfig())
         assert eng.calls["forward"] == 4  # one engine call per step for both requests
         for i in range(2):
-            one = sample(eng, schedule, ops[i], ys[i][None], shape=x.shape[1:], rngs=[np.random.default_rng(3 + i)])
+            one = sample(eng, schedule, Observations.of(ops[i], ys[i][None], x.shape[1:], 1), [np.random.default_rng(3 + i)],
+                         dps.DPSConfig())
             np.testing.assert_allclose(both[i], one[0], atol=2e-5)
 
 
@@ -130,8 +135,8 @@ def test_jacobian_free_guidance_skips_the_backward_graph(tiny_package, tiny_prio
     op = tasks.make_operator("sr2", np.random.default_rng(1), x)
     y = tasks.observe(op, x, np.random.default_rng(2))
     with open_engine(tiny_package, EngineConfig(threads=1)) as eng:
-        out = sample(eng, schedule, op, y, shape=x.shape[1:], rngs=[np.random.default_rng(3)],
-                     cfg=SamplerConfig(jacobian_free=True, corrector_steps=0))
+        out = sample(eng, schedule, Observations.of(op, y, x.shape[1:], 1), [np.random.default_rng(3)],
+                     dps.DPSConfig(jacobian_free=True, corrector_steps=0))
         assert eng.calls == {"score": 6}
     assert np.isfinite(out).all()
 

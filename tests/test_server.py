@@ -17,7 +17,10 @@ from runtime.api import pb
 from runtime.client import EdgeClient
 from runtime.construct import ConstructConfig, construct
 from runtime.engine import EngineConfig, open_engine
+from runtime.recommend import resolve
+from runtime.sampler import SAMPLERS
 from runtime.server import ServerConfig, create_server
+from runtime.site import Site
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +70,71 @@ def test_construct_and_metadata(client, tiny_prior):
     assert client.list_models() == [("tiny", "1.0.0")]
 
 
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 @pytest.mark.parametrize("task", tasks.TASKS)
-def test_every_task_over_grpc_equals_the_local_construction(client, tiny_prior, tiny_package, task):
-    _, op, y = _observation(tiny_prior, task, seed=5)
-    remote = client.construct(y, op, steps=3, samples=2, seed=4)
+def test_every_sampler_and_task_over_grpc_equals_the_local_construction(client, tiny_prior, tiny_package, task, sampler):
+    x, op, y = _observation(tiny_prior, task, seed=5)
+    building = codec.building_mask(x) if task in ("trajectory", "ipbox") else None  # with and without a site map
+    params = {"corrector_steps": 1} if sampler == "dps" else {}
+    remote = client.construct(y, op, sampler=sampler, sampler_parameters=params, steps=3, samples=2, seed=4,
+                              noise_sigma=0.01, site=building)
+    cfg, steps, samples = resolve(tiny_package.manifest, op, sampler, params, 3, 2)
     with open_engine(tiny_package, EngineConfig(threads=1)) as engine:
-        local = construct(engine, tiny_package.schedule(), op, y, (2, 32, 32), ConstructConfig(steps=3, samples=2, seed=4))
-    # The operator (masks, building layout, quantizer, truncation window) crossed the wire intact.
+        local = construct(engine, tiny_package.schedule(), op, y, (2, 32, 32), ConstructConfig(steps, samples, 4, sampler=cfg),
+                          sigma=0.01, site=None if building is None else Site(building))
+    # The operator (masks, building layout, quantizer, truncation window), the site map and the
+    # sampler's settings crossed the wire intact.
     np.testing.assert_allclose(remote.map, local.mean, atol=1e-5)
     np.testing.assert_allclose(remote.std, local.std, atol=1e-5)
-    assert remote.residual_norm == pytest.approx(local.residual, rel=1e-4)
+    assert remote.residual_norm == pytest.approx(local.residual, rel=1e-4, abs=1e-6)
+    assert (remote.sampler, remote.samples, remote.steps) == (sampler, 2, 3)
+    assert remote.sampler_parameters == {p["name"]: float(getattr(cfg, p["name"])) for p in SAMPLERS[sampler].parameters()}
+
+
+def test_the_recommendation_fills_what_a_request_leaves_out(client, tiny_prior, tiny_package):
+    _, op, y = _observation(tiny_prior, "sr2")
+    rec = tiny_package.recommendations()["*"]
+    result = client.construct(y, op, seed=2)  # no sampler, steps or samples
+    assert (result.sampler, result.steps, result.samples) == (rec.sampler, rec.steps, rec.samples)
+    assert all(result.sampler_parameters[k] == pytest.approx(v) for k, v in rec.parameters.items())
+    # a parameter given overrides the recommendation; the rest stays
+    key = next(iter(rec.parameters))
+    one = client.construct(y, op, seed=2, steps=2, sampler_parameters={key: rec.parameters[key] * 0.5})
+    assert one.sampler_parameters[key] == pytest.approx(rec.parameters[key] * 0.5)
+    # the DPS shorthands select DPS, with the API's corrector default of 0
+    dps = client.construct(y, op, steps=2, zeta=5.0)
+    assert dps.sampler == "dps" and dps.sampler_parameters["zeta"] == 5.0 and dps.sampler_parameters["corrector_steps"] == 0
+    meta = client.metadata()
+    assert {s.name for s in meta.samplers} == set(SAMPLERS)
+    diffpir = next(s for s in meta.samplers if s.name == "diffpir")
+    assert not diffpir.uses_network_vjp and next(s for s in meta.samplers if s.name == "dps").uses_network_vjp
+    lam = next(p for p in diffpir.parameters if p.name == "lam")
+    assert lam.type == "float" and lam.HasField("min") and lam.description
+    assert {r.operator_kind for r in meta.recommended} >= {"*"}
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(sampler="ddrm"), "sampler: unknown sampler 'ddrm'; known: daps, diffpir, dps"),
+    (dict(sampler="diffpir", sampler_parameters={"zeta": 3}), "sampler 'diffpir' has no parameter 'zeta'"),
+    (dict(sampler="diffpir", sampler_parameters={"lam": float("nan")}), "lam must be a finite number"),
+    (dict(sampler="diffpir", sampler_parameters={"stochasticity": 2}), "stochasticity must be in [0.0, 1.0], got 2"),
+    (dict(sampler="dps", sampler_parameters={"corrector_steps": 1.5}), "corrector_steps must be an integer"),
+    (dict(sampler="dps", sampler_parameters={"jacobian_free": 3}), "jacobian_free is a switch"),
+    (dict(sampler="diffpir", zeta=3.0), "zeta: DPS-only field(s), but the sampler is 'diffpir'"),
+    (dict(zeta=3.0, sampler_parameters={"zeta": 4}), "zeta also given as the request field"),
+    (dict(corrector_steps=50), "corrector_steps must be in [0, 20], got 50"),
+    (dict(sampler="diffpir", sampler_parameters={"start": 0.1}, steps=500), "steps: steps must be in [1, 100] (start 0.1"),
+    (dict(site=np.ones((16, 16), bool)), "site.building: site building map has shape (16, 16), the maps are (2, 32, 32)"),
+    (dict(site=np.full((32, 32), 2)), "site.building must be an (H, W) array of 0/1"),
+    (dict(noise_sigma=float("inf")), "noise_sigma must be in [0, 1] pixels"),
+    (dict(noise_sigma=3.0), "noise_sigma must be in [0, 1] pixels"),
+])
+def test_sampler_and_site_errors_name_the_field(client, tiny_prior, kwargs, field):
+    _, op, y = _observation(tiny_prior, "sr2")
+    with pytest.raises(grpc.RpcError) as err:
+        client.construct(y, op, **{"steps": 2, **kwargs})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in err.value.details()
 
 
 def test_operator_that_does_not_fit_the_tile_is_refused_before_batching(client, tiny_prior):
@@ -94,7 +152,8 @@ def test_operator_that_does_not_fit_the_tile_is_refused_before_batching(client, 
 def test_client_cancellation_stops_the_batch(edge, client, tiny_prior):
     _, op, y = _observation(tiny_prior, "iprandom")
     before = edge.metrics.registry.get_sample_value("ckm_abandoned_batches_total") or 0.0
-    call = client.stub.ConstructStream(pb.ConstructStreamRequest(request=client.request(y, op, steps=1000), progress_interval=1))
+    call = client.stub.ConstructStream(pb.ConstructStreamRequest(request=client.request(y, op, sampler="dps", steps=1000),
+                                                                 progress_interval=1))
     steps_seen = [event.progress.step for _, event in zip(range(3), call)]
     assert steps_seen == [1, 2, 3]
     call.cancel()
@@ -115,13 +174,13 @@ def test_stream_reports_every_step_then_the_result(client, tiny_prior):
 
 def test_concurrent_requests_are_batched_and_equal_single_runs(edge, client, tiny_prior):
     _, op, y = _observation(tiny_prior, "sr2")
-    alone = client.construct(y, op, steps=4, seed=3).map
+    alone = client.construct(y, op, steps=4, samples=1, seed=3).map
     before = edge.metrics.batch_rows.collect()[0].samples
     count_before = sum(s.value for s in before if s.name.endswith("_count"))
     sum_before = sum(s.value for s in before if s.name.endswith("_sum"))
     results = [None] * 4
     def run(i):
-        results[i] = client.construct(y, op, steps=4, seed=3).map
+        results[i] = client.construct(y, op, steps=4, samples=1, seed=3).map
     threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
@@ -140,7 +199,7 @@ def test_load_benchmark_reports_throughput_percentiles_and_batching(edge, tiny_p
 
     _, op, y = _observation(tiny_prior, "sr2")
     level = load.run_level(f"127.0.0.1:{edge.port}", y, op, clients=3, duration_s=1.0,
-                           request_kwargs={"steps": 2}, edge=edge)
+                           request_kwargs={"steps": 2, "samples": 1}, edge=edge)
     assert level.clients == 3 and level.errors == 0 and level.requests >= 3
     assert 0 < level.p50_s <= level.p95_s <= level.p99_s
     assert level.throughput_rps == pytest.approx(level.requests / level.seconds)
@@ -159,6 +218,8 @@ def test_load_benchmark_reports_throughput_percentiles_and_batching(edge, tiny_p
     (lambda r: r.ClearField("operator"), "operator is required"),
     (lambda r: r.operator.downsample.__setattr__("factor", 0), "operator.downsample"),
     (lambda r: setattr(r, "zeta", float("nan")), "zeta"),
+    (lambda r: r.sampler_parameters.__setitem__("lam", -1.0), "sampler_parameters"),
+    (lambda r: setattr(r, "sampler", "DPS"), "sampler"),
     (lambda r: setattr(r, "precision", 42), "precision"),
     (lambda r: setattr(r.observation, "dtype", 0), "observation.dtype"),
 ])
@@ -187,7 +248,7 @@ def test_unknown_model_version_and_oversized_messages(client, tiny_prior):
 def test_deadline_is_honoured_between_steps(client, tiny_prior):
     _, op, y = _observation(tiny_prior, "sr2")
     with pytest.raises(grpc.RpcError) as err:
-        client.construct(y, op, steps=1000, timeout=0.5)
+        client.construct(y, op, sampler="dps", steps=1000, timeout=0.5)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     t0 = time.perf_counter()
     assert client.construct(y, op, steps=2).steps == 2  # the abandoned batch stopped early
@@ -292,7 +353,7 @@ def test_full_queue_answers_resource_exhausted(repo, tiny_prior):
         _, op, y = _observation(tiny_prior)
         codes = []
         with EdgeClient(f"127.0.0.1:{server.port}") as c:
-            futures = [c.stub.Construct.future(c.request(y, op, steps=40, seed=i)) for i in range(6)]
+            futures = [c.stub.Construct.future(c.request(y, op, sampler="dps", steps=40, seed=i)) for i in range(6)]
             for f in futures:
                 try:
                     f.result()

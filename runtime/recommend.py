@@ -1,0 +1,97 @@
+"""Which sampler, steps, posterior samples and parameters a construction runs with, when the
+request leaves them out: the package's recommendation for the kind of operator, else the
+runtime's built-in one (measured by `ckm-bench solvers` on validation regions; RESULTS.md).
+
+A manifest may carry
+
+    "samplers": {"<operator kind>": {"sampler": "diffpir", "steps": 10, "samples": 4,
+                                     "parameters": {"lam": 30, "start": 0.3}}, ...}
+
+with operator kinds "mask", "downsample", "jtqr" (truncation + AoA quantization per channel) and
+"*" (anything else). `resolve` is the one place the request's choices meet the defaults; the
+server, `construct`'s CLI and the benchmarks all call it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runtime import operators
+from runtime.sampler import SamplerError, config_from_params, spec
+
+OPERATOR_KINDS = ("mask", "downsample", "jtqr", "*")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    sampler: str
+    steps: int
+    samples: int
+    parameters: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        spec(self.sampler)
+        config_from_params(self.sampler, self.parameters)  # refuses unknown or out-of-range parameters
+        if not (isinstance(self.steps, int) and 1 <= self.steps <= 2000 and isinstance(self.samples, int)
+                and 1 <= self.samples <= 64):
+            raise SamplerError(f"a recommendation needs steps in [1, 2000] and samples in [1, 64], got {self.steps}, {self.samples}")
+
+    def to_dict(self) -> dict:
+        return {"sampler": self.sampler, "steps": self.steps, "samples": self.samples, "parameters": dict(self.parameters)}
+
+
+# Built-in recommendations for packages whose manifest has none. ckm-bench solvers measures them.
+BUILTIN = {
+    "*": Recommendation("diffpir", 10, 4, {"lam": 30.0, "start": 0.3}),
+}
+
+
+def operator_kind(op: operators.Operator) -> str:
+    """The key a recommendation is stored under: the operator's outermost kind."""
+    if isinstance(op, operators.Compose) and len(op.operators) == 1:
+        return operator_kind(op.operators[0])
+    if isinstance(op, operators.Mask):
+        return "mask"
+    if isinstance(op, operators.Downsample):
+        return "downsample"
+    if isinstance(op, operators.PerChannel) and [o.name for o in op.operators] == ["truncate", "quantize_aoa"]:
+        return "jtqr"
+    return "*"
+
+
+def recommendations(manifest: dict | None) -> dict[str, Recommendation]:
+    """The manifest's recommendations over the built-in ones; a bad entry raises SamplerError naming it."""
+    out = dict(BUILTIN)
+    section = (manifest or {}).get("samplers") or {}
+    if not isinstance(section, dict):
+        raise SamplerError("manifest 'samplers' must be an object keyed by operator kind")
+    for kind, rec in section.items():
+        if kind not in OPERATOR_KINDS:
+            raise SamplerError(f"manifest samplers[{kind!r}]: operator kind must be one of {', '.join(OPERATOR_KINDS)}")
+        try:
+            out[kind] = Recommendation(rec["sampler"], rec["steps"], rec["samples"], dict(rec.get("parameters", {})))
+        except (KeyError, TypeError, SamplerError) as e:
+            raise SamplerError(f"manifest samplers[{kind!r}]: {e}") from None
+    return out
+
+
+def recommend(manifest: dict | None, op: operators.Operator) -> Recommendation:
+    recs = recommendations(manifest)
+    return recs.get(operator_kind(op), recs["*"])
+
+
+def resolve(manifest: dict | None, op: operators.Operator, sampler: str | None = None, params: dict | None = None,
+            steps: int | None = None, samples: int | None = None) -> tuple[object, int, int]:
+    """(sampler config, steps, samples) for a construction. What the caller gives wins; what it
+    leaves out comes from the recommendation when it names the same sampler (or none), else from
+    the sampler's own defaults (steps: its default_steps; samples: 1)."""
+    rec = recommend(manifest, op)
+    name = sampler or rec.sampler
+    same = name == rec.sampler
+    merged = {**(rec.parameters if same else {}), **(params or {})}
+    cfg = config_from_params(name, merged)
+    if steps is None:
+        steps = rec.steps if same else spec(name).default_steps
+    if samples is None:
+        samples = rec.samples if same else 1
+    return cfg, steps, samples
