@@ -13,7 +13,8 @@ level. Per step k of the (respaced) schedule, i = k + 1:
 
 The paper runs Langevin dynamics through A for step 3; for the linear-Gaussian steps here the
 perturb-and-MAP draw is exact and costs one proximal step (no operator or network gradients).
-The last step returns the MAP (no perturbation). One score evaluation per step.
+The last step fits y to within its noise (the discrepancy principle, as DiffPIR's). One score
+evaluation per step.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def daps(engine, schedule, obs, rngs, cfg: DAPSConfig, callback=None) -> np.ndar
         r = min(cfg.ratio * schedule.noise_to_signal(k), cfg.r_max)
         if k > 0:  # (3) a posterior draw around x0
             x0 = obs.prox(x0, 1.0 / r**2, rngs, spread=r)
-        else:  # the last step: the MAP
-            x0 = obs.prox(x0, 1.0 / r**2)
+        else:  # the last step: fit y to within its noise (the discrepancy principle)
+            x0 = obs.fit_to_noise(x0)
         if callback is not None:
             callback(StepInfo(k, x0, residual))
         x = schedule.renoise(k, x, x0, noise(rngs, shape) if k > 0 else 0.0, 1.0)  # (4)

@@ -14,7 +14,11 @@ Per step k of the (respaced) schedule, i = k + 1:
 lambda weighs the prior against the data (DiffPIR's lambda; larger trusts the denoiser more),
 sigma_n is the request's observation noise (0: the data step is an exact projection, as DDNM's
 range/null-space step), eta the stochasticity (DiffPIR's zeta; 1 = fresh noise every step). The
-last step returns x0_dc. Cost: one score evaluation per step, no saved activations.
+last step returns the denoised map fitted to y within its noise (`Observations.fit_to_noise`: the
+discrepancy principle picks the data step's weight), so observed values are kept to within sigma.
+With `start` < 1 the steps span only the lowest noise levels and begin from the smoothest map the
+observation allows (runtime.smooth), noised to that level (CCDF's warm start): few steps suffice.
+Cost: one score evaluation per step, no saved activations.
 """
 
 from __future__ import annotations
@@ -50,7 +54,10 @@ def diffpir(engine, schedule, obs, rngs, cfg: DiffPIRConfig, callback=None) -> n
         s = engine.score(x, np.full(b, schedule.times[k], np.float32))  # (1)
         x0 = np.clip(schedule.x0_hat(x, s, k), 0.0, 1.0).astype(np.float32)  # (2)
         residual = obs.residuals(x0)[1] if obs.guided else None
-        x0 = obs.prox(x0, cfg.lam / schedule.noise_to_signal(k) ** 2)  # (3)
+        if k > 0:  # (3)
+            x0 = obs.prox(x0, cfg.lam / schedule.noise_to_signal(k) ** 2)
+        else:  # the last step: fit y to within its noise (the discrepancy principle)
+            x0 = obs.fit_to_noise(x0)
         if callback is not None:
             callback(StepInfo(k, x0, residual))
         x = schedule.renoise(k, x, x0, noise(rngs, shape) if k > 0 else 0.0, cfg.stochasticity)  # (4)

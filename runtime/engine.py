@@ -91,14 +91,38 @@ class OrtEngine:
             providers = [("CUDAExecutionProvider", {"device_id": self.config.device_id}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
+        self._opts, self._providers = opts, providers
         self._sessions = {}
-        for graph in GRAPHS:
+        self._open = True
+        self._session("score")  # the score graph always; forward/backward when a sampler first needs them
+
+    def _session(self, graph: str):
+        """The graph's session, created on first use: a sampler that never differentiates through
+        the network never loads the forward-with-saves and backward graphs (nor pays their arenas)."""
+        if not self._open:
+            raise EngineError("engine is closed")
+        if graph not in self._sessions:
             path = self.package.graph_path(self.config.precision, graph)
-            self._sessions[graph] = _checked(f"loading {path}", ort.InferenceSession, str(path), opts, providers=providers)
-        self._saved_names = [o.name for o in self._sessions["forward"].get_outputs()[1:]]
-        bwd_inputs = [i.name for i in self._sessions["backward"].get_inputs()]
-        if bwd_inputs != self._saved_names + ["v"]:
+            self._sessions[graph] = _checked(f"loading {path}", self._ort.InferenceSession, str(path), self._opts,
+                                             providers=self._providers)
+            if graph in ("forward", "backward") and {"forward", "backward"} <= self._sessions.keys():
+                self._check_saved()
+        return self._sessions[graph]
+
+    def _check_saved(self) -> None:
+        saved = [o.name for o in self._sessions["forward"].get_outputs()[1:]]
+        if [i.name for i in self._sessions["backward"].get_inputs()] != saved + ["v"]:
             raise EngineError("the package's forward outputs do not line up with its backward inputs")
+
+    @property
+    def _saved_names(self) -> list[str]:
+        return [o.name for o in self._session("forward").get_outputs()[1:]]
+
+    def load_all(self) -> "OrtEngine":
+        """Create every graph's session now (e.g. to fail early on a broken package)."""
+        for graph in GRAPHS:
+            self._session(graph)
+        return self
 
     # -- the interface ---------------------------------------------------------------------------
     def score(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -122,6 +146,7 @@ class OrtEngine:
 
     def close(self) -> None:
         self._sessions.clear()
+        self._open = False
 
     def __enter__(self) -> "OrtEngine":
         return self
@@ -131,28 +156,28 @@ class OrtEngine:
 
     # -- internals -------------------------------------------------------------------------------
     def _run(self, graph: str, feeds: dict) -> list[np.ndarray]:
-        if not self._sessions:
-            raise EngineError("engine is closed")
-        return _checked(f"{graph} graph", self._sessions[graph].run, None, feeds)
+        return _checked(f"{graph} graph", self._session(graph).run, None, feeds)
 
     def _forward_bound(self, x, t):
         """CUDA: the saved tensors stay on the GPU as OrtValues; only the score comes back."""
-        binding = self._sessions["forward"].io_binding()
+        session = self._session("forward")
+        binding = session.io_binding()
         binding.bind_cpu_input("x", _f32(x))
         binding.bind_cpu_input("t", _f32(t))
-        for out in self._sessions["forward"].get_outputs():
+        for out in session.get_outputs():
             binding.bind_output(out.name, "cuda", self.config.device_id)
-        _checked("forward graph", self._sessions["forward"].run_with_iobinding, binding)
+        _checked("forward graph", session.run_with_iobinding, binding)
         outs = binding.get_outputs()
         return outs[0].numpy(), outs[1:]
 
     def _backward_bound(self, saved, v):
-        binding = self._sessions["backward"].io_binding()
+        session = self._session("backward")
+        binding = session.io_binding()
         for name, value in zip(self._saved_names, saved):
             binding.bind_ortvalue_input(name, value)
         binding.bind_cpu_input("v", _f32(v))
         binding.bind_output("vjp", "cpu")
-        _checked("backward graph", self._sessions["backward"].run_with_iobinding, binding)
+        _checked("backward graph", session.run_with_iobinding, binding)
         return binding.copy_outputs_to_cpu()[0]
 
 

@@ -12,14 +12,15 @@ names it. Masks are per sample: a (B, H, W) or shared (H, W) boolean array, True
 
 Data consistency (what samplers other than DPS need): `prox(z, y, lam)` solves, per sample,
 
-    x = argmin_x ||y - A(x)||^2 + lam ||x - z||^2          lam = sigma^2 rho >= 0
+    x = argmin_x ||y - A(x)||^2 + lam ||x - z||^2          lam = sigma^2 rho >= 0, x in [0, 1]
 
 which is argmin ||y - A(x)||^2 / (2 sigma^2) + rho/2 ||x - z||^2 for observation noise sigma.
 lam = 0 is the noiseless limit: among the x that fit y best, the one nearest z (for a linear A,
 z + A^+ (y - A z), DDNM's range/null-space step). Exact, in closed form, for identity, masks and
 downsampling (A A^T = c I), per cell for truncation (a clipped gain lies at or beyond the bound
 it hit) and AoA quantization (the angle lies inside its reported sector; buildings are 0), and
-per channel; compositions of linear operators are solved by conjugate gradients to 1e-6. Any
+per channel; compositions of linear operators by conjugate gradients to 1e-6, then (where that
+leaves [0, 1]) accelerated projected gradient from its clipped solution. Any
 other operator (a composition with a nonlinear part, a new operator) falls back to gradient
 descent on the same objective through its own VJP (`exact_prox` is False) — never the network's.
 `pinv(y)` is A^+ y for linear operators.
@@ -70,14 +71,20 @@ class Operator:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)
 
-    def prox(self, z: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
-        """argmin_x ||y - A(x)||^2 + lam ||x - z||^2 per sample (see the module doc). This fallback
-        runs gradient descent through `vjp`; operators with an exact solution override it."""
+    def prox(self, z: np.ndarray, y: np.ndarray, lam) -> np.ndarray:
+        """argmin_x ||y - A(x)||^2 + lam ||x - z||^2 per sample (see the module doc); lam a float
+        or a (B,) array. This fallback runs gradient descent through `vjp`; operators with an exact
+        solution override it."""
         return _descent_prox(self, _check_x(z), y, _check_lam(lam))
 
     def known_buildings(self) -> np.ndarray | None:
         """(H, W) or (B, H, W) bool: building cells this operator is told about (eq. 31), or None."""
         return None
+
+    def measured(self, y: np.ndarray) -> np.ndarray:
+        """Bool like y: the entries of an observation that carry a measurement (a mask's missing
+        cells do not). The residual that is compared with the noise level is taken over these."""
+        return np.ones(np.shape(y), bool)
 
     def pinv(self, y: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """A^+ y for a linear operator: the least-squares solution of least norm, of `shape`."""
@@ -99,7 +106,7 @@ class Identity(Operator):
 
     def prox(self, z, y, lam):
         lam = _check_lam(lam)
-        return ((y + lam * _check_x(z)) / (1.0 + lam)).astype(z.dtype)
+        return np.clip((y + lam * _check_x(z)) / (1.0 + lam), 0.0, 1.0).astype(z.dtype)
 
     def to_spec(self):
         return {"op": self.name}
@@ -135,7 +142,10 @@ class Mask(Operator):
     def prox(self, z, y, lam):
         """Observed cells: (y + lam z) / (1 + lam); the others keep z."""
         m = self._m(z)
-        return (z + m * (y - z) / (1.0 + _check_lam(lam))).astype(z.dtype)
+        return np.clip(z + m * (y - z) / (1.0 + _check_lam(lam)), 0.0, 1.0).astype(z.dtype)
+
+    def measured(self, y):
+        return np.broadcast_to(self._m(np.zeros(np.shape(y), np.float32)) > 0, np.shape(y))
 
     def observed_fraction(self) -> float:
         return float(self.mask.mean())
@@ -173,11 +183,26 @@ class Downsample(Operator):
         return np.repeat(np.repeat(v, s, axis=2), s, axis=3) / (s * s)
 
     def prox(self, z, y, lam):
-        """D D^T = I / s^2, so x = z + D^T (y - D z) / (1/s^2 + lam) (Woodbury): each block's mean
-        moves toward its observed average, the detail inside the block stays z's."""
-        s = self.factor
-        r = (y - self.forward(z)) / (1.0 + _check_lam(lam) * s * s)
-        return (z + np.repeat(np.repeat(r, s, axis=2), s, axis=3)).astype(z.dtype)
+        """Each block moves by one offset mu toward its observed average, the detail inside the
+        block stays z's: x = clip(z + mu, 0, 1) with lam s^2 mu + mean(x) = y per block (the KKT
+        condition; without the clip, mu = (y - mean z) / (1 + lam s^2), D D^T = I / s^2). mu is
+        found by bisection where the clip is active (g(mu) is increasing)."""
+        s, lam = self.factor, _check_lam(lam)
+        z = self._check(z)
+        b, c, h, w = z.shape
+        blocks = z.reshape(b, c, h // s, s, w // s, s).astype(np.float64)
+        y = np.asarray(y, np.float64)[:, :, :, None, :, None]
+        lam = lam if np.ndim(lam) == 0 else lam[..., None, None]
+        mu = (y - blocks.mean(axis=(3, 5), keepdims=True)) / (1.0 + lam * s * s)
+        x = blocks + mu
+        if x.min() < 0.0 or x.max() > 1.0:
+            lo, hi = np.full_like(mu, -2.0) - np.abs(y), np.full_like(mu, 2.0) + np.abs(y)
+            for _ in range(40):
+                mu = (lo + hi) / 2
+                g = lam * s * s * mu + np.clip(blocks + mu, 0.0, 1.0).mean(axis=(3, 5), keepdims=True) - y
+                lo, hi = np.where(g < 0, mu, lo), np.where(g < 0, hi, mu)
+            x = np.clip(blocks + (lo + hi) / 2, 0.0, 1.0)
+        return x.reshape(b, c, h, w).astype(z.dtype)
 
     def output_shape(self, shape):
         b, c, h, w = shape
@@ -220,9 +245,9 @@ class Truncate(Operator):
         at a bound lies at or beyond it (nearest z), one inside the window is y."""
         z, lam = _check_x(z), _check_lam(lam)
         a, b = self.low, self.high
-        if lam == 0:
-            return np.where(y <= a, np.minimum(z, a), np.where(y >= b, np.maximum(z, b), y)).astype(z.dtype)
-        pieces = (np.minimum(z, a), np.clip((y + lam * z) / (1.0 + lam), a, b), np.maximum(z, b))
+        # order matters for lam = 0, where a saturated y ties a bound piece with the middle one:
+        # argmin takes the first, so the bound pieces come first
+        pieces = (np.minimum(z, a), np.maximum(z, b), np.clip((y + lam * z) / (1.0 + lam), a, b))
         cost = np.stack([(y - self.forward(p)) ** 2 + lam * (p - z) ** 2 for p in pieces])
         return np.choose(np.argmin(cost, axis=0), pieces).astype(z.dtype)
 
@@ -356,6 +381,9 @@ class PerChannel(Operator):
     def known_buildings(self):
         return next((b for b in (o.known_buildings() for o in self.operators) if b is not None), None)
 
+    def measured(self, y):
+        return np.concatenate([op.measured(np.asarray(y)[:, c : c + 1]) for c, op in enumerate(self.operators)], axis=1)
+
     def prox(self, z, y, lam):
         """Channel by channel; a building layout that one channel's operator knows (JTQR's quantizer)
         also zeroes the other channels there — buildings are 0 in every channel (codec)."""
@@ -410,11 +438,15 @@ class Compose(Operator):
     def known_buildings(self):
         return self.operators[0].known_buildings() if len(self.operators) == 1 else None
 
+    def measured(self, y):
+        return self.operators[-1].measured(y)
+
     def prox(self, z, y, lam):
         if len(self.operators) == 1:
             return self.operators[0].prox(z, y, lam)
         if self.linear:
-            return _cg_prox(self, _check_x(z), y, _check_lam(lam))
+            lam = _check_lam(lam)
+            return _box_refine(self, _check_x(z), y, lam, _cg_prox(self, z, y, lam))
         return super().prox(z, y, lam)
 
     def output_shape(self, shape):
@@ -426,11 +458,17 @@ class Compose(Operator):
         return {"op": self.name, "operators": [o.to_spec() for o in self.operators]}
 
 
-def _check_lam(lam) -> float:
-    lam = float(lam)
-    if not (math.isfinite(lam) and lam >= 0):
-        raise OperatorError(f"the proximal weight lam must be finite and >= 0, got {lam}")
-    return lam
+def _check_lam(lam):
+    """A proximal weight: a float, or one per sample as a (B,) array (returned as (B, 1, 1, 1))."""
+    if np.ndim(lam) == 0:
+        lam = float(lam)
+        if not (math.isfinite(lam) and lam >= 0):
+            raise OperatorError(f"the proximal weight lam must be finite and >= 0, got {lam}")
+        return lam
+    lam = np.asarray(lam, np.float64)
+    if lam.ndim != 1 or not (np.isfinite(lam).all() and (lam >= 0).all()):
+        raise OperatorError(f"per-sample proximal weights must be a finite (B,) array >= 0, got shape {lam.shape}")
+    return lam.reshape(-1, 1, 1, 1)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -462,6 +500,33 @@ def _cg_prox(op: Operator, z: np.ndarray, y: np.ndarray, lam: float, tol: float 
         p = s + gamma_new / np.maximum(gamma, 1e-300) * p
         gamma = gamma_new
     return (z64 + d).astype(z.dtype)
+
+
+def _box_refine(op: Operator, z: np.ndarray, y: np.ndarray, lam, x: np.ndarray, iters: int = 500) -> np.ndarray:
+    """Bring an unconstrained minimiser x into [0, 1]: accelerated projected gradient (FISTA) on
+    ||y - A x||^2 + lam ||x - z||^2 from clip(x), for a linear A (||A||^2 by power iteration)."""
+    if x.min() >= 0.0 and x.max() <= 1.0:
+        return x
+    z64, y64 = z.astype(np.float64), np.asarray(y, np.float64)
+    v = np.random.default_rng(0).standard_normal(z.shape)  # fixed: the result must not depend on a global seed
+    for _ in range(30):
+        v = op.vjp(z64, op.forward(v))
+        v /= np.maximum(np.sqrt(_dot(v, v)), 1e-300)
+    u = op.vjp(z64, op.forward(v))
+    norm2 = np.sqrt(_dot(u, u))  # ||A^T A v|| with ||v|| = 1: the largest eigenvalue of A^T A
+    step = 1.0 / (2.0 * (norm2 * 1.01 + lam))
+    x = np.clip(x.astype(np.float64), 0.0, 1.0)
+    w, t = x, 1.0
+    for _ in range(iters):
+        g = -2.0 * op.vjp(z64, y64 - op.forward(w)) + 2.0 * lam * (w - z64)
+        x_new = np.clip(w - step * g, 0.0, 1.0)
+        t_new = (1.0 + np.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        w = x_new + ((t - 1.0) / t_new) * (x_new - x)
+        done = np.abs(x_new - x).max() < 1e-10
+        x, t = x_new, t_new
+        if done:
+            break
+    return x.astype(z.dtype)
 
 
 def _descent_prox(op: Operator, z: np.ndarray, y: np.ndarray, lam: float, iters: int = 50) -> np.ndarray:

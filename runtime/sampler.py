@@ -163,6 +163,20 @@ class Observations:
             out[sl] = zs if obs.site is None else obs.site.project(zs)
         return out
 
+    def fit_to_noise(self, z: np.ndarray, iters: int = 12) -> np.ndarray:
+        """The last data step: per row, the proximal step with the largest weight on z whose
+        residual RMS over the measured entries is at most sigma (Morozov's discrepancy principle):
+        z itself where it already fits y within the noise, the exact projection where sigma = 0.
+        A bisection over log10(lam) in [-6, 6]; then the site map."""
+        out = z.copy()
+        for sl, obs in self.groups:
+            zs = z[sl]
+            if obs.op is not None:
+                y = np.broadcast_to(obs.y, (zs.shape[0],) + obs.y.shape[1:])
+                zs = obs.op.prox(zs, y, 0.0) if obs.sigma == 0 else _discrepancy(obs.op, zs, y, obs.sigma, iters)
+            out[sl] = zs if obs.site is None else obs.site.project(zs)
+        return out
+
     def initial_estimate(self) -> np.ndarray:
         """(B, C, H, W): per group the smoothest map its observation allows (runtime.smooth), the
         warm start of samplers that begin part-way down the schedule; 0.5 where nothing is observed."""
@@ -185,6 +199,24 @@ class Observations:
                 out = out.copy() if out is x else out
                 out[sl] = obs.site.project(x[sl])
         return out
+
+
+def _discrepancy(op: Operator, z: np.ndarray, y: np.ndarray, sigma: float, iters: int) -> np.ndarray:
+    measured = op.measured(y)
+    count = np.maximum(measured.reshape(len(y), -1).sum(axis=1), 1)
+
+    def rms(x):
+        r = np.where(measured, y - op.forward(x), 0.0)
+        return np.sqrt((r.astype(np.float64) ** 2).reshape(len(y), -1).sum(axis=1) / count)
+
+    lo, hi = np.full(len(y), -6.0), np.full(len(y), 6.0)  # log10 lam: lo fits the data, hi keeps z
+    fits_hi = rms(op.prox(z, y, 10.0**hi)) <= sigma
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        ok = rms(op.prox(z, y, 10.0**mid)) <= sigma
+        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+    lam = np.where(fits_hi, 10.0**6, 10.0**lo)
+    return op.prox(z, y, lam).astype(z.dtype)
 
 
 def _draw(rngs: Sequence[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:

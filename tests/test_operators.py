@@ -142,3 +142,151 @@ def test_tasks_and_trajectories(proc_tiles):
     assert 0.01 < (traj & ~building).mean() < 0.5
     with pytest.raises(operators.OperatorError, match="unknown task"):
         tasks.make_operator("denoise", rng, pixels)
+
+
+# --- data consistency: proximal steps against brute-force optimisation ------------------------
+
+def _objective(op, z, y, lam):
+    lam = np.asarray(lam, np.float64).reshape(-1, 1, 1, 1) if np.ndim(lam) else lam
+    return lambda x: float(((y - op.forward(x)) ** 2).sum() + (lam * (x - z) ** 2).sum())
+
+
+def _lbfgs(op, z, y, lam, linear=True):
+    """The bound-constrained minimiser of ||y - A(x)||^2 + lam ||x - z||^2 over [0, 1], by L-BFGS-B
+    with the operator's own VJP for the gradient (exact for these linear operators)."""
+    from scipy.optimize import minimize
+
+    lam_b = np.asarray(lam, np.float64).reshape(-1, 1, 1, 1) if np.ndim(lam) else lam
+
+    def fg(flat):
+        x = flat.reshape(z.shape)
+        r = y - op.forward(x)
+        return float((r**2).sum() + (lam_b * (x - z) ** 2).sum()), (-2 * op.vjp(x, r) + 2 * lam_b * (x - z)).ravel()
+
+    res = minimize(fg, z.ravel(), jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * z.size,
+                   options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12})
+    return res.x.reshape(z.shape)
+
+
+def _linear_cases():
+    rng = np.random.default_rng(11)
+    masks = np.stack([operators.box_mask(rng, (8, 8), (2, 5)) for _ in range(2)])
+    return {
+        "identity": operators.Identity(),
+        "mask": operators.Mask(masks),
+        "downsample2": operators.Downsample(2),
+        "downsample4": operators.Downsample(4),
+        "compose-cg": operators.Compose((operators.Mask(masks[0]), operators.Downsample(2))),
+        "per_channel": operators.PerChannel((operators.Mask(masks[1]), operators.Identity())),
+    }
+
+
+@pytest.mark.parametrize("name", list(_linear_cases()))
+@pytest.mark.parametrize("lam", [0.3, np.array([0.05, 2.0])], ids=["scalar", "per-sample"])
+def test_linear_prox_is_the_constrained_minimiser(name, lam):
+    op = _linear_cases()[name]
+    rng = np.random.default_rng(12)
+    x = rng.uniform(0.0, 1.0, (2, 2, 8, 8))
+    x[:, :, :2] = 0.0  # cells at the range's edge, where the bound matters
+    y = op.forward(x) + 0.05 * rng.standard_normal(op.output_shape(x.shape))
+    z = np.clip(x + 0.3 * rng.standard_normal(x.shape), 0.0, 1.0)
+    got = op.prox(z, y, lam)
+    assert op.linear and got.shape == z.shape and got.min() >= 0 and got.max() <= 1
+    ref = _lbfgs(op, z, y, lam)
+    f = _objective(op, z, y, lam)
+    assert f(got) <= f(ref) + 1e-7
+    np.testing.assert_allclose(got, ref, atol=2e-4)
+
+
+@pytest.mark.parametrize("name", ["mask", "downsample2", "compose-cg", "per_channel"])
+def test_noiseless_prox_is_the_projection_onto_the_observation(name):
+    from scipy.optimize import minimize
+
+    op = _linear_cases()[name]
+    rng = np.random.default_rng(13)
+    x = rng.uniform(0.2, 0.8, (2, 2, 8, 8))
+    y = op.forward(x)
+    z = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0.0, 1.0)
+    got = op.prox(z, y, 0.0)
+    np.testing.assert_allclose(op.forward(got), y, atol=1e-6 if name != "compose-cg" else 1e-4)  # A x = y
+    # and no x with A x = y in [0, 1] lies closer to z (SLSQP with the equality constraints)
+    res = minimize(lambda v: float(((v - z.ravel()) ** 2).sum()), x.ravel(), jac=lambda v: 2 * (v - z.ravel()),
+                   constraints=[{"type": "eq", "fun": lambda v: (op.forward(v.reshape(z.shape)) - y).ravel()}],
+                   bounds=[(0.0, 1.0)] * z.size, method="SLSQP", options={"maxiter": 500, "ftol": 1e-14})
+    # exact in closed form; a composition (CG, then projected gradient where [0, 1] binds) to within 1 %
+    assert ((got - z) ** 2).sum() <= res.fun * (1.01 if name == "compose-cg" else 1.0) + 1e-6
+    if op.name == "downsample":
+        np.testing.assert_allclose(op.pinv(y, x.shape), np.repeat(np.repeat(y, 2, axis=2), 2, axis=3))
+
+
+@pytest.mark.parametrize("op", [operators.Truncate(0.3, 0.7), operators.QuantizeAoA(24), operators.QuantizeAoA(8)],
+                         ids=["truncate", "quantize24", "quantize8"])
+@pytest.mark.parametrize("lam", [0.0, 0.05, 1.0])
+def test_per_cell_prox_is_the_minimiser_over_a_fine_grid(op, lam):
+    """Truncation and quantization are per cell: brute force over 20,001 values of each cell."""
+    rng = np.random.default_rng(14)
+    x = rng.uniform(0.3, 1.0, (1, 1, 6, 6))
+    y = op.forward(x) + 0.01 * rng.standard_normal(x.shape)
+    z = rng.uniform(0.3, 1.0, x.shape)
+    got = op.prox(z, y, lam)
+    grid = np.linspace(0.0, 1.0, 20001)
+    cost = (y[..., None] - op.forward(np.broadcast_to(grid, x.shape + grid.shape).reshape(1, 1, 6, -1)).reshape(
+        x.shape + grid.shape)) ** 2 + lam * (grid - z[..., None]) ** 2
+    got_cost = (y - op.forward(got)) ** 2 + lam * (got - z) ** 2
+    best = cost.min(axis=-1)
+    # (the quantizer keeps values 1e-6 inside a sector edge, so that float32 rounding cannot move them out)
+    assert (got_cost <= best + 1e-5).all(), float((got_cost - best).max())
+    if lam == 0:  # among the best fits, the one nearest z
+        ties = cost <= best[..., None] + 1e-12
+        nearest = np.where(ties, np.abs(grid - z[..., None]), np.inf).min(axis=-1)
+        assert (np.abs(got - z) <= nearest + 1e-4).all()
+
+
+def test_saturated_and_quantized_cells_stay_in_the_set_their_observation_allows():
+    x = np.array([[[[0.1, 0.25, 0.5, 0.8, 0.95]]]])
+    trunc = operators.Truncate(0.2, 0.7)
+    y = trunc.forward(x)
+    z = np.full_like(x, 0.5)
+    got = trunc.prox(z, y, 0.0)
+    np.testing.assert_allclose(got, [[[[0.2, 0.25, 0.5, 0.7, 0.7]]]])  # saturated: at or beyond the bound hit
+    q = operators.QuantizeAoA(24, building=np.array([[True, False, False, False, False]]))
+    yq = q.forward(x)
+    got = q.prox(np.full_like(x, 0.65), yq, 0.0)
+    assert got[0, 0, 0, 0] == 0.0 and np.array_equal(q.forward(got), yq)  # a building is 0; the rest in its sector
+    jt = operators.jtqr(building=np.array([[True, False, False, False, False]]))
+    both = jt.prox(np.full((1, 2, 1, 5), 0.5), jt.forward(np.concatenate([x, x], axis=1)), 0.0)
+    assert both[0, 0, 0, 0] == 0.0  # the quantizer's layout zeroes the building's gain too (codec: 0 in every channel)
+
+
+class _Square(operators.Operator):
+    """A differentiable nonlinear toy operator (no exact prox): the fallback's test case."""
+
+    name = "square"
+
+    def forward(self, x):
+        return np.asarray(x) ** 2
+
+    def vjp(self, x, v):
+        return 2 * np.asarray(x) * v
+
+
+def test_the_fallback_prox_descends_through_the_operators_vjp():
+    from scipy.optimize import minimize
+
+    op = _Square()
+    rng = np.random.default_rng(15)
+    x = rng.uniform(0.2, 0.9, (2, 1, 4, 4))
+    y = op.forward(x) + 0.01 * rng.standard_normal(x.shape)
+    z = np.clip(x + 0.2 * rng.standard_normal(x.shape), 0.05, 1.0)
+    assert not op.exact_prox
+    got = op.prox(z, y, 0.5)
+    f = _objective(op, z, y, 0.5)
+    res = minimize(lambda v: f(v.reshape(z.shape)), z.ravel(), method="L-BFGS-B")
+    assert f(got) <= res.fun * 1.001 + 1e-9
+    mixed = operators.Compose((operators.Downsample(2), operators.Truncate(0.2, 0.6)))  # linear then saturating
+    assert not mixed.exact_prox
+    xm = rng.uniform(0.0, 1.0, (1, 2, 8, 8))
+    ym = mixed.forward(xm)
+    zm = rng.uniform(0.0, 1.0, xm.shape)
+    fm = _objective(mixed, zm, ym, 0.1)
+    assert fm(mixed.prox(zm, ym, 0.1)) < 0.5 * fm(zm)
