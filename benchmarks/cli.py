@@ -219,12 +219,43 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_solvers(args: argparse.Namespace) -> int:
+    import re
+
+    from benchmarks import accuracy, solvers
+    from runtime.package import load_package
+
+    cfg = solvers.SolverBenchConfig(nfe=tuple(args.nfe), samplers=tuple(args.samplers), curve_samples=args.curve_samples,
+                                    curve_tasks=tuple(args.curve_tasks), tasks=tuple(args.tasks), precision=args.precision,
+                                    seed=args.seed)
+    tiles, description = accuracy.load_tiles(args.data, args.tiles, seed=args.seed)
+    pkg = load_package(args.package)
+    results = solvers.run(args.package, tiles, cfg, progress=lambda line: print(line, flush=True))
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(args.data).name if args.data != "procedural" else "procedural")
+    recs = {kind: r.to_dict() for kind, r in pkg.recommendations().items()}
+    text = solvers.markdown(results, f"Samplers and the default construction on {len(tiles)} region-held-out tiles: "
+                                     f"{description}; package `{pkg.name} {pkg.version}`, ONNX Runtime CPU {args.precision}, "
+                                     f"noise sigma {cfg.sigma:g}.", cfg, recs)
+    png = solvers.plot(results["curve"], results["default"], report.BENCH_DIR / "results" / f"solvers-{slug}.png") \
+        if results["curve"] else None
+    if png is not None:
+        text += f"\n![RMSE vs network evaluations](results/{png.name})"
+    command = (f"ckm-bench solvers --data {args.data} --tiles {args.tiles} --nfe {' '.join(map(str, args.nfe))} "
+               f"--samplers {' '.join(args.samplers)} --curve-samples {args.curve_samples} "
+               f"--curve-tasks {' '.join(args.curve_tasks)} --tasks {' '.join(args.tasks)}")
+    path = report.write_result(f"solvers-{slug}", command, {"config": vars(cfg), "tiles": len(tiles),
+                                                            "recommendations": recs, **results}, text)
+    print(text)
+    print(f"results: {path}; report: {report.RESULTS_MD}")
+    return 0
+
+
 def _cmd_memory(args: argparse.Namespace) -> int:
     from benchmarks import memory
 
-    results, text = memory.run(args.package, args.precisions, args.batches, args.steps)
+    results, text = memory.run(args.package, args.precisions, args.batches, args.steps, tuple(args.samplers))
     command = (f"ckm-bench memory --package {args.package} --precisions {' '.join(args.precisions)} "
-               f"--batches {' '.join(map(str, args.batches))}")
+               f"--batches {' '.join(map(str, args.batches))} --samplers {' '.join(args.samplers)}")
     path = report.write_result("memory-cpu", command, results, text)
     print(text)
     print(f"results: {path}; report: {report.RESULTS_MD}")
@@ -377,11 +408,26 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--tiles", type=int, default=2)
     sw.add_argument("--seed", type=int, default=0)
     sw.set_defaults(func=_cmd_sweep)
+    so = sub.add_parser("solvers", help="samplers: RMSE vs network evaluations; the default construction vs classical "
+                                        "interpolation, with and without the site map")
+    so.add_argument("--package", default=DEFAULT_PACKAGE)
+    so.add_argument("--data", default="procedural", help="'procedural' (held-out v1 regions) or a dataset directory")
+    so.add_argument("--tiles", type=int, default=8)
+    so.add_argument("--nfe", type=int, nargs="*", default=[4, 10, 20, 50, 100])
+    so.add_argument("--samplers", nargs="*", default=["diffpir", "daps", "dps"])
+    so.add_argument("--curve-samples", type=int, default=1)
+    so.add_argument("--curve-tasks", nargs="*", default=["ipbox", "iprandom", "sr2", "jtqr"])
+    so.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr", "trajectory"])
+    so.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    so.add_argument("--seed", type=int, default=0)
+    so.set_defaults(func=_cmd_solvers)
+
     mem = sub.add_parser("memory", help="peak resident memory of the edge engine per precision and batch; package sizes")
     mem.add_argument("--package", default=DEFAULT_PACKAGE)
     mem.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"], choices=["fp32", "fp16", "int8"])
     mem.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     mem.add_argument("--steps", type=int, default=3)
+    mem.add_argument("--samplers", nargs="+", default=["dps", "diffpir"], help="samplers to measure (their recommended settings)")
     mem.set_defaults(func=_cmd_memory)
     acc = sub.add_parser("accuracy", help="construction RMSE per task and method on held-out tiles (paper Tables II/III)")
     acc.add_argument("--data", default="datasets/sionna-rt-small", help="dataset dir (its eval split) or 'procedural'")

@@ -146,26 +146,32 @@ def decode(pixels: np.ndarray, *, clip: bool = False) -> PhysicalCKM:
     return PhysicalCKM(gain_db.astype(np.float32), aoa_sine.astype(np.float32), building)
 
 
-def _per_sample_rmse(pred: np.ndarray, true: np.ndarray, channel: int, outdoor_only: bool) -> np.ndarray:
+def _per_sample_rmse(pred: np.ndarray, true: np.ndarray, channel: int, outdoor_only: bool,
+                     where: np.ndarray | None = None) -> np.ndarray:
     pred = check_pixels(pred, name="prediction")
     true = check_pixels(true, name="ground truth")
     if pred.shape != true.shape:
         raise CodecError(f"prediction shape {pred.shape} differs from ground truth shape {true.shape}")
     sq = (pred[..., channel, :, :].astype(np.float64) - true[..., channel, :, :]) ** 2
-    if not outdoor_only:
+    if not outdoor_only and where is None:
         return np.sqrt(sq.mean(axis=(-2, -1)))
-    outdoor = ~building_mask(true)
-    count = outdoor.sum(axis=(-2, -1))
+    cells = np.ones(sq.shape, bool) if where is None else np.broadcast_to(where, sq.shape)
+    if outdoor_only:
+        cells = cells & ~building_mask(true)
+    count = cells.sum(axis=(-2, -1))
     if np.any(count == 0):
-        raise CodecError("outdoor-only RMSE asked for a map with no outdoor cell")
-    return np.sqrt((sq * outdoor).sum(axis=(-2, -1)) / count)
+        raise CodecError("RMSE asked for over a map with no cell selected (outdoor_only / where)")
+    return np.sqrt((sq * cells).sum(axis=(-2, -1)) / count)
 
 
-def gain_rmse_db(pred: np.ndarray, true: np.ndarray, *, outdoor_only: bool = False) -> np.ndarray:
-    """Gain RMSE in dB per sample: 200 x pixel RMSE of channel 0. Shape (...,)."""
-    return GAIN_RMSE_FACTOR * _per_sample_rmse(pred, true, 0, outdoor_only)
+def gain_rmse_db(pred: np.ndarray, true: np.ndarray, *, outdoor_only: bool = False,
+                 where: np.ndarray | None = None) -> np.ndarray:
+    """Gain RMSE in dB per sample: 200 x pixel RMSE of channel 0. Shape (...,). `where` (..., H, W)
+    bool restricts it to those cells (e.g. the unobserved ones)."""
+    return GAIN_RMSE_FACTOR * _per_sample_rmse(pred, true, 0, outdoor_only, where)
 
 
-def aoa_sine_rmse(pred: np.ndarray, true: np.ndarray, *, outdoor_only: bool = False) -> np.ndarray:
+def aoa_sine_rmse(pred: np.ndarray, true: np.ndarray, *, outdoor_only: bool = False,
+                  where: np.ndarray | None = None) -> np.ndarray:
     """AoA-sine RMSE per sample: 20/7 x pixel RMSE of channel 1. Shape (...,)."""
-    return AOA_RMSE_FACTOR * _per_sample_rmse(pred, true, 1, outdoor_only)
+    return AOA_RMSE_FACTOR * _per_sample_rmse(pred, true, 1, outdoor_only, where)

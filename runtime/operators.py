@@ -245,11 +245,13 @@ class Truncate(Operator):
         at a bound lies at or beyond it (nearest z), one inside the window is y."""
         z, lam = _check_x(z), _check_lam(lam)
         a, b = self.low, self.high
-        # order matters for lam = 0, where a saturated y ties a bound piece with the middle one:
-        # argmin takes the first, so the bound pieces come first
-        pieces = (np.minimum(z, a), np.maximum(z, b), np.clip((y + lam * z) / (1.0 + lam), a, b))
-        cost = np.stack([(y - self.forward(p)) ** 2 + lam * (p - z) ** 2 for p in pieces])
-        return np.choose(np.argmin(cost, axis=0), pieces).astype(z.dtype)
+        low, high, mid = np.minimum(z, a), np.maximum(z, b), np.clip((y + lam * z) / (1.0 + lam), a, b)
+        c_low = (y - a) ** 2 + lam * (low - z) ** 2
+        c_high = (y - b) ** 2 + lam * (high - z) ** 2
+        c_mid = (y - mid) ** 2 + lam * (mid - z) ** 2
+        # ties (lam = 0, a saturated y: a bound piece and the middle one fit equally) go to the bound
+        # piece, the one nearest z among the best fits
+        return np.where(c_low <= np.minimum(c_high, c_mid), low, np.where(c_high <= c_mid, high, mid)).astype(z.dtype)
 
     def to_spec(self):
         return {"op": self.name, "low": self.low, "high": self.high}
@@ -326,11 +328,20 @@ class QuantizeAoA(Operator):
         then z clipped into that sector (lam = 0: the nearest centre's sector). Buildings: 0
         (the given layout; without one, cells whose observation is in the building gap)."""
         z, lam = _check_x(z), _check_lam(lam)
-        centre, lo, hi = (v.reshape((-1,) + (1,) * z.ndim) for v in self.sector_intervals())
-        inside = np.clip(z[None], lo, hi)  # (J, B, C, H, W): z clipped into each sector
-        cost = (y[None] - centre) ** 2 + lam * (inside - z[None]) ** 2
-        x = np.take_along_axis(inside, np.argmin(cost, axis=0)[None], axis=0)[0]
-        building = self._building(z) if self.building is not None else np.asarray(y) < codec.BUILDING_THRESHOLD
+        y = np.broadcast_to(np.asarray(y), z.shape)
+        centre, lo, hi = self.sector_intervals()  # increasing in the sector index
+        j_y = np.clip(np.searchsorted((centre[1:] + centre[:-1]) / 2, y), 0, len(centre) - 1)  # nearest centre
+        x = np.clip(z, lo[j_y], hi[j_y])
+        # Where z lies outside the nearest centre's sector and lam > 0, the best sector lies between
+        # that one and z's own (farther ones fit y worse and lie farther from z): compare them all there.
+        lam_cells = np.broadcast_to(lam, z.shape)
+        todo = (x != z) & (lam_cells > 0)
+        if todo.any():
+            zt, yt, lt = z[todo][None], y[todo][None], lam_cells[todo][None]
+            inside = np.clip(zt, lo[:, None], hi[:, None])  # (J, n): z clipped into each sector
+            cost = (yt - centre[:, None]) ** 2 + lt * (inside - zt) ** 2
+            x[todo] = np.take_along_axis(inside, np.argmin(cost, axis=0)[None], axis=0)[0]
+        building = self._building(z) if self.building is not None else y < codec.BUILDING_THRESHOLD
         return np.where(building, 0.0, x).astype(z.dtype)
 
     def to_spec(self):

@@ -186,8 +186,8 @@ class Observations:
         for sl, obs in self.groups:
             n = sl.stop - sl.start
             if obs.op is not None:  # one fill per observation, shared by its rows
-                x[sl] = np.broadcast_to(smooth_fill(obs.op, obs.y, (len(obs.y),) + self.shape, obs.site),
-                                        (n,) + self.shape)
+                fill = smooth_fill(obs.op, obs.y, (len(obs.y),) + self.shape, obs.site, iters=150)
+                x[sl] = np.broadcast_to(fill, (n,) + self.shape)
             elif obs.site is not None:
                 x[sl] = obs.site.project(x[sl])
         return x

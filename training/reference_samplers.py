@@ -52,7 +52,7 @@ def _start(schedule: Schedule, op, y, shape, rng, site, warm: bool, device) -> t
     if not warm:
         return torch.from_numpy(schedule.prior_sample(shape[1:], rng)[None]).to(device)
     z = _randn(rng, shape[1:], device)[None]
-    x_init = torch.from_numpy(smooth_fill(op, y, shape, site)).to(device)
+    x_init = torch.from_numpy(smooth_fill(op, y, shape, site, iters=150)).to(device)
     k = len(schedule) - 1
     return float(schedule.scale[k]) * x_init + float(schedule.noise_std[k]) * z
 

@@ -1,0 +1,251 @@
+"""Posterior samplers against network evaluations, and the default construction against classical
+interpolation, per task, in the paper's setting (observation only) and the site setting (plus the
+base station's building layout).
+
+For every task (IPbox, IPrandom, SR x2, JTQR, trajectory) and held-out tile, y = A(x) + n with
+sigma = 0.01 pixels; every method sees the same y (and, in the site setting, the same layout):
+
+- the default construction: what the package recommends for the operator (runtime.recommend),
+  through `construct`, timed per map;
+- RMSE against network evaluations per posterior sample (`--nfe`, e.g. 4 10 20 50 100) for each
+  sampler, each at its recommended (or default) parameters, `--curve-samples` samples;
+- classical interpolation: nearest neighbour, inverse-distance weighting and the smoothest
+  consistent map (runtime.smooth, harmonic for masks) for masks; bicubic and the smooth fill for
+  super-resolution; the clipping-aware fill and the smooth fill for JTQR. In the site setting the
+  classical methods get the layout too (buildings 0, interpolation over outdoor cells only).
+
+Metrics per map: gain (dB) and AoA-sine RMSE over all cells and over the unobserved cells
+(`runtime.tasks.unobserved`); means over maps. Network evaluations count engine calls per
+posterior sample (a DPS step is a forward-with-saves, a backward and M corrector scores).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime import codec, operators, tasks
+from runtime.tasks import DEFAULT_SIGMA, PAPER_TASKS, TASKS
+
+METRICS = ("gain_all", "aoa_all", "gain_unobs", "aoa_unobs")
+SETTINGS = ("paper", "site")
+
+
+@dataclass(frozen=True)
+class SolverBenchConfig:
+    nfe: tuple[int, ...] = (4, 10, 20, 50, 100)
+    samplers: tuple[str, ...] = ("diffpir", "daps", "dps")
+    curve_samples: int = 1
+    curve_tasks: tuple[str, ...] = PAPER_TASKS
+    tasks: tuple[str, ...] = TASKS
+    sigma: float = DEFAULT_SIGMA
+    precision: str = "fp32"
+    seed: int = 0
+
+
+def metrics(pred: np.ndarray, truth: np.ndarray, unobserved: np.ndarray) -> dict:
+    """The four RMSEs of one map (2, H, W) against the truth; unobserved (2, H, W) bool."""
+    p, t = np.clip(pred, 0.0, 1.0)[None], truth[None]
+    out = {"gain_all": float(codec.gain_rmse_db(p, t)[0]), "aoa_all": float(codec.aoa_sine_rmse(p, t)[0])}
+    out["gain_unobs"] = float(codec.gain_rmse_db(p, t, where=unobserved[0])[0]) if unobserved[0].any() else None
+    out["aoa_unobs"] = float(codec.aoa_sine_rmse(p, t, where=unobserved[1])[0]) if unobserved[1].any() else None
+    return out
+
+
+def classical_methods(task: str, op, y: np.ndarray, shape: tuple[int, ...], building: np.ndarray | None) -> dict:
+    """Every classical reconstruction of the task: name -> (2, H, W). With `building` (the site
+    setting) they know the layout: buildings 0, interpolation from outdoor cells only."""
+    from benchmarks import classical
+    from runtime.site import Site
+    from runtime.smooth import smooth_fill
+
+    site = None if building is None else Site(building[None])
+    out = {"smooth": smooth_fill(op, y, (1,) + shape, site)[0]}
+    if isinstance(op, operators.Mask):
+        observed = op.mask if op.mask.ndim == 3 else op.mask[None]
+        if building is not None:
+            observed = observed & ~building[None]
+        out["nearest"] = classical.nearest_fill(y, observed)[0]
+        out["idw"] = classical.idw_fill(y, observed)[0]
+    elif isinstance(op, operators.Downsample):
+        out["bicubic"] = classical.bicubic_up(y, op.factor)[0]
+    else:
+        out["clipping-aware"] = classical.jtqr_fill(y)[0]
+    if building is not None:
+        out = {k: site.project(v[None])[0] for k, v in out.items()}
+    return {k: np.clip(v, 0.0, 1.0) for k, v in out.items()}
+
+
+def steps_for(name: str, cfg, nfe: int) -> int:
+    """The most steps whose engine calls per posterior sample stay within `nfe` (at least 1)."""
+    from runtime.sampler import spec
+
+    s = spec(name)
+    steps = 1
+    while sum(s.evaluations(cfg, steps + 1).values()) <= nfe:
+        steps += 1
+    return steps
+
+
+def problems(tiles: np.ndarray, task_names, sigma: float, seed: int) -> dict:
+    out = {}
+    for task in task_names:
+        for i, x in enumerate(tiles):
+            rng = np.random.default_rng([seed, i])
+            op = tasks.make_operator(task, rng, x[None])
+            y = tasks.observe(op, x[None], rng, sigma)
+            out[task, i] = (op, y, tasks.unobserved(task, op, x[None])[0], codec.building_mask(x))
+    return out
+
+
+def run(package_dir, tiles: np.ndarray, cfg: SolverBenchConfig, progress=print) -> dict:
+    """{"default": {setting: {task: {method: [per-map metrics + seconds]}}}, "curve": [rows]}."""
+    from runtime.construct import ConstructConfig, construct
+    from runtime.engine import EngineConfig, open_engine
+    from runtime.package import load_package
+    from runtime.recommend import resolve
+    from runtime.site import Site
+
+    pkg = load_package(package_dir)
+    shape = (2, pkg.tile_size, pkg.tile_size)
+    probs = problems(tiles, cfg.tasks, cfg.sigma, cfg.seed)
+    default: dict = {s: {t: {} for t in cfg.tasks} for s in SETTINGS}
+    curve: list[dict] = []
+    with open_engine(pkg, EngineConfig(precision=cfg.precision)) as engine:
+        for (task, i), (op, y, unobs, building) in probs.items():
+            x = tiles[i]
+            for setting in SETTINGS:
+                layout = building if setting == "site" else None
+                rows = default[setting][task]
+                methods = classical_methods(task, op, y, shape, layout)
+                for name, pred in methods.items():
+                    rows.setdefault(name, []).append(metrics(pred, x, unobs))
+                sampler, steps, samples = resolve(pkg.manifest, op)
+                t0 = time.perf_counter()
+                result = construct(engine, pkg.schedule(), op, y, shape, ConstructConfig(steps, samples, cfg.seed, sampler=sampler),
+                                   sigma=cfg.sigma, site=None if layout is None else Site(layout[None]))
+                seconds = time.perf_counter() - t0
+                rows.setdefault("default", []).append({**metrics(result.mean, x, unobs), "seconds": seconds})
+            progress(f"{task} tile {i + 1}: default {default['paper'][task]['default'][-1]['gain_all']:.2f} dB "
+                     f"(paper), {default['site'][task]['default'][-1]['gain_all']:.2f} dB (site)")
+        for name in cfg.samplers:
+            for task in cfg.curve_tasks:
+                for nfe in cfg.nfe:
+                    vals, secs = [], []
+                    for i, x in enumerate(tiles):
+                        op, y, unobs, _ = probs[task, i]
+                        sampler, _, _ = resolve(pkg.manifest, op, name)
+                        steps = min(steps_for(name, sampler, nfe),  # a warm start spans fewer noise levels
+                                    int(round(getattr(sampler, "start", 1.0) * len(pkg.schedule()))))
+                        t0 = time.perf_counter()
+                        result = construct(engine, pkg.schedule(), op, y, shape,
+                                           ConstructConfig(steps, cfg.curve_samples, cfg.seed, sampler=sampler), sigma=cfg.sigma)
+                        secs.append(time.perf_counter() - t0)
+                        vals.append(metrics(result.mean, x, unobs))
+                    row = {"sampler": name, "task": task, "nfe": nfe, "steps": steps, "samples": cfg.curve_samples,
+                           **_means(vals), "seconds": float(np.mean(secs))}
+                    curve.append(row)
+                    progress(f"curve {name} {task} nfe {nfe} ({steps} steps): {row['gain_all']:.2f} dB, "
+                             f"{row['seconds']:.1f} s/map")
+    return {"default": default, "curve": curve}
+
+
+def _means(rows: list[dict]) -> dict:
+    out = {}
+    for key in rows[0]:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = float(np.mean(vals)) if vals else None
+    return out
+
+
+def verdicts(default: dict) -> list[str]:
+    """Per setting and paper task: does the default construction beat every classical method on
+    every metric? (The issue's target, with trajectory judged against IDW in the site setting.)"""
+    lines = []
+    for setting in SETTINGS:
+        met, missed = [], []
+        for task, rows in default[setting].items():
+            if "default" not in rows:
+                continue
+            ours = _means(rows["default"])
+            others = {m: _means(v) for m, v in rows.items() if m != "default"}
+            if task == "trajectory":
+                others = {m: v for m, v in others.items() if m == "idw"}
+            lost = [f"{m} {k} {v[k]:.3g} <= {ours[k]:.3g}" for m, v in others.items() for k in METRICS
+                    if v.get(k) is not None and ours.get(k) is not None and v[k] <= ours[k]]
+            (missed if lost else met).append(task + (f" ({'; '.join(lost)})" if lost else ""))
+        lines.append(f"- {setting} setting: the default construction beats every classical method on every metric "
+                     f"for {', '.join(met) or 'no task'}" + (f"; not for {', '.join(missed)}" if missed else "") + ".")
+    return lines
+
+
+def plot(curve: list[dict], default: dict, path) -> object:
+    """RMSE (gain, all cells) vs network evaluations per task, one line per sampler, with the
+    best classical method's level; None without matplotlib."""
+    try:
+        from training.plots import pyplot, save
+    except ImportError:
+        return None
+    try:
+        plt = pyplot()
+    except ImportError:
+        return None
+    task_names = sorted({r["task"] for r in curve}, key=list(tasks.TASKS).index)
+    fig, axes = plt.subplots(1, len(task_names), figsize=(4 * len(task_names), 3.4), squeeze=False)
+    axes = axes[0]
+    for ax, task in zip(axes, task_names):
+        for name in sorted({r["sampler"] for r in curve}):
+            rows = sorted((r for r in curve if r["task"] == task and r["sampler"] == name), key=lambda r: r["nfe"])
+            ax.plot([r["nfe"] for r in rows], [r["gain_all"] for r in rows], marker="o", label=name)
+        classical = {m: _means(v)["gain_all"] for m, v in default["paper"].get(task, {}).items() if m != "default"}
+        if classical:
+            best = min(classical, key=classical.get)
+            ax.axhline(classical[best], color="grey", linestyle="--", label=f"{best} (classical)")
+        ax.set_xscale("log")
+        ax.set_title(task)
+        ax.set_xlabel("network evaluations per sample")
+        ax.set_ylabel("gain RMSE, all cells (dB)")
+    return save(fig, axes, path, legend_fontsize=7)
+
+
+def markdown(results: dict, description: str, cfg: SolverBenchConfig, recommendations: dict) -> str:
+    out = [description, ""]
+    default = results["default"]
+    for setting in SETTINGS:
+        title = ("Paper setting (the observation only)" if setting == "paper"
+                 else "Site setting (the observation and the base station's building layout; classical methods get it too)")
+        out += [f"**{title}**: gain RMSE (dB) / AoA-sine RMSE, all cells | unobserved cells; mean over maps, lower is better.",
+                "", "| task | method | gain all | AoA all | gain unobs. | AoA unobs. | s/map |", "|---|---|---:|---:|---:|---:|---:|"]
+        for task, rows in default[setting].items():
+            means = {m: _means(v) for m, v in rows.items()}
+            best = {k: min((v[k] for v in means.values() if v.get(k) is not None), default=None) for k in METRICS}
+            for m, v in sorted(means.items(), key=lambda kv: (kv[0] != "default", kv[0])):
+                cells = []
+                for k, fmt in zip(METRICS, ("{:.2f}", "{:.3f}", "{:.2f}", "{:.3f}")):
+                    cell = "—" if v.get(k) is None else fmt.format(v[k])
+                    cells.append(f"**{cell}**" if v.get(k) is not None and v[k] == best[k] else cell)
+                secs = f"{v['seconds']:.2f}" if v.get("seconds") is not None else ""
+                out.append(f"| {task} | {'default construction' if m == 'default' else m} | " + " | ".join(cells) + f" | {secs} |")
+        out.append("")
+    out += ["Verdicts:", *verdicts(default), ""]
+    out += ["Default construction per operator kind (the package's recommendation; `ckm-edge construct` and the server "
+            "use it when a request names no sampler): " + "; ".join(
+                f"{kind}: {r['sampler']} {r['steps']} steps x {r['samples']} samples "
+                + ", ".join(f"{k}={v:g}" for k, v in r["parameters"].items()) for kind, r in recommendations.items()) + ".", ""]
+    if results["curve"]:
+        tasks_c = sorted({r["task"] for r in results["curve"]}, key=list(tasks.TASKS).index)
+        out += [f"**RMSE against network evaluations per posterior sample** (paper setting, {cfg.curve_samples} "
+                "sample(s), gain all cells (dB) / gain unobserved (dB) / seconds per map):", "",
+                "| sampler | NFE | " + " | ".join(tasks_c) + " |", "|---|---:|" + "---|" * len(tasks_c)]
+        for name in cfg.samplers:
+            for nfe in cfg.nfe:
+                cells = []
+                for t in tasks_c:
+                    r = next((r for r in results["curve"] if (r["sampler"], r["task"], r["nfe"]) == (name, t, nfe)), None)
+                    cells.append("—" if r is None else f"{r['gain_all']:.2f} / {r['gain_unobs']:.2f} / {r['seconds']:.1f} "
+                                 f"({r['steps']} st.)")
+                out.append(f"| {name} | {nfe} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
