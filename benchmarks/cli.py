@@ -227,6 +227,7 @@ def _cmd_solvers(args: argparse.Namespace) -> int:
 
     cfg = solvers.SolverBenchConfig(nfe=tuple(args.nfe), samplers=tuple(args.samplers), curve_samples=args.curve_samples,
                                     curve_tasks=tuple(args.curve_tasks), tasks=tuple(args.tasks), precision=args.precision,
+                                    other_precisions=tuple(p for p in args.other_precisions if p != args.precision),
                                     seed=args.seed)
     tiles, description = accuracy.load_tiles(args.data, args.tiles, seed=args.seed)
     pkg = load_package(args.package)
@@ -242,7 +243,8 @@ def _cmd_solvers(args: argparse.Namespace) -> int:
         text += f"\n![RMSE vs network evaluations](results/{png.name})"
     command = (f"ckm-bench solvers --data {args.data} --tiles {args.tiles} --nfe {' '.join(map(str, args.nfe))} "
                f"--samplers {' '.join(args.samplers)} --curve-samples {args.curve_samples} "
-               f"--curve-tasks {' '.join(args.curve_tasks)} --tasks {' '.join(args.tasks)}")
+               f"--curve-tasks {' '.join(args.curve_tasks)} --tasks {' '.join(args.tasks)}"
+               + (f" --other-precisions {' '.join(args.other_precisions)}" if args.other_precisions else ""))
     path = report.write_result(f"solvers-{slug}", command, {"config": vars(cfg), "tiles": len(tiles),
                                                             "recommendations": recs, **results}, text)
     print(text)
@@ -419,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--curve-tasks", nargs="*", default=["ipbox", "iprandom", "sr2", "jtqr"])
     so.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr", "trajectory"])
     so.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    so.add_argument("--other-precisions", nargs="*", default=[], choices=["fp32", "fp16", "int8"],
+                    help="the default construction again with these precisions (accuracy change, seconds)")
     so.add_argument("--seed", type=int, default=0)
     so.set_defaults(func=_cmd_solvers)
 

@@ -42,6 +42,7 @@ class SolverBenchConfig:
     tasks: tuple[str, ...] = TASKS
     sigma: float = DEFAULT_SIGMA
     precision: str = "fp32"
+    other_precisions: tuple[str, ...] = ()  # the default construction again per precision (paper setting)
     seed: int = 0
 
 
@@ -149,7 +150,18 @@ def run(package_dir, tiles: np.ndarray, cfg: SolverBenchConfig, progress=print) 
                     curve.append(row)
                     progress(f"curve {name} {task} nfe {nfe} ({steps} steps): {row['gain_all']:.2f} dB, "
                              f"{row['seconds']:.1f} s/map")
-    return {"default": default, "curve": curve}
+        by_precision = {cfg.precision: {t: default["paper"][t]["default"] for t in cfg.tasks}}
+    for precision in cfg.other_precisions:
+        with open_engine(pkg, EngineConfig(precision=precision)) as engine:
+            rows = by_precision.setdefault(precision, {t: [] for t in cfg.tasks})
+            for (task, i), (op, y, unobs, _) in probs.items():
+                sampler, steps, samples = resolve(pkg.manifest, op)
+                t0 = time.perf_counter()
+                result = construct(engine, pkg.schedule(), op, y, shape,
+                                   ConstructConfig(steps, samples, cfg.seed, sampler=sampler), sigma=cfg.sigma)
+                rows[task].append({**metrics(result.mean, tiles[i], unobs), "seconds": time.perf_counter() - t0})
+            progress(f"{precision}: " + ", ".join(f"{t} {_means(r)['gain_all']:.2f} dB" for t, r in rows.items()))
+    return {"default": default, "curve": curve, "precision": by_precision}
 
 
 def _means(rows: list[dict]) -> dict:
@@ -234,6 +246,18 @@ def markdown(results: dict, description: str, cfg: SolverBenchConfig, recommenda
             "use it when a request names no sampler): " + "; ".join(
                 f"{kind}: {r['sampler']} {r['steps']} steps x {r['samples']} samples "
                 + ", ".join(f"{k}={v:g}" for k, v in r["parameters"].items()) for kind, r in recommendations.items()) + ".", ""]
+    if len(results.get("precision", {})) > 1:
+        base = {t: _means(r) for t, r in results["precision"][cfg.precision].items()}
+        out += [f"**Precision** (the default construction, paper setting): gain RMSE all cells (dB) and its change "
+                f"against {cfg.precision}; seconds per map.", "",
+                "| precision | " + " | ".join(base) + " |", "|---|" + "---|" * len(base)]
+        for precision, rows in results["precision"].items():
+            cells = []
+            for t, r in rows.items():
+                m = _means(r)
+                cells.append(f"{m['gain_all']:.2f} ({(m['gain_all'] / base[t]['gain_all'] - 1) * 100:+.1f} %), {m['seconds']:.1f} s")
+            out.append(f"| {precision} | " + " | ".join(cells) + " |")
+        out.append("")
     if results["curve"]:
         tasks_c = sorted({r["task"] for r in results["curve"]}, key=list(tasks.TASKS).index)
         out += [f"**RMSE against network evaluations per posterior sample** (paper setting, {cfg.curve_samples} "

@@ -195,13 +195,16 @@ class Downsample(Operator):
         lam = lam if np.ndim(lam) == 0 else lam[..., None, None]
         mu = (y - blocks.mean(axis=(3, 5), keepdims=True)) / (1.0 + lam * s * s)
         x = blocks + mu
-        if x.min() < 0.0 or x.max() > 1.0:
-            lo, hi = np.full_like(mu, -2.0) - np.abs(y), np.full_like(mu, 2.0) + np.abs(y)
-            for _ in range(40):
-                mu = (lo + hi) / 2
-                g = lam * s * s * mu + np.clip(blocks + mu, 0.0, 1.0).mean(axis=(3, 5), keepdims=True) - y
-                lo, hi = np.where(g < 0, mu, lo), np.where(g < 0, hi, mu)
-            x = np.clip(blocks + (lo + hi) / 2, 0.0, 1.0)
+        out = ((x < 0.0) | (x > 1.0)).any(axis=(3, 5))  # (B, C, h, w): blocks where the clip binds
+        if out.any():
+            idx = np.nonzero(out)
+            zb = blocks.transpose(0, 1, 2, 4, 3, 5)[idx].reshape(-1, s * s)  # (n, s*s)
+            yb = np.broadcast_to(y, mu.shape)[..., 0, :, 0][idx][:, None]
+            lb = np.broadcast_to(lam * s * s, mu.shape)[..., 0, :, 0][idx][:, None]
+            fixed = np.clip(zb + _block_offset(zb, yb, lb), 0.0, 1.0).reshape(-1, s, s)
+            xt = x.transpose(0, 1, 2, 4, 3, 5).copy()
+            xt[idx] = fixed
+            x = xt.transpose(0, 1, 2, 4, 3, 5)
         return x.reshape(b, c, h, w).astype(z.dtype)
 
     def output_shape(self, shape):
@@ -467,6 +470,26 @@ class Compose(Operator):
 
     def to_spec(self):
         return {"op": self.name, "operators": [o.to_spec() for o in self.operators]}
+
+
+def _block_offset(z: np.ndarray, y: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """Per row of z (n, k): the mu solving g(mu) = lam mu + mean(clip(z + mu, 0, 1)) - y = 0.
+    g is increasing and piecewise linear with kinks at -z_i and 1 - z_i: evaluate it there, take
+    the segment where it crosses 0 and interpolate (beyond the kinks g has slope lam; with lam = 0
+    and y outside [0, 1] the nearest kink, all cells at a bound, is the best fit)."""
+    kinks = np.sort(np.concatenate([-z, 1.0 - z], axis=1), axis=1)  # (n, 2k)
+    g = lam * kinks + np.clip(z[:, None, :] + kinks[:, :, None], 0.0, 1.0).mean(axis=2) - y  # (n, 2k)
+    above = g >= 0
+    k = np.argmax(above, axis=1)  # first kink where g >= 0 (0 if none: handled below)
+    rows = np.arange(len(z))
+    k0 = np.maximum(k - 1, 0)
+    m0, m1, g0, g1 = kinks[rows, k0], kinks[rows, k], g[rows, k0], g[rows, k]
+    inside = m0 - g0 * (m1 - m0) / np.where(g1 > g0, g1 - g0, 1.0)
+    lam1 = lam[:, 0]
+    first = np.where(lam1 > 0, kinks[:, 0] - g[:, 0] / np.where(lam1 > 0, lam1, 1.0), kinks[:, 0])
+    last = np.where(lam1 > 0, kinks[:, -1] - g[:, -1] / np.where(lam1 > 0, lam1, 1.0), kinks[:, -1])
+    mu = np.where(~above.any(axis=1), last, np.where(above[:, 0], first, inside))
+    return mu[:, None]
 
 
 def _check_lam(lam):

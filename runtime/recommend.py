@@ -40,9 +40,15 @@ class Recommendation:
         return {"sampler": self.sampler, "steps": self.steps, "samples": self.samples, "parameters": dict(self.parameters)}
 
 
-# Built-in recommendations for packages whose manifest has none. ckm-bench solvers measures them.
+# Built-in recommendations for packages whose manifest has none: DiffPIR from the smooth fill's warm
+# start, at most 40 network evaluations per map (samples x steps, one batch). Chosen on validation
+# regions (procedural train-style regions never trained on, never the held-out ones); `ckm-bench
+# solvers` measures them on the held-out regions (benchmarks/RESULTS.md, docs/solvers.md).
 BUILTIN = {
-    "*": Recommendation("diffpir", 10, 4, {"lam": 30.0, "start": 0.3}),
+    "*": Recommendation("diffpir", 8, 5, {"lam": 7.0, "start": 0.2}),
+    "mask": Recommendation("diffpir", 6, 6, {"lam": 7.0, "start": 0.2}),
+    "downsample": Recommendation("diffpir", 10, 4, {"lam": 7.0, "start": 0.1}),
+    "jtqr": Recommendation("diffpir", 10, 4, {"lam": 15.0, "start": 0.1}),
 }
 
 

@@ -13,7 +13,7 @@ def test_solver_tables_curves_and_verdicts(tiny_package, tiny_prior, tmp_path):
     *_, held = tiny_prior
     tiles = held[:2]
     cfg = solvers.SolverBenchConfig(nfe=(2, 4), samplers=("diffpir", "dps"), curve_tasks=("ipbox", "sr2"),
-                                    tasks=("ipbox", "sr2", "jtqr", "trajectory"))
+                                    tasks=("ipbox", "sr2", "jtqr", "trajectory"), other_precisions=("int8",))
     lines = []
     results = solvers.run(tiny_package.root, tiles, cfg, progress=lines.append)
     default = results["default"]
@@ -46,6 +46,8 @@ def test_solver_tables_curves_and_verdicts(tiny_package, tiny_prior, tmp_path):
     assert {r["steps"] for r in curve if r["sampler"] == "dps"} == {1}  # forward + backward (+ corrector) per step
     text = solvers.markdown(results, "tiny", cfg, {k: r.to_dict() for k, r in tiny_package.recommendations().items()})
     assert "Paper setting" in text and "Site setting" in text and "| diffpir | 4 |" in text and "Verdicts:" in text
+    assert set(results["precision"]) == {"fp32", "int8"} and all(len(v) == 2 for v in results["precision"]["int8"].values())
+    assert "| int8 |" in text
     assert solvers.plot(curve, default, tmp_path / "curve.png").stat().st_size > 1000
 
 

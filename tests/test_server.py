@@ -17,7 +17,7 @@ from runtime.api import pb
 from runtime.client import EdgeClient
 from runtime.construct import ConstructConfig, construct
 from runtime.engine import EngineConfig, open_engine
-from runtime.recommend import resolve
+from runtime.recommend import recommend, resolve
 from runtime.sampler import SAMPLERS
 from runtime.server import ServerConfig, create_server
 from runtime.site import Site
@@ -93,7 +93,7 @@ def test_every_sampler_and_task_over_grpc_equals_the_local_construction(client, 
 
 def test_the_recommendation_fills_what_a_request_leaves_out(client, tiny_prior, tiny_package):
     _, op, y = _observation(tiny_prior, "sr2")
-    rec = tiny_package.recommendations()["*"]
+    rec = recommend(tiny_package.manifest, op)  # the recommendation for a downsampling operator
     result = client.construct(y, op, seed=2)  # no sampler, steps or samples
     assert (result.sampler, result.steps, result.samples) == (rec.sampler, rec.steps, rec.samples)
     assert all(result.sampler_parameters[k] == pytest.approx(v) for k, v in rec.parameters.items())
