@@ -15,6 +15,7 @@ import numpy as np
 from export import onnx_export, precision
 from runtime import codec
 from runtime.package import GRAPHS, PRECISIONS, SCHEMA, Package, installed_versions, load_package, sha256_file
+from runtime.recommend import BUILTIN
 from runtime.schedule import Schedule
 
 EXPORTER_DISTRIBUTIONS = ("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu")
@@ -85,6 +86,9 @@ def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: n
         "graphs": files,
         "files": {},
         "accuracy": {},
+        # what the runtime runs when a request names no sampler (runtime.recommend); a caller's
+        # `sections` may replace it with recommendations measured for this model
+        "samplers": {kind: rec.to_dict() for kind, rec in BUILTIN.items()},
         **(sections or {}),
     }
     for rel in sorted({f for p in files.values() for f in p.values()} | set(weights.values())):

@@ -163,7 +163,7 @@ class Observations:
             out[sl] = zs if obs.site is None else obs.site.project(zs)
         return out
 
-    def fit_to_noise(self, z: np.ndarray, iters: int = 12) -> np.ndarray:
+    def fit_to_noise(self, z: np.ndarray, iters: int = 8) -> np.ndarray:
         """The last data step: per row, the proximal step with the largest weight on z whose
         residual RMS over the measured entries is at most sigma (Morozov's discrepancy principle):
         z itself where it already fits y within the noise, the exact projection where sigma = 0.

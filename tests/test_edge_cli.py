@@ -67,3 +67,21 @@ def test_bad_input_gets_a_clear_error(tiny_package, tmp_path):
                           (["--site"], "--site needs --truth or a `building` array")]:
         out = _run("ckm-edge", "construct", "--package", tiny_package.root, "--observation", tmp_path / "o.npz", *args)
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
+
+
+def test_construct_names_the_sampler_its_parameters_and_the_site(tiny_package, tmp_path):
+    assert _run("ckm-data", "tile", "--out", tmp_path / "t.npz", "--tile-size", "32").returncode == 0
+    out = _run("ckm-edge", "construct", "--package", tiny_package.root, "--truth", tmp_path / "t.npz", "--task", "trajectory",
+               "--site", "--sampler", "daps", "--param", "ratio=0.5", "--steps", "3", "--samples", "2", "--out",
+               tmp_path / "o", "--json", "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["sampler"] == {"name": "daps", "ratio": 0.5, "r_max": 0.5} and report["site"] is True
+    assert report["engine_calls"] == {"score": 3} and report["samples"] == 2
+    saved = np.load(tmp_path / "o" / "construction.npz")
+    truth = np.load(tmp_path / "t.npz")["pixels"]
+    building = truth[1] < 0.15
+    assert (saved["pixels"][:, building] == 0).all()  # the layout was applied
+    out = _run("ckm-edge", "construct", "--package", tiny_package.root, "--truth", tmp_path / "t.npz", "--task", "sr",
+               "--zeta", "5", "--steps", "2", "--json", "--out", tmp_path / "o2")
+    assert out.returncode == 0 and json.loads(out.stdout)["sampler"]["name"] == "dps"

@@ -149,6 +149,23 @@ def test_package_round_trip_and_manifest(tiny_package):
     assert set(pkg.precisions) == {"fp32", "fp16", "int8"}
     assert m["exporter"]["torch_parity"]["vjp"] < 1e-4
     assert len(m["files"]) == 12 and all(len(f["sha256"]) == 64 for f in m["files"].values())
+    # the package names what a request without a sampler gets, per operator kind
+    assert set(m["samplers"]) == {"*", "mask", "downsample", "jtqr"}
+    assert pkg.recommendations()["mask"].sampler == m["samplers"]["mask"]["sampler"]
+
+
+def test_a_manifest_with_bad_recommendations_is_refused(package_copy):
+    from export.builder import write_manifest
+
+    manifest = json.loads((package_copy / "manifest.json").read_text())
+    for bad, message in [({"mask": {"sampler": "ddrm", "steps": 4, "samples": 1}}, "unknown sampler 'ddrm'"),
+                         ({"blur": {"sampler": "diffpir", "steps": 4, "samples": 1}}, "operator kind must be one of"),
+                         ({"mask": {"sampler": "diffpir", "steps": 4, "samples": 1, "parameters": {"zeta": 1}}},
+                          "has no parameter 'zeta'"),
+                         ({"mask": {"sampler": "diffpir", "steps": 0, "samples": 1}}, "steps in \\[1, 2000\\]")]:
+        write_manifest(package_copy, {**manifest, "samplers": bad})
+        with pytest.raises(PackageError, match=message):
+            load_package(package_copy, verify_files=False)
 
 
 def test_tampering_and_truncation_are_refused(package_copy):
