@@ -41,14 +41,15 @@ class Recommendation:
 
 
 # Built-in recommendations for packages whose manifest has none: DiffPIR from the smooth fill's warm
-# start, at most 40 network evaluations per map (samples x steps, one batch). Chosen on validation
-# regions (procedural train-style regions never trained on, never the held-out ones); `ckm-bench
-# solvers` measures them on the held-out regions (benchmarks/RESULTS.md, docs/solvers.md).
+# start, at most 25 network evaluations per map (samples x steps, one batch) so that a construction
+# fits 2 s on a 2-core CPU. Chosen on validation regions (procedural train-style regions never
+# trained on, never the held-out ones); `ckm-bench solvers` measures them on the held-out regions
+# (benchmarks/RESULTS.md, docs/solvers.md).
 BUILTIN = {
-    "*": Recommendation("diffpir", 8, 5, {"lam": 7.0, "start": 0.2}),
-    "mask": Recommendation("diffpir", 6, 6, {"lam": 7.0, "start": 0.2}),
-    "downsample": Recommendation("diffpir", 10, 4, {"lam": 7.0, "start": 0.1}),
-    "jtqr": Recommendation("diffpir", 10, 4, {"lam": 15.0, "start": 0.1}),
+    "*": Recommendation("diffpir", 5, 5, {"lam": 7.0, "start": 0.2}),
+    "mask": Recommendation("diffpir", 5, 5, {"lam": 7.0, "start": 0.2}),
+    "downsample": Recommendation("diffpir", 8, 3, {"lam": 7.0, "start": 0.1}),
+    "jtqr": Recommendation("diffpir", 6, 4, {"lam": 15.0, "start": 0.1}),
 }
 
 
