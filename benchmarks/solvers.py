@@ -123,7 +123,7 @@ def run(package_dir, tiles: np.ndarray, cfg: SolverBenchConfig, progress=print) 
                 methods = classical_methods(task, op, y, shape, layout)
                 for name, pred in methods.items():
                     rows.setdefault(name, []).append(metrics(pred, x, unobs))
-                sampler, steps, samples = resolve(pkg.manifest, op)
+                sampler, steps, samples = resolve(pkg.manifest, op, site=layout is not None)
                 t0 = time.perf_counter()
                 result = construct(engine, pkg.schedule(), op, y, shape, ConstructConfig(steps, samples, cfg.seed, sampler=sampler),
                                    sigma=cfg.sigma, site=None if layout is None else Site(layout[None]))
@@ -216,6 +216,7 @@ def plot(curve: list[dict], default: dict, path) -> object:
             best = min(classical, key=classical.get)
             ax.axhline(classical[best], color="grey", linestyle="--", label=f"{best} (classical)")
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_title(task)
         ax.set_xlabel("network evaluations per sample")
         ax.set_ylabel("gain RMSE, all cells (dB)")

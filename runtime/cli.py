@@ -110,7 +110,7 @@ def cmd_construct(args) -> int:
         if name != "dps":
             raise ValueError("--no-clip-denoised belongs to the dps sampler")
         params["clip_denoised"] = 0.0
-    sampler, steps, samples = resolve(pkg.manifest, op, name, params, args.steps, args.samples)
+    sampler, steps, samples = resolve(pkg.manifest, op, name, params, args.steps, args.samples, building is not None)
     cfg = ConstructConfig(steps=steps, samples=samples, seed=args.seed, sampler=sampler)
     start = time.perf_counter()
     engine_cfg = EngineConfig(precision=args.precision, device=args.device, threads=args.threads)

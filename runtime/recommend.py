@@ -8,8 +8,10 @@ A manifest may carry
                                      "parameters": {"lam": 30, "start": 0.3}}, ...}
 
 with operator kinds "mask", "downsample", "jtqr" (truncation + AoA quantization per channel) and
-"*" (anything else). `resolve` is the one place the request's choices meet the defaults; the
-server, `construct`'s CLI and the benchmarks all call it.
+"*" (anything else), each optionally suffixed "+site" for requests that carry the site's building
+layout (which changes what the prior should add: with the layout known, a warm start from the
+smooth fill needs less noise). `resolve` is the one place the request's choices meet the
+defaults; the server, `construct`'s CLI and the benchmarks all call it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from runtime import operators
 from runtime.sampler import SamplerError, config_from_params, spec
 
 OPERATOR_KINDS = ("mask", "downsample", "jtqr", "*")
+SITE = "+site"  # suffix of the recommendations for requests with a site map
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,10 @@ BUILTIN = {
     "mask": Recommendation("diffpir", 5, 5, {"lam": 7.0, "start": 0.2}),
     "downsample": Recommendation("diffpir", 8, 3, {"lam": 7.0, "start": 0.1}),
     "jtqr": Recommendation("diffpir", 6, 4, {"lam": 15.0, "start": 0.1}),
+    # with the layout known, the smooth fill is much closer to the map: start from less noise
+    "*+site": Recommendation("diffpir", 5, 5, {"lam": 7.0, "start": 0.05}),
+    "mask+site": Recommendation("diffpir", 5, 5, {"lam": 7.0, "start": 0.05}),
+    "downsample+site": Recommendation("diffpir", 8, 3, {"lam": 7.0, "start": 0.02}),
 }
 
 
@@ -73,8 +80,9 @@ def recommendations(manifest: dict | None) -> dict[str, Recommendation]:
     if not isinstance(section, dict):
         raise SamplerError("manifest 'samplers' must be an object keyed by operator kind")
     for kind, rec in section.items():
-        if kind not in OPERATOR_KINDS:
-            raise SamplerError(f"manifest samplers[{kind!r}]: operator kind must be one of {', '.join(OPERATOR_KINDS)}")
+        if kind.removesuffix(SITE) not in OPERATOR_KINDS:
+            raise SamplerError(f"manifest samplers[{kind!r}]: operator kind must be one of {', '.join(OPERATOR_KINDS)}"
+                               f", optionally with {SITE!r}")
         try:
             out[kind] = Recommendation(rec["sampler"], rec["steps"], rec["samples"], dict(rec.get("parameters", {})))
         except (KeyError, TypeError, SamplerError) as e:
@@ -82,17 +90,21 @@ def recommendations(manifest: dict | None) -> dict[str, Recommendation]:
     return out
 
 
-def recommend(manifest: dict | None, op: operators.Operator) -> Recommendation:
+def recommend(manifest: dict | None, op: operators.Operator, site: bool = False) -> Recommendation:
+    """The recommendation for `op`: with a site map the kind's "+site" entry, else the kind's own,
+    else "*+site", else "*" (without a site map: the kind's own, else "*")."""
     recs = recommendations(manifest)
-    return recs.get(operator_kind(op), recs["*"])
+    kind = operator_kind(op)
+    keys = (kind + SITE, kind, "*" + SITE, "*") if site else (kind, "*")
+    return next(recs[k] for k in keys if k in recs)
 
 
 def resolve(manifest: dict | None, op: operators.Operator, sampler: str | None = None, params: dict | None = None,
-            steps: int | None = None, samples: int | None = None) -> tuple[object, int, int]:
+            steps: int | None = None, samples: int | None = None, site: bool = False) -> tuple[object, int, int]:
     """(sampler config, steps, samples) for a construction. What the caller gives wins; what it
     leaves out comes from the recommendation when it names the same sampler (or none), else from
     the sampler's own defaults (steps: its default_steps; samples: 1)."""
-    rec = recommend(manifest, op)
+    rec = recommend(manifest, op, site)
     name = sampler or rec.sampler
     same = name == rec.sampler
     merged = {**(rec.parameters if same else {}), **(params or {})}

@@ -275,11 +275,11 @@ class EdgeServicer(api.services.EdgeServiceServicer):
                 site.check(shape)
             except SiteError as e:
                 raise InvalidArgument(f"site.building: {e}") from None
-        sampler, steps, samples = self._sampler(req, pkg, op)
+        sampler, steps, samples = self._sampler(req, pkg, op, site is not None)
         return Job(model, precision, steps, sampler, op, y, samples, int(req.seed), context, progress, max(1, interval),
                    adapter=adapter, adapter_lambda=lam, sigma=float(req.noise_sigma), site=site)
 
-    def _sampler(self, req, pkg, op) -> tuple[object, int, int]:
+    def _sampler(self, req, pkg, op, site: bool) -> tuple[object, int, int]:
         """The sampler config, steps and samples of a request (runtime.recommend.resolve), with the
         DPS-only legacy fields (zeta, corrector_steps, jacobian_free) as shorthands for "dps"."""
         legacy = {}
@@ -309,7 +309,7 @@ class EdgeServicer(api.services.EdgeServiceServicer):
         max_samples = min(MAX_SAMPLES, self.batcher.cfg.max_batch)
         try:
             cfg, steps, samples = recommend.resolve(pkg.manifest, op, name, params, req.steps or None,
-                                                    req.samples or None)
+                                                    req.samples or None, site)
         except SamplerError as e:
             raise InvalidArgument(f"sampler_parameters: {e}") from None
         if not req.samples:  # a recommendation never asks for more rows than a batch holds

@@ -150,7 +150,7 @@ def test_package_round_trip_and_manifest(tiny_package):
     assert m["exporter"]["torch_parity"]["vjp"] < 1e-4
     assert len(m["files"]) == 12 and all(len(f["sha256"]) == 64 for f in m["files"].values())
     # the package names what a request without a sampler gets, per operator kind
-    assert set(m["samplers"]) == {"*", "mask", "downsample", "jtqr"}
+    assert {"*", "mask", "downsample", "jtqr", "mask+site"} <= set(m["samplers"])
     assert pkg.recommendations()["mask"].sampler == m["samplers"]["mask"]["sampler"]
 
 

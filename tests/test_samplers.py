@@ -160,6 +160,20 @@ def test_the_registry_finds_configures_and_refuses(tiny_package, tiny_prior):
         del seam.SAMPLERS["constant-test"]
 
 
+def test_recommendations_follow_the_operator_kind_and_the_site():
+    from runtime.recommend import BUILTIN, operator_kind, recommend
+
+    mask = operators.Mask(np.ones((8, 8), bool))
+    assert operator_kind(mask) == "mask" and operator_kind(operators.Compose((mask,))) == "mask"
+    assert operator_kind(operators.jtqr()) == "jtqr" and operator_kind(operators.Identity()) == "*"
+    assert recommend(None, mask) is BUILTIN["mask"] and recommend(None, mask, site=True) is BUILTIN["mask+site"]
+    # a kind without a "+site" entry keeps its own recommendation; an unknown kind falls back to "*"
+    assert recommend(None, operators.jtqr(), site=True) is BUILTIN["jtqr"]
+    assert recommend(None, operators.Identity(), site=True) is BUILTIN["*+site"]
+    manifest = {"samplers": {"mask": {"sampler": "daps", "steps": 3, "samples": 2, "parameters": {"ratio": 0.5}}}}
+    assert recommend(manifest, mask).sampler == "daps" and recommend(manifest, operators.Downsample(2)) is BUILTIN["downsample"]
+
+
 def test_schedule_start_and_renoise(tiny_package):
     base = tiny_package.schedule()
     full, part = base.respace(10), base.respace(10, start=0.3)

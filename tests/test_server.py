@@ -78,7 +78,7 @@ def test_every_sampler_and_task_over_grpc_equals_the_local_construction(client, 
     params = {"corrector_steps": 1} if sampler == "dps" else {}
     remote = client.construct(y, op, sampler=sampler, sampler_parameters=params, steps=3, samples=2, seed=4,
                               noise_sigma=0.01, site=building)
-    cfg, steps, samples = resolve(tiny_package.manifest, op, sampler, params, 3, 2)
+    cfg, steps, samples = resolve(tiny_package.manifest, op, sampler, params, 3, 2, building is not None)
     with open_engine(tiny_package, EngineConfig(threads=1)) as engine:
         local = construct(engine, tiny_package.schedule(), op, y, (2, 32, 32), ConstructConfig(steps, samples, 4, sampler=cfg),
                           sigma=0.01, site=None if building is None else Site(building))
