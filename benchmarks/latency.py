@@ -69,6 +69,34 @@ def runtime_step(pkg: Package, tile: np.ndarray, precision: str, steps: int, bat
     return {"step_s": total / steps, "engine_s": timed.seconds / steps, "overhead_s": (total - timed.seconds) / steps}
 
 
+def construction_times(pkg: Package, tile: np.ndarray, task_names=("ipbox", "sr2", "jtqr"), dps_steps: int = 50,
+                       threads: int = 0, sigma: float = tasks.DEFAULT_SIGMA) -> list[dict]:
+    """Seconds per map of a whole construction, per task, same tile and engine: the paper's DPS
+    (dps_steps steps, M = 1, one sample) against the default construction (the package's
+    recommendation: sampler, steps and samples)."""
+    from runtime.construct import ConstructConfig, construct
+    from runtime.recommend import resolve
+
+    rows = []
+    shape = tile.shape
+    with open_engine(pkg, EngineConfig(threads=threads)) as engine:
+        engine.score(tile[None], np.ones(1, np.float32))  # warm-up
+        for task in task_names:
+            rng = np.random.default_rng(0)
+            op = tasks.make_operator(task, rng, tile[None])
+            y = tasks.observe(op, tile[None], rng, sigma)
+            sampler, steps, samples = resolve(pkg.manifest, op)
+            runs = {"default": ConstructConfig(steps, samples, sampler=sampler),
+                    "dps": ConstructConfig(dps_steps, 1, sampler=DPSConfig(corrector_steps=1))}
+            row = {"task": task, "default": f"{steps} steps x {samples} samples"}
+            for name, cfg in runs.items():
+                t0 = time.perf_counter()
+                construct(engine, pkg.schedule(), op, y, shape, cfg, sigma=sigma)
+                row[f"{name}_s"] = time.perf_counter() - t0
+            rows.append(row)
+    return rows
+
+
 def torch_step(model, schedule_dict: dict, tile: np.ndarray, steps: int, corrector: int, threads: int = 0,
                device: str = "cpu") -> float:
     import torch

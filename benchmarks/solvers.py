@@ -187,7 +187,8 @@ def verdicts(default: dict) -> list[str]:
                 others = {m: v for m, v in others.items() if m == "idw"}
             lost = [f"{m} {k} {v[k]:.3g} <= {ours[k]:.3g}" for m, v in others.items() for k in METRICS
                     if v.get(k) is not None and ours.get(k) is not None and v[k] <= ours[k]]
-            (missed if lost else met).append(task + (f" ({'; '.join(lost)})" if lost else ""))
+            name = task + (" (against IDW, the drive-test baseline)" if task == "trajectory" else "")
+            (missed if lost else met).append(name + (f" ({'; '.join(lost)})" if lost else ""))
         lines.append(f"- {setting} setting: the default construction beats every classical method on every metric "
                      f"for {', '.join(met) or 'no task'}" + (f"; not for {', '.join(missed)}" if missed else "") + ".")
     return lines

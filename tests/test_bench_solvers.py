@@ -70,3 +70,13 @@ def test_unobserved_cells_per_task(proc_tiles):
     outdoor = ~codec.building_mask(x[0])
     gain = x[0, 0]
     assert np.array_equal(u[0], outdoor & ((gain <= 0.2) | (gain >= 0.7))) and np.array_equal(u[1], outdoor)
+
+
+def test_construction_times_compare_the_papers_dps_with_the_default(tiny_package, tiny_prior):
+    from benchmarks import latency
+
+    *_, held = tiny_prior
+    rows = latency.construction_times(tiny_package, held[0], ("ipbox", "jtqr"), dps_steps=6, threads=1)
+    assert [r["task"] for r in rows] == ["ipbox", "jtqr"]
+    assert all(r["dps_s"] > 0 and r["default_s"] > 0 for r in rows)
+    assert rows[0]["default"] == "5 steps x 5 samples"  # the built-in recommendation for masks
