@@ -160,7 +160,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
         from runtime.server import ServerConfig, create_server
 
         edge = create_server(ServerConfig(repository=args.repository, port=0, poll_seconds=0, max_batch=args.max_batch,
-                                          max_queue_delay_ms=args.max_queue_delay_ms, max_queue=max(64, 2 * max(args.clients)),
+                                          max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue,
                                           engine_threads=args.threads)).start()
         target = f"127.0.0.1:{edge.port}"
     try:
@@ -170,25 +170,37 @@ def _cmd_load(args: argparse.Namespace) -> int:
         rng = np.random.default_rng(0)
         op = tasks.make_operator(args.task, rng, tile)
         y = tasks.observe(op, tile, rng)[0]
-        kwargs = {"steps": args.steps, "corrector_steps": 1, "precision": args.precision}
+        if args.mix == "mixed":
+            kwargs = load.mixed(args.steps or 10)
+            setting = ("mixed settings, each client cycling through: "
+                       + "; ".join(", ".join(f"{k} {v}" for k, v in m.items()) for m in kwargs))
+        else:
+            kwargs = {"steps": args.steps, "precision": args.precision}
+            setting = (f"the recommended sampler, {args.steps or 'recommended'} steps and samples, {args.precision}")
         levels = []
         for clients in args.clients:
-            level = load.run_level(target, y, op, clients, args.duration, kwargs, edge)
+            level = load.run_level(target, y, op, clients, args.duration, kwargs, edge, retry=not args.no_retry)
             print(level.row(), flush=True)
             levels.append(level)
     finally:
         if edge is not None:
             edge.stop(0)
     where = f"server {args.server}" if args.server else (
-        f"in-process server on `{args.repository}` (max batch {args.max_batch}, max queue delay {args.max_queue_delay_ms} ms)")
-    text = load.markdown(levels, f"gRPC Construct load on {where}: task {args.task}, {args.steps} steps, M = 1, "
-                                 f"{args.precision}, {args.duration:g} s per level, closed-loop clients (each sends its next "
-                                 "request when the previous one returns).")
+        f"in-process server on `{args.repository}` (max batch {args.max_batch}, max queue delay {args.max_queue_delay_ms} ms, "
+        f"max queue {args.max_queue})")
+    text = load.markdown(levels, f"gRPC Construct load on {where}: task {args.task}, {setting}; {args.duration:g} s per "
+                                 "level, closed-loop clients (each sends its next request when the previous one returns)"
+                                 + ("" if args.no_retry else ", retrying RESOURCE_EXHAUSTED/UNAVAILABLE with exponential "
+                                    "backoff") + ". Peak RSS: the server process (clients included), sampled every 50 ms.")
     command = (f"ckm-bench load --clients {' '.join(map(str, args.clients))} --duration {args.duration:g} --steps {args.steps}"
-               + ("" if args.server or args.max_batch == 8 else f" --max-batch {args.max_batch}"))
-    # Batched and unbatched serving are separate sections, so they can be read side by side.
-    name = "grpc-load" if args.server or args.max_batch > 1 else "grpc-load-no-batching"
-    path = report.write_result(name, command, {"levels": [vars(lv) for lv in levels], "max_batch": args.max_batch}, text)
+               + ("" if args.server or args.max_batch == 8 else f" --max-batch {args.max_batch}")
+               + ("" if args.mix == "uniform" else f" --mix {args.mix}")
+               + ("" if args.max_queue == 64 else f" --max-queue {args.max_queue}"))
+    # Batched, unbatched and mixed serving are separate sections, so they can be read side by side.
+    name = "grpc-load-mixed" if args.mix == "mixed" else (
+        "grpc-load" if args.server or args.max_batch > 1 else "grpc-load-no-batching")
+    path = report.write_result(name, command, {"levels": [vars(lv) for lv in levels], "max_batch": args.max_batch,
+                                               "mix": args.mix}, text)
     print(text)
     print(f"results: {path}; report: {report.RESULTS_MD}")
     return 0
@@ -403,7 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--server", help="or load an already running server, host:port")
     ld.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
     ld.add_argument("--duration", type=float, default=20.0, help="seconds per concurrency level")
-    ld.add_argument("--steps", type=int, default=10)
+    ld.add_argument("--steps", type=int, default=0, help="steps per request (0 = the recommendation's)")
+    ld.add_argument("--mix", choices=["uniform", "mixed"], default="uniform",
+                    help="one setting for every request, or mixed samplers/steps/samples/precisions")
+    ld.add_argument("--max-queue", type=int, default=64)
+    ld.add_argument("--no-retry", action="store_true", help="count RESOURCE_EXHAUSTED as errors instead of retrying")
     ld.add_argument("--task", default="ipbox")
     ld.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     ld.add_argument("--max-batch", type=int, default=8)

@@ -6,6 +6,7 @@ grpc_tools on import (the `serve` extra), so the .proto is the single source of 
 
 from __future__ import annotations
 
+import math
 import sys
 
 import grpc
@@ -41,7 +42,7 @@ def to_numpy(tensor, field: str, max_elements: int = MAX_ELEMENTS, finite: bool 
     shape = tuple(int(d) for d in tensor.shape)
     if not shape or any(d <= 0 for d in shape):
         raise InvalidArgument(f"{field}.shape must be non-empty with positive sizes, got {list(shape)}")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python integers: no wrap-around however large the sizes
     if count > max_elements:
         raise InvalidArgument(f"{field} has {count} elements, more than the limit {max_elements}")
     dtype = np.dtype(_DTYPES[tensor.dtype]).newbyteorder("<")
@@ -62,8 +63,13 @@ def from_numpy(array: np.ndarray):
 
 def binary_map(tensor, field: str) -> np.ndarray:
     m = to_numpy(tensor, field)
-    if m.ndim != 2 or not np.isin(m, (0, 1)).all():
+    if m.ndim != 2:
         raise InvalidArgument(f"{field} must be an (H, W) array of 0/1, got shape {list(m.shape)}")
+    bad = ~np.isin(m, (0, 1))
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise InvalidArgument(f"{field} must hold only 0 and 1, got {m[r, c]:g} at [{r}, {c}] "
+                              f"({int(bad.sum())} cell(s) not 0/1)")
     return m.astype(bool)
 
 
@@ -74,32 +80,79 @@ def _one_map(m: np.ndarray, what: str) -> np.ndarray:
     return m.astype(np.uint8)
 
 
-def operator_from_proto(msg, field: str = "operator", depth: int = 0) -> operators.Operator:
-    """An Operator message -> a runtime operator; every error names the offending field."""
-    if depth > 8:
-        raise InvalidArgument(f"{field} nests operators more than 8 deep")
-    kind = msg.WhichOneof("kind")
+MAX_OPERATORS = 64  # operators in one request, nested ones included
+MAX_DEPTH = 8
+
+
+def operator_from_proto(msg, field: str = "operator", shape: tuple[int, ...] | None = None) -> operators.Operator:
+    """An Operator message -> a runtime operator; every error names the offending field.
+
+    At most MAX_OPERATORS operators nested at most MAX_DEPTH deep. With `shape` (the map's
+    (C, H, W)) every operator is also tried on its input, so an operator that does not fit (a mask
+    of the wrong size, a factor that does not divide) is refused under its own field path.
+    """
+    count = _count_operators(msg)
+    if count > MAX_OPERATORS:
+        raise InvalidArgument(f"{field} holds more than {MAX_OPERATORS} operators (nested ones included)")
+    return _operator(msg, field, 0, None if shape is None else tuple(shape))[0]
+
+
+def _count_operators(msg) -> int:
+    count, stack = 0, [msg]
+    while stack and count <= MAX_OPERATORS:  # stops early: a huge request costs no more than the limit
+        m = stack.pop()
+        count += 1
+        kind = m.WhichOneof("kind")
+        if kind in ("per_channel", "compose"):
+            stack.extend(getattr(m, kind).operators)
+    return count
+
+
+def _fits(op: operators.Operator, field: str, shape: tuple | None) -> tuple | None:
+    """The operator's output shape for one map of input `shape` (None: not checked)."""
+    if shape is None:
+        return None
     try:
-        if kind is None:
-            raise InvalidArgument(f"{field} sets no operator (one of mask, downsample, truncate, quantize_aoa, per_channel, compose, identity)")
+        return tuple(op.forward(np.zeros((1,) + shape, np.float32)).shape[1:])
+    except (operators.OperatorError, ValueError) as e:
+        raise InvalidArgument(f"{field}: does not fit its input of shape {list(shape)}: {e}") from None
+
+
+def _operator(msg, field: str, depth: int, shape: tuple | None) -> tuple[operators.Operator, tuple | None]:
+    if depth > MAX_DEPTH:
+        raise InvalidArgument(f"{field} nests operators more than {MAX_DEPTH} deep")
+    kind = msg.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument(f"{field} sets no operator (one of mask, downsample, truncate, quantize_aoa, per_channel, compose, identity)")
+    here = f"{field}.{kind}"
+    try:
         if kind == "identity":
-            return operators.Identity()
-        if kind == "mask":
-            return operators.Mask(binary_map(msg.mask.mask, f"{field}.mask.mask"))
-        if kind == "downsample":
-            return operators.Downsample(int(msg.downsample.factor))
-        if kind == "truncate":
-            return operators.Truncate(float(msg.truncate.low), float(msg.truncate.high))
-        if kind == "quantize_aoa":
+            op = operators.Identity()
+        elif kind == "mask":
+            op = operators.Mask(binary_map(msg.mask.mask, f"{here}.mask"))
+        elif kind == "downsample":
+            op = operators.Downsample(int(msg.downsample.factor))
+        elif kind == "truncate":
+            op = operators.Truncate(float(msg.truncate.low), float(msg.truncate.high))
+        elif kind == "quantize_aoa":
             building = None
             if msg.quantize_aoa.HasField("building"):
-                building = binary_map(msg.quantize_aoa.building, f"{field}.quantize_aoa.building")
-            return operators.QuantizeAoA(int(msg.quantize_aoa.sectors), building)
-        sub = msg.per_channel.operators if kind == "per_channel" else msg.compose.operators
-        ops = tuple(operator_from_proto(o, f"{field}.{kind}.operators[{i}]", depth + 1) for i, o in enumerate(sub))
-        return (operators.PerChannel if kind == "per_channel" else operators.Compose)(ops)
+                building = binary_map(msg.quantize_aoa.building, f"{here}.building")
+            op = operators.QuantizeAoA(int(msg.quantize_aoa.sectors), building)
+        elif kind == "per_channel":
+            sub = shape and (1,) + shape[1:]
+            ops = tuple(_operator(o, f"{here}.operators[{i}]", depth + 1, sub)[0]
+                        for i, o in enumerate(msg.per_channel.operators))
+            op = operators.PerChannel(ops)
+        else:
+            ops, out = [], shape
+            for i, o in enumerate(msg.compose.operators):
+                child, out = _operator(o, f"{here}.operators[{i}]", depth + 1, out)
+                ops.append(child)
+            op = operators.Compose(tuple(ops))
     except operators.OperatorError as e:
-        raise InvalidArgument(f"{field}.{kind}: {e}") from None
+        raise InvalidArgument(f"{here}: {e}") from None
+    return op, _fits(op, here, shape)
 
 
 def operator_to_proto(op: operators.Operator):

@@ -199,18 +199,31 @@ def cmd_serve(args) -> int:
     import logging
     import signal
 
-    from runtime.server import ServerConfig, create_server
+    from runtime.server import ServerConfig, create_server, read_tokens
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = ServerConfig(repository=args.repository, host=args.host, port=args.port, metrics_port=args.metrics_port,
-                       max_batch=args.max_batch, max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue,
-                       engine_threads=args.threads, device=args.device, poll_seconds=args.poll_seconds,
-                       tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
-                       tokens=tuple(Path(args.token_file).read_text().split()) if args.token_file else (),
-                       trusted_keys=tuple(args.trusted_key or ()))
+    metrics_host, metrics_port = "127.0.0.1", None
+    if args.metrics_address:
+        metrics_host, _, port = args.metrics_address.rpartition(":")
+        metrics_host, metrics_port = metrics_host.strip("[]") or "127.0.0.1", int(port)
+    elif args.metrics_port is not None:
+        metrics_port = args.metrics_port
+    try:
+        tokens = read_tokens(args.token_file) if args.token_file else ()
+        cfg = ServerConfig(repository=args.repository, host=args.host, port=args.port, metrics_port=metrics_port,
+                           metrics_host=metrics_host, max_batch=args.max_batch, max_queue_delay_ms=args.max_queue_delay_ms,
+                           max_queue=args.max_queue, max_batch_memory_mib=args.max_batch_memory_mib,
+                           max_evaluations=args.max_evaluations, max_message_bytes=args.max_message_bytes,
+                           engine_threads=args.threads,
+                           deterministic=args.deterministic, device=args.device, poll_seconds=args.poll_seconds,
+                           tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca, tokens=tokens,
+                           trusted_keys=tuple(args.trusted_key or ()))
+    except ValueError as e:
+        print(f"ckm-edge serve: {e}", file=sys.stderr)
+        return 2
     edge = create_server(cfg).start()
     print(f"ckm-edge serving {[m.key for m in edge.repository.models()]} on port {edge.port}"
-          + (f", metrics on http://127.0.0.1:{edge.metrics_port}/metrics" if edge.metrics_port else ""), flush=True)
+          + (f", metrics on http://{cfg.metrics_host}:{edge.metrics_port}/metrics" if edge.metrics_port else ""), flush=True)
     if args.port_file:
         Path(args.port_file).write_text(str(edge.port))
     stop = threading.Event()
@@ -294,10 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default=None, help="bind address (default 127.0.0.1; 0.0.0.0 with TLS)")
     s.add_argument("--port", type=int, default=50051)
     s.add_argument("--port-file", type=Path, help="write the bound port here (useful with --port 0)")
-    s.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on this port")
-    s.add_argument("--max-batch", type=int, default=8)
+    s.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on this port of 127.0.0.1")
+    s.add_argument("--metrics-address", default=None, metavar="HOST:PORT",
+                   help="Prometheus metrics on this address (e.g. 0.0.0.0:9090); overrides --metrics-port")
+    s.add_argument("--max-batch", type=int, default=8, help="posterior-sample rows per engine batch")
     s.add_argument("--max-queue-delay-ms", type=float, default=5.0)
     s.add_argument("--max-queue", type=int, default=64)
+    s.add_argument("--max-batch-memory-mib", type=float, default=2048,
+                   help="engine memory one batch may use, rows x measured per-row memory (0 = no budget)")
+    s.add_argument("--max-evaluations", type=int, default=20_000,
+                   help="network evaluations one request may ask for (samples x calls per sample)")
+    s.add_argument("--max-message-bytes", type=int, default=16 * 2**20, help="largest request accepted")
+    s.add_argument("--deterministic", action="store_true",
+                   help="single-threaded deterministic engines: bitwise-reproducible maps, batched or alone")
     s.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.add_argument("--poll-seconds", type=float, default=2.0, help="repository watch interval (0 = off)")

@@ -34,6 +34,7 @@ class ClientResult:
     sampler: str = ""  # the sampler that ran, its parameters and the posterior samples drawn
     sampler_parameters: dict | None = None
     samples: int = 0
+    deterministic: bool = False  # the server guarantees bitwise-reproducible maps (ConstructResponse.deterministic)
 
 
 class EdgeClient:
@@ -110,4 +111,5 @@ def _result(resp) -> ClientResult:
     t = resp.timings
     return ClientResult(api.to_numpy(resp.map, "map", big, finite=False), std, resp.residual_norm, resp.model_name, resp.model_version,
                         resp.steps, {"queue_s": t.queue_seconds, "sampling_s": t.sampling_seconds, "total_s": t.total_seconds},
-                        resp.adapter_name, resp.adapter_version, resp.sampler, dict(resp.sampler_parameters), resp.samples)
+                        resp.adapter_name, resp.adapter_version, resp.sampler, dict(resp.sampler_parameters), resp.samples,
+                        resp.deterministic)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime import operators
+from runtime import codec, operators
 from runtime.diffpir import DiffPIRConfig
 from runtime.sampler import Observation, Observations, respaced, sample, spec_for
 from runtime.schedule import Schedule
@@ -55,20 +55,46 @@ class Construction:
     steps: int
 
 
+OBSERVATION_RANGE = (-1.0, 2.0)  # pixels: the codec's [0, 1] widened for noise
+
+
 def check_observation(op: operators.Operator, y: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """y must be finite and shaped like A(x) for one map of `shape`; returns (1, ...) float32."""
+    """y must be finite, within OBSERVATION_RANGE and shaped like A(x) for one map of `shape`
+    ((C', H', W'), or with a leading 1); returns (1, ...) float32."""
     y = np.asarray(y, dtype=np.float32)
-    if y.ndim == 3:
-        y = y[None]
     try:  # a probe run catches masks and building layouts that do not fit the tile
         expect = op.forward(np.zeros((1,) + tuple(shape), np.float32)).shape
     except (operators.OperatorError, ValueError) as e:
         raise operators.OperatorError(f"the operator does not fit a {tuple(shape)} map: {e}") from None
-    if y.shape != expect:
-        raise operators.OperatorError(f"observation has shape {y.shape[1:]}, the operator produces {expect[1:]}")
+    if y.shape not in (expect, expect[1:]):
+        raise operators.OperatorError(f"observation has shape {list(y.shape)}; the operator produces "
+                                      f"{list(expect[1:])} for one map (a leading 1 is allowed)")
+    y = y.reshape(expect)
     if not np.isfinite(y).all():
         raise operators.OperatorError(f"observation has {int((~np.isfinite(y)).sum())} non-finite value(s)")
+    lo, hi = OBSERVATION_RANGE
+    if y.min() < lo or y.max() > hi:
+        raise operators.OperatorError(f"observation values must lie in [{lo:g}, {hi:g}] pixels (the codec's [0, 1] "
+                                      f"plus noise), got min {y.min():g}, max {y.max():g}")
     return y
+
+
+def summarize(x: np.ndarray, op: operators.Operator, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Posterior samples (S, C, H, W) of one observation -> their mean, per-cell standard deviation
+    (None for one sample) and the residual ||y - A(mean)|| in pixels."""
+    mean = x.mean(axis=0)
+    std = x.std(axis=0) if len(x) > 1 else None
+    residual = float(np.sqrt(((y[0] - op.forward(mean[None])[0]) ** 2).sum()))
+    return mean, std, residual
+
+
+def in_physical_units(mean: np.ndarray, std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A map in pixels -> (2, H, W) gain dB and AoA sine (building cells NaN); std scaled to match."""
+    phys = codec.decode(mean, clip=True)
+    out = np.stack([phys.gain_db, phys.aoa_sine])
+    if std is not None:
+        std = std * np.array([codec.GAIN_RMSE_FACTOR, codec.AOA_RMSE_FACTOR], np.float32)[:, None, None]
+    return out, std
 
 
 def construct(engine, schedule: Schedule, op: operators.Operator, y: np.ndarray, shape: tuple[int, int, int],
@@ -85,9 +111,7 @@ def construct(engine, schedule: Schedule, op: operators.Operator, y: np.ndarray,
     x = sample(engine, short, obs, rngs, cfg.sampler, callback)
     t2 = time.perf_counter()
     x = np.clip(x, 0.0, 1.0)
-    mean = x.mean(axis=0)
-    std = x.std(axis=0) if cfg.samples > 1 else None
-    residual = float(np.sqrt(((y[0] - op.forward(mean[None])[0]) ** 2).sum()))
+    mean, std, residual = summarize(x, op, y)
     timings = {"prepare_s": t1 - t0, "sampling_s": t2 - t1, "finish_s": time.perf_counter() - t2}
     return Construction(mean, std, x, residual, timings, len(short))
 

@@ -60,6 +60,9 @@ class EngineConfig:
     device: str = "cpu"  # "cpu" or "cuda"
     threads: int = 0  # intra-op threads for the CPU provider; 0 = ONNX Runtime's default
     device_id: int = 0
+    # One thread, sequential execution and ONNX Runtime's deterministic kernels: the same inputs
+    # give bitwise-identical outputs run after run (multi-threaded reductions may not).
+    deterministic: bool = False
 
     def __post_init__(self):
         if self.device not in ("cpu", "cuda"):
@@ -83,6 +86,10 @@ class OrtEngine:
         opts.log_severity_level = 3
         if self.config.threads:
             opts.intra_op_num_threads = self.config.threads
+        if self.config.deterministic:
+            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.use_deterministic_compute = True
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.config.device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -13,6 +13,7 @@ to the resolved model (name, version and manifest checksum).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime import memory
 from runtime.adapter import LambdaTable, adapter_info, check_base, is_adapter
 from runtime.engine import EngineConfig, open_engine
 from runtime.package import Package, PackageError, load_package
@@ -49,13 +51,17 @@ class LoadedModel:
                 if precision not in self.package.precisions:
                     raise PackageError(f"model {self.package.name} {self.package.version} has no {precision} variant "
                                        f"(has {self.package.precisions})")
-                cfg = EngineConfig(precision=precision, device=self.engine_config.device, threads=self.engine_config.threads)
+                cfg = dataclasses.replace(self.engine_config, precision=precision)
                 engine = open_engine(self.package, cfg)
                 n = self.package.tile_size
                 engine.score(np.zeros((1, 2, n, n), np.float32), np.ones(1, np.float32))  # warm-up
                 engine.calls.clear()
                 self._engines[precision] = engine
             return self._engines[precision]
+
+    def row_bytes(self, precision: str, vjp: bool) -> int:
+        """Engine memory per posterior sample (runtime.memory: measured once per package, cached)."""
+        return memory.row_bytes(self.package, precision, vjp)
 
     def close(self) -> None:
         with self._lock:

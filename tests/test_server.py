@@ -125,7 +125,7 @@ def test_the_recommendation_fills_what_a_request_leaves_out(client, tiny_prior, 
     (dict(corrector_steps=50), "corrector_steps must be in [0, 20], got 50"),
     (dict(sampler="diffpir", sampler_parameters={"start": 0.1}, steps=500), "steps: steps must be in [1, 100] (start 0.1"),
     (dict(site=np.ones((16, 16), bool)), "site.building: site building map has shape (16, 16), the maps are (2, 32, 32)"),
-    (dict(site=np.full((32, 32), 2)), "site.building must be an (H, W) array of 0/1"),
+    (dict(site=np.full((32, 32), 2)), "site.building must hold only 0 and 1, got 2"),
     (dict(noise_sigma=float("inf")), "noise_sigma must be in [0, 1] pixels"),
     (dict(noise_sigma=3.0), "noise_sigma must be in [0, 1] pixels"),
 ])
@@ -265,7 +265,7 @@ def test_health_reflection_and_metrics(edge, client, tiny_prior):
              for s in r.list_services_response.service}
     assert api.SERVICE_NAME in names and "grpc.health.v1.Health" in names
     text = urllib.request.urlopen(f"http://127.0.0.1:{edge.metrics_port}/metrics", timeout=5).read().decode()
-    assert 'ckm_requests_total{code="OK",model="tiny",version="1.0.0"}' in text and "ckm_batch_rows_bucket" in text
+    assert 'ckm_model_requests_total{code="OK",model="tiny",version="1.0.0"}' in text and "ckm_batch_rows_bucket" in text
 
 
 def test_repository_reload_serves_new_versions(edge, repo, client, tiny_prior):

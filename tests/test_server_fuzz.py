@@ -32,7 +32,8 @@ def fuzz_server(tiny_package, tmp_path_factory):
 
 
 def tensors():
-    shape = st.lists(st.integers(-2, 40), min_size=0, max_size=5)
+    dims = st.one_of(st.integers(-2, 40), st.sampled_from([2**31, 2**32, 2**62, 2**63 - 1]))
+    shape = st.lists(dims, min_size=0, max_size=5)
     dtype = st.sampled_from([0, 1, 2, 3, 7])
     return st.builds(lambda s, d, data: pb.Tensor(shape=s, dtype=d, data=data), shape, dtype, st.binary(max_size=9000))
 
@@ -49,18 +50,30 @@ def operators_(depth=2):
     )
     if depth == 0:
         return leaf
+    wide = st.builds(lambda n: pb.Operator(compose=pb.ComposeOperator(operators=[pb.Operator(identity=pb.IdentityOperator())] * n)),
+                     st.integers(0, 5000))  # many operators in a small message
     sub = st.lists(operators_(depth - 1), max_size=3)
-    return st.one_of(leaf, st.builds(lambda ops: pb.Operator(per_channel=pb.PerChannelOperator(operators=ops)), sub),
+    return st.one_of(leaf, wide, st.builds(lambda ops: pb.Operator(per_channel=pb.PerChannelOperator(operators=ops)), sub),
                      st.builds(lambda ops: pb.Operator(compose=pb.ComposeOperator(operators=ops)), sub))
 
 
+def _request(obs, op, steps, samples, corr, zeta, prec, name, version, seed, units, sampler, params, sigma, site):
+    req = pb.ConstructRequest(observation=obs, operator=op, steps=steps, samples=samples, corrector_steps=corr, zeta=zeta,
+                              precision=prec, model_name=name, model_version=version, seed=seed, output_units=units,
+                              sampler=sampler, sampler_parameters=params, noise_sigma=sigma)
+    if site is not None:
+        req.site.building.CopyFrom(site)
+    return req
+
+
 requests = st.builds(
-    lambda obs, op, steps, samples, corr, zeta, prec, name, version, seed: pb.ConstructRequest(
-        observation=obs, operator=op, steps=steps, samples=samples, corrector_steps=corr, zeta=zeta, precision=prec,
-        model_name=name, model_version=version, seed=seed),
-    tensors(), operators_(), st.integers(-5, 4), st.integers(-2, 3), st.integers(-1, 2),
+    _request, tensors(), operators_(), st.integers(-5, 4), st.integers(-2, 3), st.integers(-1, 2),
     st.floats(allow_nan=True, allow_infinity=True), st.integers(-1, 5), st.sampled_from(["", "tiny", "nope"]),
-    st.sampled_from(["", "1.0.0", "0.0.0", "x"]), st.integers(0, 2**64 - 1))
+    st.sampled_from(["", "1.0.0", "0.0.0", "x"]), st.integers(0, 2**64 - 1), st.integers(-1, 99),
+    st.sampled_from(["", "diffpir", "daps", "dps", "ddrm"]),
+    st.dictionaries(st.sampled_from(["lam", "zeta", "start", "corrector_steps", "x"]),
+                    st.floats(allow_nan=True, allow_infinity=True), max_size=2),
+    st.one_of(st.floats(-1, 2), st.just(float("nan"))), st.one_of(st.none(), tensors()))
 
 
 @pytest.mark.parametrize("examples", [150, pytest.param(10_000, marks=pytest.mark.slow)])

@@ -1,0 +1,88 @@
+"""Prometheus metrics of the edge server (names and labels after Triton's and Prometheus' conventions).
+
+Per RPC: `ckm_requests_total{method,code}` and `ckm_request_duration_seconds{method,code}`; requests
+refused before a handler ran: `ckm_rejected_requests_total{reason}` (auth, size, decode, queue_full,
+memory); `ckm_inflight_requests{method}`. Per model, only once a request resolved one (never an empty
+label): `ckm_model_requests_total{model,version,code}`. The batcher: `ckm_queue_depth`,
+`ckm_queue_wait_seconds` and `ckm_compute_seconds` (per job), `ckm_batch_rows`,
+`ckm_batch_memory_bytes` (the scheduler's estimate for the batches running now) next to
+`ckm_batch_memory_budget_bytes`, `ckm_abandoned_batches_total`. Plus the standard `process_*`
+(resident memory, CPU, file descriptors), `python_gc_*` and `python_info` collectors.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from runtime.scheduler import Job, SchedulerMetrics
+
+_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics(SchedulerMetrics):
+    def __init__(self, memory_budget: int = 0, registry=None):
+        from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
+                                       Gauge, Histogram)
+        from prometheus_client.gc_collector import GCCollector
+        from prometheus_client.platform_collector import PlatformCollector
+        from prometheus_client.process_collector import ProcessCollector
+
+        del GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR  # those live in the global registry
+        r = self.registry = registry or CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.requests = Counter("ckm_requests", "RPCs handled, by method and status code", ["method", "code"], registry=r)
+        self.duration = Histogram("ckm_request_duration_seconds", "RPC wall time, by method and status code",
+                                  ["method", "code"], registry=r, buckets=_SECONDS)
+        self.inflight = Gauge("ckm_inflight_requests", "RPCs being handled now", ["method"], registry=r)
+        self.rejected = Counter("ckm_rejected_requests", "Requests refused before construction: auth (no valid token), "
+                                "size (message over the limit), decode (not a valid message), queue_full, memory "
+                                "(more samples than the batch memory budget allows)", ["reason"], registry=r)
+        for reason in ("auth", "size", "decode", "queue_full", "memory"):
+            self.rejected.labels(reason)
+        self.model_requests = Counter("ckm_model_requests", "Construction RPCs per resolved model version and code",
+                                      ["model", "version", "code"], registry=r)
+        self.queue_depth = Gauge("ckm_queue_depth", "Jobs waiting for a batch", registry=r)
+        self.queue_wait = Histogram("ckm_queue_wait_seconds", "Time a job waited before its batch started", registry=r,
+                                    buckets=_SECONDS)
+        self.compute = Histogram("ckm_compute_seconds", "Engine time of the batch a job ran in", registry=r,
+                                 buckets=_SECONDS)
+        self.batch_rows = Histogram("ckm_batch_rows", "Posterior-sample rows per engine batch", registry=r,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.batch_memory = Gauge("ckm_batch_memory_bytes", "Estimated engine memory of the batches running now "
+                                  "(rows x per-row estimate)", registry=r)
+        Gauge("ckm_batch_memory_budget_bytes", "Engine memory one batch may use (0 = no budget)",
+              registry=r).set(memory_budget)
+        self.abandoned_batches = Counter("ckm_abandoned_batches", "Batches stopped between steps because every "
+                                         "caller cancelled or ran past its deadline", registry=r)
+        self._lock = threading.Lock()
+        self._memory = 0
+
+    def serve(self, host: str, port: int) -> int:
+        from prometheus_client import start_http_server
+
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return server.server_port
+
+    # -- SchedulerMetrics ------------------------------------------------------------------------
+    def queued(self, jobs: int) -> None:
+        self.queue_depth.set(jobs)
+
+    def batch_started(self, jobs: list[Job], rows: int, memory_bytes: int) -> None:
+        self.batch_rows.observe(rows)
+        for job in jobs:
+            self.queue_wait.observe(job.started - job.enqueued)
+        with self._lock:
+            self._memory += memory_bytes
+            self.batch_memory.set(self._memory)
+
+    def batch_finished(self, jobs: list[Job], rows: int, memory_bytes: int, seconds: float) -> None:
+        for _ in jobs:
+            self.compute.observe(seconds)
+        with self._lock:
+            self._memory -= memory_bytes
+            self.batch_memory.set(self._memory)
+
+    def abandoned(self) -> None:
+        self.abandoned_batches.inc()

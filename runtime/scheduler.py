@@ -1,0 +1,262 @@
+"""Dynamic batching for the edge server: per-key queues, fair across keys, FIFO within one. No gRPC.
+
+    scheduler = Scheduler(SchedulerConfig(max_batch=8, max_queue_delay_ms=5, max_queue=64))
+    scheduler.submit(job)          # QueueFull when max_queue jobs wait, TooLarge past the memory budget
+    job.done.wait(); job.result    # (samples, C, H, W) pixels, or job.error
+
+Jobs that can share one `runtime.sampler.sample` call (same model, adapter, precision, steps and
+sampler config: `Job.key`) wait in one FIFO queue per key, as Triton's dynamic batcher keeps one
+scheduler per model. A batch worker serves the keys round robin, so a stream of one kind of request
+cannot starve another; within a key jobs leave in arrival order. A batch holds the oldest job of its
+key and then the next ones of the same key while they fit (`max_batch` rows, and `memory_budget`
+bytes at `job.row_bytes` per row), waiting at most `max_queue_delay_ms` after that oldest job
+arrived for more to come. Nothing is ever put back into a queue, so a worker never blocks on a
+full queue and nothing is reordered.
+
+Between sampling steps the batch checks its jobs' `alive()`; when every job of a batch has gone
+(cancelled, past its deadline) the batch stops and its jobs end with `Cancelled`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from runtime.adapter import ComposedEngine
+from runtime.sampler import Observation, Observations, StepInfo, respaced, sample
+
+log = logging.getLogger("ckm.edge.scheduler")
+
+
+class QueueFull(OverflowError):
+    """The scheduler holds max_queue jobs already; the client may retry later."""
+
+
+class TooLarge(ValueError):
+    """One job needs more rows or memory than a batch may hold; retrying will not help."""
+
+
+class Cancelled(Exception):
+    """Every job of the batch was cancelled or ran past its deadline; the batch was stopped."""
+
+
+class ShuttingDown(Exception):
+    """The scheduler stopped before the job ran."""
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclass
+class Job:
+    """One construction request, validated: everything a batch needs, nothing of the transport."""
+
+    model: object  # runtime.repository.LoadedModel
+    precision: str
+    steps: int
+    sampler: object  # a registered sampler's frozen config
+    op: object
+    y: np.ndarray  # (1, C, H', W')
+    samples: int
+    seed: int
+    sigma: float = 0.0  # observation noise, pixels
+    site: object = None  # runtime.site.Site
+    adapter: object = None  # a site adapter (LoadedModel) composed with the model
+    adapter_lambda: object = None
+    alive: Callable[[], bool] = _always
+    on_step: Callable[[int, int, float], None] | None = None  # (steps done, total, mean residual of its rows)
+    progress_interval: int = 1
+    row_bytes: int = 0  # estimated engine memory per posterior sample (0 = not limited)
+    enqueued: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
+    finished: float = 0.0
+    done: threading.Event = field(default_factory=threading.Event)
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (id(self.model), id(self.adapter), self.precision, self.steps, self.sampler)
+
+    def finish(self, result=None, error: BaseException | None = None) -> None:
+        self.result, self.error, self.finished = result, error, time.perf_counter()
+        self.done.set()
+
+
+class SchedulerMetrics:
+    """What the scheduler reports; the server's Prometheus metrics implement it. No-ops here."""
+
+    def queued(self, jobs: int) -> None: ...
+
+    def batch_started(self, jobs: list[Job], rows: int, memory_bytes: int) -> None: ...
+
+    def batch_finished(self, jobs: list[Job], rows: int, memory_bytes: int, seconds: float) -> None: ...
+
+    def abandoned(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch: int = 8  # posterior-sample rows per engine batch
+    max_queue_delay_ms: float = 5.0  # longest the oldest job of a key waits for others to join its batch
+    max_queue: int = 64  # jobs waiting, all keys together
+    workers: int = 1  # batch worker threads
+    memory_budget: int = 0  # bytes of engine memory one batch may use (rows x row_bytes); 0 = no budget
+
+    def __post_init__(self):
+        if not 1 <= self.max_batch <= 256 or self.max_queue < 1 or self.workers < 1:
+            raise ValueError("need 1 <= max_batch <= 256, max_queue >= 1 and workers >= 1")
+        if self.max_queue_delay_ms < 0 or self.memory_budget < 0:
+            raise ValueError("max_queue_delay_ms and memory_budget must be >= 0")
+
+
+class Scheduler:
+    def __init__(self, cfg: SchedulerConfig = SchedulerConfig(), metrics: SchedulerMetrics | None = None):
+        self.cfg, self.metrics = cfg, metrics or SchedulerMetrics()
+        self._queues: dict[tuple, deque[Job]] = {}  # insertion order = round-robin order
+        self._count = 0
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._threads = [threading.Thread(target=self._loop, name=f"ckm-batcher-{i}", daemon=True)
+                         for i in range(cfg.workers)]
+        for t in self._threads:
+            t.start()
+
+    # -- admission -------------------------------------------------------------------------------
+    def rows_for(self, row_bytes: int) -> int:
+        """The most rows one batch may hold at `row_bytes` per row."""
+        if not self.cfg.memory_budget or row_bytes <= 0:
+            return self.cfg.max_batch
+        return max(0, min(self.cfg.max_batch, self.cfg.memory_budget // row_bytes))
+
+    def submit(self, job: Job) -> None:
+        cap = self.rows_for(job.row_bytes)
+        if job.samples > cap:
+            need = job.samples * job.row_bytes / 2**20
+            raise TooLarge(f"samples: {job.samples} posterior samples need about {need:.0f} MiB of engine memory in "
+                           f"one batch; this server allows {cap} per batch for this model and sampler "
+                           f"(memory budget {self.cfg.memory_budget / 2**20:.0f} MiB, max batch {self.cfg.max_batch})")
+        with self._cond:
+            if self._stopped:
+                raise ShuttingDown("the server is shutting down")
+            if self._count >= self.cfg.max_queue:
+                raise QueueFull(f"the server's queue is full ({self.cfg.max_queue} jobs); retry later")
+            job.enqueued = time.perf_counter()
+            self._queues.setdefault(job.key, deque()).append(job)
+            self._count += 1
+            self._cond.notify_all()
+            depth = self._count
+        self.metrics.queued(depth)
+
+    def queued(self) -> int:
+        with self._cond:
+            return self._count
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the workers; jobs still queued end with ShuttingDown."""
+        with self._cond:
+            self._stopped = True
+            pending = [job for q in self._queues.values() for job in q]
+            self._queues.clear()
+            self._count = 0
+            self._cond.notify_all()
+        for job in pending:
+            job.finish(error=ShuttingDown("the server shut down before this request ran"))
+        for t in self._threads:
+            t.join(timeout=timeout)
+
+    # -- batching --------------------------------------------------------------------------------
+    def _take(self) -> tuple[list[Job], int] | None:
+        """The next batch (see module doc), or None when stopping or idle for a while."""
+        with self._cond:
+            while not self._count:
+                if self._stopped or not self._cond.wait(timeout=0.1):
+                    return None
+            key = next(iter(self._queues))
+            q = self._queues.pop(key)  # re-inserted at the end: the next batch serves the next key
+            first = q[0]
+            cap = max(1, self.rows_for(first.row_bytes))
+            batch, rows = [], 0
+            deadline = first.enqueued + self.cfg.max_queue_delay_ms / 1e3
+            while True:
+                while q and rows + q[0].samples <= cap:
+                    job = q.popleft()
+                    self._count -= 1
+                    if job.alive():
+                        batch.append(job)
+                        rows += job.samples
+                    else:
+                        job.finish(error=Cancelled("the request was cancelled or its deadline passed while queued"))
+                remaining = deadline - time.perf_counter()
+                if q or rows >= cap or remaining <= 0 or self._stopped:
+                    break
+                self._queues[key] = q  # visible to submit while this worker waits for more
+                self._cond.wait(timeout=remaining)
+                q = self._queues.pop(key, q)
+            if q:
+                self._queues[key] = q
+            depth = self._count
+        self.metrics.queued(depth)
+        return batch, rows
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopped:
+                    return
+            taken = self._take()
+            if taken is None:
+                continue
+            batch, rows = taken
+            if batch:
+                self._run(batch, rows)
+
+    def _run(self, batch: list[Job], rows: int) -> None:
+        first = batch[0]
+        n = first.model.package.tile_size
+        groups, rngs, owner = [], [], []
+        memory = rows * first.row_bytes
+        start = time.perf_counter()
+        for j, job in enumerate(batch):
+            job.started = start
+            groups.append((slice(len(rngs), len(rngs) + job.samples), Observation(job.op, job.y, job.sigma, job.site)))
+            for s in range(job.samples):
+                rngs.append(np.random.default_rng([job.seed, s]))
+                owner.append(j)
+        rows_of = [[i for i, o in enumerate(owner) if o == j] for j in range(len(batch))]
+        total = first.steps
+        self.metrics.batch_started(batch, rows, memory)
+
+        def step(info: StepInfo) -> None:
+            if not any(job.alive() for job in batch):
+                raise Cancelled("every request of the batch was cancelled or ran past its deadline")
+            done = total - info.k
+            for j, job in enumerate(batch):
+                if job.on_step is not None and (done % job.progress_interval == 0 or info.k == 0):
+                    job.on_step(done, total, float(info.residual[rows_of[j]].mean()))
+
+        try:
+            engine = first.model.engine(first.precision)
+            if first.adapter is not None:  # s = s_model + lambda(t) (s_proxy - s_reference)
+                engine = ComposedEngine(engine, first.adapter.engine(first.precision), first.adapter_lambda)
+            schedule = respaced(first.model.package.schedule(), first.steps, first.sampler)
+            x = sample(engine, schedule, Observations((2, n, n), len(rngs), groups), rngs, first.sampler, step)
+            x = np.clip(x, 0.0, 1.0)
+        except Cancelled as e:
+            self.metrics.abandoned()
+            outcome = [(None, e)] * len(batch)
+        except Exception as e:  # the engine failed: every job of the batch gets the error
+            log.exception("batch failed")
+            outcome = [(None, e)] * len(batch)
+        else:
+            outcome = [(x[r], None) for r in rows_of]
+        self.metrics.batch_finished(batch, rows, memory, time.perf_counter() - start)
+        for job, (result, error) in zip(batch, outcome):
+            job.finish(result, error)
