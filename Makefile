@@ -38,8 +38,9 @@ bench: $(STAMP)
 	$(BIN)/ckm-bench procedural
 	$(BIN)/ckm-bench latency
 	$(BIN)/ckm-bench memory
-	$(BIN)/ckm-bench load --clients 1 2 4 8 --duration 20 --steps 5
-	$(BIN)/ckm-bench load --clients 1 2 4 8 --duration 20 --steps 5 --max-batch 1
+	$(BIN)/ckm-bench load --clients 1 2 4 8 16 --duration 20
+	$(BIN)/ckm-bench load --clients 1 2 4 8 16 --duration 20 --max-batch 1
+	$(BIN)/ckm-bench load --clients 1 2 4 8 16 --duration 20 --mix mixed --max-queue 8
 
 # Sionna RT's CPU backend needs LLVM >= 16 (Debian's 14/15 crash drjit's code generation).
 # Installs Debian's libllvm19 when it is missing and this user may; otherwise says why and the

@@ -53,7 +53,7 @@ def test_bad_input_gets_a_clear_error(tiny_package, tmp_path):
     assert out.returncode == 2 and "unknown operator 'blur'" in out.stderr
     np.savez(tmp_path / "o.npz", y=np.zeros((2, 8, 8), np.float32), operator='{"op": "identity"}')
     out = _run("ckm-edge", "construct", "--package", tiny_package.root, "--observation", tmp_path / "o.npz")
-    assert out.returncode == 2 and "observation has shape (2, 8, 8), the operator produces (2, 32, 32)" in out.stderr
+    assert out.returncode == 2 and "observation has shape [2, 8, 8]; the operator produces [2, 32, 32]" in out.stderr
     out = _run("ckm-edge", "construct", "--package", tmp_path, "--observation", tmp_path / "o.npz")
     assert out.returncode == 2 and "is not a model package" in out.stderr
     out = _run("ckm-edge", "construct", "--package", tiny_package.root, "--observation", tmp_path / "o.npz", "--steps", "0")
