@@ -161,6 +161,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
 
         edge = create_server(ServerConfig(repository=args.repository, port=0, poll_seconds=0, max_batch=args.max_batch,
                                           max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue,
+                                          max_batch_memory_mib=args.max_batch_memory_mib,
                                           engine_threads=args.threads)).start()
         target = f"127.0.0.1:{edge.port}"
     try:
@@ -176,7 +177,8 @@ def _cmd_load(args: argparse.Namespace) -> int:
                        + "; ".join(", ".join(f"{k} {v}" for k, v in m.items()) for m in kwargs))
         else:
             kwargs = {"steps": args.steps, "precision": args.precision}
-            setting = (f"the recommended sampler, {args.steps or 'recommended'} steps and samples, {args.precision}")
+            setting = (f"the recommended sampler, {args.steps or 'recommended'} steps and samples (samples capped at the "
+                       f"max batch), {args.precision}")
         levels = []
         for clients in args.clients:
             level = load.run_level(target, y, op, clients, args.duration, kwargs, edge, retry=not args.no_retry)
@@ -187,7 +189,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
             edge.stop(0)
     where = f"server {args.server}" if args.server else (
         f"in-process server on `{args.repository}` (max batch {args.max_batch}, max queue delay {args.max_queue_delay_ms} ms, "
-        f"max queue {args.max_queue})")
+        f"max queue {args.max_queue}, batch memory budget {args.max_batch_memory_mib:g} MiB)")
     text = load.markdown(levels, f"gRPC Construct load on {where}: task {args.task}, {setting}; {args.duration:g} s per "
                                  "level, closed-loop clients (each sends its next request when the previous one returns)"
                                  + ("" if args.no_retry else ", retrying RESOURCE_EXHAUSTED/UNAVAILABLE with exponential "
@@ -419,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--mix", choices=["uniform", "mixed"], default="uniform",
                     help="one setting for every request, or mixed samplers/steps/samples/precisions")
     ld.add_argument("--max-queue", type=int, default=64)
+    ld.add_argument("--max-batch-memory-mib", type=float, default=1024, help="the server's batch memory budget")
     ld.add_argument("--no-retry", action="store_true", help="count RESOURCE_EXHAUSTED as errors instead of retrying")
     ld.add_argument("--task", default="ipbox")
     ld.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])

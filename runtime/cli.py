@@ -215,7 +215,7 @@ def cmd_serve(args) -> int:
                            max_queue=args.max_queue, max_batch_memory_mib=args.max_batch_memory_mib,
                            max_evaluations=args.max_evaluations, max_message_bytes=args.max_message_bytes,
                            engine_threads=args.threads,
-                           deterministic=args.deterministic, device=args.device, poll_seconds=args.poll_seconds,
+                           deterministic=args.deterministic, arena=args.arena, device=args.device, poll_seconds=args.poll_seconds,
                            tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca, tokens=tokens,
                            trusted_keys=tuple(args.trusted_key or ()))
     except ValueError as e:
@@ -313,10 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch", type=int, default=8, help="posterior-sample rows per engine batch")
     s.add_argument("--max-queue-delay-ms", type=float, default=5.0)
     s.add_argument("--max-queue", type=int, default=64)
-    s.add_argument("--max-batch-memory-mib", type=float, default=2048,
+    s.add_argument("--max-batch-memory-mib", type=float, default=1024,
                    help="engine memory one batch may use, rows x measured per-row memory (0 = no budget)")
     s.add_argument("--max-evaluations", type=int, default=20_000,
                    help="network evaluations one request may ask for (samples x calls per sample)")
+    s.add_argument("--arena", choices=["all", "score", "none"], default="score",
+                   help="graphs that keep ONNX Runtime's memory arena; the others return memory after each call")
     s.add_argument("--max-message-bytes", type=int, default=16 * 2**20, help="largest request accepted")
     s.add_argument("--deterministic", action="store_true",
                    help="single-threaded deterministic engines: bitwise-reproducible maps, batched or alone")

@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from runtime.adapter import ComposedEngine
+from runtime.memory import release_free_memory
 from runtime.sampler import Observation, Observations, StepInfo, respaced, sample
 
 log = logging.getLogger("ckm.edge.scheduler")
@@ -242,6 +243,7 @@ class Scheduler:
                 if job.on_step is not None and (done % job.progress_interval == 0 or info.k == 0):
                     job.on_step(done, total, float(info.residual[rows_of[j]].mean()))
 
+        x = None
         try:
             engine = first.model.engine(first.precision)
             if first.adapter is not None:  # s = s_model + lambda(t) (s_proxy - s_reference)
@@ -260,3 +262,5 @@ class Scheduler:
         self.metrics.batch_finished(batch, rows, memory, time.perf_counter() - start)
         for job, (result, error) in zip(batch, outcome):
             job.finish(result, error)
+        del x, outcome
+        release_free_memory()

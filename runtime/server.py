@@ -49,11 +49,12 @@ class ServerConfig:
     max_queue_delay_ms: float = 5.0
     max_queue: int = 64
     batch_workers: int = 1
-    max_batch_memory_mib: float = 2048  # engine memory one batch may use (rows x measured per-row); 0 = no budget
+    max_batch_memory_mib: float = 1024  # engine memory one batch may use (rows x measured per-row); 0 = no budget
     max_evaluations: int = 20_000  # network evaluations one request may ask (samples x calls per sample)
     rpc_threads: int = 16
     engine_threads: int = 0
     deterministic: bool = False  # single-threaded deterministic engines: bitwise-reproducible maps
+    arena: str = "score"  # graphs that keep ONNX Runtime's memory arena (EngineConfig.arena): idle VJP memory goes back
     device: str = "cpu"
     max_message_bytes: int = 16 * 2**20
     poll_seconds: float = 2.0  # repository watch interval; 0 = no watching
@@ -176,7 +177,7 @@ class EdgeServer:
 def create_server(cfg: ServerConfig) -> EdgeServer:
     """Build (not start) the server; returns it with its bound port (cfg.port 0 = any free port)."""
     keys = [read_public_key(k) for k in cfg.trusted_keys] or None
-    engine = EngineConfig(device=cfg.device, threads=cfg.engine_threads, deterministic=cfg.deterministic)
+    engine = EngineConfig(device=cfg.device, threads=cfg.engine_threads, deterministic=cfg.deterministic, arena=cfg.arena)
     repo = ModelRepository(cfg.repository, engine, keys)
     sched = cfg.scheduler
     for model in repo.models():
