@@ -54,3 +54,26 @@ def test_a_batch_and_random_draws():
     np.testing.assert_allclose(tx3, tx, atol=1e-5)
     seen = {augment.random_transform(np.random.default_rng(s), tiles[0])[0].tobytes() for s in range(40)}
     assert len(seen) == 4
+
+
+def test_ray_traced_transmitters_share_the_procedural_cell_convention():
+    """The shipped ray-traced tiles (written with cell centres at whole numbers) read back in the
+    cell-corner convention: near the base station, cells whose AoA sine is geometric line of sight
+    from (i + .5, j + .5) are many more than with the old half-cell offset."""
+    from pathlib import Path
+
+    from training.dataset import Dataset
+
+    split = Dataset(Path(__file__).parents[1] / "datasets" / "sionna-rt-small").split("eval")
+    pixels, tx = split.take(np.arange(len(split))), split.transmitters()
+    hits = {0.0: 0, -0.5: 0}
+    for p, t in zip(pixels, tx):
+        if not (0 <= t[0] < p.shape[1] and 0 <= t[1] < p.shape[2]):
+            continue
+        outdoor = ~codec.building_mask(p)
+        sine = (p[1] - codec.AOA_OFFSET) / codec.AOA_SCALE
+        rows, cols = np.mgrid[0 : p.shape[1], 0 : p.shape[2]] + 0.5
+        near = outdoor & (np.hypot(rows - t[0], cols - t[1]) > 3)
+        for shift in hits:
+            hits[shift] += int((near & (np.abs(sine - _los_sine(t[:2] + shift, sine.shape)) < 2e-3)).sum())
+    assert hits[0.0] > 100 and hits[0.0] > 2 * hits[-0.5], hits

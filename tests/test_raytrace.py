@@ -106,7 +106,8 @@ def test_cell_grid_convention_row0_north_col0_west():
     assert xy[0, 0].tolist() == [97.0, 53.0]  # north-west corner
     assert xy[3, 3].tolist() == [103.0, 47.0]
     rc = raytrace.scene_to_cell(xy[1, 2], np.array([100.0, 50.0]), cfg)
-    assert rc.tolist() == [1.0, 2.0]
+    assert rc.tolist() == [1.5, 2.5]  # the centre of cell (1, 2): cells span [i, i+1), as procedural tiles
+    assert raytrace.scene_to_cell(np.array([96.0, 54.0]), np.array([100.0, 50.0]), cfg).tolist() == [0.0, 0.0]
 
 
 # --- With Sionna RT ----------------------------------------------------------------------------

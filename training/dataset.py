@@ -6,6 +6,11 @@ Layout of a dataset directory::
     <split>/<region>-<shard>.npy       (N, 2, H, W) float32 pixels in the codec's encoding
     <split>/<region>-<shard>.tx.npy    (N, 3) float32 transmitter row, column (cells), height (m)
 
+Transmitter rows and columns are continuous cell coordinates: cell (i, j) spans [i, i+1) x
+[j, j+1), so its centre is (i + 0.5, j + 0.5) and the tile spans [0, H) x [0, W) (manifest
+`"tx_convention": "cell-corner"`). Ray-traced datasets written before that key existed put cell
+centres at whole numbers; the reader shifts their transmitters by half a cell.
+
 Splits are region-disjoint (paper IV-A: training and test maps come from non-overlapping
 regions): the writer refuses to put one region into two splits and the reader checks it again.
 Shards are memory-mapped on read, so a dataset larger than memory is fine.
@@ -28,6 +33,7 @@ from runtime.package import sha256_file
 
 FORMAT = "ckm-dataset"
 VERSION = 1
+TX_CONVENTION = "cell-corner"
 SPLITS = ("train", "eval")
 _REGION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -142,6 +148,7 @@ class DatasetWriter:
             "cell_size_m": self.cell_size_m,
             "carrier_hz": self.carrier_hz,
             "channels": list(codec.CHANNELS),
+            "tx_convention": TX_CONVENTION,
             "codec": {
                 "gain_db_range": [codec.GAIN_DB_MIN, codec.GAIN_DB_MAX],
                 "aoa_sine_pixel_range": [codec.AOA_PIXEL_MIN, codec.AOA_PIXEL_MAX],
@@ -163,8 +170,9 @@ class DatasetWriter:
 class Split:
     """A read-only, memory-mapped view of one split: `len`, indexing, slicing and batches."""
 
-    def __init__(self, root: Path, name: str, info: dict):
+    def __init__(self, root: Path, name: str, info: dict, tx_shift: float = 0.0):
         self.name = name
+        self._tx_shift = tx_shift  # added to transmitter rows/columns written in an older convention
         self.regions: list[str] = list(info["regions"])
         self._shards = info["shards"]
         self._root = root
@@ -205,7 +213,10 @@ class Split:
         """(N, 3) transmitter positions, or None when the source does not record them."""
         if not all(s.get("tx_file") for s in self._shards):
             return None
-        return np.concatenate([np.load(self._root / s["tx_file"]) for s in self._shards])
+        tx = np.concatenate([np.load(self._root / s["tx_file"]) for s in self._shards])
+        if self._tx_shift:
+            tx[:, :2] += self._tx_shift
+        return tx
 
     def batches(self, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
         """Batches over one epoch, shuffled when `rng` is given; the last batch may be smaller."""
@@ -244,7 +255,8 @@ class Dataset:
     def split(self, name: str) -> Split:
         if name not in self.manifest["splits"]:
             raise DatasetError(f"split {name!r} not in {self.root} (has {sorted(self.manifest['splits'])})")
-        return Split(self.root, name, self.manifest["splits"][name])
+        legacy = self.manifest.get("source") == "sionna-rt" and "tx_convention" not in self.manifest
+        return Split(self.root, name, self.manifest["splits"][name], 0.5 if legacy else 0.0)
 
     def verify(self) -> None:
         """Recompute every shard checksum and check shapes; raise DatasetError naming the bad file."""

@@ -456,10 +456,11 @@ def cell_centres(centre_xy: np.ndarray, cfg: RaytraceConfig) -> np.ndarray:
 
 
 def scene_to_cell(xy: np.ndarray, centre_xy: np.ndarray, cfg: RaytraceConfig) -> np.ndarray:
-    """Scene (x, y) -> fractional (row, col) of a tile centred at `centre_xy` (cell centres at .5)."""
+    """Scene (x, y) -> continuous (row, col) of a tile centred at `centre_xy`: cell (i, j) spans
+    [i, i+1) x [j, j+1), its centre at (i + .5, j + .5), as in procedural tiles (training.dataset)."""
     n, c = cfg.tile_size, cfg.cell_size_m
-    col = (xy[0] - centre_xy[0]) / c + n / 2 - 0.5
-    row = (centre_xy[1] - xy[1]) / c + n / 2 - 0.5
+    col = (xy[0] - centre_xy[0]) / c + n / 2
+    row = (centre_xy[1] - xy[1]) / c + n / 2
     return np.array([row, col])
 
 
@@ -702,7 +703,8 @@ def build(
         meta = {"region": spec.region, "split": split, "index": i, "device": used, **tile.meta}
         path = _part_path(out, spec.region, i)
         tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, pixels=tile.pixels, tx=tile.tx, meta=json.dumps(meta), scene=json.dumps(traced.describe()))
+        np.savez(tmp, pixels=tile.pixels, tx=tile.tx, meta=json.dumps(meta), scene=json.dumps(traced.describe()),
+                 tx_convention=np.array("cell-corner"))
         os.replace(tmp, path)
         built += 1
         elapsed = time.perf_counter() - start
@@ -742,7 +744,10 @@ def assemble(out: Path, plan: BuildPlan) -> Path | None:
         scenes: dict[str, dict] = {}
         for spec, split, i in plan.jobs():
             with np.load(_part_path(out, spec.region, i)) as z:
-                by_region.setdefault((split, spec.region), []).append((z["pixels"], z["tx"]))
+                tx = z["tx"].copy()
+                if "tx_convention" not in z.files:  # a part traced before the cell-corner convention
+                    tx[:2] += 0.5
+                by_region.setdefault((split, spec.region), []).append((z["pixels"], tx))
                 tiles_meta.append(json.loads(str(z["meta"])))
                 scenes.setdefault(spec.region, {"region": spec.region, "split": split, **json.loads(str(z["scene"]))})
         cfg = plan.config
