@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime import tasks
+from runtime import codec, condition, tasks
 from runtime.schedule import Schedule
 
 
@@ -26,8 +26,22 @@ class ScoreMatching:
     """
 
     schedule: Schedule
+    # Site-aware priors (model.cond_channels > 0): the condition comes from each tile itself (its
+    # building cells and, when the data records it, its transmitter), each part dropped with
+    # these probabilities so that one network also serves the unconditional setting.
+    p_drop_building: float = 0.3
+    p_drop_bs: float = 0.3
 
-    def __call__(self, model, x0: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def condition(self, model, x0: torch.Tensor, tx: np.ndarray | None, rng: np.random.Generator) -> torch.Tensor | None:
+        if not getattr(model, "cond_channels", 0):
+            return None
+        pixels = x0.detach().float().cpu().numpy()
+        cond = condition.site_condition(codec.building_mask(pixels), tx, pixels.shape[-2:], len(pixels))
+        cond = condition.dropout(cond, rng, self.p_drop_building, self.p_drop_bs)
+        return torch.from_numpy(cond).to(x0.device)
+
+    def __call__(self, model, x0: torch.Tensor, rng: np.random.Generator, tx: np.ndarray | None = None) -> torch.Tensor:
+        cond = self.condition(_unwrap(model), x0, tx, rng)
         b = x0.shape[0]
         i = rng.integers(0, len(self.schedule), size=b)
         z = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32)).to(x0.device)
@@ -35,8 +49,15 @@ class ScoreMatching:
         std = torch.from_numpy(self.schedule.noise_std[i].astype(np.float32)).to(x0.device)[:, None, None, None]
         t = torch.from_numpy(self.schedule.times[i].astype(np.float32)).to(x0.device)
         x_i = scale * x0 + std * z  # perturbation kernel, eq. (11)
-        s = model(x_i, t)  # the score; std * s = -eps_theta
+        s = model(x_i, t) if cond is None else model(x_i, t, cond)  # the score; std * s = -eps_theta
         return ((std * s + z) ** 2).mean(dim=(1, 2, 3)).mean()
+
+
+def _unwrap(model):
+    """The module behind DistributedDataParallel / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
 
 
 def observation_inputs(op, y: np.ndarray, shape: tuple[int, ...], with_mask: bool) -> np.ndarray:
@@ -65,7 +86,7 @@ class EndToEnd:
     task_names: tuple[str, ...]
     sigma: float = tasks.DEFAULT_SIGMA
 
-    def __call__(self, model, x0: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def __call__(self, model, x0: torch.Tensor, rng: np.random.Generator, tx: np.ndarray | None = None) -> torch.Tensor:
         x_np = x0.detach().cpu().numpy()
         task = self.task_names[int(rng.integers(len(self.task_names)))]
         op = tasks.make_operator(task, rng, x_np)

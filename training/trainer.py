@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from runtime import codec
+from training import augment as flipping
 from training.dataset import Split
 
 
@@ -62,6 +63,7 @@ class DataStream:
         self.rng = np.random.default_rng([cfg.seed, 0xDA7A])
         self.order = self.rng.permutation(len(split))
         self.position = 0
+        self._tx = None  # the split's transmitters, read on first use (False: it has none)
 
     def state(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "order": self.order.tolist(), "position": self.position}
@@ -71,36 +73,47 @@ class DataStream:
         self.order = np.asarray(state["order"])
         self.position = state["position"]
 
-    def next(self) -> np.ndarray:
-        """This rank's share of the next global batch, (B / world, 2, crop, crop)."""
+    def next(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """This rank's share of the next global batch, (B / world, 2, crop, crop), and its
+        transmitters (B / world, 3) moved with the crop and flips (None when the split has none)."""
         b = self.cfg.batch_size
         if self.position + b > len(self.order):
             self.order, self.position = self.rng.permutation(len(self.split)), 0
-        idx = self.order[self.position : self.position + b]
+        idx = np.sort(self.order[self.position : self.position + b])
         self.position += b
-        x = self.split.take(np.sort(idx))
-        x = augment(x, self.rng, self.cfg.crop, self.cfg.flips)
-        return x[self.rank :: self.world]
+        x = self.split.take(idx)
+        if self._tx is None:
+            known = self.split.transmitters()
+            self._tx = False if known is None else known
+        tx = None if self._tx is False else self._tx[idx]
+        x, tx = augment(x, self.rng, self.cfg.crop, self.cfg.flips, tx)
+        return x[self.rank :: self.world], None if tx is None else tx[self.rank :: self.world]
 
 
-def augment(x: np.ndarray, rng: np.random.Generator, crop: int | None, flips: bool) -> np.ndarray:
-    """Random crop and mirrors. A left-right mirror maps theta -> 180 - theta (sine unchanged);
-    an up-down mirror maps theta -> -theta, so the outdoor AoA pixel p becomes 1.3 - p."""
+def augment(x: np.ndarray, rng: np.random.Generator, crop: int | None, flips: bool,
+            tx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Random crop and mirrors (training.augment: a left-right mirror keeps the AoA sine, an
+    up-down mirror negates it), with the transmitters moved to match."""
     b, _, h, w = x.shape
     out = np.empty((b, 2, crop or h, crop or w), np.float32)
+    tx_out = None if tx is None else np.array(tx, np.float32, copy=True)
     for k in range(b):
         tile = x[k]
+        t = None if tx_out is None else tx_out[k]
         if crop:
             r, c = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
             tile = tile[:, r : r + crop, c : c + crop]
-        if flips and rng.random() < 0.5:
-            tile = tile[:, :, ::-1]
-        if flips and rng.random() < 0.5:
-            tile = tile[:, ::-1, :].copy()
-            outdoor = tile[1] >= codec.BUILDING_THRESHOLD
-            tile[1][outdoor] = 2 * codec.AOA_OFFSET - tile[1][outdoor]
+            if t is not None:
+                t[:2] -= (r, c)
+        flip_cols = flips and rng.random() < 0.5
+        flip_rows = flips and rng.random() < 0.5
+        name = {(False, False): "identity", (False, True): "flip_cols", (True, False): "flip_rows",
+                (True, True): "rot180"}[(flip_rows, flip_cols)]
+        tile, t = flipping.apply(tile, name, t)
         out[k] = tile
-    return out
+        if t is not None:
+            tx_out[k] = t
+    return out, tx_out
 
 
 class EMA:
@@ -211,10 +224,11 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def _train_step(self) -> float:
-        x = torch.from_numpy(self.data.next()).to(self.device)
+        x, tx = self.data.next()
+        x = torch.from_numpy(x).to(self.device)
         self.net.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss = self.objective(self.net, x, self.obj_rng)
+            loss = self.objective(self.net, x, self.obj_rng, tx)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; stopping before the checkpoint is spoiled")
         self.opt.zero_grad(set_to_none=True)
@@ -234,11 +248,14 @@ class Trainer:
         rng = np.random.default_rng([self.cfg.seed, 0xE7A1])
         n = min(len(self.eval), self.cfg.eval_batches * self.cfg.batch_size)
         losses = []
+        tx_all = self.eval.transmitters()
         for start in range(0, n, self.cfg.batch_size):
-            x = self.eval.take(np.arange(start, min(start + self.cfg.batch_size, n)))
-            if self.cfg.crop:
+            idx = np.arange(start, min(start + self.cfg.batch_size, n))
+            x = self.eval.take(idx)
+            if self.cfg.crop:  # the top-left crop: transmitters keep their coordinates
                 x = x[:, :, : self.cfg.crop, : self.cfg.crop]
-            losses.append(float(self.objective(self.ema.model, torch.from_numpy(x).to(self.device), rng)))
+            tx = None if tx_all is None else tx_all[idx]
+            losses.append(float(self.objective(self.ema.model, torch.from_numpy(x).to(self.device), rng, tx)))
         return float(np.mean(losses))
 
     def _log(self, record: dict) -> None:

@@ -34,6 +34,9 @@ class UNetConfig:
     dropout: float = 0.1
     groups: int = 8
     time_conditional: bool = True
+    # Site condition channels (runtime.condition.CHANNELS for a site-aware prior; 0 = the paper's
+    # unconditional prior). They enter next to x at the stem; all zeros = unconditional.
+    cond_channels: int = 0
 
     def __post_init__(self):
         if self.base_channels % self.groups:
@@ -115,7 +118,7 @@ class UNet(nn.Module):
         temb = 4 * ch if cfg.time_conditional else 0
         if cfg.time_conditional:
             self.time_mlp = nn.Sequential(nn.Linear(ch, temb), nn.SiLU(), nn.Linear(temb, temb))
-        self.stem = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        self.stem = nn.Conv2d(cfg.in_channels + cfg.cond_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
         skips, cur = [ch], ch
         for level, mult in enumerate(cfg.channel_mults):
@@ -151,10 +154,16 @@ class UNet(nn.Module):
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
         emb = None
         if self.cfg.time_conditional:
             emb = self.time_mlp(timestep_embedding(t, self.cfg.base_channels))
+        if self.cfg.cond_channels:
+            if cond is None:  # unconditional: every condition channel zero
+                cond = x.new_zeros((x.shape[0], self.cfg.cond_channels) + tuple(x.shape[2:]))
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
+        elif cond is not None:
+            raise ValueError("this U-Net takes no condition channels (cond_channels = 0)")
         h = self.stem(x)
         hs = [h]
         for block in self.down:
@@ -169,7 +178,8 @@ class UNet(nn.Module):
 
 
 class ScoreModel(nn.Module):
-    """s(x, t) = -eps_theta(x, t) / noise_std(t); t in (0, 1] is one of the schedule's times."""
+    """s(x, t) = -eps_theta(x, t) / noise_std(t); t in (0, 1] is one of the schedule's times.
+    A site-aware prior (cfg.cond_channels > 0) takes `cond` (runtime.condition); None = unconditional."""
 
     def __init__(self, cfg: UNetConfig, schedule: Schedule):
         super().__init__()
@@ -184,8 +194,12 @@ class ScoreModel(nn.Module):
         index = torch.clamp(torch.round(t * self.n_steps).long() - 1, 0, self.n_steps - 1)
         return self.noise_std_table[index]
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return -self.net(x, t) / self.noise_std(t)[:, None, None, None]
+    @property
+    def cond_channels(self) -> int:
+        return self.net.cfg.cond_channels
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return -self.net(x, t, cond) / self.noise_std(t)[:, None, None, None]
 
 
 class EndToEndModel(nn.Module):
