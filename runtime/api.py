@@ -123,54 +123,66 @@ def _operator(msg, field: str, depth: int, shape: tuple | None) -> tuple[operato
         raise InvalidArgument(f"{field} nests operators more than {MAX_DEPTH} deep")
     kind = msg.WhichOneof("kind")
     if kind is None:
-        raise InvalidArgument(f"{field} sets no operator (one of mask, downsample, truncate, quantize_aoa, per_channel, compose, identity)")
+        raise InvalidArgument(f"{field} sets no operator (one of {operators.known()})")
     here = f"{field}.{kind}"
-    try:
-        if kind == "identity":
-            op = operators.Identity()
-        elif kind == "mask":
-            op = operators.Mask(binary_map(msg.mask.mask, f"{here}.mask"))
-        elif kind == "downsample":
-            op = operators.Downsample(int(msg.downsample.factor))
-        elif kind == "truncate":
-            op = operators.Truncate(float(msg.truncate.low), float(msg.truncate.high))
-        elif kind == "quantize_aoa":
-            building = None
-            if msg.quantize_aoa.HasField("building"):
-                building = binary_map(msg.quantize_aoa.building, f"{here}.building")
-            op = operators.QuantizeAoA(int(msg.quantize_aoa.sectors), building)
-        elif kind == "per_channel":
-            sub = shape and (1,) + shape[1:]
-            ops = tuple(_operator(o, f"{here}.operators[{i}]", depth + 1, sub)[0]
-                        for i, o in enumerate(msg.per_channel.operators))
-            op = operators.PerChannel(ops)
-        else:
+    body = getattr(msg, kind)
+    if kind == "named":  # any registered operator, by name
+        cls = operators.OPERATORS.get(body.name)
+        if cls is None:
+            raise InvalidArgument(f"{here}.name: unknown operator {body.name!r}; known: {operators.known()}")
+        values = {**dict(body.numbers), **dict(body.maps)}
+        extra = set(values) - {p.name for p in cls.parameters}
+        if extra:
+            raise InvalidArgument(f"{here}: operator {body.name!r} has no parameter(s) {', '.join(sorted(map(repr, extra)))}")
+        subs = list(body.operators)
+        where = lambda name: f"{here}.maps[{name!r}]"  # noqa: E731
+    else:  # its typed message: field names are the parameter names
+        cls = operators.OPERATORS[kind]
+        values = {p.name: getattr(body, p.name) for p in cls.parameters
+                  if p.kind not in ("map", "operators") or (p.kind == "map" and body.HasField(p.name))}
+        subs = next((list(getattr(body, p.name)) for p in cls.parameters if p.kind == "operators"), [])
+        where = lambda name: f"{here}.{name}"  # noqa: E731
+    params = {}
+    for p in cls.parameters:
+        if p.kind == "map" and p.name in values:
+            params[p.name] = binary_map(values[p.name], where(p.name))
+        elif p.kind == "operators":  # per_channel: each sees one channel; others: a chain
             ops, out = [], shape
-            for i, o in enumerate(msg.compose.operators):
-                child, out = _operator(o, f"{here}.operators[{i}]", depth + 1, out)
+            for i, o in enumerate(subs):
+                per_channel = cls is operators.PerChannel
+                child, child_out = _operator(o, f"{here}.operators[{i}]", depth + 1,
+                                             (shape and (1,) + shape[1:]) if per_channel else out)
                 ops.append(child)
-            op = operators.Compose(tuple(ops))
+                out = out if per_channel else child_out
+            params[p.name] = tuple(ops)
+        elif p.name in values:
+            params[p.name] = values[p.name]
+    try:
+        op = operators.make(cls.name, params)
     except operators.OperatorError as e:
         raise InvalidArgument(f"{here}: {e}") from None
     return op, _fits(op, here, shape)
 
 
 def operator_to_proto(op: operators.Operator):
-    """A runtime operator -> its Operator message (the client side)."""
-    if isinstance(op, operators.Identity):
-        return pb.Operator(identity=pb.IdentityOperator())
-    if isinstance(op, operators.Mask):
-        return pb.Operator(mask=pb.MaskOperator(mask=from_numpy(_one_map(op.mask, "mask"))))
-    if isinstance(op, operators.Downsample):
-        return pb.Operator(downsample=pb.DownsampleOperator(factor=op.factor))
-    if isinstance(op, operators.Truncate):
-        return pb.Operator(truncate=pb.TruncateOperator(low=op.low, high=op.high))
-    if isinstance(op, operators.QuantizeAoA):
-        msg = pb.QuantizeAoaOperator(sectors=op.sectors)
-        if op.building is not None:
-            msg.building.CopyFrom(from_numpy(_one_map(op.building, "building mask")))
-        return pb.Operator(quantize_aoa=msg)
-    subs = [operator_to_proto(o) for o in op.operators]
-    if isinstance(op, operators.PerChannel):
-        return pb.Operator(per_channel=pb.PerChannelOperator(operators=subs))
-    return pb.Operator(compose=pb.ComposeOperator(operators=subs))
+    """A runtime operator -> its Operator message (the client side): its typed message when the
+    .proto has one, else a NamedOperator."""
+    typed = op.name != "named" and op.name in pb.Operator.DESCRIPTOR.fields_by_name
+    msg = pb.Operator()
+    body = getattr(msg, op.name) if typed else msg.named
+    body.SetInParent()
+    if not typed:
+        body.name = op.name
+    for p in type(op).parameters:
+        v = getattr(op, p.name)
+        if p.kind == "map":
+            if v is not None:
+                tensor = from_numpy(_one_map(np.asarray(v), p.name))
+                (getattr(body, p.name) if typed else body.maps[p.name]).CopyFrom(tensor)
+        elif p.kind == "operators":
+            body.operators.extend(operator_to_proto(o) for o in v)
+        elif typed:
+            setattr(body, p.name, v)
+        else:
+            body.numbers[p.name] = float(v)
+    return msg

@@ -28,6 +28,7 @@ descent on the same objective through its own VJP (`exact_prox` is False) — ne
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -49,8 +50,112 @@ def _check_x(x: np.ndarray, channels: int | None = None) -> np.ndarray:
     return x
 
 
+# --- the registry: one table for specs, the gRPC API, metadata and errors ---------------------
+
+OPERATORS: dict[str, type] = {}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    kind: str  # "map" ((H, W) 0/1 array), "operators" (sub-operators), "int" or "float"
+    optional: bool  # a map that may be None
+    default: object = dataclasses.MISSING
+
+
+def register_operator(cls: type) -> type:
+    """Class decorator: make a dataclass Operator known by `cls.name` everywhere it is named —
+    specs (`from_spec`/`to_spec`), the gRPC API (its typed message in edge.proto, or the generic
+    NamedOperator for an operator the .proto does not know), GetModelMetadata and error messages.
+    Its dataclass fields are its parameters, typed by annotation: `np.ndarray` (a 0/1 map; with
+    `| None`, optional), `tuple` (sub-operators), `int` or `float`."""
+    if not (isinstance(cls, type) and issubclass(cls, Operator) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"{cls!r} is not a dataclass Operator")
+    if cls.name in OPERATORS and OPERATORS[cls.name] is not cls:
+        raise OperatorError(f"an operator named {cls.name!r} is registered already")
+    cls.parameters = tuple(_parameter(f) for f in dataclasses.fields(cls))
+    OPERATORS[cls.name] = cls
+    return cls
+
+
+def unregister_operator(name: str) -> None:
+    OPERATORS.pop(name, None)
+
+
+def _parameter(f: dataclasses.Field) -> Parameter:
+    t = f.type.__name__ if isinstance(f.type, type) else str(f.type)  # a class, or a (string) annotation
+    kind = ("operators" if "tuple" in t else "map" if "ndarray" in t else "int" if t == "int" else
+            "float" if t == "float" else None)
+    if kind is None:
+        raise TypeError(f"operator parameter {f.name!r} has type {t!r}; use np.ndarray, tuple, int or float")
+    return Parameter(f.name, kind, "None" in t, f.default)
+
+
+def known() -> str:
+    return ", ".join(OPERATORS)
+
+
+def make(name: str, params: dict) -> "Operator":
+    """The registered operator `name` from its parameters (maps as 0/1 arrays, sub-operators as
+    Operators); unknown names, missing, unknown or mistyped parameters raise OperatorError."""
+    cls = OPERATORS.get(name)
+    if cls is None:
+        raise OperatorError(f"unknown operator {name!r}; known: {known()}")
+    names = {p.name for p in cls.parameters}
+    extra = sorted(set(params) - names)
+    if extra:
+        raise OperatorError(f"operator {name!r} has no parameter(s) {', '.join(map(repr, extra))} "
+                            f"(has: {', '.join(sorted(names)) or 'none'})")
+    kwargs = {}
+    for p in cls.parameters:
+        if p.name not in params:
+            if p.default is dataclasses.MISSING and not p.optional:
+                raise OperatorError(f"operator {name!r} needs parameter {p.name!r}")
+            continue
+        kwargs[p.name] = _convert(name, p, params[p.name])
+    try:
+        return cls(**kwargs)
+    except OperatorError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise OperatorError(f"bad parameters for operator {name!r}: {e}") from None
+
+
+def _convert(name: str, p: Parameter, v):
+    where = f"operator {name!r} parameter {p.name!r}"
+    if p.kind == "map":
+        if v is None and p.optional:
+            return None
+        m = np.asarray(v)
+        if m.dtype == np.bool_:
+            return m
+        if m.dtype.kind not in "biuf" or not np.isin(m, (0, 1)).all():
+            raise OperatorError(f"{where} must be a 0/1 map")
+        return m.astype(bool)
+    if p.kind == "operators":
+        ops = tuple(v)
+        if not all(isinstance(o, Operator) for o in ops):
+            raise OperatorError(f"{where} must be a list of operators")
+        return ops
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise OperatorError(f"{where} must be a number, got {v!r}") from None
+    if p.kind == "int":
+        if not math.isfinite(x) or x != int(x):
+            raise OperatorError(f"{where} must be an integer, got {v!r}")
+        return int(x)
+    return x
+
+
+def parameters_of(op: "Operator") -> dict:
+    """A registered operator's parameters by name (maps as arrays, sub-operators as Operators)."""
+    return {p.name: getattr(op, p.name) for p in type(op).parameters}
+
+
 class Operator:
-    """Base class: `forward(x)`, `vjp(x, v)`, `output_shape(shape)`, `to_spec()`, `prox(z, y, lam)`."""
+    """Base class: `forward(x)`, `vjp(x, v)`, `output_shape(shape)`, `to_spec()`, `prox(z, y, lam)`.
+    Concrete operators are frozen dataclasses registered with `@register_operator`."""
 
     name = "operator"
     linear = False  # A(x) = A x: the VJP does not depend on x
@@ -66,7 +171,18 @@ class Operator:
         return tuple(shape)
 
     def to_spec(self) -> dict:
-        raise NotImplementedError
+        """The JSON-able spec: {"op": name, parameter: value, ...} (maps as 0/1 lists)."""
+        spec = {"op": self.name}
+        for p in type(self).parameters:
+            v = getattr(self, p.name)
+            if p.kind == "map":
+                if v is not None:
+                    spec[p.name] = np.asarray(v).astype(np.uint8).tolist()
+            elif p.kind == "operators":
+                spec[p.name] = [o.to_spec() for o in v]
+            else:
+                spec[p.name] = v
+        return spec
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)
@@ -93,6 +209,7 @@ class Operator:
         return self.prox(np.zeros(shape, np.float32), y, 0.0)
 
 
+@register_operator
 @dataclass(frozen=True)
 class Identity(Operator):
     name = "identity"
@@ -108,10 +225,9 @@ class Identity(Operator):
         lam = _check_lam(lam)
         return np.clip((y + lam * _check_x(z)) / (1.0 + lam), 0.0, 1.0).astype(z.dtype)
 
-    def to_spec(self):
-        return {"op": self.name}
 
 
+@register_operator
 @dataclass(frozen=True, eq=False)
 class Mask(Operator):
     """Inpainting (paper II-1a): y = m * x, m in {0, 1} per cell, shared by all channels."""
@@ -150,10 +266,9 @@ class Mask(Operator):
     def observed_fraction(self) -> float:
         return float(self.mask.mean())
 
-    def to_spec(self):
-        return {"op": self.name, "mask": self.mask.astype(np.uint8).tolist()}
 
 
+@register_operator
 @dataclass(frozen=True)
 class Downsample(Operator):
     """Super-resolution (paper II-1b): D_s = average over s x s blocks. H, W must divide by s."""
@@ -211,10 +326,9 @@ class Downsample(Operator):
         b, c, h, w = shape
         return (b, c, h // self.factor, w // self.factor)
 
-    def to_spec(self):
-        return {"op": self.name, "factor": int(self.factor)}
 
 
+@register_operator
 @dataclass(frozen=True)
 class Truncate(Operator):
     """Dynamic-range truncation (eq. 2 / 26): y = min(max(x, a), b), straight-through backward.
@@ -256,10 +370,9 @@ class Truncate(Operator):
         # piece, the one nearest z among the best fits
         return np.where(c_low <= np.minimum(c_high, c_mid), low, np.where(c_high <= c_mid, high, mid)).astype(z.dtype)
 
-    def to_spec(self):
-        return {"op": self.name, "low": self.low, "high": self.high}
 
 
+@register_operator
 @dataclass(frozen=True, eq=False)
 class QuantizeAoA(Operator):
     """AoA quantization into K equal sectors (eqs. 28-31) on AoA-sine pixels, STE backward (eq. 36).
@@ -347,11 +460,6 @@ class QuantizeAoA(Operator):
         building = self._building(z) if self.building is not None else y < codec.BUILDING_THRESHOLD
         return np.where(building, 0.0, x).astype(z.dtype)
 
-    def to_spec(self):
-        spec = {"op": self.name, "sectors": int(self.sectors)}
-        if self.building is not None:
-            spec["building"] = self.building.astype(np.uint8).tolist()
-        return spec
 
 
 def _freeze_operators(combinator: Operator, message: str) -> None:
@@ -361,6 +469,7 @@ def _freeze_operators(combinator: Operator, message: str) -> None:
         raise OperatorError(message)
 
 
+@register_operator
 @dataclass(frozen=True)
 class PerChannel(Operator):
     """Channel c of x through operators[c] (each sees (B, 1, H, W)); outputs stacked on channels."""
@@ -413,10 +522,9 @@ class PerChannel(Operator):
         b, _, h, w = self.operators[0].output_shape((shape[0], 1) + tuple(shape[2:]))
         return (b, len(self.operators), h, w)
 
-    def to_spec(self):
-        return {"op": self.name, "operators": [o.to_spec() for o in self.operators]}
 
 
+@register_operator
 @dataclass(frozen=True)
 class Compose(Operator):
     """A_n(...A_1(x)): the VJP runs the chain rule backwards through the saved intermediates."""
@@ -468,8 +576,6 @@ class Compose(Operator):
             shape = op.output_shape(shape)
         return shape
 
-    def to_spec(self):
-        return {"op": self.name, "operators": [o.to_spec() for o in self.operators]}
 
 
 def _block_offset(z: np.ndarray, y: np.ndarray, lam: np.ndarray) -> np.ndarray:
@@ -673,27 +779,13 @@ def from_spec(spec: dict) -> Operator:
     if not isinstance(spec, dict) or "op" not in spec:
         raise OperatorError(f"an operator spec is a dict with an 'op' key, got {spec!r}")
     name = spec["op"]
-    args = {k: v for k, v in spec.items() if k != "op"}
-    try:
-        if name == "identity":
-            return Identity(**args)
-        if name == "mask":
-            return Mask(np.asarray(args.pop("mask"), dtype=np.uint8).astype(bool), **args)
-        if name == "downsample":
-            return Downsample(int(args.pop("factor")), **args)
-        if name == "truncate":
-            return Truncate(float(args.pop("low", 0.2)), float(args.pop("high", 0.7)), **args)
-        if name == "quantize_aoa":
-            building = args.pop("building", None)
-            building = None if building is None else np.asarray(building, dtype=np.uint8).astype(bool)
-            return QuantizeAoA(int(args.pop("sectors", 24)), building, **args)
-        if name in ("per_channel", "compose"):
-            ops = tuple(from_spec(s) for s in args.pop("operators"))
-            return (PerChannel if name == "per_channel" else Compose)(ops, **args)
-    except (TypeError, KeyError, ValueError) as e:
-        if isinstance(e, OperatorError):
-            raise
-        raise OperatorError(f"bad parameters for operator {name!r}: {e}") from None
-    raise OperatorError(
-        f"unknown operator {name!r}; known: identity, mask, downsample, truncate, quantize_aoa, per_channel, compose"
-    )
+    cls = OPERATORS.get(name)
+    if cls is None:
+        raise OperatorError(f"unknown operator {name!r}; known: {known()}")
+    params = {k: v for k, v in spec.items() if k != "op"}
+    for p in cls.parameters:
+        if p.kind == "operators" and p.name in params:
+            if not isinstance(params[p.name], list):
+                raise OperatorError(f"bad parameters for operator {name!r}: {p.name!r} must be a list of specs")
+            params[p.name] = [from_spec(sub) for sub in params[p.name]]
+    return make(name, params)

@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from runtime import api, codec, recommend
+from runtime import api, codec, operators, recommend
 from runtime.api import InvalidArgument, pb
 from runtime.construct import MAX_SAMPLES, MAX_STEPS, check_observation, in_physical_units, summarize
 from runtime.engine import EngineError
@@ -275,7 +275,7 @@ def metadata(model: LoadedModel, limits: Limits) -> object:
                 for t, v in rec["tasks"].items()]
     return pb.GetModelMetadataResponse(
         name=pkg.name, version=pkg.version, channels=list(pkg.manifest["channels"]), tile_size=pkg.tile_size,
-        operators=["identity", "mask", "downsample", "truncate", "quantize_aoa", "per_channel", "compose"],
+        operators=list(operators.OPERATORS),
         precisions=pkg.precisions, schedule_json=json.dumps(pkg.manifest["schedule"]),
         max_steps=min(MAX_STEPS, len(pkg.schedule())), accuracy=accuracy, adapts=adapts(pkg),
         samplers=[_sampler_info(s) for s in SAMPLERS.values()],

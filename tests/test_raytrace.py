@@ -258,7 +258,7 @@ def test_line_of_sight_aoa_points_at_the_base_station(tmp_path):
     for r in result["rows"]:
         if r["paths"] == 0:
             continue
-        row, col = divmod(r["cell"], cfg.tile_size)
+        row, col = np.array(divmod(r["cell"], cfg.tile_size)) + 0.5  # cell centres (training.dataset convention)
         dy, dx = -(tx_row - row), tx_col - col  # north is -row
         assert r["tile_sine"] == pytest.approx(dy / np.hypot(dx, dy), abs=2e-3)
         seen += 1
