@@ -111,7 +111,7 @@ def test_specs_round_trip_and_errors_name_the_problem():
         operators.Truncate(0.8, 0.2)
     with pytest.raises(operators.OperatorError, match="even number of sectors"):
         operators.QuantizeAoA(7)
-    with pytest.raises(operators.OperatorError, match="bad parameters for operator 'truncate'"):
+    with pytest.raises(operators.OperatorError, match=r"operator 'truncate' has no parameter\(s\) 'colour' \(has: high, low\)"):
         operators.from_spec({"op": "truncate", "colour": 1})
     with pytest.raises(operators.OperatorError, match="not divisible by factor 3"):
         operators.Downsample(3).forward(np.zeros((1, 2, 8, 8)))

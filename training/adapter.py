@@ -37,7 +37,7 @@ FORMAT = "ckm-adapter"
 
 
 class ArraySplit:
-    """Tiles held in memory, with the two methods the trainer uses (`len`, `take`)."""
+    """Tiles held in memory, with what the trainer uses of a split (`len`, `take`, `transmitters`)."""
 
     def __init__(self, name: str, pixels: np.ndarray):
         pixels = np.asarray(pixels, np.float32)
@@ -50,6 +50,9 @@ class ArraySplit:
 
     def take(self, indices: np.ndarray) -> np.ndarray:
         return self.pixels[np.asarray(indices)]
+
+    def transmitters(self) -> None:
+        return None  # site tiles carry no transmitter positions
 
 
 class ScoreDifference(nn.Module):
