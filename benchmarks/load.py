@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from benchmarks.memory import _rss_mib
 from runtime.client import EdgeClient
 from runtime.operators import Operator
 
@@ -69,14 +70,6 @@ def _batch_stats(edge) -> tuple[float, float]:
         return 0.0, 0.0
     reg = edge.metrics.registry
     return (reg.get_sample_value("ckm_batch_rows_sum") or 0.0, reg.get_sample_value("ckm_batch_rows_count") or 0.0)
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def run_level(target: str, y: np.ndarray, op: Operator, clients: int, duration_s: float,

@@ -6,7 +6,6 @@ would send them: the .proto is the contract, not our Python client.
 
 import logging
 import resource
-import shutil
 import threading
 import time
 import urllib.request
@@ -16,19 +15,13 @@ import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2
 
-from runtime import api, operators, tasks
+from runtime import api, operators
 from runtime.api import pb
 from runtime.client import EdgeClient
 from runtime.server import ServerConfig, create_server, read_tokens
+from test_server import _observation, repo  # noqa: F401 (a module-scoped fixture: this module's own copy)
 
 METRICS = "ckm_requests_total"
-
-
-@pytest.fixture(scope="module")
-def repo(tiny_package, tmp_path_factory):
-    root = tmp_path_factory.mktemp("hardening-repo")
-    shutil.copytree(tiny_package.root, root / "tiny" / "1.0.0")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +36,6 @@ def edge(repo):
 def client(edge):
     with EdgeClient(f"127.0.0.1:{edge.port}") as c:
         yield c
-
-
-def _observation(tiny_prior, task="sr2", seed=0):
-    *_, evl = tiny_prior
-    x = evl[:1]
-    rng = np.random.default_rng(seed)
-    op = tasks.make_operator(task, rng, x)
-    if isinstance(op, operators.Mask):
-        op = operators.Mask(op.mask[0])
-    return x[0], op, tasks.observe(op, x, rng)[0]
 
 
 def _code(call, *args, **kwargs):
