@@ -14,6 +14,7 @@ backward graphs (dps). Results are cached per package manifest digest under $CKM
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -80,19 +81,19 @@ def release_free_memory() -> None:
     """Hand the C heap's free memory back to the system (glibc malloc_trim; a no-op elsewhere).
     Called after every batch: ONNX Runtime without its arena and numpy free large buffers into the
     heap, which otherwise keeps them mapped at the high-water mark of the largest batch."""
-    global _TRIM
-    if _TRIM is None:
-        try:
-            import ctypes
-
-            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-_TRIM = None
+@functools.cache
+def _malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def _peak_bytes() -> int:

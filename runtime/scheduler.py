@@ -156,10 +156,6 @@ class Scheduler:
             depth = self._count
         self.metrics.queued(depth)
 
-    def queued(self) -> int:
-        with self._cond:
-            return self._count
-
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the workers; jobs still queued end with ShuttingDown."""
         with self._cond:
