@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from export import onnx_export, precision
-from runtime import codec
+from runtime import codec, condition
 from runtime.package import GRAPHS, PRECISIONS, SCHEMA, Package, installed_versions, load_package, sha256_file
 from runtime.recommend import BUILTIN
 from runtime.schedule import Schedule
@@ -43,7 +43,8 @@ def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: n
     `sections`: further manifest sections (a site adapter's "adapter"), which may not replace
     the standard fields."""
     clash = sorted(set(sections or {}) & {"schema", "name", "version", "created", "channels", "tile_size", "codec",
-                                          "schedule", "network", "provenance", "exporter", "graphs", "files", "accuracy"})
+                                          "schedule", "network", "condition", "provenance", "exporter", "graphs", "files",
+                                          "accuracy"})
     if clash:
         raise ValueError(f"extra manifest sections may not replace standard fields: {clash}")
     out = Path(out)
@@ -63,7 +64,8 @@ def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: n
             raise ValueError("INT8 needs calibration tiles from the training data")
         rng = np.random.default_rng(cfg.seed)
         schedule = Schedule.from_dict(meta["schedule"])
-        feeds = precision.calibration_inputs(calibration[: cfg.calibration_tiles], schedule, rng)
+        feeds = precision.calibration_inputs(calibration[: cfg.calibration_tiles], schedule, rng,
+                                             onnx_export.condition_channels(model))
         precision.to_int8(work / files["fp32"]["score"], work / files["int8"]["score"], [dict(f) for f in feeds])
         precision.to_int8(work / files["fp32"]["forward"], work / files["int8"]["forward"], [dict(f) for f in feeds])
         bwd = precision.backward_feeds(work / files["fp32"]["forward"], feeds, rng)
@@ -81,6 +83,7 @@ def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: n
                   "aoa_sine_pixel_range": [codec.AOA_PIXEL_MIN, codec.AOA_PIXEL_MAX], "building_value": 0.0},
         "schedule": meta["schedule"],
         "network": {"unet": meta["unet"], "saved_tensors": graphs.saved, "batch": "dynamic"},
+        **condition_section(onnx_export.condition_channels(model)),
         "provenance": provenance or {},
         "exporter": {"opset": onnx_export.OPSET, "versions": installed_versions(EXPORTER_DISTRIBUTIONS), "torch_parity": verification},
         "graphs": files,
@@ -96,6 +99,14 @@ def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: n
     write_manifest(work, manifest)
     os.replace(work, out)
     return load_package(out)
+
+
+def condition_section(channels: int) -> dict:
+    """The manifest's "condition" section of a site-aware prior (nothing for an unconditional one):
+    the graphs' extra input and the encoding the runtime must build it with."""
+    if not channels:
+        return {}
+    return {"condition": {"input": onnx_export.CONDITION_INPUT, "channels": channels, "encoding": condition.ENCODING}}
 
 
 def share_weights(graphs: list[Path], weights: Path, min_bytes: int = 1024) -> None:

@@ -1,10 +1,11 @@
 """ONNX graphs of a trained score model: score, forward-with-saves and backward (VJP).
 
-    score.onnx     (x (B,2,H,W), t (B,)) -> score (B,2,H,W)
-    forward.onnx   (x, t) -> (score, saved_0, ..., saved_{K-1})
+    score.onnx     (x (B,2,H,W), t (B,)[, cond (B,K,H,W)]) -> score (B,2,H,W)
+    forward.onnx   (x, t[, cond]) -> (score, saved_0, ..., saved_{K-1})
     backward.onnx  (saved_0, ..., saved_{K-1}, v (B,2,H,W)) -> vjp (B,2,H,W) = v^T ds/dx
 
-Batch is a dynamic axis; the tile size is fixed per package. Every graph is checked against
+A site-aware prior (`model.cond_channels` > 0) takes its condition maps (runtime.condition) as
+the input `cond`; the VJP is still with respect to x only. Batch is a dynamic axis; the tile size is fixed per package. Every graph is checked against
 PyTorch (score) and autograd (VJP) with ONNX Runtime before it is written.
 """
 
@@ -25,6 +26,7 @@ from export.vjp import build_vjp_graphs
 
 OPSET = 18
 SCORE_INPUTS = ("x", "t")
+CONDITION_INPUT = "cond"
 MAX_BATCH = 256
 # Standard ONNX ops that TensorRT's ONNX parser accepts; a graph outside this set is refused.
 TENSORRT_OPS = frozenset(
@@ -73,25 +75,48 @@ class _ScoreOnly(nn.Module):
         return self.model(x, t)
 
 
+class _ConditionedScore(_ScoreOnly):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.model(x, t, cond)
+
+
+def condition_channels(model: nn.Module) -> int:
+    """How many site condition channels the model takes (0: the paper's unconditional prior)."""
+    return int(getattr(model, "cond_channels", 0) or 0)
+
+
+def example_inputs(model: nn.Module, batch: int, tile_size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """(x, t) or, for a site-aware model, (x, t, cond) with a random binary-ish condition."""
+    x = torch.randn(batch, 2, tile_size, tile_size, generator=gen)
+    t = torch.rand(batch, generator=gen).clamp_min(1e-3)
+    k = condition_channels(model)
+    if not k:
+        return x, t
+    return x, t, (torch.rand(batch, k, tile_size, tile_size, generator=gen) > 0.5).float()
+
+
 def export_graphs(model: nn.Module, out_dir: Path, tile_size: int, example_batch: int = 2) -> ExportedGraphs:
     """Write score.onnx, forward.onnx and backward.onnx for `model` into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval().float()
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(example_batch, 2, tile_size, tile_size, generator=gen)
-    t = torch.rand(example_batch, generator=gen).clamp_min(1e-3)
+    inputs = example_inputs(model, example_batch, tile_size, gen)
+    x = inputs[0]
+    names = SCORE_INPUTS + ((CONDITION_INPUT,) if len(inputs) == 3 else ())
     batch = Dim("batch", min=1, max=MAX_BATCH)
+    dynamic = tuple({0: batch} for _ in inputs)
 
     score_path = out_dir / "score.onnx"
-    _quiet_export(_ScoreOnly(model), (x, t), ({0: batch}, {0: batch}), SCORE_INPUTS, ("score",), score_path)
+    wrapper = _ConditionedScore if len(inputs) == 3 else _ScoreOnly
+    _quiet_export(wrapper(model), inputs, dynamic, names, ("score",), score_path)
 
-    graphs = build_vjp_graphs(model, (x, t))
+    graphs = build_vjp_graphs(model, inputs)
     saved_names = [f"saved_{i}" for i in range(len(graphs.saved_names))]
     fwd_path, bwd_path = out_dir / "forward.onnx", out_dir / "backward.onnx"
-    _quiet_export(graphs.forward, (x, t), ({0: batch}, {0: batch}), SCORE_INPUTS, ("score", *saved_names), fwd_path)
+    _quiet_export(graphs.forward, inputs, dynamic, names, ("score", *saved_names), fwd_path)
     with torch.no_grad():
-        outs = graphs.forward(x, t)
+        outs = graphs.forward(*inputs)
     saved = outs[1:]
     dyn = tuple({0: batch} if s.dim() > 0 and s.shape[0] == example_batch else None for s in saved) + ({0: batch},)
     _quiet_export(graphs.backward, (*saved, torch.randn_like(x)), dyn, (*saved_names, "v"), ("vjp",), bwd_path)
@@ -115,16 +140,20 @@ def check_against_torch(model: nn.Module, graphs: ExportedGraphs, tile_size: int
                 for k in ("score", "forward", "backward")}
     rng = np.random.default_rng(seed)
     worst = {"score": 0.0, "forward_score": 0.0, "vjp": 0.0}
+    k = condition_channels(model)
     for b in batches:
         x = rng.standard_normal((b, 2, tile_size, tile_size)).astype(np.float32)
         t = rng.uniform(1e-3, 1.0, b).astype(np.float32)
         v = rng.standard_normal(x.shape).astype(np.float32)
+        feeds = {"x": x, "t": t}
+        if k:
+            feeds[CONDITION_INPUT] = (rng.random((b, k, tile_size, tile_size)) > 0.5).astype(np.float32)
         xt = torch.from_numpy(x).requires_grad_(True)
-        s_ref = model(xt, torch.from_numpy(t))
+        s_ref = model(xt, *(torch.from_numpy(feeds[n]) for n in list(feeds)[1:]))
         (vjp_ref,) = torch.autograd.grad(s_ref, xt, torch.from_numpy(v))
         s_ref, vjp_ref = s_ref.detach().numpy(), vjp_ref.numpy()
-        s = sessions["score"].run(None, {"x": x, "t": t})[0]
-        fwd = sessions["forward"].run(None, {"x": x, "t": t})
+        s = sessions["score"].run(None, feeds)[0]
+        fwd = sessions["forward"].run(None, feeds)
         feeds = {i.name: a for i, a in zip(sessions["backward"].get_inputs(), fwd[1:])}
         feeds["v"] = v
         vjp = sessions["backward"].run(None, feeds)[0]

@@ -33,14 +33,31 @@ def to_fp16(src: Path, dst: Path) -> None:
     onnx.save(converted, str(dst))
 
 
-def calibration_inputs(tiles: np.ndarray, schedule: Schedule, rng: np.random.Generator) -> list[dict]:
-    """One feed {x, t} per tile: x_i = scale_i x0 + std_i z at a random step i."""
+def calibration_inputs(tiles: np.ndarray, schedule: Schedule, rng: np.random.Generator,
+                       condition_channels: int = 0) -> list[dict]:
+    """One feed {x, t} per tile: x_i = scale_i x0 + std_i z at a random step i.
+
+    A site-aware graph also gets `cond` (runtime.condition): the tile's own building layout and a
+    base station drawn in or near the tile, each known or not with probability 1/2, so the
+    quantization ranges cover the unconditional and the site-aware settings alike."""
+    from runtime import codec, condition
+
+    if condition_channels not in (0, condition.CHANNELS):
+        raise ValueError(f"a site-aware graph takes {condition.CHANNELS} condition channels, not {condition_channels}")
     feeds = []
     for tile in tiles:
         i = np.array([rng.integers(len(schedule))])
         z = rng.standard_normal((1,) + tile.shape)
         x = schedule.perturb(tile[None].astype(np.float64), z, i).astype(np.float32)
-        feeds.append({"x": x, "t": schedule.times[i].astype(np.float32)})
+        feed = {"x": x, "t": schedule.times[i].astype(np.float32)}
+        if condition_channels:
+            h, w = tile.shape[-2:]
+            building = codec.building_mask(tile)[None] if rng.random() < 0.5 else None
+            bs = None
+            if rng.random() < 0.5:
+                bs = np.array([rng.uniform(-0.25, 1.25) * h, rng.uniform(-0.25, 1.25) * w, rng.uniform(10, 40)])
+            feed["cond"] = condition.site_condition(building, bs, (h, w), batch=1)
+        feeds.append(feed)
     return feeds
 
 

@@ -4,7 +4,7 @@ One guided DPS step needs the score s(x, t) and, once the runtime has formed the
 from the score (through x0_hat and the operator), v^T ds/dx. Doing that with one forward and one
 backward and no recomputation means the backward must reuse the forward's intermediates:
 
-1. Trace the joint function (x, t, v) -> (s, v^T ds/dx) = torch.func.vjp with `make_fx` in
+1. Trace the joint function (x, t[, cond], v) -> (s, v^T ds/dx) = torch.func.vjp with `make_fx` in
    symbolic mode (a dynamic batch axis), with the core ATen decompositions and one of our own:
    `aten.convolution_backward` becomes a convolution over the flipped kernel where the stride is
    1 and a transposed convolution (ONNX ConvTranspose) where it is not, so the graph holds only
@@ -13,6 +13,9 @@ backward and no recomputation means the backward must reuse the forward's interm
    to the forward graph; every node that does, to the backward graph. The forward nodes the
    backward reads are the saved tensors: outputs of the forward graph, inputs of the backward.
    Nothing is computed twice.
+
+A site-aware prior takes its condition maps (runtime.condition) as a third input: the forward
+graph reads it like x and t, and the VJP stays with respect to x only (the condition is data).
 
 The two FX graphs come back as `nn.Module`s with the weights as constants, ready for the
 dynamo ONNX exporter.
@@ -71,27 +74,30 @@ def decompositions() -> dict:
     return table
 
 
-def trace_joint(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> fx.GraphModule:
-    """FX graph of (params, x, t, v) -> (s, v^T ds/dx) with a symbolic batch size."""
+def trace_joint(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.GraphModule:
+    """FX graph of (params, x, t[, cond], v) -> (s, v^T ds/dx) with a symbolic batch size;
+    `example` is (x, t) or, for a site-aware model, (x, t, cond)."""
     model = model.eval()
     params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     params = {k: p.detach() for k, p in params.items()}
 
-    def joint(p, x, t, v):
-        s, pullback = torch.func.vjp(lambda x_: torch.func.functional_call(model, p, (x_, t)), x)
+    def joint(p, x, *rest):
+        *inputs, v = rest  # t[, cond]
+        s, pullback = torch.func.vjp(lambda x_: torch.func.functional_call(model, p, (x_, *inputs)), x)
         return s, pullback(v)[0]
 
-    x, t = example
-    gm = make_fx(joint, decomposition_table=decompositions(), tracing_mode="symbolic")(params, x, t, torch.randn_like(x))
-    _specialize_all_but_batch(gm)
+    x = example[0]
+    gm = make_fx(joint, decomposition_table=decompositions(), tracing_mode="symbolic")(
+        params, *example, torch.randn_like(x))
+    _specialize_all_but_batch(gm, len(example))
     return gm
 
 
-def _specialize_all_but_batch(gm: fx.GraphModule) -> None:
+def _specialize_all_but_batch(gm: fx.GraphModule, inputs: int) -> None:
     """Make every symbolic size that does not involve the batch a constant (the tile size is fixed
-    per package); only the batch axis stays dynamic."""
+    per package); only the batch axis stays dynamic. `inputs`: x, t[, cond] before v."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    batch = placeholders[-3].meta["val"].shape[0].node.expr  # x is (B, C, H, W)
+    batch = placeholders[-1 - inputs].meta["val"].shape[0].node.expr  # x is (B, C, H, W)
     for node in list(gm.graph.nodes):
         val = node.meta.get("val")
         if not isinstance(val, (torch.SymInt, torch.SymFloat)) or batch in val.node.expr.free_symbols:
@@ -106,15 +112,17 @@ def _specialize_all_but_batch(gm: fx.GraphModule) -> None:
 
 @dataclass
 class SplitGraphs:
-    forward: fx.GraphModule  # (x, t) -> (s, *saved)
+    forward: fx.GraphModule  # (x, t[, cond]) -> (s, *saved)
     backward: fx.GraphModule  # (*saved, v) -> vjp
     saved_names: list[str]
 
 
-def split_joint(gm: fx.GraphModule) -> SplitGraphs:
-    """Partition a traced joint graph (see module doc) into forward and backward graphs."""
+def split_joint(gm: fx.GraphModule, inputs: int = 2) -> SplitGraphs:
+    """Partition a traced joint graph (see module doc) into forward and backward graphs.
+    `inputs`: the network inputs before v, x first (2: x, t; 3: x, t, cond)."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    *param_nodes, x_node, t_node, v_node = placeholders
+    param_nodes, net_inputs, v_node = placeholders[:-1 - inputs], placeholders[-1 - inputs:-1], placeholders[-1]
+    x_node = net_inputs[0]
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     s_node, vjp_node = out_node.args[0]
 
@@ -126,7 +134,7 @@ def split_joint(gm: fx.GraphModule) -> SplitGraphs:
     bwd_nodes = [n for n in gm.graph.nodes if n in depends_on_v and n is not v_node]
     # Values that depend on neither x nor t (symbolic sizes, constants such as zero buffers) are
     # recomputed in the backward (sizes from v, which has x's shape); only real activations cross.
-    from_inputs = {x_node, t_node}
+    from_inputs = set(net_inputs)
     for node in gm.graph.nodes:
         if node.op == "call_function" and any(a in from_inputs for a in node.all_input_nodes):
             from_inputs.add(node)
@@ -141,7 +149,7 @@ def split_joint(gm: fx.GraphModule) -> SplitGraphs:
             if a not in depends_on_v and a not in saved and a not in param_nodes and a not in recompute and a is not x_node:
                 saved.append(a)
     params = {n: _param_value(gm, n) for n in param_nodes}
-    forward = _build(gm, fwd_nodes, inputs=[x_node, t_node], outputs=[s_node] + saved, constants=params)
+    forward = _build(gm, fwd_nodes, inputs=net_inputs, outputs=[s_node] + saved, constants=params)
     keep = set(recompute) | (depends_on_v - {v_node})
     bwd_ordered = [n for n in gm.graph.nodes if n in keep]
     backward = _build(gm, bwd_ordered, inputs=saved + [v_node], outputs=[vjp_node], constants=params,
@@ -188,7 +196,7 @@ def _build(gm, nodes, inputs, outputs, constants, alias=None) -> fx.GraphModule:
     return fx.GraphModule(root, graph)
 
 
-def build_vjp_graphs(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> SplitGraphs:
+def build_vjp_graphs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> SplitGraphs:
     """Trace and split `model`'s score and VJP (see module doc)."""
     model = model.eval()
     params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
@@ -197,6 +205,6 @@ def build_vjp_graphs(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor
     names = list(params)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"][: len(names)]
     gm._ckm_params = {ph.target: params[name].detach().clone() for ph, name in zip(placeholders, names)}
-    return split_joint(gm)
+    return split_joint(gm, len(example))
 
 

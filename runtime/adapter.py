@@ -119,14 +119,23 @@ class ComposedEngine:
     lam: LambdaTable
     calls: Counter = field(default_factory=Counter)
 
-    def score(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        self.calls["score"] += 1
-        return self.base.score(x, t) + self.lam(t) * self.delta.score(x, t)
+    @property
+    def condition_channels(self) -> int:
+        """A site-aware base takes the condition; the adapter's own small model sees the site's
+        data instead and takes none unless it was built site-aware too."""
+        return getattr(self.base, "condition_channels", 0)
 
-    def forward(self, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, Any]:
+    def _delta_cond(self, cond):
+        return cond if getattr(self.delta, "condition_channels", 0) else None
+
+    def score(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+        self.calls["score"] += 1
+        return _call(self.base.score, x, t, cond) + self.lam(t) * _call(self.delta.score, x, t, self._delta_cond(cond))
+
+    def forward(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
         self.calls["forward"] += 1
-        s_base, saved_base = self.base.forward(x, t)
-        s_delta, saved_delta = self.delta.forward(x, t)
+        s_base, saved_base = _call(self.base.forward, x, t, cond)
+        s_delta, saved_delta = _call(self.delta.forward, x, t, self._delta_cond(cond))
         lam = self.lam(t)
         return s_base + lam * s_delta, (saved_base, saved_delta, lam)
 
@@ -144,3 +153,9 @@ class ComposedEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _call(method, x, t, cond):
+    """An engine method with the condition only when there is one (engines of the paper's
+    unconditional interface take just x and t)."""
+    return method(x, t) if cond is None else method(x, t, cond)

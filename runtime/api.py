@@ -186,3 +186,37 @@ def operator_to_proto(op: operators.Operator):
         else:
             body.numbers[p.name] = float(v)
     return msg
+
+
+def site_from_proto(msg, shape: tuple[int, ...]):
+    """A Site message -> runtime.site.Site for maps of `shape` (C, H, W); errors name the field."""
+    from runtime.site import Site, SiteError
+
+    building = binary_map(msg.building, "site.building") if msg.HasField("building") else None
+    bs = None
+    if msg.HasField("base_station"):
+        b = msg.base_station
+        bs = np.array([b.row, b.col, b.height_m])
+    if building is None and bs is None:
+        raise InvalidArgument("site: give its building map, its base_station, or both (leave site unset when "
+                              "neither is known)")
+    try:
+        site = Site(building, bs)
+        site.check(tuple(shape))
+    except SiteError as e:
+        field = "site.building" if building is not None and "building" in str(e) else "site.base_station"
+        raise InvalidArgument(f"{field}: {e}") from None
+    return site
+
+
+def site_to_proto(site):
+    """runtime.site.Site (one map's: (H, W) layout, (3,) base station) -> its Site message."""
+    msg = pb.Site()
+    if site.building is not None:
+        msg.building.CopyFrom(from_numpy(_one_map(np.asarray(site.building), "building map")))
+    if site.base_station is not None:
+        bs = np.asarray(site.base_station, float).reshape(-1, 3)
+        if len(bs) != 1:
+            raise ValueError(f"a request carries one base station, got {len(bs)}")
+        msg.base_station.row, msg.base_station.col, msg.base_station.height_m = (float(v) for v in bs[0])
+    return msg

@@ -66,15 +66,22 @@ def _sampler_choice(args) -> tuple[str | None, dict]:
     return name, {**legacy, **params}
 
 
-def _site(args, truth, data) -> np.ndarray | None:
-    """The building layout for --site: the truth's, or the observation file's `building`."""
-    if not args.site:
-        return None
-    if truth is not None:
-        return codec.building_mask(truth)
-    if data is None or "building" not in data:
-        raise ValueError(f"--site needs --truth or a `building` array in {args.observation}")
-    return np.asarray(data["building"]).astype(bool)
+def _site(args, truth, data) -> Site | None:
+    """The site: with --site the building layout (the truth's, or the observation file's
+    `building`); with --base-station (or a `base_station` array in the file, with --site) the
+    serving base station."""
+    bs = np.asarray(args.base_station, float) if getattr(args, "base_station", None) else None
+    if args.site and bs is None and data is not None and "base_station" in data:
+        bs = np.asarray(data["base_station"], float)
+    building = None
+    if args.site:
+        if truth is not None:
+            building = codec.building_mask(truth)
+        elif data is None or "building" not in data:
+            raise ValueError(f"--site needs --truth or a `building` array in {args.observation}")
+        else:
+            building = np.asarray(data["building"]).astype(bool)
+    return None if building is None and bs is None else Site(building, bs)
 
 
 def _observation(args, tile_size: int):
@@ -104,13 +111,14 @@ def cmd_construct(args) -> int:
         raise ValueError("give --package (local construction) or --server host:port")
     trusted = [read_public_key(k) for k in args.trusted_key] if args.trusted_key else None
     pkg = load_package(args.package, trusted)
-    truth, op, y, task, building = _observation(args, pkg.tile_size)
+    truth, op, y, task, site = _observation(args, pkg.tile_size)
     name, params = _sampler_choice(args)
     if args.no_clip_denoised:
         if name != "dps":
             raise ValueError("--no-clip-denoised belongs to the dps sampler")
         params["clip_denoised"] = 0.0
-    sampler, steps, samples = resolve(pkg.manifest, op, name, params, args.steps, args.samples, building is not None)
+    sampler, steps, samples = resolve(pkg.manifest, op, name, params, args.steps, args.samples,
+                                      site is not None and site.building is not None)
     cfg = ConstructConfig(steps=steps, samples=samples, seed=args.seed, sampler=sampler)
     start = time.perf_counter()
     engine_cfg = EngineConfig(precision=args.precision, device=args.device, threads=args.threads)
@@ -123,7 +131,7 @@ def cmd_construct(args) -> int:
             lam = check_base(adapter_pkg, pkg)
             engine = ComposedEngine(engine, stack.enter_context(open_engine(adapter_pkg, engine_cfg)), lam)
         result = construct(engine, pkg.schedule(), op, y, (2, pkg.tile_size, pkg.tile_size), cfg, sigma=args.sigma,
-                           site=None if building is None else Site(building))
+                           site=site)
         calls = dict(engine.calls)
     wall = time.perf_counter() - start
     out = Path(args.out)
@@ -136,8 +144,8 @@ def cmd_construct(args) -> int:
                                 result.mean, result.std)
     report = {"task": task, "package": f"{pkg.name} {pkg.version}",
               **({"adapter": f"{adapter_pkg.name} {adapter_pkg.version}"} if args.adapter else {}),
-              "sampler": _describe(sampler), "steps": result.steps, "samples": samples, "site": building is not None,
-              "engine": f"onnxruntime-{args.device}", "precision": args.precision,
+              "sampler": _describe(sampler), "steps": result.steps, "samples": samples, **_site_report(site),
+              "site_conditioned": site is not None and pkg.condition_channels > 0, "engine": f"onnxruntime-{args.device}", "precision": args.precision,
               "residual": round(result.residual, 5), "wall_s": round(wall, 3), "engine_calls": calls,
               "timings_s": {k: round(v, 4) for k, v in result.timings.items()}, "output": str(out)}
     if truth is not None:
@@ -149,6 +157,13 @@ def cmd_construct(args) -> int:
         for key, value in report.items():
             print(f"{key:>14}: {value}")
     return 0
+
+
+def _site_report(site: Site | None) -> dict:
+    report = {"site": site is not None and site.building is not None}
+    if site is not None and site.base_station is not None:
+        report["base_station"] = [round(float(v), 3) for v in np.ravel(site.base_station)]
+    return report
 
 
 def _describe(cfg) -> dict:
@@ -165,7 +180,7 @@ def _construct_remote(args) -> int:
 
     with EdgeClient(args.server, token=args.token, root_certs=args.root_certs) as client:
         meta = client.metadata(args.model or "", args.model_version or "")
-        truth, op, y, task, building = _observation(args, meta.tile_size)
+        truth, op, y, task, site = _observation(args, meta.tile_size)
         name, params = _sampler_choice(args)
         if args.no_clip_denoised:
             raise ValueError("--no-clip-denoised is local only (the server always clips)")
@@ -173,7 +188,7 @@ def _construct_remote(args) -> int:
         try:
             result = client.construct(y, op, model=meta.name, version=meta.version, sampler=name or "",
                                       sampler_parameters=params, steps=args.steps or 0, samples=args.samples or 0,
-                                      seed=args.seed, noise_sigma=args.sigma, site=building, precision=args.precision,
+                                      seed=args.seed, noise_sigma=args.sigma, site=site, precision=args.precision,
                                       timeout=args.timeout, adapter=str(args.adapter or ""),
                                       adapter_version=args.adapter_version or "")
         except grpc.RpcError as e:
@@ -186,7 +201,8 @@ def _construct_remote(args) -> int:
     report = {"task": task, "server": args.server, "model": f"{result.model} {result.version}",
               **({"adapter": f"{result.adapter} {result.adapter_version}"} if result.adapter else {}),
               "sampler": {"name": result.sampler, **result.sampler_parameters}, "steps": result.steps,
-              "samples": result.samples, "site": building is not None, "precision": args.precision, "residual": round(result.residual_norm, 5), "wall_s": round(wall, 3),
+              "samples": result.samples, **_site_report(site), "site_conditioned": result.site_conditioned,
+              "precision": args.precision, "residual": round(result.residual_norm, 5), "wall_s": round(wall, 3),
               "server_timings_s": {k: round(v, 4) for k, v in result.timings.items()}, "output": str(out)}
     if truth is not None:
         report["gain_rmse_db"] = round(float(codec.gain_rmse_db(result.map, truth)), 3)
@@ -288,7 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, default=Path("construction-out"))
     _sampler_arguments(c)
     c.add_argument("--site", action="store_true",
-                   help="use the site's building layout (from --truth, or `building` in the observation file)")
+                   help="use the site's building layout (from --truth, or `building` in the observation file) "
+                        "and its `base_station` (row, col, height_m) if the observation file has one")
+    c.add_argument("--base-station", nargs=3, type=float, metavar=("ROW", "COL", "HEIGHT_M"),
+                   help="the serving base station in cell coordinates (may lie outside the tile) and its "
+                        "height above ground; a site-aware model conditions on it")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--zeta", type=float, default=None, help="dps: observation constraint strength (selects dps)")
     c.add_argument("--corrector-steps", type=int, default=None, help="dps: Langevin steps per step (selects dps)")

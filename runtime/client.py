@@ -16,6 +16,7 @@ import numpy as np
 from runtime import api
 from runtime.api import pb
 from runtime.operators import Operator
+from runtime.site import Site
 
 _PRECISION = {"fp32": pb.PRECISION_FP32, "fp16": pb.PRECISION_FP16, "int8": pb.PRECISION_INT8}
 
@@ -35,6 +36,7 @@ class ClientResult:
     sampler_parameters: dict | None = None
     samples: int = 0
     deterministic: bool = False  # the server guarantees bitwise-reproducible maps (ConstructResponse.deterministic)
+    site_conditioned: bool = False  # a site-aware model was told the request's site
 
 
 class EdgeClient:
@@ -54,11 +56,12 @@ class EdgeClient:
 
     def request(self, y: np.ndarray, op: Operator, *, model: str = "", version: str = "", sampler: str = "",
                 sampler_parameters: dict | None = None, steps: int = 0, samples: int = 0, seed: int = 0,
-                noise_sigma: float = 0.01, site: np.ndarray | None = None, physical: bool = False,
+                noise_sigma: float = 0.01, site=None, physical: bool = False,
                 precision: str = "fp32", adapter: str = "", adapter_version: str = "", zeta: float | None = None,
                 corrector_steps: int = 0, jacobian_free: bool = False):
         """A ConstructRequest. `sampler` "" and steps/samples 0 take the model's recommendation for
-        the operator; `site` is the (H, W) building layout (bool or 0/1). zeta, corrector_steps and
+        the operator; `site` is a runtime.site.Site (building layout and/or base station) or just the
+        (H, W) building layout (bool or 0/1). zeta, corrector_steps and
         jacobian_free are the API's DPS-only shorthands."""
         req = pb.ConstructRequest(
             model_name=model, model_version=version, observation=api.from_numpy(np.asarray(y, np.float32)),
@@ -69,7 +72,9 @@ class EdgeClient:
             sampler_parameters={k: float(v) for k, v in (sampler_parameters or {}).items()})
         if zeta is not None:
             req.zeta = zeta
-        if site is not None:
+        if isinstance(site, Site):
+            req.site.CopyFrom(api.site_to_proto(site))
+        elif site is not None:  # sent as given: the server checks it is 0/1
             req.site.building.CopyFrom(api.from_numpy(np.asarray(site).astype(np.uint8)))
         return req
 
@@ -112,4 +117,4 @@ def _result(resp) -> ClientResult:
     return ClientResult(api.to_numpy(resp.map, "map", big, finite=False), std, resp.residual_norm, resp.model_name, resp.model_version,
                         resp.steps, {"queue_s": t.queue_seconds, "sampling_s": t.sampling_seconds, "total_s": t.total_seconds},
                         resp.adapter_name, resp.adapter_version, resp.sampler, dict(resp.sampler_parameters), resp.samples,
-                        resp.deterministic)
+                        resp.deterministic, resp.site_conditioned)

@@ -22,6 +22,10 @@ from __future__ import annotations
 import numpy as np
 
 CHANNELS = 5
+# Named in a site-aware package's manifest ("condition": {"encoding": ...}): a runtime builds the
+# condition only for packages whose encoding it implements, so a change of channels or scales
+# must come with a new name.
+ENCODING = "ckm-site/1"
 HEIGHT_SCALE_M = 50.0
 
 

@@ -1,9 +1,13 @@
 """Engines: the network behind one small interface, without PyTorch.
 
-    score(x, t)            -> s                    one network forward
-    forward(x, t)          -> (s, saved)           forward that keeps what the backward needs
-    backward(saved, v)     -> v^T ds/dx            the network's vector-Jacobian product
+    score(x, t, cond=None)      -> s               one network forward
+    forward(x, t, cond=None)    -> (s, saved)      forward that keeps what the backward needs
+    backward(saved, v)          -> v^T ds/dx       the network's vector-Jacobian product
+    condition_channels                             site condition channels (0: unconditional)
     close()                                        release the sessions (also a context manager)
+
+`cond` (B, K, H, W) is the site condition (runtime.condition) of a site-aware package; left out,
+the engine feeds zeros (nothing known: the paper's setting). An unconditional package refuses one.
 
 `OrtEngine` (here) and `runtime.tensorrt.TrtEngine` implement it. `OrtEngine` runs a package's ONNX graphs in ONNX Runtime on the CPU (threads configurable) or
 with CUDA (IO binding keeps the saved tensors on the GPU between forward and backward). Every
@@ -143,15 +147,20 @@ class OrtEngine:
         return self
 
     # -- the interface ---------------------------------------------------------------------------
-    def score(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        self.calls["score"] += 1
-        return self._run("score", {"x": _f32(x), "t": _f32(t)})[0]
+    @property
+    def condition_channels(self) -> int:
+        return self.package.condition_channels
 
-    def forward(self, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, Any]:
+    def score(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+        self.calls["score"] += 1
+        return self._run("score", network_inputs(x, t, cond, self.condition_channels))[0]
+
+    def forward(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
         self.calls["forward"] += 1
+        feeds = network_inputs(x, t, cond, self.condition_channels)
         if self.config.device == "cuda":
-            return self._forward_bound(x, t)
-        outs = self._run("forward", {"x": _f32(x), "t": _f32(t)})
+            return self._forward_bound(feeds)
+        outs = self._run("forward", feeds)
         return outs[0], outs[1:]
 
     def backward(self, saved: Any, v: np.ndarray) -> np.ndarray:
@@ -176,12 +185,12 @@ class OrtEngine:
     def _run(self, graph: str, feeds: dict) -> list[np.ndarray]:
         return _checked(f"{graph} graph", self._session(graph).run, None, feeds)
 
-    def _forward_bound(self, x, t):
+    def _forward_bound(self, feeds: dict):
         """CUDA: the saved tensors stay on the GPU as OrtValues; only the score comes back."""
         session = self._session("forward")
         binding = session.io_binding()
-        binding.bind_cpu_input("x", _f32(x))
-        binding.bind_cpu_input("t", _f32(t))
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
         for out in session.get_outputs():
             binding.bind_output(out.name, "cuda", self.config.device_id)
         _checked("forward graph", session.run_with_iobinding, binding)
@@ -201,6 +210,24 @@ class OrtEngine:
 
 def _f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def network_inputs(x: np.ndarray, t: np.ndarray, cond: np.ndarray | None, channels: int) -> dict:
+    """The feeds of a score/forward graph: x, t and, for a site-aware package, cond (zeros when
+    not given). Refuses a condition the package cannot take or of the wrong shape."""
+    feeds = {"x": _f32(x), "t": _f32(t)}
+    if not channels:
+        if cond is not None:
+            raise EngineError("this package is not site-aware: its graphs take no condition input")
+        return feeds
+    want = (feeds["x"].shape[0], channels) + feeds["x"].shape[2:]
+    if cond is None:
+        feeds["cond"] = np.zeros(want, np.float32)
+    else:
+        feeds["cond"] = _f32(cond)
+        if feeds["cond"].shape != want:
+            raise EngineError(f"condition has shape {feeds['cond'].shape}, the package wants {want}")
+    return feeds
 
 
 def open_engine(package: Package, config: EngineConfig = EngineConfig(), backend: str = "onnxruntime"):

@@ -5,11 +5,15 @@ A package is a directory (or a .tar of one)::
     manifest.json        schema, name, version, channels, tile size, codec, schedule, provenance,
                          files with SHA-256, exporter/opset versions, accuracy per precision
     manifest.sig         optional Ed25519 signature over the exact bytes of manifest.json
-    fp32/score.onnx      score graph              (B,2,H,W),(B,) -> (B,2,H,W)
-    fp32/forward.onnx    score + saved tensors    (x, t) -> (score, saved_*)
+    fp32/score.onnx      score graph              (B,2,H,W),(B,)[,(B,K,H,W)] -> (B,2,H,W)
+    fp32/forward.onnx    score + saved tensors    (x, t[, cond]) -> (score, saved_*)
     fp32/backward.onnx   vector-Jacobian product  (saved_*, v) -> vjp
     fp32/weights.bin     the network weights, stored once and shared by the three graphs
     fp16/..., int8/...   the same graphs in other precisions
+
+A site-aware prior's manifest has a "condition" section ({"input": "cond", "channels": K,
+"encoding": "ckm-site/1"}): its score and forward graphs also take the site condition maps
+(runtime.condition), all zeros meaning nothing is known (the paper's unconditional setting).
 
 A site adapter (runtime/adapter.py) is a package of the same layout whose graphs compute a score
 difference and whose manifest also holds an "adapter" section naming the foundation it adapts.
@@ -81,6 +85,11 @@ class Package:
         return int(self.manifest["tile_size"])
 
     @property
+    def condition_channels(self) -> int:
+        """Site condition channels the graphs take (runtime.condition); 0 = an unconditional prior."""
+        return int(self.manifest.get("condition", {}).get("channels", 0))
+
+    @property
     def precisions(self) -> list[str]:
         return sorted(self.manifest["graphs"], key=PRECISIONS.index)
 
@@ -131,6 +140,21 @@ def validate_manifest(manifest: dict) -> None:
             if rel not in manifest["files"]:
                 raise PackageError(f"graph file {rel} has no checksum in the manifest")
     Schedule.from_dict(manifest["schedule"])
+    if "condition" in manifest:
+        _validate_condition(manifest["condition"])
+
+
+def _validate_condition(section) -> None:
+    from runtime import condition
+
+    if not isinstance(section, dict):
+        raise PackageError("manifest condition must be an object with input, channels and encoding")
+    if section.get("encoding") != condition.ENCODING:
+        raise PackageError(f"manifest condition encoding is {section.get('encoding')!r}; this runtime builds "
+                           f"{condition.ENCODING!r} (upgrade ckm-edge to serve this package)")
+    if section.get("channels") != condition.CHANNELS or section.get("input") != "cond":
+        raise PackageError(f"manifest condition must name the input 'cond' with {condition.CHANNELS} channels for "
+                           f"{condition.ENCODING}, got {section.get('input')!r} with {section.get('channels')!r}")
 
 
 def _verify_signature(manifest_bytes: bytes, sig_path: Path, trusted_keys: list[bytes]) -> str:

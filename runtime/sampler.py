@@ -6,7 +6,9 @@
                  that differentiate through it (only DPS does).
 - `schedule`     the (respaced) noise schedule; it owns all noise math.
 - `observations` what each of the B rows conditions on: an `Observation` (operator A, y = A(x) + n,
-                 noise sigma, optional site map) per row group, or none (prior sampling).
+                 noise sigma, optional site map) per row group, or none (prior sampling). A
+                 site-aware prior is also told each row's site (`conditioned`), so samplers
+                 need not know whether the network is conditional.
 - `rngs`         one numpy Generator per row: a batch equals its rows run one by one.
 - `cfg`          the sampler's own frozen config (`DPSConfig`, `DiffPIRConfig`, `DAPSConfig`); its
                  type selects the sampler.
@@ -41,6 +43,43 @@ class Engine(Protocol):
     def score(self, x: np.ndarray, t: np.ndarray) -> np.ndarray: ...
     def forward(self, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, object]: ...
     def backward(self, saved: object, v: np.ndarray) -> np.ndarray: ...
+
+
+class _Conditioned:
+    """An engine bound to the site condition of a batch's rows (samplers call score(x, t) as ever)."""
+
+    def __init__(self, engine, cond: np.ndarray):
+        self.engine, self.cond = engine, cond
+
+    def _cond(self, x: np.ndarray) -> np.ndarray:
+        if len(x) != len(self.cond):
+            raise ValueError(f"a sampler called the network on {len(x)} rows of a {len(self.cond)}-row batch")
+        return self.cond
+
+    def score(self, x, t):
+        return self.engine.score(x, t, self._cond(x))
+
+    def forward(self, x, t):
+        return self.engine.forward(x, t, self._cond(x))
+
+    def backward(self, saved, v):
+        return self.engine.backward(saved, v)
+
+    def __getattr__(self, name):  # calls, config, ... of the engine itself
+        return getattr(self.engine, name)
+
+
+def conditioned(engine, observations: "Observations"):
+    """`engine` told each row's site when it is a site-aware prior (runtime.condition) and some row
+    has one; rows without a site get the unconditional zeros. Otherwise `engine` itself."""
+    channels = getattr(engine, "condition_channels", 0)
+    sites = [(sl, obs.site) for sl, obs in observations.groups if obs.site is not None]
+    if not channels or not sites:
+        return engine
+    cond = np.zeros((observations.rows, channels) + observations.shape[1:], np.float32)
+    for sl, site in sites:
+        cond[sl] = site.condition(observations.shape, sl.stop - sl.start)
+    return _Conditioned(engine, cond)
 
 
 @dataclass(frozen=True)
@@ -356,7 +395,7 @@ def sample(engine: Engine, schedule: Schedule, observations: Observations, rngs:
     """Run the sampler that `cfg` configures; returns x_0 (B, C, H, W) for B = len(rngs)."""
     if len(rngs) != observations.rows:
         raise ValueError(f"{len(rngs)} generators for {observations.rows} rows")
-    return spec_for(cfg).run(engine, schedule, observations, rngs, cfg, callback)
+    return spec_for(cfg).run(conditioned(engine, observations), schedule, observations, rngs, cfg, callback)
 
 
 # The built-in samplers register themselves on import.

@@ -33,7 +33,7 @@ from runtime.repository import LoadedModel, ModelRepository, adapts
 from runtime.sampler import SAMPLERS, SamplerError, config_from_params, respaced, spec_for
 from runtime.schedule import ScheduleError
 from runtime.scheduler import Cancelled, Job, QueueFull, Scheduler, ShuttingDown, TooLarge
-from runtime.site import Site, SiteError
+from runtime.site import SiteError
 
 log = logging.getLogger("ckm.edge.servicer")
 PRECISIONS = {pb.PRECISION_UNSPECIFIED: "fp32", pb.PRECISION_FP32: "fp32", pb.PRECISION_FP16: "fp16", pb.PRECISION_INT8: "int8"}
@@ -140,14 +140,8 @@ class EdgeServicer:
             y = check_observation(op, y.astype(np.float32), shape)
         except OperatorError as e:
             raise InvalidArgument(f"observation: {e}") from None
-        site = None
-        if req.HasField("site"):
-            try:
-                site = Site(api.binary_map(req.site.building, "site.building"))
-                site.check(shape)
-            except SiteError as e:
-                raise InvalidArgument(f"site.building: {e}") from None
-        sampler, steps, samples = self._sampler(req, pkg, op, site is not None)
+        site = api.site_from_proto(req.site, shape) if req.HasField("site") else None
+        sampler, steps, samples = self._sampler(req, pkg, op, site is not None and site.building is not None)
         job = Job(model, precision, steps, sampler, op, y, samples, int(req.seed), sigma=float(req.noise_sigma),
                   site=site, adapter=adapter, adapter_lambda=lam, alive=context.is_active,
                   progress_interval=max(1, interval))
@@ -259,7 +253,8 @@ class EdgeServicer:
                                                        sampling_seconds=job.finished - job.started,
                                                        total_seconds=time.perf_counter() - job.enqueued),
                                     sampler=spec_for(job.sampler).name, samples=job.samples,
-                                    deterministic=self.limits.deterministic)
+                                    deterministic=self.limits.deterministic,
+                                    site_conditioned=job.site is not None and job.model.package.condition_channels > 0)
         if std is not None:
             resp.std.CopyFrom(api.from_numpy(std.astype(np.float32)))
         resp.sampler_parameters.update(sampler_parameters(job.sampler))
@@ -283,7 +278,8 @@ def metadata(model: LoadedModel, limits: Limits) -> object:
                                               parameters={k: float(v) for k, v in r.parameters.items()})
                      for kind, r in pkg.recommendations().items()],
         max_samples=min(MAX_SAMPLES, limits.max_samples), max_evaluations=limits.max_evaluations,
-        max_operators=api.MAX_OPERATORS, deterministic=limits.deterministic)
+        max_operators=api.MAX_OPERATORS, deterministic=limits.deterministic,
+        site_aware=pkg.condition_channels > 0)
 
 
 def sampler_parameters(cfg) -> dict[str, float]:

@@ -1,14 +1,19 @@
 """The site map: what a base station knows about its surroundings without measuring anything.
 
-A base station has its site's building layout (planning data). Building cells carry no signal,
-so they are 0 in both channels of the CKM (codec), and every outdoor cell's AoA pixel lies in
-the codec's range [0.3, 1]. Any construction can take the site as an extra, exact observation:
+A base station has its site's building layout (planning data) and knows where it stands.
+Building cells carry no signal, so they are 0 in both channels of the CKM (codec), and every
+outdoor cell's AoA pixel lies in the codec's range [0.3, 1]. Any construction can take the site
+as an extra, exact observation:
 
     site = Site(building)              (H, W) or (B, H, W) bool, True = building
+    site = Site(building, base_station=(row, col, height_m))   the BS too (may lie outside the tile)
     x = site.project(x)                buildings -> 0; outdoor AoA clipped into [0.3, 1]
+    cond = site.condition(shape, rows) the condition maps of a site-aware prior (runtime.condition)
 
 Samplers apply `project` after their data step (and DPS to its final sample), so the site acts
-as a hard constraint, not a penalty. Without a site (the paper's setting) nothing is assumed.
+as a hard constraint, not a penalty; a site-aware prior also sees the site as its condition
+input. Without a site (the paper's setting) nothing is assumed. Either part may be unknown: a
+site with only a base station constrains nothing and only conditions the prior.
 """
 
 from __future__ import annotations
@@ -24,15 +29,36 @@ class SiteError(ValueError):
     """A site map of the wrong type or shape."""
 
 
+# A base station's height above ground, metres, and how far (in tiles) from the tile it may stand.
+BS_HEIGHT_RANGE_M = (0.0, 500.0)
+BS_MAX_TILES_AWAY = 8
+
+
 @dataclass(frozen=True, eq=False)
 class Site:
-    building: np.ndarray  # (H, W) or (B, H, W) bool, True = building
+    building: np.ndarray | None = None  # (H, W) or (B, H, W) bool, True = building; None = unknown
+    # (3,) or (B, 3): row, col (cells, continuous, cell (i, j) spans [i, i+1) x [j, j+1)) and
+    # height above ground (m) of the serving base station; None = unknown
+    base_station: np.ndarray | None = None
 
     def __post_init__(self):
-        b = np.asarray(self.building)
-        if b.dtype != np.bool_ or b.ndim not in (2, 3):
-            raise SiteError(f"a site's building map must be a boolean (H, W) or (B, H, W) array, got {b.dtype} {b.shape}")
-        object.__setattr__(self, "building", b)
+        if self.building is None and self.base_station is None:
+            raise SiteError("a site needs a building map, a base station, or both")
+        if self.building is not None:
+            b = np.asarray(self.building)
+            if b.dtype != np.bool_ or b.ndim not in (2, 3):
+                raise SiteError(f"a site's building map must be a boolean (H, W) or (B, H, W) array, got {b.dtype} {b.shape}")
+            object.__setattr__(self, "building", b)
+        if self.base_station is not None:
+            bs = np.asarray(self.base_station, np.float64)
+            if bs.ndim not in (1, 2) or bs.shape[-1] != 3:
+                raise SiteError(f"a site's base station must be (row, col, height_m) or one per map (B, 3), got shape {bs.shape}")
+            if not np.isfinite(bs).all():
+                raise SiteError("a site's base station position and height must be finite")
+            lo, hi = BS_HEIGHT_RANGE_M
+            if ((bs[..., 2] <= lo) | (bs[..., 2] > hi)).any():
+                raise SiteError(f"a base station's height must be in ({lo:g}, {hi:g}] m, got {bs[..., 2].tolist()}")
+            object.__setattr__(self, "base_station", bs)
 
     @classmethod
     def from_pixels(cls, pixels: np.ndarray) -> "Site":
@@ -42,8 +68,17 @@ class Site:
     def check(self, shape: tuple[int, ...]) -> None:
         """Refuse a site that does not fit maps of `shape` (B, C, H, W) or (C, H, W)."""
         b = self.building
-        if b.shape[-2:] != tuple(shape[-2:]) or (b.ndim == 3 and len(shape) == 4 and b.shape[0] not in (1, shape[0])):
+        rows = shape[0] if len(shape) == 4 else 1
+        if b is not None and (b.shape[-2:] != tuple(shape[-2:]) or (b.ndim == 3 and b.shape[0] not in (1, rows))):
             raise SiteError(f"site building map has shape {b.shape}, the maps are {tuple(shape)}")
+        bs = self.base_station
+        if bs is not None:
+            if bs.ndim == 2 and len(bs) not in (1, rows):
+                raise SiteError(f"site has {len(bs)} base stations for {rows} map(s)")
+            reach = BS_MAX_TILES_AWAY * max(shape[-2:])
+            if (np.abs(bs[..., :2] - np.asarray(shape[-2:]) / 2) > reach).any():
+                raise SiteError(f"a base station must stand within {BS_MAX_TILES_AWAY} tiles of the map "
+                                f"(|row|, |col| <= {reach} cells from its centre), got {bs[..., :2].tolist()}")
 
     def _building(self, x: np.ndarray) -> np.ndarray:
         self.check(x.shape)
@@ -51,13 +86,26 @@ class Site:
         return b[:, None]  # (B or 1, 1, H, W)
 
     def project(self, x: np.ndarray) -> np.ndarray:
-        """x (B, 2, H, W) -> the nearest map this site allows (Euclidean, per cell)."""
+        """x (B, 2, H, W) -> the nearest map this site allows (Euclidean, per cell); x itself
+        when the building layout is unknown (a base station's position constrains no cell)."""
+        if self.building is None:
+            self.check(x.shape)
+            return x
         building = self._building(x)
         lo = np.array([0.0, codec.AOA_PIXEL_MIN], x.dtype).reshape(1, 2, 1, 1)
         return np.where(building, 0.0, np.clip(x, lo, 1.0)).astype(x.dtype)
 
     def outdoor(self, shape: tuple[int, ...]) -> np.ndarray:
-        """(B, H, W) bool: outdoor cells for maps of `shape` (B, C, H, W)."""
+        """(B, H, W) bool: outdoor cells for maps of `shape` (B, C, H, W) (all, when unknown)."""
         self.check(shape)
+        if self.building is None:
+            return np.ones((shape[0],) + tuple(shape[-2:]), bool)
         return np.broadcast_to(~(self.building if self.building.ndim == 3 else self.building[None]),
                                (shape[0],) + tuple(shape[-2:]))
+
+    def condition(self, shape: tuple[int, ...], rows: int) -> np.ndarray:
+        """(rows, runtime.condition.CHANNELS, H, W): what a site-aware prior is told of this site."""
+        from runtime.condition import site_condition
+
+        self.check((rows,) + tuple(shape[-3:]))
+        return site_condition(self.building, self.base_station, tuple(shape[-2:]), batch=rows)

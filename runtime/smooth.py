@@ -57,7 +57,7 @@ def smooth_fill(op: Operator, y: np.ndarray, shape: tuple[int, ...], site: Site 
                 iters: int = 300, tol: float = 1e-5) -> np.ndarray:
     """The estimate above for maps of `shape` (B, C, H, W); stops when no cell moves more than tol."""
     b = shape[0]
-    if site is None and op.known_buildings() is not None:  # JTQR's quantizer knows the layout (eq. 31)
+    if (site is None or site.building is None) and op.known_buildings() is not None:  # JTQR's quantizer knows the layout (eq. 31)
         site = Site(op.known_buildings())
     if site is not None:
         outdoor = site.outdoor(shape)[:, None].astype(np.float32)  # (B, 1, H, W)

@@ -104,18 +104,24 @@ class TrtEngine:
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
         self.calls = Counter()
+        self.condition_channels = package.condition_channels
         paths = dict(zip(GRAPHS, build_engines(package, precision, max_batch=max_batch)))
         self._runners = {g: TrtRunner(EngineFromBytes(BytesFromPath(str(p)))) for g, p in paths.items()}
         for runner in self._runners.values():
             runner.activate()
 
-    def score(self, x, t):
-        self.calls["score"] += 1
-        return self._runners["score"].infer({"x": x, "t": t})["score"].copy()
+    def score(self, x, t, cond=None):
+        from runtime.engine import network_inputs
 
-    def forward(self, x, t):
+        self.calls["score"] += 1
+        return self._runners["score"].infer(network_inputs(x, t, cond, self.condition_channels))["score"].copy()
+
+    def forward(self, x, t, cond=None):
+        from runtime.engine import network_inputs
+
         self.calls["forward"] += 1
-        out = self._runners["forward"].infer({"x": x, "t": t}, copy_outputs_to_host=False)
+        feeds = network_inputs(x, t, cond, self.condition_channels)
+        out = self._runners["forward"].infer(feeds, copy_outputs_to_host=False)
         score = out.pop("score").numpy()
         return score, out
 

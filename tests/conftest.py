@@ -98,3 +98,36 @@ def tiny_adapter(tiny_prior, tiny_package, tmp_path_factory):
                             str(repo / "tiny" / "1.0.0"), "--out", str(repo / "site-a" / "1.0.0"),
                             "--precisions", "fp32"]) == 0
     return repo, load_package(repo / "site-a" / "1.0.0"), root
+
+
+@pytest.fixture(scope="session")
+def tiny_site_package(tiny_prior, tmp_path_factory):
+    """A site-aware tiny prior made the way issue 16's is: `ckm-train prior --site-aware`
+    warm-started (--init) from the unconditional tiny prior on tiles that record their transmitter,
+    then `ckm-export package` (fp32 and INT8, calibrated with condition maps). Returns
+    (package, checkpoint path, eval tiles, eval transmitters)."""
+    from export import cli as export_cli
+    from runtime.package import load_package
+    from training import cli as train_cli
+    from training.dataset import DatasetWriter
+
+    model, meta, _, _ = tiny_prior
+    root = tmp_path_factory.mktemp("site-aware")
+    init = root / "tiny-prior.pt"
+    torch.save({"format": "ckm-model", "meta": meta, "weights": model.state_dict()}, init)
+    with DatasetWriter(root / "data", "procedural", 32, 2.0, 3.5e9) as w:
+        for split, n in (("train", 48), ("eval", 4)):
+            pixels, tx = procedural.generate_region(SMALL_TILE, split, 1, n, seed=13)
+            w.add(split, f"tiny-{split}", pixels, tx)
+    assert train_cli.main(["prior", "--data", str(root / "data"), "--out", str(root / "run"), "--preset", "tiny",
+                           "--site-aware", "--init", str(init), "--steps", "40", "--batch-size", "8", "--lr", "1e-3",
+                           "--warmup", "5", "--ema-decay", "0.9", "--eval-every", "1000", "--sample-every", "1000",
+                           "--checkpoint-every", "1000", "--log-every", "1000"]) == 0
+    out = root / "tiny-site-1.0.0"
+    assert export_cli.main(["package", "--checkpoint", str(root / "run" / "checkpoint.pt"), "--data", str(root / "data"),
+                            "--out", str(out), "--name", "tiny-site", "--version", "1.0.0", "--precisions", "fp32",
+                            "int8", "--calibration-tiles", "8", "--accuracy-tiles", "0"]) == 0
+    from training.dataset import Dataset
+
+    evl = Dataset(root / "data").split("eval")
+    return load_package(out), root / "run" / "checkpoint.pt", evl.take(np.arange(4)), evl.transmitters()[:4]

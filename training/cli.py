@@ -77,7 +77,8 @@ def baseline_sample_hook(eval_split, task_names, count: int = 4):
 def cmd_prior(args) -> int:
     data = Dataset(args.data)
     schedule = _schedule(args)
-    unet = dataclasses.replace(PRESETS[args.preset], in_channels=2, out_channels=2, time_conditional=True)
+    unet = dataclasses.replace(PRESETS[args.preset], in_channels=2, out_channels=2, time_conditional=True,
+                               cond_channels=_cond_channels(args))
     model = ScoreModel(unet, schedule)
     meta = {"kind": "prior", "unet": unet.to_dict(), "schedule": schedule.to_dict(), "data": str(args.data),
             "data_checksum": data.manifest.get("checksum"), "preset": args.preset}
@@ -89,7 +90,8 @@ def cmd_prior(args) -> int:
 def cmd_baseline(args) -> int:
     data = Dataset(args.data)
     names = tasks.PAPER_TASKS if args.task == "multi" else (args.task,)
-    unet = dataclasses.replace(PRESETS[args.preset], in_channels=3, out_channels=2, time_conditional=False)
+    unet = dataclasses.replace(PRESETS[args.preset], in_channels=3, out_channels=2, time_conditional=False,
+                               cond_channels=_cond_channels(args))
     model = EndToEndModel(unet)
     meta = {"kind": "baseline", "unet": unet.to_dict(), "tasks": list(names), "data": str(args.data),
             "data_checksum": data.manifest.get("checksum"), "preset": args.preset}
@@ -98,19 +100,32 @@ def cmd_baseline(args) -> int:
     return _run(trainer, args)
 
 
+def _cond_channels(args) -> int:
+    from runtime import condition
+
+    return condition.CHANNELS if args.site_aware else 0
+
+
 def _run(trainer: Trainer, args) -> int:
     if trainer.path.exists():
         trainer.resume()
         print(f"resumed {trainer.path} at step {trainer.step}", file=sys.stderr)
     elif args.init:
         from training.checkpoint import load_model
+        from training.unet import warm_start
 
         model, meta = load_model(args.init)
-        if meta.get("unet") != trainer.meta.get("unet"):
-            raise ValueError(f"{args.init} has a different U-Net config than --preset {args.preset}")
-        trainer.model.load_state_dict(model.state_dict())
-        trainer.ema.model.load_state_dict(model.state_dict())
-        print(f"initialised from {args.init} ({meta.get('trained_steps')} steps); optimizer starts fresh", file=sys.stderr)
+        source, target = dict(meta.get("unet") or {}), dict(trainer.meta.get("unet") or {})
+        if {k: v for k, v in source.items() if k != "cond_channels"} != {k: v for k, v in target.items() if k != "cond_channels"} \
+                or source.get("cond_channels", 0) > target.get("cond_channels", 0):
+            raise ValueError(f"{args.init} has a different U-Net config than --preset {args.preset}"
+                             + (" --site-aware" if args.site_aware else ""))
+        widened = warm_start(trainer.model, model.state_dict())
+        trainer.ema.model.load_state_dict(trainer.model.state_dict())
+        trainer.meta["init"] = {"from": str(args.init), "trained_steps": meta.get("trained_steps"), "widened": widened}
+        print(f"initialised from {args.init} ({meta.get('trained_steps')} steps"
+              + (f"; zero-initialised condition inputs of {', '.join(widened)}" if widened else "")
+              + "); optimizer starts fresh", file=sys.stderr)
     print(f"{trainer.meta['kind']}: {count_parameters(trainer.model):,} parameters on {trainer.device}, "
           f"world size {trainer.world}", file=sys.stderr)
     last = trainer.fit(max_seconds=args.max_minutes * 60 if args.max_minutes else None)
@@ -206,7 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--log-every", type=int, default=25)
     common.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     common.add_argument("--init", type=Path, default=None,
-                        help="warm start from a slim model file (weights only) when --out has no checkpoint")
+                        help="warm start from a slim model file (weights only) when --out has no checkpoint; an "
+                             "unconditional model may start a --site-aware one (its condition inputs start at zero)")
+    common.add_argument("--site-aware", action="store_true",
+                        help="condition on the site (building layout, base station; runtime.condition), with "
+                             "condition dropout for a prior so it also serves the unconditional setting")
 
     prior = sub.add_parser("prior", parents=[common], help="the foundation score prior (Algorithm 1)")
     prior.add_argument("--sde", choices=("vp", "ve"), default="vp")

@@ -81,7 +81,11 @@ def observation_inputs(op, y: np.ndarray, shape: tuple[int, ...], with_mask: boo
 
 @dataclass(frozen=True)
 class EndToEnd:
-    """Supervised baseline: random task instance, y = A(x) + n, loss = MSE(f(y, mask), x)."""
+    """Supervised baseline: random task instance, y = A(x) + n, loss = MSE(f(y, mask), x).
+
+    A site-aware baseline (model.cond_channels > 0) is always given the whole site (the tile's
+    building cells and, where the data records it, its transmitter): it is the task-specific
+    model a site-aware prior must beat in the setting where both know the site."""
 
     task_names: tuple[str, ...]
     sigma: float = tasks.DEFAULT_SIGMA
@@ -92,4 +96,7 @@ class EndToEnd:
         op = tasks.make_operator(task, rng, x_np)
         y = tasks.observe(op, x_np, rng, self.sigma)
         inputs = torch.from_numpy(observation_inputs(op, y, x_np.shape, with_mask=True)).to(x0.device)
-        return F.mse_loss(model(inputs), x0)
+        if not getattr(_unwrap(model), "cond_channels", 0):
+            return F.mse_loss(model(inputs), x0)
+        cond = condition.site_condition(codec.building_mask(x_np), tx, x_np.shape[-2:], len(x_np))
+        return F.mse_loss(model(inputs, torch.from_numpy(cond).to(x0.device)), x0)

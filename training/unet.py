@@ -203,7 +203,8 @@ class ScoreModel(nn.Module):
 
 
 class EndToEndModel(nn.Module):
-    """Observation (+ mask channel) -> map, the baseline of paper Fig. 6. Output in pixels."""
+    """Observation (+ mask channel) -> map, the baseline of paper Fig. 6. Output in pixels.
+    A site-aware baseline (cfg.cond_channels > 0) also takes the site condition (runtime.condition)."""
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -211,5 +212,36 @@ class EndToEndModel(nn.Module):
             raise ValueError("an end-to-end model uses the U-Net without time conditioning")
         self.net = UNet(cfg)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.net(inputs)
+    @property
+    def cond_channels(self) -> int:
+        return self.net.cfg.cond_channels
+
+    def forward(self, inputs: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(inputs, None, cond)
+
+
+def warm_start(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load `state` into `model`, which may take more input channels at its stem than the network
+    `state` came from (a site-aware model started from an unconditional one). The extra input
+    channels' weights start at zero, so the started model computes exactly what the source did
+    until training teaches it to use the condition. Returns the names of the widened tensors;
+    any other difference is refused."""
+    own = model.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    if missing or unexpected:
+        raise ValueError(f"warm start: the networks differ (missing {missing[:4]}, unexpected {unexpected[:4]})")
+    widened, out = [], {}
+    for name, value in state.items():
+        mine = own[name]
+        if value.shape == mine.shape:
+            out[name] = value
+        elif (name.endswith("stem.weight") and value.dim() == 4 and value.shape[0] == mine.shape[0]
+              and value.shape[2:] == mine.shape[2:] and value.shape[1] < mine.shape[1]):
+            wide = torch.zeros_like(mine)
+            wide[:, : value.shape[1]] = value
+            out[name] = wide
+            widened.append(name)
+        else:
+            raise ValueError(f"warm start: {name} is {tuple(value.shape)} in the source, {tuple(mine.shape)} here")
+    model.load_state_dict(out)
+    return widened
