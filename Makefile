@@ -2,7 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= cpu,serve,cloud,dev,raytrace
+EXTRAS ?= cpu,serve,cloud,dev,raytrace,openvino
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/ckm-edge demo --repository models/repository --truth demo-out/truth.npz --out demo-out
 
 test: $(STAMP) raytrace-setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 test-slow: $(STAMP)
@@ -46,13 +47,13 @@ bench: $(STAMP)
 # Installs Debian's libllvm19 when it is missing and this user may; otherwise says why and the
 # ray-tracing tests skip with that reason. Never fails the build.
 raytrace-setup: $(STAMP)
-	@if $(BIN)/python -c 'import sys; from training.raytrace import backend_problem as p; sys.exit(p() is not None)'; then \
+	@if $(BIN)/python -c 'import sys; from ckm_edge.training.raytrace import backend_problem as p; sys.exit(p() is not None)'; then \
 		echo "raytrace: backend ready"; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		(apt-get install -y -q libllvm19 >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libllvm19 >/dev/null 2>&1)) \
 			&& echo "raytrace: installed libllvm19" || echo "raytrace: could not install libllvm19; ray-tracing tests will skip"; \
 	else \
-		echo "raytrace: $$($(BIN)/python -c 'from training.raytrace import backend_problem as p; print(p())')"; \
+		echo "raytrace: $$($(BIN)/python -c 'from ckm_edge.training.raytrace import backend_problem as p; print(p())')"; \
 	fi
 
 clean:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import codec, tasks
+from ckm_edge.runtime import codec, defaults, tasks
 
 # The paper's Tables II and III (CKMImageNet; not our data).
 PAPER = {
@@ -47,9 +47,9 @@ METHOD_LABELS = {
 
 @dataclass(frozen=True)
 class AccuracyConfig:
-    steps: int = 50
-    zeta: float = 13.0
-    corrector_steps: int = 1
+    steps: int = defaults.DPS_STEPS
+    zeta: float = defaults.ZETA
+    corrector_steps: int = defaults.CORRECTOR_STEPS
     precision: str = "fp32"
     sigma: float = tasks.DEFAULT_SIGMA
     seed: int = 0
@@ -58,13 +58,13 @@ class AccuracyConfig:
 def load_tiles(source: str, count: int, seed: int = 0) -> tuple[np.ndarray, str]:
     """Held-out tiles: a dataset directory's eval split, or 'procedural' (held-out v1 regions)."""
     if source == "procedural":
-        from training import procedural
+        from ckm_edge.training import procedural
 
         cfg = procedural.ProceduralConfig()
         per = max(1, -(-count // 4))
         parts = [procedural.generate_region(cfg, "eval", r, per, seed=seed)[0] for r in range(4)]
         return np.concatenate(parts)[:count], "procedural v1, held-out eval regions 0-3"
-    from training.dataset import Dataset
+    from ckm_edge.training.dataset import Dataset
 
     ds = Dataset(source)
     split = ds.split("eval")
@@ -75,7 +75,7 @@ def load_tiles(source: str, count: int, seed: int = 0) -> tuple[np.ndarray, str]
 def _baseline(path: Path):
     import torch
 
-    from training.checkpoint import load_model
+    from ckm_edge.training.checkpoint import load_model
 
     model, meta = load_model(path)
     model = model.float().eval()
@@ -90,12 +90,12 @@ def _baseline(path: Path):
 def run(package_dir: str | Path, checkpoints: str | Path, tiles: np.ndarray, task_names: tuple[str, ...],
         cfg: AccuracyConfig, progress=print) -> dict:
     """Per task and method: per-map gain and AoA-sine RMSE lists, and seconds per map."""
-    from benchmarks import classical
-    from runtime.construct import ConstructConfig, construct
-    from runtime.engine import EngineConfig, open_engine
-    from runtime.package import load_package
-    from runtime.dps import DPSConfig
-    from training.objectives import observation_inputs
+    from ckm_edge.benchmarks import classical
+    from ckm_edge.runtime.construct import ConstructConfig, construct
+    from ckm_edge.runtime.dps import DPSConfig
+    from ckm_edge.runtime.engine import EngineConfig, open_engine
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.training.objectives import observation_inputs
 
     pkg = load_package(package_dir)
     if tiles.shape[-1] != pkg.tile_size:
@@ -113,7 +113,7 @@ def run(package_dir: str | Path, checkpoints: str | Path, tiles: np.ndarray, tas
             rows: dict = {}
 
             def add(method, pred, truth, seconds):
-                r = rows.setdefault(method, {"gain_db": [], "aoa_sine": [], "seconds": []})
+                r = rows.setdefault(method, {"gain_db": [], "aoa_sine": [], "seconds": []})  # noqa: B023
                 r["gain_db"].append(float(codec.gain_rmse_db(pred[None], truth[None])[0]))
                 r["aoa_sine"].append(float(codec.aoa_sine_rmse(pred[None], truth[None])[0]))
                 r["seconds"].append(seconds)

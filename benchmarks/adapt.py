@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.gpu import TorchEngine, batched_rmse, task_problems
+from ckm_edge.benchmarks.gpu import TorchEngine, batched_rmse, task_problems
+from ckm_edge.runtime import defaults
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class AdaptBenchConfig:
     counts: tuple[int, ...] = (16, 64, 256)
     test_tiles: int = 8
     tasks: tuple[str, ...] = ("ipbox", "iprandom", "sr2", "jtqr")
-    steps: int = 50
-    zeta: float = 13.0
+    steps: int = defaults.DPS_STEPS
+    zeta: float = defaults.ZETA
     generic_tiles: int = 1024
     reference_steps: int = 2000
     proxy_steps: int = 500
@@ -51,7 +52,7 @@ class AdaptBenchConfig:
 
 def site_tiles(cfg: AdaptBenchConfig, tile_size: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(the site's unlabeled maps, held-out test maps) from one evaluation region of the site preset."""
-    from training import procedural
+    from ckm_edge.training import procedural
 
     pcfg = dataclasses.replace(procedural.ProceduralConfig.preset(cfg.site_preset), tile_size=tile_size)
     pixels, _ = procedural.generate_region(pcfg, "eval", cfg.site_region, max(cfg.counts) + cfg.test_tiles,
@@ -61,7 +62,7 @@ def site_tiles(cfg: AdaptBenchConfig, tile_size: int, workers: int = 1) -> tuple
 
 def generic_tiles(cfg: AdaptBenchConfig, tile_size: int, workers: int = 1) -> np.ndarray:
     """Shared data for the reference model: v1 tiles of training regions (the prior's generator)."""
-    from training import procedural
+    from ckm_edge.training import procedural
 
     pcfg = procedural.ProceduralConfig(tile_size=tile_size)
     per_region = 128
@@ -77,11 +78,11 @@ def run(large, meta: dict, cfg: AdaptBenchConfig, work: Path, device: str = "cpu
     after every method, so a run stopped early still leaves what it measured."""
     import torch
 
-    from runtime.adapter import ComposedEngine, LambdaTable
-    from runtime.schedule import Schedule
-    from training import adapter as adapt
-    from training.trainer import count_parameters
-    from training.unet import UNetConfig
+    from ckm_edge.runtime.adapter import ComposedEngine, LambdaTable
+    from ckm_edge.runtime.schedule import Schedule
+    from ckm_edge.training import adapter as adapt
+    from ckm_edge.training.trainer import count_parameters
+    from ckm_edge.training.unet import UNetConfig
 
     schedule = Schedule.from_dict(meta["schedule"])
     tile_size = int(meta.get("tile_size", 128))

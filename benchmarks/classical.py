@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from runtime import operators
+from ckm_edge.runtime import operators
 
 
 def nearest_fill(y: np.ndarray, observed: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""`ckm-bench`: run a benchmark, store its JSON and regenerate benchmarks/RESULTS.md.
+"""`ckm-bench`: run a benchmark, store its JSON and regenerate RESULTS.md (default: benchmarks/results/
+and benchmarks/RESULTS.md under the working directory; `ckm-bench --results DIR COMMAND` elsewhere).
 
     ckm-bench procedural [--tiles 1000] [--workers N]
     ckm-bench latency [--package DIR] [--checkpoint FILE] [--steps 10] [--device cpu|cuda] [--backend onnxruntime|tensorrt]
@@ -17,35 +18,34 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import report
+from ckm_edge.benchmarks import report
+from ckm_edge.runtime import defaults
 
 DEFAULT_PACKAGE = "models/repository/ckm-prior/0.2.0"  # the embedded default model
 DEFAULT_CHECKPOINT = "models/checkpoints/prior-small.pt"  # its PyTorch weights
 
 
 def _cmd_procedural(args: argparse.Namespace) -> int:
-    from benchmarks import procedural
+    from ckm_edge.benchmarks import procedural
 
     results, markdown = procedural.run(tiles=args.tiles, workers=args.workers)
     command = f"ckm-bench procedural --tiles {args.tiles}" + (f" --workers {args.workers}" if args.workers else "")
-    path = report.write_result("procedural-generator", command, results, markdown)
+    path = report.write_result("procedural-generator", command, results, markdown, results_dir=args.results)
     print(markdown)
-    print(f"results: {path}; report: {report.RESULTS_MD}")
+    print(f"results: {path}; report: {report.results_md(args.results)}")
     return 0
 
 
 def _cmd_latency(args: argparse.Namespace) -> int:
     import collections
 
-    import numpy as np
     import onnx
 
-    from benchmarks import latency
-    from runtime.package import load_package
-    from training import procedural
-    from training.checkpoint import load_model
-
-    from runtime.engine import EngineConfig, EngineError, open_engine
+    from ckm_edge.benchmarks import latency
+    from ckm_edge.runtime.engine import EngineConfig, EngineError, open_engine
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.training import procedural
+    from ckm_edge.training.checkpoint import load_model
 
     pkg = load_package(args.package)
     try:  # an engine this machine cannot run is refused before anything is timed
@@ -66,7 +66,7 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     if args.device == "cuda":
         import torch
 
-        from benchmarks.gpu import matmul_rate
+        from ckm_edge.benchmarks.gpu import matmul_rate
 
         gflops = matmul_rate(torch.device("cuda"), torch.float32) / 1e9
     else:
@@ -107,7 +107,8 @@ def _cmd_latency(args: argparse.Namespace) -> int:
         *rows,
         "",
         (f"Target: runtime per-step time on CPU at least 2.5x faster than the PyTorch reference: {ratio:.2f}x, {target}."
-         if args.device == "cpu" else f"Runtime vs PyTorch reference on {args.device}, same run: {ratio:.2f}x (the 2.5x target is stated for CPUs)."),
+         if args.device == "cpu" else f"Runtime vs PyTorch reference on {args.device}, same run: {ratio:.2f}x "
+              "(the 2.5x target is stated for CPUs)."),
         *([] if ratio >= 2.5 or args.device != "cpu" else [
             "",
             "Why: the guided step is engine bound (the loop adds ~2 ms) and runs the same network FLOPs as "
@@ -137,19 +138,39 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     name = "latency-tensorrt" if args.backend == "tensorrt" else f"latency-{args.device}"
     command = f"ckm-bench latency --steps {steps}" + ("" if args.device == "cpu" else f" --device {args.device}") + (
         "" if args.backend == "onnxruntime" else f" --backend {args.backend}")
-    path = report.write_result(name, command, results, markdown)
+    path = report.write_result(name, command, results, markdown, results_dir=args.results)
     print(markdown)
     print(f"results: {path}")
+    if args.device == "cpu" and args.compare_backends:
+        _latency_backends(args, pkg, tile)
     return 0
+
+
+def _latency_backends(args: argparse.Namespace, pkg, tile) -> None:
+    """ONNX Runtime (as is, and without spinning threads) and OpenVINO per precision, same run."""
+    import numpy as np
+
+    from ckm_edge.benchmarks import latency
+    from ckm_edge.runtime import tasks
+    from ckm_edge.runtime.recommend import resolve
+
+    rows = latency.backend_comparison(pkg, tile, pkg.precisions, threads=args.threads, repeats=args.repeats)
+    _, steps, samples = resolve(pkg.manifest, tasks.make_operator("sr2", np.random.default_rng(1), tile[None]))
+    markdown = latency.backend_markdown(rows, pkg, f"{steps} steps x {samples} samples")
+    command = "ckm-bench latency" + (f" --threads {args.threads}" if args.threads else "")
+    path = report.write_result("latency-backends-cpu", command, {"rows": rows, "package": f"{pkg.name} {pkg.version}"},
+                               markdown, results_dir=args.results)
+    print(markdown)
+    print(f"results: {path}; report: {report.results_md(args.results)}")
 
 
 def _cmd_load(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from benchmarks import load
-    from runtime import tasks
-    from runtime.client import EdgeClient
-    from training import procedural
+    from ckm_edge.benchmarks import load
+    from ckm_edge.runtime import tasks
+    from ckm_edge.runtime.client import EdgeClient
+    from ckm_edge.training import procedural
 
     if any(c < 1 for c in args.clients) or args.duration <= 0:
         raise SystemExit("ckm-bench load: --clients must be >= 1 and --duration > 0")
@@ -157,7 +178,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
     if args.server:
         target = args.server
     else:
-        from runtime.server import ServerConfig, create_server
+        from ckm_edge.runtime.server import ServerConfig, create_server
 
         edge = create_server(ServerConfig(repository=args.repository, port=0, poll_seconds=0, max_batch=args.max_batch,
                                           max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue,
@@ -202,15 +223,15 @@ def _cmd_load(args: argparse.Namespace) -> int:
     name = "grpc-load-mixed" if args.mix == "mixed" else (
         "grpc-load" if args.server or args.max_batch > 1 else "grpc-load-no-batching")
     path = report.write_result(name, command, {"levels": [vars(lv) for lv in levels], "max_batch": args.max_batch,
-                                               "mix": args.mix}, text)
+                                               "mix": args.mix}, text, results_dir=args.results)
     print(text)
-    print(f"results: {path}; report: {report.RESULTS_MD}")
+    print(f"results: {path}; report: {report.results_md(args.results)}")
     return 0
 
 
 def _cmd_raytrace(args: argparse.Namespace) -> int:
-    from benchmarks import raytrace as bench_raytrace
-    from training.raytrace import HELD_OUT_SCENES, RaytraceError
+    from ckm_edge.benchmarks import raytrace as bench_raytrace
+    from ckm_edge.training.raytrace import HELD_OUT_SCENES, RaytraceError
 
     if args.scene in HELD_OUT_SCENES:
         raise SystemExit(f"ckm-bench raytrace: {args.scene!r} is a held-out region; benchmark on a training scene")
@@ -219,17 +240,17 @@ def _cmd_raytrace(args: argparse.Namespace) -> int:
     except RaytraceError as e:
         raise SystemExit(f"ckm-bench raytrace: {e}") from None
     command = f"ckm-bench raytrace --scene {args.scene} --tiles {args.tiles} --device {args.device}"
-    path = report.write_result(f"raytrace-{results['device']}", command, results, markdown)
+    path = report.write_result(f"raytrace-{results['device']}", command, results, markdown, results_dir=args.results)
     print(markdown)
-    print(f"results: {path}; report: {report.RESULTS_MD}")
+    print(f"results: {path}; report: {report.results_md(args.results)}")
     return 0
 
 
 def _cmd_accuracy(args: argparse.Namespace) -> int:
     import re
 
-    from benchmarks import accuracy
-    from runtime import tasks
+    from ckm_edge.benchmarks import accuracy
+    from ckm_edge.runtime import tasks
 
     unknown = [t for t in args.tasks if t not in tasks.TASKS]
     if unknown:
@@ -243,17 +264,18 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
     name = "accuracy-" + re.sub(r"[^A-Za-z0-9]+", "-", Path(args.data).name if args.data != "procedural" else "procedural")
     command = (f"ckm-bench accuracy --data {args.data} --tiles {args.tiles} --steps {args.steps} --zeta {args.zeta:g} "
                f"--precision {args.precision} --tasks {' '.join(args.tasks)}")
-    path = report.write_result(name, command, {"config": vars(cfg), "tiles": len(tiles), "per_map": results}, text)
+    path = report.write_result(name, command, {"config": vars(cfg), "tiles": len(tiles), "per_map": results}, text,
+                               results_dir=args.results)
     print(text)
-    print(f"results: {path}; report: {report.RESULTS_MD}")
+    print(f"results: {path}; report: {report.results_md(args.results)}")
     return 0
 
 
 def _cmd_solvers(args: argparse.Namespace) -> int:
     import re
 
-    from benchmarks import accuracy, solvers
-    from runtime.package import load_package
+    from ckm_edge.benchmarks import accuracy, solvers
+    from ckm_edge.runtime.package import load_package
 
     cfg = solvers.SolverBenchConfig(nfe=tuple(args.nfe), samplers=tuple(args.samplers), curve_samples=args.curve_samples,
                                     curve_tasks=tuple(args.curve_tasks), tasks=tuple(args.tasks), precision=args.precision,
@@ -267,7 +289,7 @@ def _cmd_solvers(args: argparse.Namespace) -> int:
     text = solvers.markdown(results, f"Samplers and the default construction on {len(tiles)} region-held-out tiles: "
                                      f"{description}; package `{pkg.name} {pkg.version}`, ONNX Runtime CPU {args.precision}, "
                                      f"noise sigma {cfg.sigma:g}.", cfg, recs)
-    png = solvers.plot(results["curve"], results["default"], report.BENCH_DIR / "results" / f"solvers-{slug}.png") \
+    png = solvers.plot(results["curve"], results["default"], args.results / f"solvers-{slug}.png") \
         if results["curve"] else None
     if png is not None:
         text += f"\n![RMSE vs network evaluations](results/{png.name})"
@@ -276,27 +298,27 @@ def _cmd_solvers(args: argparse.Namespace) -> int:
                f"--curve-tasks {' '.join(args.curve_tasks)} --tasks {' '.join(args.tasks)}"
                + (f" --other-precisions {' '.join(args.other_precisions)}" if args.other_precisions else ""))
     path = report.write_result(f"solvers-{slug}", command, {"config": vars(cfg), "tiles": len(tiles),
-                                                            "recommendations": recs, **results}, text)
+                                                            "recommendations": recs, **results}, text, results_dir=args.results)
     print(text)
-    print(f"results: {path}; report: {report.RESULTS_MD}")
+    print(f"results: {path}; report: {report.results_md(args.results)}")
     return 0
 
 
 def _cmd_memory(args: argparse.Namespace) -> int:
-    from benchmarks import memory
+    from ckm_edge.benchmarks import memory
 
     results, text = memory.run(args.package, args.precisions, args.batches, args.steps, tuple(args.samplers))
     command = (f"ckm-bench memory --package {args.package} --precisions {' '.join(args.precisions)} "
                f"--batches {' '.join(map(str, args.batches))} --samplers {' '.join(args.samplers)}")
-    path = report.write_result("memory-cpu", command, results, text)
+    path = report.write_result("memory-cpu", command, results, text, results_dir=args.results)
     print(text)
-    print(f"results: {path}; report: {report.RESULTS_MD}")
+    print(f"results: {path}; report: {report.results_md(args.results)}")
     return 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from benchmarks import sweep
-    from runtime.package import load_package
+    from ckm_edge.benchmarks import sweep
+    from ckm_edge.runtime.package import load_package
 
     ref_zeta = args.reference_zeta
     points = [sweep.Point(z, s, "fp32", False) for z in args.zetas for s in args.steps]
@@ -307,7 +329,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     tiles = sweep.validation_tiles(args.tiles, pkg.tile_size, seed=args.seed)
     rows = sweep.run(args.package, points, tuple(args.tasks), tiles, seed=args.seed,
                      progress=lambda line: print(line, flush=True))
-    png = sweep.plot(rows, report.BENCH_DIR / "results" / "sweep-zeta.png")
+    png = sweep.plot(rows, args.results / "sweep-zeta.png")
     text = sweep.markdown(rows, f"Foundation prior `{pkg.name} {pkg.version}` with the runtime's DPS on {len(tiles)} "
                                 f"validation tiles (procedural regions never used in training), ONNX Runtime CPU; "
                                 f"mean over tiles of gain RMSE (dB) / AoA-sine RMSE.")
@@ -315,9 +337,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         text += f"\n\n![RMSE vs zeta](results/{png.name})"
     command = (f"ckm-bench sweep --zetas {' '.join(f'{z:g}' for z in args.zetas)} --steps {' '.join(map(str, args.steps))} "
                f"--precisions {' '.join(args.precisions)} --tiles {args.tiles}" + (" --jacobian-free" if args.jacobian_free else ""))
-    path = report.write_result("sweep-cpu", command, {"rows": rows}, text)
+    path = report.write_result("sweep-cpu", command, {"rows": rows}, text, results_dir=args.results)
     print(text)
-    print(f"results: {path}; report: {report.RESULTS_MD}")
+    print(f"results: {path}; report: {report.results_md(args.results)}")
     return 0
 
 
@@ -326,10 +348,10 @@ def _cmd_gpu(args: argparse.Namespace) -> int:
 
     import torch
 
-    from benchmarks import gpu, sweep
-    from runtime.package import load_package
-    from training import procedural
-    from training.checkpoint import load_model
+    from ckm_edge.benchmarks import gpu, sweep
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.training import procedural
+    from ckm_edge.training.checkpoint import load_model
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("ckm-bench gpu: no CUDA device visible to PyTorch (run it on a GPU machine, or --device cpu)")
@@ -344,15 +366,15 @@ def _cmd_gpu(args: argparse.Namespace) -> int:
     results = gpu.run(model, meta, tile[0], tiles, cfg, device=args.device, progress=lambda line: print(line, flush=True))
     results["package"] = f"{pkg.name} {pkg.version}"
     if isinstance(results.get("steps_curve"), list) and results["steps_curve"]:
-        gpu.plot_steps(results["steps_curve"], report.RESULTS_DIR / "steps-curve.png")
+        gpu.plot_steps(results["steps_curve"], args.results / "steps-curve.png")
     text = gpu.markdown(results, f"{pkg.name} {pkg.version}")
     command = (f"ckm-bench gpu --device {args.device} --steps {args.steps} --batches {' '.join(map(str, args.batches))} "
                f"--precisions {' '.join(args.precisions)} --step-counts {' '.join(map(str, args.step_counts))} "
                f"--tiles {args.tiles}")
     name = "gpu-" + re.sub(r"[^a-z0-9]+", "-", results["device"].lower()).strip("-")
-    path = report.write_result(name, command, results, text)
+    path = report.write_result(name, command, results, text, results_dir=args.results)
     print(text)
-    print(f"results: {path}; report: {report.RESULTS_MD}")
+    print(f"results: {path}; report: {report.results_md(args.results)}")
     return 0
 
 
@@ -361,9 +383,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
     import torch
 
-    from benchmarks import adapt
-    from runtime.package import load_package
-    from training.checkpoint import load_model
+    from ckm_edge.benchmarks import adapt
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.training.checkpoint import load_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pkg = load_package(args.package)
@@ -384,7 +406,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     name = f"site-adaptation-{'gpu' if device.startswith('cuda') else 'cpu'}"
 
     def write(results: dict):  # after every method: a run stopped early keeps what it measured
-        return report.write_result(name, command, results, adapt.markdown(results, f"{pkg.name} {pkg.version}", device_name))
+        text = adapt.markdown(results, f"{pkg.name} {pkg.version}", device_name)
+        return report.write_result(name, command, results, text, results_dir=args.results)
 
     with tempfile.TemporaryDirectory(prefix="ckm-adapt-") as work:
         results = adapt.run(large, meta, cfg, Path(work), device=device, workers=args.workers,
@@ -392,12 +415,15 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     path = write(results)
     text = adapt.markdown(results, f"{pkg.name} {pkg.version}", device_name)
     print(text)
-    print(f"results: {path}; report: {report.RESULTS_MD}")
+    print(f"results: {path}; report: {report.results_md(args.results)}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=report.DEFAULT_RESULTS_DIR,
+                        help="directory for the JSON results; RESULTS.md is regenerated beside it "
+                             "(default: %(default)s under the working directory)")
     sub = parser.add_subparsers(dest="command", required=True)
     proc = sub.add_parser("procedural", help="procedural tile generation throughput")
     proc.add_argument("--tiles", type=int, default=1000)
@@ -411,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--threads", type=int, default=0)
     lat.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="engine and PyTorch reference device")
     lat.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    lat.add_argument("--no-compare-backends", dest="compare_backends", action="store_false",
+                     help="skip the ONNX Runtime vs OpenVINO comparison per precision (CPU only)")
+    lat.add_argument("--repeats", type=int, default=5, help="timed calls per point of the backend comparison")
     lat.set_defaults(func=_cmd_latency)
     ld = sub.add_parser("load", help="gRPC service throughput and p50/p95/p99 latency for 1..N concurrent clients")
     ld.add_argument("--repository", default="models/repository", help="serve this repository in-process")
@@ -424,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--max-batch-memory-mib", type=float, default=1024, help="the server's batch memory budget")
     ld.add_argument("--no-retry", action="store_true", help="count RESOURCE_EXHAUSTED as errors instead of retrying")
     ld.add_argument("--task", default="ipbox")
-    ld.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    ld.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS)
     ld.add_argument("--max-batch", type=int, default=8)
     ld.add_argument("--max-queue-delay-ms", type=float, default=5.0)
     ld.add_argument("--threads", type=int, default=0, help="engine threads (0 = ONNX Runtime default)")
@@ -438,8 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--package", default=DEFAULT_PACKAGE)
     sw.add_argument("--zetas", type=float, nargs="+", default=[2.0, 5.0, 9.0, 13.0, 18.0])
     sw.add_argument("--steps", type=int, nargs="+", default=[25])
-    sw.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"], choices=["fp32", "fp16", "int8"])
-    sw.add_argument("--reference-zeta", type=float, default=13.0, help="zeta for the precision / Jacobian-free points")
+    sw.add_argument("--precisions", nargs="+", default=list(defaults.PRECISIONS), choices=defaults.PRECISIONS)
+    sw.add_argument("--reference-zeta", type=float, default=defaults.ZETA, help="zeta for the precision / Jacobian-free points")
     sw.add_argument("--jacobian-free", action="store_true", help="add a Jacobian-free point")
     sw.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr"])
     sw.add_argument("--tiles", type=int, default=2)
@@ -455,15 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--curve-samples", type=int, default=1)
     so.add_argument("--curve-tasks", nargs="*", default=["ipbox", "iprandom", "sr2", "jtqr"])
     so.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr", "trajectory"])
-    so.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
-    so.add_argument("--other-precisions", nargs="*", default=[], choices=["fp32", "fp16", "int8"],
+    so.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS)
+    so.add_argument("--other-precisions", nargs="*", default=[], choices=defaults.PRECISIONS,
                     help="the default construction again with these precisions (accuracy change, seconds)")
     so.add_argument("--seed", type=int, default=0)
     so.set_defaults(func=_cmd_solvers)
 
     mem = sub.add_parser("memory", help="peak resident memory of the edge engine per precision and batch; package sizes")
     mem.add_argument("--package", default=DEFAULT_PACKAGE)
-    mem.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"], choices=["fp32", "fp16", "int8"])
+    mem.add_argument("--precisions", nargs="+", default=list(defaults.PRECISIONS), choices=defaults.PRECISIONS)
     mem.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     mem.add_argument("--steps", type=int, default=3)
     mem.add_argument("--samplers", nargs="+", default=["dps", "diffpir"], help="samplers to measure (their recommended settings)")
@@ -474,9 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr", "trajectory"])
     acc.add_argument("--package", default=DEFAULT_PACKAGE)
     acc.add_argument("--checkpoints", default="models/checkpoints", help="directory of baseline-<task>.pt")
-    acc.add_argument("--steps", type=int, default=50)
-    acc.add_argument("--zeta", type=float, default=13.0)
-    acc.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    acc.add_argument("--steps", type=int, default=defaults.DPS_STEPS)
+    acc.add_argument("--zeta", type=float, default=defaults.ZETA)
+    acc.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS)
     acc.add_argument("--seed", type=int, default=0)
     acc.set_defaults(func=_cmd_accuracy)
     ad = sub.add_parser("adapt", help="site adapters (LASCO) vs foundation alone vs full fine-tuning, with training cost")
@@ -488,8 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--counts", type=int, nargs="+", default=[16, 64, 256])
     ad.add_argument("--test-tiles", type=int, default=8)
     ad.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr"])
-    ad.add_argument("--steps", type=int, default=50)
-    ad.add_argument("--zeta", type=float, default=13.0)
+    ad.add_argument("--steps", type=int, default=defaults.DPS_STEPS)
+    ad.add_argument("--zeta", type=float, default=defaults.ZETA)
     ad.add_argument("--generic-tiles", type=int, default=1024)
     ad.add_argument("--reference-steps", type=int, default=2000)
     ad.add_argument("--proxy-steps", type=int, default=500)
@@ -502,13 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--package", default=DEFAULT_PACKAGE)
     gp.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="the package's PyTorch weights")
     gp.add_argument("--device", default="cuda")
-    gp.add_argument("--steps", type=int, default=50)
+    gp.add_argument("--steps", type=int, default=defaults.DPS_STEPS)
     gp.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128, 256, 512])
     gp.add_argument("--precisions", nargs="+", default=["fp32", "tf32", "bf16", "fp16"], choices=["fp32", "tf32", "bf16", "fp16"])
     gp.add_argument("--step-counts", type=int, nargs="+", default=[20, 50, 100, 200, 500, 1000])
     gp.add_argument("--tiles", type=int, default=8)
     gp.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr"])
-    gp.add_argument("--zeta", type=float, default=13.0)
+    gp.add_argument("--zeta", type=float, default=defaults.ZETA)
     gp.add_argument("--reference-steps", type=int, default=20)
     gp.add_argument("--seed", type=int, default=0)
     gp.add_argument("--time-budget", type=float, default=float("inf"),

@@ -21,16 +21,17 @@ network and the same algorithm on the same GPU through PyTorch, and says so in e
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from runtime import codec, tasks
-from runtime.dps import DPSConfig
-from runtime.sampler import Observations, sample
-from runtime.schedule import Schedule
+from ckm_edge.runtime import codec, defaults, tasks
+from ckm_edge.runtime.dps import DPSConfig
+from ckm_edge.runtime.sampler import Observations, sample
+from ckm_edge.runtime.schedule import Schedule
 
 PRECISIONS = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -222,7 +223,7 @@ def task_problems(tiles: np.ndarray, task: str, seed: int = 0) -> tuple[list, li
 
 
 def batched_rmse(engine, schedule: Schedule, tiles: np.ndarray, problems: tuple[list, list], steps: int,
-                 zeta: float = 13.0, seed: int = 0) -> dict:
+                 zeta: float = defaults.ZETA, seed: int = 0) -> dict:
     """All tiles as one batch through the runtime's sampler (per-sample operators); mean RMSEs."""
     ops, ys = problems
     t0 = time.perf_counter()
@@ -234,7 +235,7 @@ def batched_rmse(engine, schedule: Schedule, tiles: np.ndarray, problems: tuple[
 
 
 def steps_curve(model: torch.nn.Module, schedule: Schedule, tiles: np.ndarray, task_names, step_counts,
-                device: str, zeta: float = 13.0, seed: int = 0, progress=print,
+                device: str, zeta: float = defaults.ZETA, seed: int = 0, progress=print,
                 deadline: float = float("inf")) -> list[dict]:
     """RMSE vs number of steps with the runtime's sampler over a TorchEngine (fp32), all tiles as one
     batch with per-sample operators. A run that would end after `deadline` (time.perf_counter())
@@ -254,9 +255,9 @@ def steps_curve(model: torch.nn.Module, schedule: Schedule, tiles: np.ndarray, t
     return rows
 
 
-def plot_steps(rows: list[dict], path) -> "Path | None":
+def plot_steps(rows: list[dict], path) -> Path | None:
     """RMSE vs number of sampling steps per task (log x) as a PNG; None without matplotlib."""
-    from training import plots
+    from ckm_edge.training import plots
 
     try:
         plt = plots.pyplot()
@@ -303,13 +304,13 @@ def _guarded(results: dict, key: str, fn: Callable[[], object], progress) -> obj
 
 @dataclass(frozen=True)
 class GpuBenchConfig:
-    steps: int = 50
+    steps: int = defaults.DPS_STEPS
     batches: tuple[int, ...] = (1, 8, 32, 128, 256, 512)
     precisions: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
     step_counts: tuple[int, ...] = (20, 50, 100, 200, 500, 1000)
     tiles: int = 8
     tasks: tuple[str, ...] = ("ipbox", "iprandom", "sr2", "jtqr")
-    zeta: float = 13.0
+    zeta: float = defaults.ZETA
     reference_steps: int = 20
     seed: int = 0
     time_budget_s: float = float("inf")  # the steps curve skips runs that would end after it
@@ -318,8 +319,8 @@ class GpuBenchConfig:
 def run(model: torch.nn.Module, meta: dict, tile: np.ndarray, tiles: np.ndarray, cfg: GpuBenchConfig,
         device: str = "cuda", progress=print) -> dict:
     """Every section on `device`; returns the JSON-able results (errors recorded per section)."""
-    from benchmarks.latency import _TimedEngine, network_flops
-    from training.reference_dps import DPSConfig, dps_sample
+    from ckm_edge.benchmarks.latency import _TimedEngine, network_flops
+    from ckm_edge.training.reference_dps import DPSConfig, dps_sample
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -395,7 +396,7 @@ def run(model: torch.nn.Module, meta: dict, tile: np.ndarray, tiles: np.ndarray,
         for batch in cfg.batches:
             key = f"{precision}-b{batch}"
             box: dict = {}
-            _guarded(box, key, lambda: construction(precision, batch), progress)
+            _guarded(box, key, lambda: construction(precision, batch), progress)  # noqa: B023
             results["construction"].append(box[key] if "error" not in box[key] else
                                            {"precision": precision, "batch": batch, **box[key]})
             progress(f"construction {key}: {results['construction'][-1]}")
@@ -408,8 +409,8 @@ def run(model: torch.nn.Module, meta: dict, tile: np.ndarray, tiles: np.ndarray,
         set_precision("fp32")
         for m in (1, 2):
             short = schedule.respace(cfg.reference_steps)
-            run_once = lambda: dps_sample(model, short, op, torch.from_numpy(y).to(dev), shape=(1,) + tile.shape,
-                                          rng=np.random.default_rng(0), cfg=DPSConfig(zeta=cfg.zeta, corrector_steps=m),
+            run_once = lambda: dps_sample(model, short, op, torch.from_numpy(y).to(dev), shape=(1,) + tile.shape,  # noqa: B023
+                                          rng=np.random.default_rng(0), cfg=DPSConfig(zeta=cfg.zeta, corrector_steps=m),  # noqa: B023
                                           device=dev)
             run_once()
             if cuda:
@@ -488,7 +489,8 @@ def markdown(results: dict, package: str) -> str:
                   f"fastest batch-1 construction through PyTorch CUDA graphs is {best1['construction_s'] * 1e3:.1f} ms "
                   f"({best1['precision']}): " + ("under" if best1["construction_s"] < 0.025 else "over") + " 25 ms.",
                   f"Target (above 1,000 constructions per second at the best batch size): best here {best['constructions_per_s']:.0f}/s "
-                  f"({best['precision']}, batch {best['batch']}). A 50-step construction is {step_gflop * results['config']['steps']:.0f} GFLOP, so "
+                  f"({best['precision']}, batch {best['batch']}). A 50-step construction is "
+                  f"{step_gflop * results['config']['steps']:.0f} GFLOP, so "
                   f"even at this card's measured dense matrix-multiply peak ({floor_rate / 1e12:.0f} TFLOP/s) it cannot exceed "
                   f"{ceiling:.0f} constructions/s: the target is above what this network allows on one such GPU at 50 guided "
                   "steps; it needs fewer network evaluations (Jacobian-free steps, fewer steps) or a smaller network."]
@@ -498,9 +500,11 @@ def markdown(results: dict, package: str) -> str:
         lines += ["", "**Per step on this GPU, batch 1, fp32** (ratios within this run):", "",
                   "| path | ms/step | speed-up vs PyTorch reference (M = 1) |", "|---|---:|---:|",
                   f"| PyTorch reference DPS, autograd, numpy operators (M = 1) | {ref['M1_step_s'] * 1e3:.2f} | 1.00 |",
-                  f"| PyTorch reference DPS, paper config (M = 2: 3 fwd + 1 bwd) | {ref['M2_step_s'] * 1e3:.2f} | {ref['M1_step_s'] / ref['M2_step_s']:.2f} |"]
+                  f"| PyTorch reference DPS, paper config (M = 2: 3 fwd + 1 bwd) | {ref['M2_step_s'] * 1e3:.2f} | "
+                  f"{ref['M1_step_s'] / ref['M2_step_s']:.2f} |"]
         if "step_s" in loop:
-            lines.append(f"| runtime numpy loop over the network (engine {loop['engine_s'] * 1e3:.2f} ms + loop {loop['loop_s'] * 1e3:.2f} ms) | "
+            lines.append(f"| runtime numpy loop over the network (engine {loop['engine_s'] * 1e3:.2f} ms + "
+                         f"loop {loop['loop_s'] * 1e3:.2f} ms) | "
                          f"{loop['step_s'] * 1e3:.2f} | {ref['M1_step_s'] / loop['step_s']:.2f} |")
         if fp32_b1 and "graph_step_s" in fp32_b1:
             lines.append(f"| whole step on the GPU, one CUDA-graph replay | {fp32_b1['graph_step_s'] * 1e3:.2f} | "
@@ -512,7 +516,8 @@ def markdown(results: dict, package: str) -> str:
     if isinstance(curve, list) and curve:
         counts = sorted({r["steps"] for r in curve})
         task_names = list(dict.fromkeys(r["task"] for r in curve))
-        lines += ["", "![RMSE vs steps](results/steps-curve.png)", "", f"**RMSE vs sampling steps** (runtime sampler, fp32 without TF32, zeta {results['config']['zeta']:g}, "
+        lines += ["", "![RMSE vs steps](results/steps-curve.png)", "",
+                  f"**RMSE vs sampling steps** (runtime sampler, fp32 without TF32, zeta {results['config']['zeta']:g}, "
                       f"{results['config']['tiles']} validation tiles; gain dB / AoA-sine):", "",
                   "| steps | " + " | ".join(task_names) + " |", "|---:|" + "---:|" * len(task_names)]
         for n in counts:

@@ -17,11 +17,11 @@ import time
 
 import numpy as np
 
-from runtime import tasks
-from runtime.engine import EngineConfig, open_engine
-from runtime.package import Package
-from runtime.dps import DPSConfig
-from runtime.sampler import Observations, sample
+from ckm_edge.runtime import defaults, tasks
+from ckm_edge.runtime.dps import DPSConfig
+from ckm_edge.runtime.engine import EngineConfig, open_engine
+from ckm_edge.runtime.package import Package
+from ckm_edge.runtime.sampler import Observations, sample
 
 
 class _TimedEngine:
@@ -69,13 +69,13 @@ def runtime_step(pkg: Package, tile: np.ndarray, precision: str, steps: int, bat
     return {"step_s": total / steps, "engine_s": timed.seconds / steps, "overhead_s": (total - timed.seconds) / steps}
 
 
-def construction_times(pkg: Package, tile: np.ndarray, task_names=("ipbox", "sr2", "jtqr"), dps_steps: int = 50,
+def construction_times(pkg: Package, tile: np.ndarray, task_names=("ipbox", "sr2", "jtqr"), dps_steps: int = defaults.DPS_STEPS,
                        threads: int = 0, sigma: float = tasks.DEFAULT_SIGMA) -> list[dict]:
     """Seconds per map of a whole construction, per task, same tile and engine: the paper's DPS
     (dps_steps steps, M = 1, one sample) against the default construction (the package's
     recommendation: sampler, steps and samples)."""
-    from runtime.construct import ConstructConfig, construct
-    from runtime.recommend import resolve
+    from ckm_edge.runtime.construct import ConstructConfig, construct
+    from ckm_edge.runtime.recommend import resolve
 
     rows = []
     shape = tile.shape
@@ -101,8 +101,8 @@ def torch_step(model, schedule_dict: dict, tile: np.ndarray, steps: int, correct
                device: str = "cpu") -> float:
     import torch
 
-    from runtime.schedule import Schedule
-    from training.reference_dps import DPSConfig, dps_sample
+    from ckm_edge.runtime.schedule import Schedule
+    from ckm_edge.training.reference_dps import DPSConfig, dps_sample
 
     if threads:
         torch.set_num_threads(threads)
@@ -143,3 +143,106 @@ def machine_gflops(seconds: float = 1.0) -> float:
         a @ a
         n += 1
     return 2 * 1024**3 * n / (time.perf_counter() - t0) / 1e9
+
+
+# --- engine backends side by side -----------------------------------------------------------------
+
+BACKEND_VARIANTS = {
+    # label: EngineConfig overrides
+    "ONNX Runtime": {"backend": "onnxruntime"},
+    "ONNX Runtime, no spinning": {"backend": "onnxruntime", "spinning": False},
+    "OpenVINO": {"backend": "openvino"},
+}
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _engine_times(engine, one, four, v, repeats: int, build) -> dict:
+    """Median milliseconds of score calls (batch 1, 4) and a guided step; seconds of `build(engine)`."""
+
+    def guided():
+        _, saved = engine.forward(*one)
+        engine.backward(saved, v)
+        engine.score(*one)
+
+    return {"score_b1_ms": 1e3 * _median_seconds(lambda: engine.score(*one), repeats),
+            "score_b4_ms": 1e3 * _median_seconds(lambda: engine.score(*four), repeats),
+            "guided_step_ms": 1e3 * _median_seconds(guided, repeats),
+            "construction_s": _median_seconds(lambda: build(engine), max(1, repeats // 2))}
+
+
+def backend_comparison(pkg: Package, tile: np.ndarray, precisions, variants: dict | None = None, threads: int = 0,
+                       repeats: int = 5, sigma: float = tasks.DEFAULT_SIGMA) -> list[dict]:
+    """Per precision and engine variant, in one run: one score call at batch 1 and 4, one guided
+    DPS step (forward-with-saves + backward + score) at batch 1, the default construction of an SR
+    x2 tile (the package's recommendation), and the score's largest deviation from ONNX Runtime
+    FP32 relative to its largest value (what a backend or precision changes in the network)."""
+    from ckm_edge.runtime.construct import ConstructConfig, construct
+    from ckm_edge.runtime.recommend import resolve
+
+    variants = variants or BACKEND_VARIANTS
+    rng = np.random.default_rng(0)
+    x1 = (tile[None] + 0.1 * rng.standard_normal((1,) + tile.shape)).astype(np.float32)
+    x4 = np.repeat(x1, 4, axis=0)
+    t1, t4 = np.full(1, 0.3, np.float32), np.full(4, 0.3, np.float32)
+    v = rng.standard_normal(x1.shape).astype(np.float32)
+    op = tasks.make_operator("sr2", np.random.default_rng(1), tile[None])
+    y = tasks.observe(op, tile[None], np.random.default_rng(1), sigma)
+    sampler, steps, samples = resolve(pkg.manifest, op)
+    cfg = ConstructConfig(steps, samples, sampler=sampler)
+
+    def build(engine):
+        return construct(engine, pkg.schedule(), op, y, tile.shape, cfg, sigma=sigma)
+
+    with open_engine(pkg, EngineConfig(threads=threads)) as ref_engine:
+        reference = ref_engine.score(x4, t4)
+    rows = []
+    for precision in precisions:
+        for label, overrides in variants.items():
+            row = {"precision": precision, "engine": label}
+            try:
+                engine = open_engine(pkg, EngineConfig(precision=precision, threads=threads, **overrides))
+            except Exception as e:  # an engine this machine cannot open is reported, not fatal
+                rows.append({**row, "error": str(e)})
+                continue
+            with engine:
+                s = engine.score(x4, t4)
+                row["score_rel_dev"] = float(np.abs(s - reference).max() / np.abs(reference).max())
+                row.update(_engine_times(engine, (x1, t1), (x4, t4), v, repeats, build))
+            rows.append(row)
+    return rows
+
+
+def backend_markdown(rows: list[dict], pkg: Package, construction: str) -> str:
+    """The comparison table, with each variant's speed relative to ONNX Runtime at the same precision."""
+    base = {r["precision"]: r for r in rows if r["engine"] == "ONNX Runtime" and "error" not in r}
+    lines = ["| precision | engine | score b1 ms | score b4 ms | guided step ms | construction s | vs ONNX Runtime "
+             "(construction) | score dev. vs ORT fp32 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['precision']} | {r['engine']} | unavailable: {r['error'][:80]} | | | | | |")
+            continue
+        b = base.get(r["precision"])
+        speed = f"{b['construction_s'] / r['construction_s']:.2f}x" if b else "—"
+        lines.append(f"| {r['precision']} | {r['engine']} | {r['score_b1_ms']:.1f} | {r['score_b4_ms']:.1f} | "
+                     f"{r['guided_step_ms']:.1f} | {r['construction_s']:.2f} | {speed} | {r['score_rel_dev']:.1e} |")
+    fastest: dict = {}
+    for r in rows:
+        if "error" not in r and (r["precision"] not in fastest or r["construction_s"] < fastest[r["precision"]]["construction_s"]):
+            fastest[r["precision"]] = r
+    verdict = "; ".join(f"{p}: {r['engine']}" for p, r in fastest.items())
+    return "\n".join([
+        f"Engine backends on `{pkg.name} {pkg.version}`, this CPU, one run: median of repeated calls; construction = "
+        f"the package's default for an SR x2 tile ({construction}). Score deviation: largest |score - ORT fp32 score| "
+        "over the largest |ORT fp32 score| at batch 4, t = 0.3 (OpenVINO runs fp32 graphs with an f32 precision hint, "
+        "fp16 graphs with f16 where the CPU supports it, int8 graphs at the CPU's default precision for the "
+        "unquantized ops).",
+        "", *lines, "", f"Fastest construction per precision: {verdict}."])

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from benchmarks.memory import _rss_mib
-from runtime.client import EdgeClient
-from runtime.operators import Operator
+from ckm_edge.benchmarks.memory import _rss_mib
+from ckm_edge.runtime.client import EdgeClient
+from ckm_edge.runtime.operators import Operator
 
 # Mixed settings for a small test model (steps per request kept short); `mixed(steps)` scales them.
 MIXED = [

@@ -6,7 +6,7 @@ import os
 import platform
 import subprocess
 
-from runtime.package import installed_versions
+from ckm_edge.runtime.package import installed_versions
 
 _LIBRARIES = ("numpy", "onnxruntime", "onnxruntime-gpu", "torch", "onnx", "grpcio", "tensorrt")
 

@@ -1,6 +1,6 @@
 """Memory: peak resident memory of an edge engine per precision and batch, and package sizes.
 
-Each measurement runs in a fresh Python process (`python -m benchmarks.memory --child ...`) that
+Each measurement runs in a fresh Python process (`python -m ckm_edge.benchmarks.memory --child ...`) that
 imports only the torch-free runtime, opens the engine, runs a sampler (its recommended settings
 for an IPbox observation, `batch` posterior samples in one batch) and reports its peak resident
 set size (getrusage ru_maxrss) and the RSS before the engine opened, so the numbers are the edge
@@ -15,7 +15,6 @@ import json
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
 
 def _rss_mib() -> float:
@@ -29,11 +28,11 @@ def _rss_mib() -> float:
 def child(package: str, precision: str, batch: int, steps: int, sampler: str = "dps") -> dict:
     import numpy as np
 
-    from runtime import tasks
-    from runtime.engine import EngineConfig, open_engine
-    from runtime.package import load_package
-    from runtime.recommend import resolve
-    from runtime.sampler import Observations, respaced, sample
+    from ckm_edge.runtime import tasks
+    from ckm_edge.runtime.engine import EngineConfig, open_engine
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.runtime.recommend import resolve
+    from ckm_edge.runtime.sampler import Observations, respaced, sample
 
     base = _rss_mib()
     pkg = load_package(package)
@@ -53,7 +52,7 @@ def child(package: str, precision: str, batch: int, steps: int, sampler: str = "
 
 def run(package: str, precisions: list[str], batches: list[int], steps: int = 3,
         samplers: tuple[str, ...] = ("dps",)) -> tuple[dict, str]:
-    from runtime.package import load_package
+    from ckm_edge.runtime.package import load_package
 
     pkg = load_package(package)
     rows = []
@@ -61,7 +60,7 @@ def run(package: str, precisions: list[str], batches: list[int], steps: int = 3,
         for precision in precisions:
             for batch in batches:
                 proc = subprocess.run(
-                    [sys.executable, "-m", "benchmarks.memory", "--child", package, precision, str(batch), str(steps),
+                    [sys.executable, "-m", "ckm_edge.benchmarks.memory", "--child", package, precision, str(batch), str(steps),
                      sampler], capture_output=True, text=True, timeout=1800,
                 )
                 if proc.returncode != 0:

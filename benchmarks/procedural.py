@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from training import procedural
+from ckm_edge.training import procedural
 
 TARGET_S = 60.0
 

@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from training import raytrace
+from ckm_edge.training import raytrace
 
 
 def run(scene: str = "munich", tiles: int = 2, device: str = "auto", seed: int = 100,

@@ -1,8 +1,10 @@
-"""Benchmark results: one JSON per benchmark under benchmarks/results/, and RESULTS.md made from them.
+"""Benchmark results: one JSON per benchmark in a results directory, and RESULTS.md made from them.
 
 RESULTS.md is never edited by hand: every `ckm-bench` command writes its JSON and then
-regenerates the whole file from all the JSONs present, each section under the machine that
-produced it, so numbers from different machines never share a table.
+regenerates the whole file (beside the results directory) from all the JSONs present, each
+section under the machine that produced it, so numbers from different machines never share a
+table. The directory is the user's (`ckm-bench --results DIR`, default `benchmarks/results` under
+the working directory: the repository's own when run from its root), never the installed package.
 """
 
 from __future__ import annotations
@@ -11,31 +13,35 @@ import datetime as _dt
 import json
 from pathlib import Path
 
-from benchmarks import machine as _machine
+from ckm_edge.benchmarks import machine as _machine
 
-BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
-RESULTS_MD = BENCH_DIR / "RESULTS.md"
+DEFAULT_RESULTS_DIR = Path("benchmarks") / "results"
 
 
-def write_result(name: str, command: str, results: dict, markdown: str, results_dir: Path = RESULTS_DIR) -> Path:
+def results_md(results_dir: Path) -> Path:
+    """The RESULTS.md generated from `results_dir`: beside it."""
+    return Path(results_dir).parent / "RESULTS.md"
+
+
+def write_result(name: str, command: str, results: dict, markdown: str, results_dir: Path) -> Path:
     """Store one benchmark's numbers (with the machine) and regenerate RESULTS.md beside them."""
     record = {
         "benchmark": name,
         "command": command,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": _machine.describe(),
         "results": results,
         "markdown": markdown.strip(),
     }
+    results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
-    regenerate(results_dir, results_dir.parent / "RESULTS.md")
+    regenerate(results_dir, results_md(results_dir))
     return path
 
 
-def regenerate(results_dir: Path = RESULTS_DIR, out: Path = RESULTS_MD) -> Path:
+def regenerate(results_dir: Path, out: Path) -> Path:
     records = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
     lines = [
         "# Benchmark results",

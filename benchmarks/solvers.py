@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime import codec, operators, tasks
-from runtime.tasks import DEFAULT_SIGMA, PAPER_TASKS, TASKS
+from ckm_edge.runtime import codec, operators, tasks
+from ckm_edge.runtime.tasks import DEFAULT_SIGMA, PAPER_TASKS, TASKS
 
 METRICS = ("gain_all", "aoa_all", "gain_unobs", "aoa_unobs")
 SETTINGS = ("paper", "site")
@@ -58,9 +58,9 @@ def metrics(pred: np.ndarray, truth: np.ndarray, unobserved: np.ndarray) -> dict
 def classical_methods(task: str, op, y: np.ndarray, shape: tuple[int, ...], building: np.ndarray | None) -> dict:
     """Every classical reconstruction of the task: name -> (2, H, W). With `building` (the site
     setting) they know the layout: buildings 0, interpolation from outdoor cells only."""
-    from benchmarks import classical
-    from runtime.site import Site
-    from runtime.smooth import smooth_fill
+    from ckm_edge.benchmarks import classical
+    from ckm_edge.runtime.site import Site
+    from ckm_edge.runtime.smooth import smooth_fill
 
     site = None if building is None else Site(building[None])
     out = {"smooth": smooth_fill(op, y, (1,) + shape, site)[0]}
@@ -81,7 +81,7 @@ def classical_methods(task: str, op, y: np.ndarray, shape: tuple[int, ...], buil
 
 def steps_for(name: str, cfg, nfe: int) -> int:
     """The most steps whose engine calls per posterior sample stay within `nfe` (at least 1)."""
-    from runtime.sampler import spec
+    from ckm_edge.runtime.sampler import spec
 
     s = spec(name)
     steps = 1
@@ -103,11 +103,11 @@ def problems(tiles: np.ndarray, task_names, sigma: float, seed: int) -> dict:
 
 def run(package_dir, tiles: np.ndarray, cfg: SolverBenchConfig, progress=print) -> dict:
     """{"default": {setting: {task: {method: [per-map metrics + seconds]}}}, "curve": [rows]}."""
-    from runtime.construct import ConstructConfig, construct
-    from runtime.engine import EngineConfig, open_engine
-    from runtime.package import load_package
-    from runtime.recommend import resolve
-    from runtime.site import Site
+    from ckm_edge.runtime.construct import ConstructConfig, construct
+    from ckm_edge.runtime.engine import EngineConfig, open_engine
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.runtime.recommend import resolve
+    from ckm_edge.runtime.site import Site
 
     pkg = load_package(package_dir)
     shape = (2, pkg.tile_size, pkg.tile_size)
@@ -198,7 +198,7 @@ def plot(curve: list[dict], default: dict, path) -> object:
     """RMSE (gain, all cells) vs network evaluations per task, one line per sampler, with the
     best classical method's level; None without matplotlib."""
     try:
-        from training.plots import pyplot, save
+        from ckm_edge.training.plots import pyplot, save
     except ImportError:
         return None
     try:

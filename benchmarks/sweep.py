@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import codec, tasks
+from ckm_edge.runtime import codec, tasks
 
 VALIDATION_REGION_BASE = 1000  # procedural "train" regions >= this index are never used for training
 
@@ -32,7 +32,7 @@ class Point:
 
 
 def validation_tiles(count: int, tile_size: int, seed: int = 0) -> np.ndarray:
-    from training import procedural
+    from ckm_edge.training import procedural
 
     cfg = procedural.ProceduralConfig(tile_size=tile_size)
     return np.concatenate([procedural.generate_region(cfg, "train", VALIDATION_REGION_BASE + i, 1, seed=seed)[0]
@@ -41,10 +41,10 @@ def validation_tiles(count: int, tile_size: int, seed: int = 0) -> np.ndarray:
 
 def run(package_dir: str | Path, points: list[Point], task_names: tuple[str, ...], tiles: np.ndarray,
         seed: int = 0, progress=print) -> list[dict]:
-    from runtime.construct import ConstructConfig, construct
-    from runtime.engine import EngineConfig, open_engine
-    from runtime.package import load_package
-    from runtime.dps import DPSConfig
+    from ckm_edge.runtime.construct import ConstructConfig, construct
+    from ckm_edge.runtime.dps import DPSConfig
+    from ckm_edge.runtime.engine import EngineConfig, open_engine
+    from ckm_edge.runtime.package import load_package
 
     pkg = load_package(package_dir)
     shape = (2, pkg.tile_size, pkg.tile_size)
@@ -99,7 +99,7 @@ def markdown(rows: list[dict], description: str) -> str:
 
 def plot(rows: list[dict], path: str | Path) -> Path | None:
     """RMSE vs zeta per task (fp32, guided) as a PNG; None without matplotlib."""
-    from training import plots
+    from ckm_edge.training import plots
 
     try:
         plt = plots.pyplot()

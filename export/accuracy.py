@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime import codec, tasks
-from runtime.engine import EngineConfig, open_engine
-from runtime.package import Package
-from runtime.dps import DPSConfig
-from runtime.sampler import Observations, sample
+from ckm_edge.runtime import codec, defaults, tasks
+from ckm_edge.runtime.dps import DPSConfig
+from ckm_edge.runtime.engine import EngineConfig, open_engine
+from ckm_edge.runtime.package import Package
+from ckm_edge.runtime.sampler import Observations, sample
 
 
 def evaluate(package: Package, precision: str, tiles: np.ndarray, task_names=tasks.PAPER_TASKS,
-             steps: int = 50, zeta: float = 13.0, seed: int = 0, threads: int = 0) -> dict:
+             steps: int = defaults.DPS_STEPS, zeta: float = defaults.ZETA, seed: int = 0, threads: int = 0) -> dict:
     """Mean gain RMSE (dB) and AoA-sine RMSE per task over `tiles`, same draws for every precision."""
     schedule = package.schedule().respace(steps)
     results = {}

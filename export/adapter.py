@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.builder import BuildConfig, build_package
-from runtime.adapter import check_base, manifest_sha256
-from runtime.package import Package, PackageError
+from ckm_edge.export.builder import BuildConfig, build_package
+from ckm_edge.runtime.adapter import check_base, manifest_sha256
+from ckm_edge.runtime.package import Package, PackageError
 
 
 def build_adapter_package(delta, lam, meta: dict, base: Package, out: Path, cfg: BuildConfig,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from export import onnx_export, precision
-from runtime import codec, condition
-from runtime.package import GRAPHS, PRECISIONS, SCHEMA, Package, installed_versions, load_package, sha256_file
-from runtime.recommend import BUILTIN
-from runtime.schedule import Schedule
+from ckm_edge.export import onnx_export, precision
+from ckm_edge.runtime import codec, condition, defaults
+from ckm_edge.runtime.package import GRAPHS, PRECISIONS, SCHEMA, Package, installed_versions, load_package, sha256_file
+from ckm_edge.runtime.recommend import BUILTIN
+from ckm_edge.runtime.schedule import Schedule
 
 EXPORTER_DISTRIBUTIONS = ("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu")
 
@@ -26,7 +26,7 @@ class BuildConfig:
     name: str = "ckm-prior"
     version: str = "0.1.0"
     tile_size: int = 128
-    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    precisions: tuple[str, ...] = defaults.PRECISIONS
     calibration_tiles: int = 32
     seed: int = 0
 
@@ -76,7 +76,7 @@ def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: n
         "schema": SCHEMA,
         "name": cfg.name,
         "version": cfg.version,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "channels": list(codec.CHANNELS),
         "tile_size": cfg.tile_size,
         "codec": {"gain_db_range": [codec.GAIN_DB_MIN, codec.GAIN_DB_MAX],

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.package import PackageError, load_package, read_public_key
+from ckm_edge.runtime import defaults
+from ckm_edge.runtime.package import PackageError, load_package, read_public_key
 
 
 def cmd_package(args) -> int:
-    from export import accuracy, builder
-    from training.checkpoint import load_model
-    from training.dataset import Dataset
+    from ckm_edge.export import accuracy, builder
+    from ckm_edge.training.checkpoint import load_model
+    from ckm_edge.training.dataset import Dataset
 
     model, meta = load_model(args.checkpoint)
     if meta["kind"] != "prior":
@@ -36,7 +37,8 @@ def cmd_package(args) -> int:
     calibration = train.take(np.sort(rng.choice(len(train), min(args.calibration_tiles, len(train)), replace=False)))
     cfg = builder.BuildConfig(name=args.name, version=args.version, tile_size=data.tile_size,
                               precisions=tuple(args.precisions), calibration_tiles=args.calibration_tiles, seed=args.seed)
-    provenance = {"checkpoint": str(args.checkpoint), "training": {k: meta.get(k) for k in ("data", "data_checksum", "trained_steps", "preset")},
+    provenance = {"checkpoint": str(args.checkpoint),
+                  "training": {k: meta.get(k) for k in ("data", "data_checksum", "trained_steps", "preset")},
                   "calibration": {"dataset": str(args.data), "split": "train", "tiles": int(len(calibration))}}
     pkg = builder.build_package(model, meta, args.out, cfg, calibration, provenance)
     if args.accuracy_tiles:
@@ -54,9 +56,9 @@ def cmd_package(args) -> int:
 
 
 def cmd_adapter(args) -> int:
-    from export import builder
-    from export.adapter import build_adapter_package
-    from training.adapter import load_adapter
+    from ckm_edge.export import builder
+    from ckm_edge.export.adapter import build_adapter_package
+    from ckm_edge.training.adapter import load_adapter
 
     delta, lam, meta = load_adapter(args.adapter)
     base = load_package(args.base_package)
@@ -64,7 +66,7 @@ def cmd_adapter(args) -> int:
     if "int8" in args.precisions:
         if not args.data:
             raise ValueError("INT8 needs calibration maps: give --data (the site's dataset)")
-        from training.dataset import Dataset
+        from ckm_edge.training.dataset import Dataset
 
         split = Dataset(args.data).split("train")
         rng = np.random.default_rng(args.seed)
@@ -109,7 +111,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_keygen(args) -> int:
-    from export.builder import generate_keypair
+    from ckm_edge.export.builder import generate_keypair
 
     private, public = generate_keypair()
     out = Path(args.out)
@@ -123,7 +125,7 @@ def cmd_keygen(args) -> int:
 
 
 def cmd_sign(args) -> int:
-    from export.builder import sign_package
+    from ckm_edge.export.builder import sign_package
 
     load_package(args.package)  # never sign a package whose files do not verify
     sign_package(Path(args.package), bytes.fromhex(Path(args.key).read_text().strip()))
@@ -132,7 +134,7 @@ def cmd_sign(args) -> int:
 
 
 def cmd_engines(args) -> int:
-    from runtime import tensorrt as tensorrt_build
+    from ckm_edge.runtime import tensorrt as tensorrt_build
 
     pkg = load_package(args.package)
     reason = tensorrt_build.unavailable_reason()
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--name", default="ckm-prior")
     p.add_argument("--version", default="0.1.0")
-    p.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"], choices=["fp32", "fp16", "int8"])
+    p.add_argument("--precisions", nargs="+", default=list(defaults.PRECISIONS), choices=defaults.PRECISIONS)
     p.add_argument("--calibration-tiles", type=int, default=32)
     p.add_argument("--accuracy-tiles", type=int, default=4, help="eval tiles for the accuracy record (0 = skip)")
     p.add_argument("--accuracy-steps", type=int, default=50)
@@ -167,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, type=Path, help="<repository>/<name>/<version>")
     a.add_argument("--name", default=None, help="default: the --out parent directory's name")
     a.add_argument("--version", default=None, help="default: the --out directory's name")
-    a.add_argument("--precisions", nargs="+", default=["fp32", "fp16"], choices=["fp32", "fp16", "int8"])
+    a.add_argument("--precisions", nargs="+", default=["fp32", "fp16"], choices=defaults.PRECISIONS)
     a.add_argument("--data", type=Path, default=None, help="site dataset (train split calibrates INT8)")
     a.add_argument("--calibration-tiles", type=int, default=32)
     a.add_argument("--key", type=Path, help="sign with this Ed25519 private key (hex file from keygen)")

@@ -5,7 +5,8 @@
     backward.onnx  (saved_0, ..., saved_{K-1}, v (B,2,H,W)) -> vjp (B,2,H,W) = v^T ds/dx
 
 A site-aware prior (`model.cond_channels` > 0) takes its condition maps (runtime.condition) as
-the input `cond`; the VJP is still with respect to x only. Batch is a dynamic axis; the tile size is fixed per package. Every graph is checked against
+the input `cond`; the VJP is still with respect to x only. Batch is a dynamic axis; the tile size
+is fixed per package. Every graph is checked against
 PyTorch (score) and autograd (VJP) with ONNX Runtime before it is written.
 """
 
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from export.vjp import build_vjp_graphs
+from ckm_edge.export.vjp import build_vjp_graphs
 
 OPSET = 18
 SCORE_INPUTS = ("x", "t")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from runtime.schedule import Schedule
+from ckm_edge.runtime.schedule import Schedule
 
 
 def to_fp16(src: Path, dst: Path) -> None:
@@ -28,7 +28,8 @@ def to_fp16(src: Path, dst: Path) -> None:
     model = onnx.load(str(src))
     # Keep float32 inputs/outputs; ops whose float16 versions ONNX Runtime's CPU provider lacks
     # (and that are numerically sensitive) stay in float32.
-    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Round", "InstanceNormalization", "Softmax", "ScatterND", "GatherND"])
+    converted = convert_float_to_float16(model, keep_io_types=True,
+                                         op_block_list=["Round", "InstanceNormalization", "Softmax", "ScatterND", "GatherND"])
     dst.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(converted, str(dst))
 
@@ -40,7 +41,7 @@ def calibration_inputs(tiles: np.ndarray, schedule: Schedule, rng: np.random.Gen
     A site-aware graph also gets `cond` (runtime.condition): the tile's own building layout and a
     base station drawn in or near the tile, each known or not with probability 1/2, so the
     quantization ranges cover the unconditional and the site-aware settings alike."""
-    from runtime import codec, condition
+    from ckm_edge.runtime import codec, condition
 
     if condition_channels not in (0, condition.CHANNELS):
         raise ValueError(f"a site-aware graph takes {condition.CHANNELS} condition channels, not {condition_channels}")

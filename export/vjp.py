@@ -104,8 +104,8 @@ def _specialize_all_but_batch(gm: fx.GraphModule, inputs: int) -> None:
             continue
         value = int(val.node.hint) if isinstance(val, torch.SymInt) else float(val.node.hint)
         for user in list(node.users):
-            user.args = fx.node.map_arg(user.args, lambda a: value if a is node else a)
-            user.kwargs = fx.node.map_arg(user.kwargs, lambda a: value if a is node else a)
+            user.args = fx.node.map_arg(user.args, lambda a: value if a is node else a)  # noqa: B023
+            user.kwargs = fx.node.map_arg(user.kwargs, lambda a: value if a is node else a)  # noqa: B023
     gm.graph.eliminate_dead_code()
     gm.recompile()
 

@@ -1,4 +1,8 @@
-"""The gRPC API's .proto sources; Python code is generated from them (runtime.api), never edited."""
+"""The gRPC API: its .proto sources and the Python code generated from them (protos/generate.py).
+
+The generated modules (ckm/edge/v1/edge_pb2.py, edge_pb2_grpc.py) are committed and never
+edited by hand; `python -m ckm_edge.protos.generate --check` (run by the tests) proves they match.
+"""
 
 from pathlib import Path
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.package import Package, PackageError, sha256_file
+from ckm_edge.runtime.package import Package, PackageError, sha256_file
 
 LAMBDA_MAX = 10.0  # a strength beyond this is a broken fit, not an adaptation
 
@@ -52,11 +52,11 @@ class LambdaTable:
             raise PackageError(f"adapter lambda values must be finite with |lambda| <= {LAMBDA_MAX}, got {list(values)}")
 
     @staticmethod
-    def constant(value: float = 1.0) -> "LambdaTable":
+    def constant(value: float = 1.0) -> LambdaTable:
         return LambdaTable((0.0, 1.0), (float(value),), "fixed")
 
     @staticmethod
-    def from_dict(d: dict) -> "LambdaTable":
+    def from_dict(d: dict) -> LambdaTable:
         try:
             return LambdaTable(tuple(float(e) for e in d["edges"]), tuple(float(v) for v in d["values"]),
                                str(d.get("kind", "elastic")))
@@ -148,7 +148,7 @@ class ComposedEngine:
     def close(self) -> None:
         """The parts belong to whoever opened them (a repository shares them between requests)."""
 
-    def __enter__(self) -> "ComposedEngine":
+    def __enter__(self) -> ComposedEngine:
         return self
 
     def __exit__(self, *exc) -> None:

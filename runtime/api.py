@@ -1,21 +1,14 @@
-"""The gRPC API (ckm.edge.v1), generated from protos/ckm/edge/v1/edge.proto at first import.
-
-Generated code is never committed or edited: `grpc.protos_and_services` compiles the .proto with
-grpc_tools on import (the `serve` extra), so the .proto is the single source of truth.
+"""The gRPC API (ckm.edge.v1): message conversions over the code generated from
+protos/ckm/edge/v1/edge.proto (committed, checked against the .proto by the tests; see
+protos/generate.py), so an edge server needs no protobuf compiler.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 
-import grpc
-
-import protos
-
-if str(protos.ROOT) not in sys.path:
-    sys.path.append(str(protos.ROOT))
-pb, services = grpc.protos_and_services(protos.EDGE_V1)
+from ckm_edge.protos.ckm.edge.v1 import edge_pb2 as pb
+from ckm_edge.protos.ckm.edge.v1 import edge_pb2_grpc as services  # noqa: F401 (re-exported: stubs, servicers)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeService"].full_name
 
@@ -24,7 +17,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeService"].full_name
 
 import numpy as np  # noqa: E402
 
-from runtime import operators  # noqa: E402
+from ckm_edge.runtime import operators  # noqa: E402
 
 _DTYPES = {pb.DATA_TYPE_FLOAT32: np.float32, pb.DATA_TYPE_FLOAT64: np.float64, pb.DATA_TYPE_UINT8: np.uint8}
 _PB_DTYPES = {np.dtype(v): k for k, v in _DTYPES.items()}
@@ -47,7 +40,8 @@ def to_numpy(tensor, field: str, max_elements: int = MAX_ELEMENTS, finite: bool 
         raise InvalidArgument(f"{field} has {count} elements, more than the limit {max_elements}")
     dtype = np.dtype(_DTYPES[tensor.dtype]).newbyteorder("<")
     if len(tensor.data) != count * dtype.itemsize:
-        raise InvalidArgument(f"{field}.data has {len(tensor.data)} bytes, shape {list(shape)} of {dtype.name} needs {count * dtype.itemsize}")
+        raise InvalidArgument(f"{field}.data has {len(tensor.data)} bytes, shape {list(shape)} of {dtype.name} "
+                              f"needs {count * dtype.itemsize}")
     array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
     if finite and array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidArgument(f"{field} has {int((~np.isfinite(array)).sum())} non-finite value(s)")
@@ -190,7 +184,7 @@ def operator_to_proto(op: operators.Operator):
 
 def site_from_proto(msg, shape: tuple[int, ...]):
     """A Site message -> runtime.site.Site for maps of `shape` (C, H, W); errors name the field."""
-    from runtime.site import Site, SiteError
+    from ckm_edge.runtime.site import Site, SiteError
 
     building = binary_map(msg.building, "site.building") if msg.HasField("building") else None
     bs = None

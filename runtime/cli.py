@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import codec, figures, operators, tasks
-from runtime.construct import ConstructConfig, construct
-from runtime.engine import EngineConfig, EngineError, open_engine
-from runtime.package import PackageError, load_package, read_public_key
-from runtime.recommend import resolve
-from runtime.sampler import SAMPLERS, SamplerError
-from runtime.site import Site
+from ckm_edge.runtime import codec, defaults, figures, operators, tasks
+from ckm_edge.runtime.construct import ConstructConfig, construct
+from ckm_edge.runtime.engine import BACKENDS, EngineConfig, EngineError, open_engine
+from ckm_edge.runtime.package import PackageError, load_package, read_public_key
+from ckm_edge.runtime.recommend import resolve
+from ckm_edge.runtime.sampler import SAMPLERS, SamplerError
+from ckm_edge.runtime.site import Site
 
 TASK_ALIASES = {"ipbox": "ipbox", "iprandom": "iprandom", "sr": "sr2", "sr2": "sr2", "jtqr": "jtqr",
                 "trajectory": "trajectory"}
@@ -121,11 +121,11 @@ def cmd_construct(args) -> int:
                                       site is not None and site.building is not None)
     cfg = ConstructConfig(steps=steps, samples=samples, seed=args.seed, sampler=sampler)
     start = time.perf_counter()
-    engine_cfg = EngineConfig(precision=args.precision, device=args.device, threads=args.threads)
+    engine_cfg = EngineConfig(precision=args.precision, device=args.device, threads=args.threads, backend=args.backend)
     with contextlib.ExitStack() as stack:
         engine = stack.enter_context(open_engine(pkg, engine_cfg))
         if args.adapter:  # compose a site adapter package with the model
-            from runtime.adapter import ComposedEngine, check_base
+            from ckm_edge.runtime.adapter import ComposedEngine, check_base
 
             adapter_pkg = load_package(args.adapter, trusted)
             lam = check_base(adapter_pkg, pkg)
@@ -145,7 +145,8 @@ def cmd_construct(args) -> int:
     report = {"task": task, "package": f"{pkg.name} {pkg.version}",
               **({"adapter": f"{adapter_pkg.name} {adapter_pkg.version}"} if args.adapter else {}),
               "sampler": _describe(sampler), "steps": result.steps, "samples": samples, **_site_report(site),
-              "site_conditioned": site is not None and pkg.condition_channels > 0, "engine": f"onnxruntime-{args.device}", "precision": args.precision,
+              "site_conditioned": site is not None and pkg.condition_channels > 0,
+              "engine": f"{args.backend}-{args.device}", "precision": args.precision,
               "residual": round(result.residual, 5), "wall_s": round(wall, 3), "engine_calls": calls,
               "timings_s": {k: round(v, 4) for k, v in result.timings.items()}, "output": str(out)}
     if truth is not None:
@@ -167,7 +168,7 @@ def _site_report(site: Site | None) -> dict:
 
 
 def _describe(cfg) -> dict:
-    from runtime.sampler import spec_for
+    from ckm_edge.runtime.sampler import spec_for
 
     return {"name": spec_for(cfg).name, **{p["name"]: getattr(cfg, p["name"]) for p in spec_for(cfg).parameters()}}
 
@@ -176,7 +177,7 @@ def _construct_remote(args) -> int:
     """The same construction, sent to an edge server over gRPC."""
     import grpc
 
-    from runtime.client import EdgeClient
+    from ckm_edge.runtime.client import EdgeClient
 
     with EdgeClient(args.server, token=args.token, root_certs=args.root_certs) as client:
         meta = client.metadata(args.model or "", args.model_version or "")
@@ -215,7 +216,7 @@ def cmd_serve(args) -> int:
     import logging
     import signal
 
-    from runtime.server import ServerConfig, create_server, read_tokens
+    from ckm_edge.runtime.server import ServerConfig, create_server, read_tokens
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     metrics_host, metrics_port = "127.0.0.1", None
@@ -231,7 +232,8 @@ def cmd_serve(args) -> int:
                            max_queue=args.max_queue, max_batch_memory_mib=args.max_batch_memory_mib,
                            max_evaluations=args.max_evaluations, max_message_bytes=args.max_message_bytes,
                            engine_threads=args.threads,
-                           deterministic=args.deterministic, arena=args.arena, device=args.device, poll_seconds=args.poll_seconds,
+                           deterministic=args.deterministic, arena=args.arena, device=args.device, backend=args.backend,
+                           poll_seconds=args.poll_seconds,
                            tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca, tokens=tokens,
                            trusted_keys=tuple(args.trusted_key or ()))
     except ValueError as e:
@@ -252,7 +254,7 @@ def cmd_serve(args) -> int:
 
 def cmd_demo(args) -> int:
     """The main job end to end: an edge server on the repository, one gRPC construction per task."""
-    from runtime.server import ServerConfig, create_server
+    from ckm_edge.runtime.server import ServerConfig, create_server
 
     edge = create_server(ServerConfig(repository=args.repository, port=0, poll_seconds=0, engine_threads=args.threads)).start()
     print(f"edge server on 127.0.0.1:{edge.port} serving {[m.key for m in edge.repository.models()]}", flush=True)
@@ -315,8 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--jacobian-free", action="store_true", help="dps: skip the backward graph (selects dps)")
     c.add_argument("--no-clip-denoised", action="store_true",
                    help="local dps only: the paper's unclipped predictor (x0_hat not clipped to [0, 1] in the ancestral step)")
-    c.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    c.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS)
     c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    c.add_argument("--backend", default=defaults.BACKEND, choices=BACKENDS,
+                   help="inference library: ONNX Runtime (CPU/CUDA), OpenVINO (CPU, the `openvino` extra), TensorRT")
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("--trusted-key", action="append", type=Path)
     c.add_argument("--json", action="store_true", help="print one JSON object")
@@ -344,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="single-threaded deterministic engines: bitwise-reproducible maps, batched or alone")
     s.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--backend", default=defaults.BACKEND, choices=BACKENDS,
+                   help="inference library of the engines: onnxruntime, openvino (CPU) or tensorrt")
     s.add_argument("--poll-seconds", type=float, default=2.0, help="repository watch interval (0 = off)")
     s.add_argument("--tls-cert", type=Path)
     s.add_argument("--tls-key", type=Path)

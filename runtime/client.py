@@ -13,10 +13,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from runtime import api
-from runtime.api import pb
-from runtime.operators import Operator
-from runtime.site import Site
+from ckm_edge.runtime import api, defaults
+from ckm_edge.runtime.api import pb
+from ckm_edge.runtime.operators import Operator
+from ckm_edge.runtime.site import Site
 
 _PRECISION = {"fp32": pb.PRECISION_FP32, "fp16": pb.PRECISION_FP16, "int8": pb.PRECISION_INT8}
 
@@ -56,7 +56,7 @@ class EdgeClient:
 
     def request(self, y: np.ndarray, op: Operator, *, model: str = "", version: str = "", sampler: str = "",
                 sampler_parameters: dict | None = None, steps: int = 0, samples: int = 0, seed: int = 0,
-                noise_sigma: float = 0.01, site=None, physical: bool = False,
+                noise_sigma: float = defaults.NOISE_SIGMA, site=None, physical: bool = False,
                 precision: str = "fp32", adapter: str = "", adapter_version: str = "", zeta: float | None = None,
                 corrector_steps: int = 0, jacobian_free: bool = False):
         """A ConstructRequest. `sampler` "" and steps/samples 0 take the model's recommendation for
@@ -103,7 +103,7 @@ class EdgeClient:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "EdgeClient":
+    def __enter__(self) -> EdgeClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime import codec, operators
-from runtime.diffpir import DiffPIRConfig
-from runtime.sampler import Observation, Observations, respaced, sample, spec_for
-from runtime.schedule import Schedule
-from runtime.site import Site
+from ckm_edge.runtime import codec, operators
+from ckm_edge.runtime.diffpir import DiffPIRConfig
+from ckm_edge.runtime.sampler import Observation, Observations, respaced, sample, spec_for
+from ckm_edge.runtime.schedule import Schedule
+from ckm_edge.runtime.site import Site
 
 MAX_STEPS = 2000
 MAX_SAMPLES = 64

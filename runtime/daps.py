@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.sampler import StepInfo, check_params, noise, param, prior_start, register
+from ckm_edge.runtime.sampler import StepInfo, check_params, noise, param, prior_start, register
 
 
 @dataclass(frozen=True)

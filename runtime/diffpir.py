@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.sampler import StepInfo, check_params, noise, param, prior_start, register, warm_start
+from ckm_edge.runtime.sampler import StepInfo, check_params, noise, param, prior_start, register, warm_start
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.sampler import StepInfo, _norm, check_params, noise, param, prior_start, register
+from ckm_edge.runtime import defaults
+from ckm_edge.runtime.sampler import StepInfo, _norm, check_params, noise, param, prior_start, register
 
 
 @dataclass(frozen=True)
 class DPSConfig:
-    zeta: float = param(13.0, "observation constraint strength (paper IV-C: 10-13)", 0.0, 1e4)
+    zeta: float = param(defaults.ZETA, "observation constraint strength (paper IV-C: 10-13)", 0.0, 1e4)
     corrector_steps: int = param(1, "Langevin corrector steps per predictor step (M)", 0, 20)
     snr: float = param(0.16, "target signal-to-noise ratio of the Langevin step size", 1e-6, 10.0)
     jacobian_free: bool = param(False, "skip the network Jacobian in the guidance (about half the cost, less accurate)")

@@ -9,7 +9,8 @@
 `cond` (B, K, H, W) is the site condition (runtime.condition) of a site-aware package; left out,
 the engine feeds zeros (nothing known: the paper's setting). An unconditional package refuses one.
 
-`OrtEngine` (here) and `runtime.tensorrt.TrtEngine` implement it. `OrtEngine` runs a package's ONNX graphs in ONNX Runtime on the CPU (threads configurable) or
+`OrtEngine` (here) and `runtime.tensorrt.TrtEngine` implement it. `OrtEngine` runs a package's
+ONNX graphs in ONNX Runtime on the CPU (threads configurable) or
 with CUDA (IO binding keeps the saved tensors on the GPU between forward and backward). Every
 native call goes through `_checked`, which re-raises ONNX Runtime's message as an EngineError.
 Calls are counted per kind (`calls`), which the tests use to check the cost of a DPS step.
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.package import GRAPHS, Package
+from ckm_edge.runtime.package import GRAPHS, Package
 
 
 class EngineError(RuntimeError):
@@ -58,6 +59,9 @@ def _checked(what: str, fn, *args, **kwargs):
         raise EngineError(f"{what} failed in ONNX Runtime: {e}") from e
 
 
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     precision: str = "fp32"
@@ -71,8 +75,16 @@ class EngineConfig:
     # for the life of the session): "all", "score" (the forward-with-saves and backward graphs,
     # hundreds of MiB per row, give their memory back after every call, ~15% slower) or "none".
     arena: str = "all"
+    # Which inference library runs the graphs (BACKENDS): ONNX Runtime (CPU or CUDA), OpenVINO
+    # (CPU; runtime.openvino_engine) or TensorRT (CUDA; runtime.tensorrt).
+    backend: str = "onnxruntime"
+    # ONNX Runtime's intra-op worker threads spin while waiting for work: lower latency on an
+    # otherwise idle machine, wasted cores next to other work (ckm-bench latency measures both).
+    spinning: bool = True
 
     def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise EngineError(f"unknown engine backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
         if self.device not in ("cpu", "cuda"):
             raise EngineError(f"engine device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.arena not in ("all", "score", "none"):
@@ -128,6 +140,8 @@ class OrtEngine:
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             opts.use_deterministic_compute = True
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not self.config.spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.enable_cpu_mem_arena = self.config.arena == "all" or (self.config.arena == "score" and graph == "score")
         return opts
 
@@ -140,7 +154,7 @@ class OrtEngine:
     def _saved_names(self) -> list[str]:
         return [o.name for o in self._session("forward").get_outputs()[1:]]
 
-    def load_all(self) -> "OrtEngine":
+    def load_all(self) -> OrtEngine:
         """Create every graph's session now (e.g. to fail early on a broken package)."""
         for graph in GRAPHS:
             self._session(graph)
@@ -175,7 +189,7 @@ class OrtEngine:
         self._sessions.clear()
         self._open = False
 
-    def __enter__(self) -> "OrtEngine":
+    def __enter__(self) -> OrtEngine:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -230,12 +244,22 @@ def network_inputs(x: np.ndarray, t: np.ndarray, cond: np.ndarray | None, channe
     return feeds
 
 
-def open_engine(package: Package, config: EngineConfig = EngineConfig(), backend: str = "onnxruntime"):
-    """The engine for a package: "onnxruntime" (CPU or CUDA per config.device) or "tensorrt"."""
+def open_engine(package: Package, config: EngineConfig = EngineConfig(), backend: str | None = None):
+    """The engine for a package on `config.backend` (or `backend`, which overrides it):
+    "onnxruntime" (CPU or CUDA per config.device), "openvino" (CPU) or "tensorrt" (CUDA).
+    A package whose manifest lists the backends it was built for ("backends") refuses others."""
+    backend = backend or config.backend
+    if backend not in BACKENDS:
+        raise EngineError(f"unknown engine backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    declared = package.manifest.get("backends")
+    if declared is not None and backend not in declared:
+        raise EngineError(f"package {package.name} {package.version} was built for {', '.join(declared)}, not {backend}")
     if backend == "onnxruntime":
         return OrtEngine(package, config)
-    if backend == "tensorrt":
-        from runtime.tensorrt import TrtEngine
+    if backend == "openvino":
+        from ckm_edge.runtime.openvino_engine import OvEngine
 
-        return TrtEngine(package, config.precision)
-    raise EngineError(f"unknown engine backend {backend!r}; expected 'onnxruntime' or 'tensorrt'")
+        return OvEngine(package, config)
+    from ckm_edge.runtime.tensorrt import TrtEngine
+
+    return TrtEngine(package, config.precision)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from runtime import codec
+from ckm_edge.runtime import codec
 
 # Anchor colours of a perceptually ordered map (dark blue -> teal -> yellow), like viridis.
 SEQUENTIAL = np.array(

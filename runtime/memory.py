@@ -3,7 +3,7 @@
     per_row = row_bytes(package, "fp32", vjp=False)   # bytes one more posterior sample costs
 
 The edge server bounds a batch's memory by rows x this number (runtime.scheduler). Each measurement
-runs `python -m runtime.memory PACKAGE PRECISION PATH` in a child process that imports only the
+runs `python -m ckm_edge.runtime.memory PACKAGE PRECISION PATH` in a child process that imports only the
 torch-free runtime, runs two steps of a sampler on batches of 1 and 3 rows and reports the growth
 of its peak resident set per extra row: the engine's arena, the activations (and, for the VJP
 path, the saved activations and the backward pass) and the sampler's own arrays. "score" is the
@@ -26,7 +26,7 @@ from pathlib import Path
 log = logging.getLogger("ckm.edge.memory")
 PATHS = ("score", "vjp")
 _LOCK = threading.Lock()
-_MEMO: dict[tuple[str, str, str], int] = {}
+_MEMO: dict[tuple[str, str, str, str], int] = {}
 
 
 class MemoryProbeError(RuntimeError):
@@ -37,20 +37,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CKM_EDGE_CACHE", Path.home() / ".cache" / "ckm-edge")) / "memory"
 
 
-def row_bytes(package, precision: str, vjp: bool) -> int:
-    """Measured (or cached) engine memory per posterior sample of `package` at `precision`; 0 (and
-    a warning) when it cannot be measured."""
+def row_bytes(package, precision: str, vjp: bool, backend: str = "onnxruntime") -> int:
+    """Measured (or cached) engine memory per posterior sample of `package` at `precision` on
+    `backend`; 0 (and a warning) when it cannot be measured."""
     path = "vjp" if vjp else "score"
-    key = (package.manifest_sha256 or str(package.root), precision, path)
+    key = (package.manifest_sha256 or str(package.root), precision, path, backend)
     with _LOCK:
         if key in _MEMO:
             return _MEMO[key]
-        file = cache_dir() / f"{key[0]}-{precision}-{path}.json"
+        suffix = "" if backend == "onnxruntime" else f"-{backend}"  # ONNX Runtime's entries keep their names
+        file = cache_dir() / f"{key[0]}-{precision}-{path}{suffix}.json"
         try:
             value = int(json.loads(file.read_text())["row_bytes"])
         except (OSError, ValueError, KeyError, TypeError):
             try:
-                value = _measure(package.root, precision, path)
+                value = _measure(package.root, precision, path, backend)
             except MemoryProbeError as e:  # never refuse a request for it: this model's batches go unbounded
                 log.warning("no memory estimate; batches of %s are bounded by rows only: %s", package.root, e)
                 _MEMO[key] = 0
@@ -66,9 +67,9 @@ def row_bytes(package, precision: str, vjp: bool) -> int:
         return value
 
 
-def _measure(root: Path, precision: str, path: str) -> int:
+def _measure(root: Path, precision: str, path: str, backend: str = "onnxruntime") -> int:
     try:
-        proc = subprocess.run([sys.executable, "-m", "runtime.memory", str(root), precision, path],
+        proc = subprocess.run([sys.executable, "-m", "ckm_edge.runtime.memory", str(root), precision, path, backend],
                               capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise MemoryProbeError(f"measuring {path} memory of {root} ({precision}) failed: {e}") from None
@@ -106,22 +107,22 @@ def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def child(root: str, precision: str, path: str) -> dict:
+def child(root: str, precision: str, path: str, backend: str = "onnxruntime") -> dict:
     import numpy as np
 
-    from runtime.daps import DAPSConfig  # noqa: F401  (registers every sampler)
-    from runtime.diffpir import DiffPIRConfig
-    from runtime.dps import DPSConfig
-    from runtime.engine import EngineConfig, open_engine
-    from runtime.operators import Identity
-    from runtime.package import load_package
-    from runtime.sampler import Observations, respaced, sample
+    from ckm_edge.runtime.daps import DAPSConfig  # noqa: F401  (registers every sampler)
+    from ckm_edge.runtime.diffpir import DiffPIRConfig
+    from ckm_edge.runtime.dps import DPSConfig
+    from ckm_edge.runtime.engine import EngineConfig, open_engine
+    from ckm_edge.runtime.operators import Identity
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.runtime.sampler import Observations, respaced, sample
 
     pkg = load_package(root)
     n = pkg.tile_size
     cfg = DPSConfig(corrector_steps=1) if path == "vjp" else DiffPIRConfig()
     peaks = {}
-    with open_engine(pkg, EngineConfig(precision=precision, threads=1)) as engine:
+    with open_engine(pkg, EngineConfig(precision=precision, threads=1, backend=backend)) as engine:
         for batch in (1, 3):
             y = np.full((batch, 2, n, n), 0.5, np.float32)
             sample(engine, respaced(pkg.schedule(), 2, cfg), Observations.of(Identity(), y, (2, n, n), batch, 0.01),
@@ -132,6 +133,6 @@ def child(root: str, precision: str, path: str) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[3] not in PATHS:
-        sys.exit("usage: python -m runtime.memory PACKAGE PRECISION {score,vjp}")
+    if len(sys.argv) not in (4, 5) or sys.argv[3] not in PATHS:
+        sys.exit("usage: python -m ckm_edge.runtime.memory PACKAGE PRECISION {score,vjp} [BACKEND]")
     print(json.dumps(child(*sys.argv[1:])))

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import threading
 
-from runtime.scheduler import Job, SchedulerMetrics
+from ckm_edge.runtime.scheduler import Job, SchedulerMetrics
 
 _SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
 class Metrics(SchedulerMetrics):
     def __init__(self, memory_budget: int = 0, registry=None):
-        from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
-                                       Gauge, Histogram)
+        from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram
         from prometheus_client.gc_collector import GCCollector
         from prometheus_client.platform_collector import PlatformCollector
         from prometheus_client.process_collector import ProcessCollector

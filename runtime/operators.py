@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime import codec
+from ckm_edge.runtime import codec
 
 
 class OperatorError(ValueError):
@@ -95,7 +95,7 @@ def known() -> str:
     return ", ".join(OPERATORS)
 
 
-def make(name: str, params: dict) -> "Operator":
+def make(name: str, params: dict) -> Operator:
     """The registered operator `name` from its parameters (maps as 0/1 arrays, sub-operators as
     Operators); unknown names, missing, unknown or mistyped parameters raise OperatorError."""
     cls = OPERATORS.get(name)
@@ -148,7 +148,7 @@ def _convert(name: str, p: Parameter, v):
     return x
 
 
-def parameters_of(op: "Operator") -> dict:
+def parameters_of(op: Operator) -> dict:
     """A registered operator's parameters by name (maps as arrays, sub-operators as Operators)."""
     return {p.name: getattr(op, p.name) for p in type(op).parameters}
 

@@ -32,12 +32,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime import codec
-from runtime.schedule import Schedule
+from ckm_edge.runtime import codec, defaults
+from ckm_edge.runtime.schedule import Schedule
 
 SCHEMA = "ckm-edge-package/1"
 GRAPHS = ("score", "forward", "backward")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = defaults.PRECISIONS
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -110,7 +110,7 @@ class Package:
 
     def recommendations(self) -> dict:
         """Sampler, steps, samples and parameters per operator kind (runtime.recommend)."""
-        from runtime.recommend import recommendations
+        from ckm_edge.runtime.recommend import recommendations
 
         return recommendations(self.manifest)
 
@@ -145,7 +145,7 @@ def validate_manifest(manifest: dict) -> None:
 
 
 def _validate_condition(section) -> None:
-    from runtime import condition
+    from ckm_edge.runtime import condition
 
     if not isinstance(section, dict):
         raise PackageError("manifest condition must be an object with input, channels and encoding")
@@ -186,15 +186,15 @@ def load_package(root: str | Path, trusted_keys: list[bytes] | None = None, veri
         raise PackageError(f"{path} is not valid JSON ({e}); the package is truncated or corrupted") from None
     validate_manifest(manifest)
     if "samplers" in manifest:  # the recommendations must name known samplers and valid parameters
-        from runtime.recommend import recommendations
-        from runtime.sampler import SamplerError
+        from ckm_edge.runtime.recommend import recommendations
+        from ckm_edge.runtime.sampler import SamplerError
 
         try:
             recommendations(manifest)
         except SamplerError as e:
             raise PackageError(str(e)) from None
     if "adapter" in manifest:  # a site adapter: its base reference and lambda table must be sound
-        from runtime.adapter import adapter_info
+        from ckm_edge.runtime.adapter import adapter_info
 
         adapter_info(Package(root, manifest, None, hashlib.sha256(data).hexdigest()))
     signed_by = _verify_signature(data, root / "manifest.sig", trusted_keys) if trusted_keys else None

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from runtime import operators
-from runtime.sampler import SamplerError, config_from_params, spec
+from ckm_edge.runtime import operators
+from ckm_edge.runtime.sampler import SamplerError, config_from_params, spec
 
 OPERATOR_KINDS = ("mask", "downsample", "jtqr", "*")
 SITE = "+site"  # suffix of the recommendations for requests with a site map

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import memory
-from runtime.adapter import LambdaTable, adapter_info, check_base, is_adapter
-from runtime.engine import EngineConfig, open_engine
-from runtime.package import Package, PackageError, load_package
+from ckm_edge.runtime import memory
+from ckm_edge.runtime.adapter import LambdaTable, adapter_info, check_base, is_adapter
+from ckm_edge.runtime.engine import EngineConfig, open_engine
+from ckm_edge.runtime.package import Package, PackageError, load_package
 
 log = logging.getLogger("ckm.edge.repository")
 
@@ -61,7 +61,7 @@ class LoadedModel:
 
     def row_bytes(self, precision: str, vjp: bool) -> int:
         """Engine memory per posterior sample (runtime.memory: measured once per package, cached)."""
-        return memory.row_bytes(self.package, precision, vjp)
+        return memory.row_bytes(self.package, precision, vjp, self.engine_config.backend)
 
     def close(self) -> None:
         with self._lock:
@@ -110,7 +110,8 @@ class ModelRepository:
                 try:
                     pkg = load_package(version_dir, self.trusted_keys)
                     if (pkg.name, pkg.version) != (version_dir.parent.name, version_dir.name):
-                        raise PackageError(f"package says {pkg.name} {pkg.version} but lives in {version_dir.parent.name}/{version_dir.name}")
+                        raise PackageError(f"package says {pkg.name} {pkg.version} but lives in "
+                                           f"{version_dir.parent.name}/{version_dir.name}")
                 except PackageError as e:
                     errors[str(version_dir)] = str(e)
                     log.error("skipping %s: %s", version_dir, e)

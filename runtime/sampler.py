@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
-from runtime.operators import Operator, OperatorError
-from runtime.schedule import Schedule
-from runtime.site import Site
+from ckm_edge.runtime.operators import Operator, OperatorError
+from ckm_edge.runtime.schedule import Schedule
+from ckm_edge.runtime.site import Site
 
 
 class SamplerError(ValueError):
@@ -69,7 +70,7 @@ class _Conditioned:
         return getattr(self.engine, name)
 
 
-def conditioned(engine, observations: "Observations"):
+def conditioned(engine, observations: Observations):
     """`engine` told each row's site when it is a site-aware prior (runtime.condition) and some row
     has one; rows without a site get the unconditional zeros. Otherwise `engine` itself."""
     channels = getattr(engine, "condition_channels", 0)
@@ -133,20 +134,20 @@ class Observations:
                 obs.site.check((sl.stop - sl.start,) + self.shape)
 
     @classmethod
-    def prior(cls, shape, rows: int) -> "Observations":
+    def prior(cls, shape, rows: int) -> Observations:
         return cls(shape, rows)
 
     @classmethod
-    def same(cls, obs: Observation, shape, rows: int) -> "Observations":
+    def same(cls, obs: Observation, shape, rows: int) -> Observations:
         """All rows share one observation (posterior samples of one construction)."""
         return cls(shape, rows, [(slice(0, rows), obs)])
 
     @classmethod
-    def per_row(cls, observations: Sequence[Observation], shape) -> "Observations":
+    def per_row(cls, observations: Sequence[Observation], shape) -> Observations:
         return cls(shape, len(observations), [(slice(i, i + 1), o) for i, o in enumerate(observations)])
 
     @classmethod
-    def of(cls, op, y, shape, rows: int, sigma: float = 0.0, site: Site | None = None) -> "Observations":
+    def of(cls, op, y, shape, rows: int, sigma: float = 0.0, site: Site | None = None) -> Observations:
         """From an operator and its (rows or 1, ...) observation, a list of per-row operators and
         observations, or None and None (the prior)."""
         if op is None and y is None:
@@ -219,7 +220,7 @@ class Observations:
     def initial_estimate(self) -> np.ndarray:
         """(B, C, H, W): per group the smoothest map its observation allows (runtime.smooth), the
         warm start of samplers that begin part-way down the schedule; 0.5 where nothing is observed."""
-        from runtime.smooth import smooth_fill
+        from ckm_edge.runtime.smooth import smooth_fill
 
         x = np.full((self.rows,) + self.shape, 0.5, np.float32)
         for sl, obs in self.groups:
@@ -399,4 +400,4 @@ def sample(engine: Engine, schedule: Schedule, observations: Observations, rngs:
 
 
 # The built-in samplers register themselves on import.
-from runtime import daps, diffpir, dps  # noqa: E402,F401
+from ckm_edge.runtime import daps, diffpir, dps  # noqa: E402,F401

@@ -52,7 +52,7 @@ class Schedule:
 
     # -- construction ---------------------------------------------------------------------------
     @staticmethod
-    def vp(n: int = 1000, beta_min: float = 0.1, beta_max: float = 20.0) -> "Schedule":
+    def vp(n: int = 1000, beta_min: float = 0.1, beta_max: float = 20.0) -> Schedule:
         """VP SDE with the DDPM discretization: beta_i linear in [beta_min/N, beta_max/N]."""
         if n < 2 or not 0 < beta_min < beta_max:
             raise ScheduleError(f"VP schedule needs n >= 2 and 0 < beta_min < beta_max, got {n}, {beta_min}, {beta_max}")
@@ -64,7 +64,7 @@ class Schedule:
         return Schedule("vp", np.sqrt(alpha_bars), np.sqrt(1.0 - alpha_bars), np.arange(1, n + 1) / n, params)
 
     @staticmethod
-    def ve(n: int = 1000, sigma_min: float = 0.01, sigma_max: float = 50.0) -> "Schedule":
+    def ve(n: int = 1000, sigma_min: float = 0.01, sigma_max: float = 50.0) -> Schedule:
         """VE SDE (SMLD): sigma_i geometric from sigma_min to sigma_max over N steps."""
         if n < 2 or not 0 < sigma_min < sigma_max:
             raise ScheduleError(f"VE schedule needs n >= 2 and 0 < sigma_min < sigma_max, got {n}, {sigma_min}, {sigma_max}")
@@ -73,7 +73,7 @@ class Schedule:
         return Schedule("ve", np.ones(n), sigmas, np.arange(1, n + 1) / n, params)
 
     @staticmethod
-    def from_dict(d: dict) -> "Schedule":
+    def from_dict(d: dict) -> Schedule:
         """Rebuild a schedule from `to_dict` output (e.g. a model package manifest)."""
         d = dict(d)
         kind = d.pop("kind", None)
@@ -198,7 +198,7 @@ class Schedule:
         return (std * rng.standard_normal(shape)).astype(np.float32)
 
     # -- respacing --------------------------------------------------------------------------------
-    def respace(self, steps: int, method: str = "ddpm", start: float = 1.0) -> "Schedule":
+    def respace(self, steps: int, method: str = "ddpm", start: float = 1.0) -> Schedule:
         """Keep `steps` of the N steps, evenly spaced and always including the first (least noise).
 
         "ddpm": the kept alpha_bars define new betas (beta'_k = 1 - alpha_bar_k / alpha_bar_{k-1}),

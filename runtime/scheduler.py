@@ -23,14 +23,14 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from runtime.adapter import ComposedEngine
-from runtime.memory import release_free_memory
-from runtime.sampler import Observation, Observations, StepInfo, respaced, sample
+from ckm_edge.runtime.adapter import ComposedEngine
+from ckm_edge.runtime.memory import release_free_memory
+from ckm_edge.runtime.sampler import Observation, Observations, StepInfo, respaced, sample
 
 log = logging.getLogger("ckm.edge.scheduler")
 

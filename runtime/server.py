@@ -26,13 +26,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from runtime import api
-from runtime.engine import EngineConfig
-from runtime.metrics import Metrics
-from runtime.package import read_public_key
-from runtime.repository import ModelRepository
-from runtime.scheduler import Scheduler, SchedulerConfig
-from runtime.servicer import EdgeServicer, Limits, add_to_server
+from ckm_edge.runtime import api
+from ckm_edge.runtime.engine import EngineConfig
+from ckm_edge.runtime.metrics import Metrics
+from ckm_edge.runtime.package import read_public_key
+from ckm_edge.runtime.repository import ModelRepository
+from ckm_edge.runtime.scheduler import Scheduler, SchedulerConfig
+from ckm_edge.runtime.servicer import EdgeServicer, Limits, add_to_server
 
 log = logging.getLogger("ckm.edge.server")
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -54,6 +54,7 @@ class ServerConfig:
     rpc_threads: int = 16
     engine_threads: int = 0
     deterministic: bool = False  # single-threaded deterministic engines: bitwise-reproducible maps
+    backend: str = "onnxruntime"  # the engines' inference library (EngineConfig.backend)
     arena: str = "score"  # graphs that keep ONNX Runtime's memory arena (EngineConfig.arena): idle VJP memory goes back
     device: str = "cpu"
     max_message_bytes: int = 16 * 2**20
@@ -150,7 +151,7 @@ class EdgeServer:
     _watcher: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def start(self) -> "EdgeServer":
+    def start(self) -> EdgeServer:
         self.server.start()
         return self
 
@@ -177,7 +178,8 @@ class EdgeServer:
 def create_server(cfg: ServerConfig) -> EdgeServer:
     """Build (not start) the server; returns it with its bound port (cfg.port 0 = any free port)."""
     keys = [read_public_key(k) for k in cfg.trusted_keys] or None
-    engine = EngineConfig(device=cfg.device, threads=cfg.engine_threads, deterministic=cfg.deterministic, arena=cfg.arena)
+    engine = EngineConfig(device=cfg.device, threads=cfg.engine_threads, deterministic=cfg.deterministic, arena=cfg.arena,
+                          backend=cfg.backend)
     repo = ModelRepository(cfg.repository, engine, keys)
     sched = cfg.scheduler
     for model in repo.models():

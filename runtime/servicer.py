@@ -22,18 +22,18 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from runtime import api, codec, operators, recommend
-from runtime.api import InvalidArgument, pb
-from runtime.construct import MAX_SAMPLES, MAX_STEPS, check_observation, in_physical_units, summarize
-from runtime.engine import EngineError
-from runtime.metrics import Metrics
-from runtime.operators import OperatorError
-from runtime.package import PackageError
-from runtime.repository import LoadedModel, ModelRepository, adapts
-from runtime.sampler import SAMPLERS, SamplerError, config_from_params, respaced, spec_for
-from runtime.schedule import ScheduleError
-from runtime.scheduler import Cancelled, Job, QueueFull, Scheduler, ShuttingDown, TooLarge
-from runtime.site import SiteError
+from ckm_edge.runtime import api, codec, operators, recommend
+from ckm_edge.runtime.api import InvalidArgument, pb
+from ckm_edge.runtime.construct import MAX_SAMPLES, MAX_STEPS, check_observation, in_physical_units, summarize
+from ckm_edge.runtime.engine import EngineError
+from ckm_edge.runtime.metrics import Metrics
+from ckm_edge.runtime.operators import OperatorError
+from ckm_edge.runtime.package import PackageError
+from ckm_edge.runtime.repository import LoadedModel, ModelRepository, adapts
+from ckm_edge.runtime.sampler import SAMPLERS, SamplerError, config_from_params, respaced, spec_for
+from ckm_edge.runtime.schedule import ScheduleError
+from ckm_edge.runtime.scheduler import Cancelled, Job, QueueFull, Scheduler, ShuttingDown, TooLarge
+from ckm_edge.runtime.site import SiteError
 
 log = logging.getLogger("ckm.edge.servicer")
 PRECISIONS = {pb.PRECISION_UNSPECIFIED: "fp32", pb.PRECISION_FP32: "fp32", pb.PRECISION_FP16: "fp16", pb.PRECISION_INT8: "int8"}
@@ -308,7 +308,7 @@ class _Handling:
         self.metrics, self.method, self.context = metrics, method, context
         self.model: LoadedModel | None = None
 
-    def __enter__(self) -> "_Handling":
+    def __enter__(self) -> _Handling:
         self.start = time.perf_counter()
         self.metrics.inflight.labels(self.method).inc()
         return self

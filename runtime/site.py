@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime import codec
+from ckm_edge.runtime import codec
 
 
 class SiteError(ValueError):
@@ -61,7 +61,7 @@ class Site:
             object.__setattr__(self, "base_station", bs)
 
     @classmethod
-    def from_pixels(cls, pixels: np.ndarray) -> "Site":
+    def from_pixels(cls, pixels: np.ndarray) -> Site:
         """The site of known maps (..., 2, H, W): their building cells (for tests and benchmarks)."""
         return cls(codec.building_mask(pixels))
 
@@ -105,7 +105,7 @@ class Site:
 
     def condition(self, shape: tuple[int, ...], rows: int) -> np.ndarray:
         """(rows, runtime.condition.CHANNELS, H, W): what a site-aware prior is told of this site."""
-        from runtime.condition import site_condition
+        from ckm_edge.runtime.condition import site_condition
 
         self.check((rows,) + tuple(shape[-3:]))
         return site_condition(self.building, self.base_station, tuple(shape[-2:]), batch=rows)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.operators import Operator
-from runtime.site import Site
+from ckm_edge.runtime.operators import Operator
+from ckm_edge.runtime.site import Site
 
 
 def _laplacian(x: np.ndarray, wr: np.ndarray, wc: np.ndarray) -> np.ndarray:

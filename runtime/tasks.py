@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime import codec, operators
+from ckm_edge.runtime import codec, defaults, operators
 
 TASKS = ("ipbox", "iprandom", "sr2", "jtqr", "trajectory")
 PAPER_TASKS = ("ipbox", "iprandom", "sr2", "jtqr")
-DEFAULT_SIGMA = 0.01
+DEFAULT_SIGMA = defaults.NOISE_SIGMA
 
 
 def make_operator(task: str, rng: np.random.Generator, x: np.ndarray) -> operators.Operator:

@@ -15,7 +15,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from runtime.package import GRAPHS, Package
+from ckm_edge.runtime.package import GRAPHS, Package
 
 
 def unavailable_reason() -> str | None:
@@ -74,7 +74,7 @@ def build_engines(pkg: Package, precision: str, max_batch: int = 8, opt_batch: i
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
             dims = list(tensor.shape)
-            shape = lambda b: tuple(b if d == -1 else d for d in dims)  # noqa: E731
+            shape = lambda b: tuple(b if d == -1 else d for d in dims)  # noqa: E731,B023
             profile.set_shape(tensor.name, shape(1), shape(opt_batch), shape(max_batch))
         config.add_optimization_profile(profile)
         serialized = builder.build_serialized_network(network, config)
@@ -95,7 +95,7 @@ class TrtEngine:
     def __init__(self, package: Package, precision: str = "fp32", max_batch: int = 8):
         reason = unavailable_reason()
         if reason:
-            from runtime.engine import EngineError
+            from ckm_edge.runtime.engine import EngineError
 
             raise EngineError(f"TensorRT engine unavailable: {reason}")
         from collections import Counter
@@ -111,13 +111,13 @@ class TrtEngine:
             runner.activate()
 
     def score(self, x, t, cond=None):
-        from runtime.engine import network_inputs
+        from ckm_edge.runtime.engine import network_inputs
 
         self.calls["score"] += 1
         return self._runners["score"].infer(network_inputs(x, t, cond, self.condition_channels))["score"].copy()
 
     def forward(self, x, t, cond=None):
-        from runtime.engine import network_inputs
+        from ckm_edge.runtime.engine import network_inputs
 
         self.calls["forward"] += 1
         feeds = network_inputs(x, t, cond, self.condition_channels)

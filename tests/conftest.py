@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import procedural
+from ckm_edge.training import procedural
 
 SMALL_TILE = procedural.ProceduralConfig(tile_size=32, block_pitch=(10.0, 16.0), street_width=(2.0, 3.0))
 
@@ -22,11 +22,11 @@ def tiny_prior(tmp_path_factory):
     Trained, not random: a random network's scores are huge and chaotic, which tells nothing
     about parity between engines.
     """
-    from runtime.schedule import Schedule
-    from training import objectives
-    from training.dataset import Dataset, DatasetWriter
-    from training.trainer import TrainConfig, Trainer
-    from training.unet import PRESETS, ScoreModel
+    from ckm_edge.runtime.schedule import Schedule
+    from ckm_edge.training import objectives
+    from ckm_edge.training.dataset import Dataset, DatasetWriter
+    from ckm_edge.training.trainer import TrainConfig, Trainer
+    from ckm_edge.training.unet import PRESETS, ScoreModel
 
     root = tmp_path_factory.mktemp("tiny-prior")
     with DatasetWriter(root / "data", "procedural", 32, 2.0, 3.5e9) as w:
@@ -50,7 +50,7 @@ def tiny_prior(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_package(tiny_prior, tmp_path_factory):
     """The tiny prior exported as a full package (fp32, fp16, int8)."""
-    from export.builder import BuildConfig, build_package
+    from ckm_edge.export.builder import BuildConfig, build_package
 
     model, meta, train, _ = tiny_prior
     out = tmp_path_factory.mktemp("pkg") / "tiny-1.0.0"
@@ -74,10 +74,10 @@ def tiny_adapter(tiny_prior, tiny_package, tmp_path_factory):
     work directory: tiny-prior.pt, run/adapter.pt)."""
     import dataclasses
 
-    from export import cli as export_cli
-    from runtime.package import load_package
-    from training import cli as train_cli
-    from training.dataset import DatasetWriter
+    from ckm_edge.export import cli as export_cli
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.training import cli as train_cli
+    from ckm_edge.training.dataset import DatasetWriter
 
     model, meta, train, _ = tiny_prior
     root = tmp_path_factory.mktemp("adapter")
@@ -106,10 +106,10 @@ def tiny_site_package(tiny_prior, tmp_path_factory):
     warm-started (--init) from the unconditional tiny prior on tiles that record their transmitter,
     then `ckm-export package` (fp32 and INT8, calibrated with condition maps). Returns
     (package, checkpoint path, eval tiles, eval transmitters)."""
-    from export import cli as export_cli
-    from runtime.package import load_package
-    from training import cli as train_cli
-    from training.dataset import DatasetWriter
+    from ckm_edge.export import cli as export_cli
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.training import cli as train_cli
+    from ckm_edge.training.dataset import DatasetWriter
 
     model, meta, _, _ = tiny_prior
     root = tmp_path_factory.mktemp("site-aware")
@@ -127,7 +127,7 @@ def tiny_site_package(tiny_prior, tmp_path_factory):
     assert export_cli.main(["package", "--checkpoint", str(root / "run" / "checkpoint.pt"), "--data", str(root / "data"),
                             "--out", str(out), "--name", "tiny-site", "--version", "1.0.0", "--precisions", "fp32",
                             "int8", "--calibration-tiles", "8", "--accuracy-tiles", "0"]) == 0
-    from training.dataset import Dataset
+    from ckm_edge.training.dataset import Dataset
 
     evl = Dataset(root / "data").split("eval")
     return load_package(out), root / "run" / "checkpoint.pt", evl.take(np.arange(4)), evl.transmitters()[:4]

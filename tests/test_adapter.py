@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from export.builder import write_manifest
-from runtime import operators
-from runtime.adapter import ComposedEngine, LambdaTable, adapter_info, check_base
-from runtime.api import pb
-from runtime.client import EdgeClient
-from runtime.construct import ConstructConfig, construct
-from runtime.dps import DPSConfig
-from runtime.engine import EngineConfig, open_engine
-from runtime.package import PackageError, load_package
-from runtime.server import ServerConfig, create_server
-from training.adapter import ArraySplit, ScoreDifference, fit_elastic, load_adapter
+from ckm_edge.export.builder import write_manifest
+from ckm_edge.runtime import operators
+from ckm_edge.runtime.adapter import ComposedEngine, LambdaTable, adapter_info, check_base
+from ckm_edge.runtime.api import pb
+from ckm_edge.runtime.client import EdgeClient
+from ckm_edge.runtime.construct import ConstructConfig, construct
+from ckm_edge.runtime.dps import DPSConfig
+from ckm_edge.runtime.engine import open_engine
+from ckm_edge.runtime.package import PackageError, load_package
+from ckm_edge.runtime.server import ServerConfig, create_server
+from ckm_edge.training.adapter import ArraySplit, fit_elastic, load_adapter
 
 
 def test_lambda_table_lookup_and_validation():
@@ -54,7 +54,7 @@ def test_elastic_fit_recovers_a_known_strength(tiny_prior):
     """large = half the trained score, d = the trained score: the denoising objective is smallest
     near lambda = 0.5 in every bin (where the composition is the trained model again)."""
     model, meta, train, _ = tiny_prior
-    from runtime.schedule import Schedule
+    from ckm_edge.runtime.schedule import Schedule
 
     schedule = Schedule.from_dict(meta["schedule"])
     lam = fit_elastic(_Scaled(model, 0.5), model, train[:16], schedule, np.random.default_rng(0), bins=5, draws=8)
@@ -145,7 +145,7 @@ def test_composed_engine_is_the_combination_of_its_parts(tiny_adapter):
         assert dict(composed.calls) == {"forward": 1, "backward": 1, "score": 1}
         assert not np.allclose(s, s_b)  # the adapter changes the score
     # Against PyTorch: the exported parts compose to the autograd VJP of the composed score.
-    from training.checkpoint import load_model
+    from ckm_edge.training.checkpoint import load_model
 
     delta, lam_file, _ = load_adapter(work / "run" / "adapter.pt")
     assert lam_file == lam and adapter.manifest["provenance"]["adapter_file"] == str(work / "run" / "adapter.pt")
@@ -214,7 +214,7 @@ def test_grpc_request_names_a_site_adapter(tiny_adapter, tmp_path):
 def test_site_adaptation_benchmark_reports_every_method_as_it_goes(tiny_prior, tmp_path):
     import copy
 
-    from benchmarks import adapt
+    from ckm_edge.benchmarks import adapt
 
     model, meta, _, _ = tiny_prior
     cfg = adapt.AdaptBenchConfig(counts=(16,), test_tiles=2, tasks=("ipbox", "sr2"), steps=2, generic_tiles=32,
@@ -226,9 +226,9 @@ def test_site_adaptation_benchmark_reports_every_method_as_it_goes(tiny_prior, t
                                                                     ("finetune", 16)]
     assert seen == [(1, False), (2, False), (3, False), (4, False), (4, True)]
     rows = {m["method"]: m for m in results["methods"]}
-    from training.adapter import ADAPTER_UNET
-    from training.trainer import count_parameters
-    from training.unet import UNet
+    from ckm_edge.training.adapter import ADAPTER_UNET
+    from ckm_edge.training.trainer import count_parameters
+    from ckm_edge.training.unet import UNet
 
     assert rows["finetune"]["cost"]["parameters_trained"] == results["large_parameters"]  # the whole foundation
     assert rows["lasco"]["cost"]["parameters_trained"] == count_parameters(UNet(ADAPTER_UNET))  # the proxy alone
@@ -245,7 +245,7 @@ def test_site_adaptation_benchmark_reports_every_method_as_it_goes(tiny_prior, t
 
 
 def test_ckm_edge_construct_composes_an_adapter_package(tiny_adapter, tmp_path, capsys):
-    from runtime import cli
+    from ckm_edge.runtime import cli
 
     repo, adapter, _ = tiny_adapter
     base = repo / "tiny" / "1.0.0"
@@ -262,7 +262,7 @@ def test_ckm_edge_construct_composes_an_adapter_package(tiny_adapter, tmp_path, 
 
 
 def test_ckm_edge_demo_serves_the_repository_with_and_without_an_adapter(tiny_adapter, tmp_path, capsys):
-    from runtime import cli
+    from ckm_edge.runtime import cli
 
     repo, _, _ = tiny_adapter
     np.savez(tmp_path / "truth.npz", pixels=np.random.default_rng(3).uniform(0.2, 0.9, (2, 32, 32)).astype(np.float32))

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from runtime import codec
-from training import augment, procedural
+from ckm_edge.runtime import codec
+from ckm_edge.training import augment, procedural
 
 
 def _los_sine(tx, shape):
@@ -62,7 +62,7 @@ def test_ray_traced_transmitters_share_the_procedural_cell_convention():
     from (i + .5, j + .5) are many more than with the old half-cell offset."""
     from pathlib import Path
 
-    from training.dataset import Dataset
+    from ckm_edge.training.dataset import Dataset
 
     split = Dataset(Path(__file__).parents[1] / "datasets" / "sionna-rt-small").split("eval")
     pixels, tx = split.take(np.arange(len(split))), split.transmitters()

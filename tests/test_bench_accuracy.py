@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import accuracy, classical
-from runtime import codec, tasks
+from ckm_edge.benchmarks import accuracy, classical
+from ckm_edge.runtime import codec, tasks
 
 
 def test_accuracy_tables_cover_every_task_and_method(tiny_package, tiny_prior, tmp_path):
     import dataclasses
 
-    from training.unet import PRESETS, EndToEndModel
+    from ckm_edge.training.unet import PRESETS, EndToEndModel
 
     _, _, _, held = tiny_prior
     tiles = held[:2]
@@ -50,7 +50,7 @@ def test_accuracy_refuses_tiles_of_the_wrong_size(tiny_package, tmp_path):
 
 
 def test_sweep_rows_and_best_zeta(tiny_package):
-    from benchmarks import sweep
+    from ckm_edge.benchmarks import sweep
 
     tiles = sweep.validation_tiles(1, tiny_package.tile_size)
     points = [sweep.Point(z, 3, "fp32", False) for z in (0.0, 13.0)] + [sweep.Point(13.0, 3, "fp32", True)]

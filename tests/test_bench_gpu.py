@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import gpu
-from runtime.engine import EngineConfig, open_engine
-from runtime.dps import DPSConfig
-from runtime.sampler import Observations, sample
-from runtime.schedule import Schedule
+from ckm_edge.benchmarks import gpu
+from ckm_edge.runtime.dps import DPSConfig
+from ckm_edge.runtime.engine import EngineConfig, open_engine
+from ckm_edge.runtime.sampler import Observations, sample
+from ckm_edge.runtime.schedule import Schedule
 
 
 def test_torch_engine_matches_the_onnx_engine(tiny_prior, tiny_package):
@@ -95,7 +95,7 @@ def test_latency_refuses_an_engine_this_machine_cannot_run(capsys):
     they are installed; elsewhere they stop before timing anything, saying why."""
     import onnxruntime
 
-    from benchmarks import cli
+    from ckm_edge.benchmarks import cli
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this machine has ONNX Runtime's CUDA provider")

@@ -1,6 +1,6 @@
 """The memory benchmark measures real engine processes."""
 
-from benchmarks import memory
+from ckm_edge.benchmarks import memory
 
 
 def test_memory_benchmark_reports_engine_processes_and_package_sizes(tiny_package):

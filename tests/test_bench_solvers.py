@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from benchmarks import solvers
-from runtime import codec, operators, tasks
-from runtime.dps import DPSConfig
-from runtime.diffpir import DiffPIRConfig
+from ckm_edge.benchmarks import solvers
+from ckm_edge.runtime import codec, operators, tasks
+from ckm_edge.runtime.diffpir import DiffPIRConfig
+from ckm_edge.runtime.dps import DPSConfig
 
 
 def test_solver_tables_curves_and_verdicts(tiny_package, tiny_prior, tmp_path):
@@ -23,13 +23,13 @@ def test_solver_tables_curves_and_verdicts(tiny_package, tiny_prior, tmp_path):
     assert set(default["paper"]["jtqr"]) == {"default", "smooth", "clipping-aware"}
     for setting in default.values():
         for rows in setting.values():
-            for method, maps in rows.items():
+            for maps in rows.values():
                 assert len(maps) == 2 and all(np.isfinite(m["gain_all"]) and m["gain_all"] >= 0 for m in maps)
     assert all(m["seconds"] > 0 for m in default["paper"]["sr2"]["default"])
     # SR: every cell is unobserved, so both RMSEs agree; a classical row is that method on the same y
     m = default["paper"]["sr2"]["bicubic"][1]
     assert m["gain_all"] == pytest.approx(m["gain_unobs"])
-    from benchmarks import classical
+    from ckm_edge.benchmarks import classical
     x = tiles[1]
     rng = np.random.default_rng([cfg.seed, 1])
     op = tasks.make_operator("sr2", rng, x[None])
@@ -73,7 +73,7 @@ def test_unobserved_cells_per_task(proc_tiles):
 
 
 def test_construction_times_compare_the_papers_dps_with_the_default(tiny_package, tiny_prior):
-    from benchmarks import latency
+    from ckm_edge.benchmarks import latency
 
     *_, held = tiny_prior
     rows = latency.construction_times(tiny_package, held[0], ("ipbox", "jtqr"), dps_steps=6, threads=1)

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from training import calibrate, procedural
-from training.data_cli import main as data_main
-from training.dataset import DatasetError, DatasetWriter
+from ckm_edge.training import calibrate, procedural
+from ckm_edge.training.data_cli import main as data_main
+from ckm_edge.training.dataset import DatasetError, DatasetWriter
 
 
 def _reference(root, cfg, regions=("ref-a", "ref-b"), split="train"):
@@ -23,11 +23,14 @@ def test_calibration_moves_the_generator_towards_the_reference(tmp_path, monkeyp
     target = dataclasses.replace(procedural.ProceduralConfig(), block_density=(0.8, 0.95),
                                  penetration_db_per_m=2.5, no_path_below_db=-150.0)
     ref = _reference(tmp_path / "ref", target)
-    presets = tmp_path / "presets.json"
-    monkeypatch.setattr(procedural, "PRESETS_FILE", presets)
+    presets = tmp_path / "user" / "presets.json"
+    monkeypatch.setenv("CKM_EDGE_PRESETS", str(presets))  # the user's presets file, not the package's
+    shipped = procedural.PRESETS_FILE.read_bytes()
     code = data_main(["calibrate", str(ref), "--out", str(tmp_path / "rep"), "--trials", "8", "--tiles", "16",
                       "--save-preset", "fitted", "--preview", "2"])
     assert code == 0
+    assert procedural.PRESETS_FILE.read_bytes() == shipped  # nothing written into the installed package
+    assert "calibrated" in procedural.load_presets()  # shipped presets still read next to the user's
     report = json.loads((tmp_path / "rep" / "calibration.json").read_text())
     assert report["mismatch"]["total"] < report["baseline_mismatch"]["total"]
     assert (tmp_path / "rep" / "preview.png").stat().st_size > 0

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime import codec
-from training import ckmimagenet
-from training.data_cli import main as data_main
-from training.dataset import Dataset
+from ckm_edge.runtime import codec
+from ckm_edge.training import ckmimagenet
+from ckm_edge.training.data_cli import main as data_main
+from ckm_edge.training.dataset import Dataset
 
 
 def _png(path, values):

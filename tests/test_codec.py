@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from runtime import codec
+from ckm_edge.runtime import codec
 
 
 def _random_physical(rng, shape=(3, 16, 16)):

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from runtime import codec, condition
-from training import objectives, procedural
-from training.dataset import Dataset, DatasetWriter
-from training.trainer import TrainConfig, Trainer, augment
-from training.unet import PRESETS, ScoreModel
-from runtime.schedule import Schedule
+from ckm_edge.runtime import codec, condition
+from ckm_edge.runtime.schedule import Schedule
+from ckm_edge.training import objectives, procedural
+from ckm_edge.training.dataset import Dataset, DatasetWriter
+from ckm_edge.training.trainer import TrainConfig, Trainer, augment
+from ckm_edge.training.unet import PRESETS, ScoreModel
 
 
 def test_condition_maps_describe_the_site_and_say_what_is_known():

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks import procedural as bench_procedural
-from benchmarks import report
+from ckm_edge.benchmarks import procedural as bench_procedural
+from ckm_edge.benchmarks import report
 
 CKM_DATA = Path(sys.executable).with_name("ckm-data")
 

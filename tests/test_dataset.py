@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from training.dataset import Dataset, DatasetError, DatasetWriter
+from ckm_edge.training.dataset import Dataset, DatasetError, DatasetWriter
 
 
 def _write(root, pixels, tx, shard_size=3):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import classical
-from runtime import codec, operators, tasks
-from runtime.schedule import Schedule
-from training import procedural
-from training.checkpoint import load_model
-from training.reference_dps import DPSConfig, dps_sample
+from ckm_edge.benchmarks import classical
+from ckm_edge.runtime import codec, operators, tasks
+from ckm_edge.runtime.schedule import Schedule
+from ckm_edge.training import procedural
+from ckm_edge.training.checkpoint import load_model
+from ckm_edge.training.reference_dps import DPSConfig, dps_sample
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "checkpoints" / "prior-small.pt"
 
@@ -59,7 +59,7 @@ def test_shipped_baselines_load_and_beat_their_raw_observation(task):
     import hashlib
     import json
 
-    from training.objectives import observation_inputs
+    from ckm_edge.training.objectives import observation_inputs
 
     path = MODEL.parent / f"baseline-{task}.pt"
     record = json.loads((MODEL.parent / "baselines.json").read_text())["files"][path.name]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import operators, tasks
+from ckm_edge.runtime import operators, tasks
 
 BIN = Path(sys.executable).parent
 

@@ -7,13 +7,12 @@ import onnx
 import pytest
 import torch
 
-from export import builder, onnx_export
-from runtime import codec, tasks
-from runtime.engine import EngineConfig, EngineError, open_engine
-from runtime.package import PackageError, load_package
-from runtime import dps
-from runtime.sampler import Observations, sample
-from training.reference_dps import DPSConfig, dps_sample
+from ckm_edge.export import builder, onnx_export
+from ckm_edge.runtime import codec, dps, tasks
+from ckm_edge.runtime.engine import EngineConfig, EngineError, open_engine
+from ckm_edge.runtime.package import PackageError, load_package
+from ckm_edge.runtime.sampler import Observations, sample
+from ckm_edge.training.reference_dps import DPSConfig, dps_sample
 
 
 def test_graphs_use_standard_ops_and_match_autograd(tiny_prior, tiny_package):
@@ -29,7 +28,7 @@ def test_graphs_use_standard_ops_and_match_autograd(tiny_prior, tiny_package):
 
 @pytest.mark.parametrize("stride,padding,kernel", [(1, 1, 3), (1, 0, 1), (1, 0, 3), (2, 1, 3), (2, 0, 1)])
 def test_convolution_input_gradient_decomposition_matches_autograd(stride, padding, kernel):
-    from export.vjp import _convolution_backward
+    from ckm_edge.export.vjp import _convolution_backward
 
     torch.manual_seed(0)
     x = torch.randn(2, 5, 16, 16, requires_grad=True)
@@ -155,7 +154,7 @@ def test_package_round_trip_and_manifest(tiny_package):
 
 
 def test_a_manifest_with_bad_recommendations_is_refused(package_copy):
-    from export.builder import write_manifest
+    from ckm_edge.export.builder import write_manifest
 
     manifest = json.loads((package_copy / "manifest.json").read_text())
     for bad, message in [({"mask": {"sampler": "ddrm", "steps": 4, "samples": 1}}, "unknown sampler 'ddrm'"),

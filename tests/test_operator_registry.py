@@ -7,13 +7,13 @@ import grpc
 import numpy as np
 import pytest
 
-from runtime import api, operators
-from runtime.api import pb
-from runtime.client import EdgeClient
-from runtime.construct import ConstructConfig, construct
-from runtime.engine import EngineConfig, open_engine
-from runtime.recommend import resolve
-from runtime.server import ServerConfig, create_server
+from ckm_edge.runtime import api, operators
+from ckm_edge.runtime.api import pb
+from ckm_edge.runtime.client import EdgeClient
+from ckm_edge.runtime.construct import ConstructConfig, construct
+from ckm_edge.runtime.engine import EngineConfig, open_engine
+from ckm_edge.runtime.recommend import resolve
+from ckm_edge.runtime.server import ServerConfig, create_server
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from runtime import codec, operators, tasks
+from ckm_edge.runtime import codec, operators, tasks
 
 RNG = np.random.default_rng(0)
 SHAPE = (2, 2, 16, 16)

@@ -3,8 +3,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from runtime import codec
-from training import procedural
+from ckm_edge.runtime import codec
+from ckm_edge.training import procedural
 
 
 def test_tiles_are_valid_codec_maps(proc_tiles):

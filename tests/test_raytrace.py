@@ -15,10 +15,10 @@ import sys
 import numpy as np
 import pytest
 
-from runtime import codec
-from training import raytrace
-from training.data_cli import main as data_main
-from training.dataset import Dataset, DatasetError
+from ckm_edge.runtime import codec
+from ckm_edge.training import raytrace
+from ckm_edge.training.data_cli import main as data_main
+from ckm_edge.training.dataset import Dataset, DatasetError
 
 TOY = "simple_street_canyon"
 # 16 x 16 cells of 4 m: fits the 186 x 121 m toy scene with room to move.
@@ -116,7 +116,7 @@ def test_cell_grid_convention_row0_north_col0_west():
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     # A fresh process per build: Mitsuba's variant is process-wide.
     return subprocess.run(
-        [sys.executable, "-m", "training.data_cli", *args], capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "ckm_edge.training.data_cli", *args], capture_output=True, text=True, timeout=900
     )
 
 
@@ -167,7 +167,7 @@ def test_sharded_build_resumes_and_assembles(tmp_path):
 AGREEMENT_SCRIPT = r"""
 import json, sys
 import numpy as np
-from training import raytrace
+from ckm_edge.training import raytrace
 rt, device = raytrace.load_backend("cpu")
 import mitsuba as mi
 cfg = raytrace.RaytraceConfig(**json.loads(sys.argv[1]))
@@ -175,7 +175,7 @@ spec = raytrace.SceneSpec.parse(sys.argv[2])
 traced = raytrace.TracedScene(rt, spec, cfg)
 placement = raytrace.place(traced, raytrace.tile_rng(0, spec.region, 0))
 tile = raytrace.trace_tile(traced, placement, seed=7)
-phys = __import__("runtime.codec", fromlist=["decode"]).decode(tile.pixels)
+phys = __import__("ckm_edge.runtime.codec", fromlist=["decode"]).decode(tile.pixels)
 xy = raytrace.cell_centres(placement.centre_xy, cfg)
 outdoor = np.flatnonzero(~phys.building.ravel())
 rng = np.random.default_rng(1)
@@ -302,7 +302,7 @@ def test_shipped_tile_is_reproduced_from_its_provenance(tmp_path):
     script = tmp_path / "again.py"
     script.write_text(
         "import json, sys, numpy as np\n"
-        "from training import raytrace\n"
+        "from ckm_edge.training import raytrace\n"
         "rt, _ = raytrace.load_backend('cpu')\n"
         "prov = json.loads(sys.argv[1]); meta = json.loads(sys.argv[2])\n"
         "cfg = dict(prov['config']); cfg['bs_height_m'] = tuple(cfg['bs_height_m'])\n"
@@ -332,7 +332,7 @@ def test_check_reports_missing_llvm_clearly(tmp_path):
     old = tmp_path / "libLLVM-14.so"
     old.write_bytes(b"")
     proc = subprocess.run(
-        [sys.executable, "-m", "training.data_cli", "raytrace", "--check", "--device", "cpu"],
+        [sys.executable, "-m", "ckm_edge.training.data_cli", "raytrace", "--check", "--device", "cpu"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "DRJIT_LIBLLVM_PATH": str(old)},
     )
     assert proc.returncode == 1

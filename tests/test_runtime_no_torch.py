@@ -2,7 +2,7 @@ import pkgutil
 import subprocess
 import sys
 
-import runtime
+from ckm_edge import runtime
 
 _PROBE = r"""
 import importlib, importlib.abc, pkgutil, sys
@@ -14,7 +14,7 @@ class BlockTorch(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, BlockTorch())
-import runtime
+from ckm_edge import runtime
 for mod in MODULES:
     importlib.import_module(mod)
 assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
@@ -23,7 +23,7 @@ print("ok", len(MODULES))
 
 
 def test_runtime_imports_without_torch():
-    modules = ["runtime"] + [m.name for m in pkgutil.walk_packages(runtime.__path__, prefix="runtime.")]
+    modules = ["ckm_edge.runtime"] + [m.name for m in pkgutil.walk_packages(runtime.__path__, prefix="ckm_edge.runtime.")]
     code = f"MODULES = {modules!r}\n" + _PROBE
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -5,18 +5,18 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
-from runtime import codec, operators, sampler as seam, tasks
-from runtime.construct import ConstructConfig, construct
-from runtime.daps import DAPSConfig
-from runtime.diffpir import DiffPIRConfig
-from runtime.dps import DPSConfig
-from runtime.engine import EngineConfig, open_engine
-from runtime.sampler import Observation, Observations, SamplerError, config_from_params, respaced, sample
-from runtime.site import Site, SiteError
-from runtime.smooth import smooth_fill
-from training import reference_samplers
+from ckm_edge.runtime import codec, operators, tasks
+from ckm_edge.runtime import sampler as seam
+from ckm_edge.runtime.construct import ConstructConfig, construct
+from ckm_edge.runtime.daps import DAPSConfig
+from ckm_edge.runtime.diffpir import DiffPIRConfig
+from ckm_edge.runtime.dps import DPSConfig
+from ckm_edge.runtime.engine import EngineConfig, open_engine
+from ckm_edge.runtime.sampler import Observation, Observations, SamplerError, config_from_params, respaced, sample
+from ckm_edge.runtime.site import Site, SiteError
+from ckm_edge.runtime.smooth import smooth_fill
+from ckm_edge.training import reference_samplers
 
 SIGMA = 0.01
 
@@ -161,7 +161,7 @@ def test_the_registry_finds_configures_and_refuses(tiny_package, tiny_prior):
 
 
 def test_recommendations_follow_the_operator_kind_and_the_site():
-    from runtime.recommend import BUILTIN, operator_kind, recommend
+    from ckm_edge.runtime.recommend import BUILTIN, operator_kind, recommend
 
     mask = operators.Mask(np.ones((8, 8), bool))
     assert operator_kind(mask) == "mask" and operator_kind(operators.Compose((mask,))) == "mask"

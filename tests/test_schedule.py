@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from runtime.schedule import Schedule, ScheduleError
+from ckm_edge.runtime.schedule import Schedule, ScheduleError
 
 
 def test_vp_is_the_ddpm_discretization():

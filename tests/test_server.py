@@ -12,15 +12,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from runtime import api, codec, operators, tasks
-from runtime.api import pb
-from runtime.client import EdgeClient
-from runtime.construct import ConstructConfig, construct
-from runtime.engine import EngineConfig, open_engine
-from runtime.recommend import recommend, resolve
-from runtime.sampler import SAMPLERS
-from runtime.server import ServerConfig, create_server
-from runtime.site import Site
+from ckm_edge.runtime import api, codec, operators, tasks
+from ckm_edge.runtime.api import pb
+from ckm_edge.runtime.client import EdgeClient
+from ckm_edge.runtime.construct import ConstructConfig, construct
+from ckm_edge.runtime.engine import EngineConfig, open_engine
+from ckm_edge.runtime.recommend import recommend, resolve
+from ckm_edge.runtime.sampler import SAMPLERS
+from ckm_edge.runtime.server import ServerConfig, create_server
+from ckm_edge.runtime.site import Site
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_concurrent_requests_are_batched_and_equal_single_runs(edge, client, tin
 
 
 def test_load_benchmark_reports_throughput_percentiles_and_batching(edge, tiny_prior):
-    from benchmarks import load
+    from ckm_edge.benchmarks import load
 
     _, op, y = _observation(tiny_prior, "sr2")
     level = load.run_level(f"127.0.0.1:{edge.port}", y, op, clients=3, duration_s=1.0,
@@ -389,7 +389,7 @@ def _self_signed(tmp_path, name):
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
             .not_valid_after(now + datetime.timedelta(days=1))

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.api import pb
-from runtime.client import EdgeClient
-from runtime.operators import Downsample
-from runtime.server import ServerConfig, create_server
+from ckm_edge.runtime.api import pb
+from ckm_edge.runtime.client import EdgeClient
+from ckm_edge.runtime.operators import Downsample
+from ckm_edge.runtime.server import ServerConfig, create_server
 
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
            grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -42,7 +42,8 @@ def operators_(depth=2):
     leaf = st.one_of(
         st.builds(lambda t: pb.Operator(mask=pb.MaskOperator(mask=t)), tensors()),
         st.builds(lambda f: pb.Operator(downsample=pb.DownsampleOperator(factor=f)), st.integers(-3, 70)),
-        st.builds(lambda a, b: pb.Operator(truncate=pb.TruncateOperator(low=a, high=b)), st.floats(allow_nan=True), st.floats(allow_nan=True)),
+        st.builds(lambda a, b: pb.Operator(truncate=pb.TruncateOperator(low=a, high=b)), st.floats(allow_nan=True),
+                  st.floats(allow_nan=True)),
         st.builds(lambda k, b: pb.Operator(quantize_aoa=pb.QuantizeAoaOperator(sectors=k, building=b)),
                   st.integers(-5, 100), st.one_of(st.none(), tensors())),
         st.just(pb.Operator(identity=pb.IdentityOperator())),

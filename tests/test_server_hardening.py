@@ -14,12 +14,12 @@ import grpc
 import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2
-
-from runtime import api, operators
-from runtime.api import pb
-from runtime.client import EdgeClient
-from runtime.server import ServerConfig, create_server, read_tokens
 from test_server import _observation, repo  # noqa: F401 (a module-scoped fixture: this module's own copy)
+
+from ckm_edge.runtime import api, operators
+from ckm_edge.runtime.api import pb
+from ckm_edge.runtime.client import EdgeClient
+from ckm_edge.runtime.server import ServerConfig, create_server, read_tokens
 
 METRICS = "ckm_requests_total"
 
@@ -113,7 +113,7 @@ def test_deadlines_and_cancellations_are_counted_as_such_without_a_traceback(edg
 
 # 4. authentication --------------------------------------------------------------------------------
 def test_an_empty_or_unreadable_token_file_refuses_to_start(repo, tmp_path, capsys):
-    from runtime import cli
+    from ckm_edge.runtime import cli
 
     empty = tmp_path / "tokens"
     empty.write_text("  \n")
@@ -147,9 +147,9 @@ def test_bearer_scheme_is_case_insensitive_and_refusals_are_counted(repo, tiny_p
 def test_scheduler_is_fifo_within_a_key_and_fair_across_keys(repo, tiny_package, tiny_prior):
     """One worker, a backlog of one kind of job, then one job of another kind: the other kind runs
     next (not after the backlog), and each kind leaves in arrival order."""
-    from runtime.diffpir import DiffPIRConfig
-    from runtime.repository import ModelRepository
-    from runtime.scheduler import Job, Scheduler, SchedulerConfig
+    from ckm_edge.runtime.diffpir import DiffPIRConfig
+    from ckm_edge.runtime.repository import ModelRepository
+    from ckm_edge.runtime.scheduler import Job, Scheduler, SchedulerConfig
 
     model = ModelRepository(repo).resolve("tiny")
     _, op, y = _observation(tiny_prior)
@@ -179,7 +179,7 @@ def test_scheduler_is_fifo_within_a_key_and_fair_across_keys(repo, tiny_package,
 def test_mixed_settings_load_with_retrying_clients_never_stalls(repo, tiny_prior):
     """The stall the old batcher had: a small queue, mixed keys, clients that retry on
     RESOURCE_EXHAUSTED. Every client gets all its answers; nothing is INTERNAL."""
-    from benchmarks import load
+    from ckm_edge.benchmarks import load
 
     server = create_server(ServerConfig(repository=repo, port=0, poll_seconds=0, engine_threads=1, max_batch=4,
                                         max_queue=3, max_queue_delay_ms=5)).start()
@@ -258,8 +258,8 @@ def test_deterministic_mode_is_bitwise_reproducible_alone_and_batched(repo, tiny
 
 # 9. memory under load -----------------------------------------------------------------------------
 def test_batch_memory_is_bounded_by_the_measured_per_row_memory(repo, tiny_prior):
-    from runtime import memory
-    from runtime.repository import ModelRepository
+    from ckm_edge.runtime import memory
+    from ckm_edge.runtime.repository import ModelRepository
 
     pkg = ModelRepository(repo).resolve("tiny").package
     per_row = memory.row_bytes(pkg, "fp32", False)

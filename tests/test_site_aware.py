@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from runtime import api, condition, tasks
-from runtime.construct import ConstructConfig, construct
-from runtime.diffpir import DiffPIRConfig
-from runtime.engine import EngineConfig, EngineError, OrtEngine
-from runtime.package import PackageError, load_package
-from runtime.site import Site, SiteError
-from training.checkpoint import load_model
-from training.unet import PRESETS, ScoreModel, warm_start
+from ckm_edge.runtime import api, condition, tasks
+from ckm_edge.runtime.construct import ConstructConfig, construct
+from ckm_edge.runtime.diffpir import DiffPIRConfig
+from ckm_edge.runtime.engine import EngineConfig, EngineError, OrtEngine
+from ckm_edge.runtime.package import PackageError, load_package
+from ckm_edge.runtime.site import Site, SiteError
+from ckm_edge.training.checkpoint import load_model
+from ckm_edge.training.unet import PRESETS, ScoreModel, warm_start
 
 
 def test_warm_start_widens_the_stem_and_keeps_the_function(tiny_prior):
     model, meta, train, _ = tiny_prior
-    from runtime.schedule import Schedule
+    from ckm_edge.runtime.schedule import Schedule
 
     wide = ScoreModel(dataclasses.replace(PRESETS["tiny"], cond_channels=condition.CHANNELS),
                       Schedule.from_dict(meta["schedule"])).eval()
@@ -150,7 +150,7 @@ def test_site_validation():
 def site_server(tiny_site_package, tiny_package, tmp_path_factory):
     import shutil
 
-    from runtime.server import ServerConfig, create_server
+    from ckm_edge.runtime.server import ServerConfig, create_server
 
     repo = tmp_path_factory.mktemp("site-repo")
     shutil.copytree(tiny_site_package[0].root, repo / "tiny-site" / "1.0.0")
@@ -181,7 +181,7 @@ def test_grpc_carries_the_base_station_and_matches_local(site_server, tiny_site_
                       base_station=api.pb.BaseStation(row=float(tx[1, 0]), col=float(tx[1, 1]), height_m=float(tx[1, 2])))
     resp = site_server.Construct(_request("tiny-site", truth, op, y, msg))
     assert resp.site_conditioned
-    from runtime.sampler import config_from_params
+    from ckm_edge.runtime.sampler import config_from_params
 
     sampler = config_from_params("diffpir", dict(resp.sampler_parameters))  # what the server ran
     with OrtEngine(pkg) as engine:
@@ -208,8 +208,8 @@ def test_bad_base_stations_are_invalid_argument(site_server, tiny_site_package, 
 
 
 def test_int8_calibration_feeds_carry_the_condition():
-    from export import precision
-    from runtime.schedule import Schedule
+    from ckm_edge.export import precision
+    from ckm_edge.runtime.schedule import Schedule
 
     tiles = np.random.default_rng(0).random((6, 2, 16, 16)).astype(np.float32)
     feeds = precision.calibration_inputs(tiles, Schedule.vp(100), np.random.default_rng(0), condition.CHANNELS)

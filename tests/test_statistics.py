@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from runtime import codec
-from training import statistics
-from training.data_cli import main as data_main
-from training.dataset import DatasetWriter
+from ckm_edge.runtime import codec
+from ckm_edge.training import statistics
+from ckm_edge.training.data_cli import main as data_main
+from ckm_edge.training.dataset import DatasetWriter
 
 
 def _tiles(gain_db: np.ndarray, building: np.ndarray) -> np.ndarray:

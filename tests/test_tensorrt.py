@@ -2,7 +2,7 @@
 
 import pytest
 
-from runtime import tensorrt as tensorrt_build
+from ckm_edge.runtime import tensorrt as tensorrt_build
 
 REASON = tensorrt_build.unavailable_reason()
 
@@ -29,7 +29,7 @@ def test_unavailable_reason_names_what_is_missing():
 def test_tensorrt_agrees_with_onnxruntime(tiny_package, tiny_prior, precision, tol):
     import numpy as np
 
-    from runtime.engine import EngineConfig, open_engine
+    from ckm_edge.runtime.engine import EngineConfig, open_engine
 
     *_, evl = tiny_prior
     x, t = evl[:2], np.array([0.2, 0.6], np.float32)

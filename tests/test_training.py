@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from runtime import codec, operators
-from runtime.schedule import Schedule
-from training import objectives, procedural
-from training.dataset import Dataset, DatasetWriter
-from training.reference_dps import DPSConfig, apply_operator, dps_sample
-from training.trainer import TrainConfig, Trainer, augment
-from training.unet import PRESETS, EndToEndModel, ScoreModel
+from ckm_edge.runtime import codec, operators
+from ckm_edge.runtime.schedule import Schedule
+from ckm_edge.training import objectives, procedural
+from ckm_edge.training.dataset import Dataset, DatasetWriter
+from ckm_edge.training.reference_dps import DPSConfig, apply_operator, dps_sample
+from ckm_edge.training.trainer import TrainConfig, Trainer, augment
+from ckm_edge.training.unet import PRESETS, EndToEndModel, ScoreModel
 
 TINY = PRESETS["tiny"]
 
@@ -100,7 +100,7 @@ def test_flip_augmentation_respects_the_aoa_encoding(small_dataset):
 def test_torchrun_ddp_on_two_cpu_processes(small_dataset, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training.cli", "prior", "--data", str(small_dataset.root), "--out", str(tmp_path / "ddp"),
+           "-m", "ckm_edge.training.cli", "prior", "--data", str(small_dataset.root), "--out", str(tmp_path / "ddp"),
            "--preset", "tiny", "--steps", "4", "--batch-size", "4", "--checkpoint-every", "2", "--log-every", "2"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -157,8 +157,8 @@ def test_operator_bridge_uses_the_numpy_vjp():
 
 
 def test_warm_start_from_a_slim_model_file(small_dataset, tmp_path):
-    from training import cli
-    from training.checkpoint import slim
+    from ckm_edge.training import cli
+    from ckm_edge.training.checkpoint import slim
 
     first = _prior_trainer(small_dataset, tmp_path / "a", steps=3)
     first.fit()

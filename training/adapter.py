@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.adapter import LAMBDA_MAX, LambdaTable
-from runtime.schedule import Schedule
-from training import objectives
-from training.trainer import TrainConfig, Trainer, count_parameters
-from training.unet import ScoreModel, UNetConfig
+from ckm_edge.runtime.adapter import LAMBDA_MAX, LambdaTable
+from ckm_edge.runtime.schedule import Schedule
+from ckm_edge.training import objectives
+from ckm_edge.training.trainer import TrainConfig, Trainer, count_parameters
+from ckm_edge.training.unet import ScoreModel, UNetConfig
 
 # A quarter of the `small` prior's width and no attention: ~0.6 M parameters against its ~2.3 M.
 ADAPTER_UNET = UNetConfig(base_channels=16, channel_mults=(1, 2, 2, 2), num_res_blocks=1, attention_levels=(),
@@ -129,7 +129,7 @@ class AdapterConfig:
 
     @classmethod
     def sized(cls, reference_steps: int, proxy_steps: int, batch_size: int, seed: int = 0,
-              proxy_lr: float | None = None) -> "AdapterConfig":
+              proxy_lr: float | None = None) -> AdapterConfig:
         """These settings with another training budget (steps, batch size, seed, proxy learning rate)."""
         d = cls()
         reference = dataclasses.replace(d.reference, steps=reference_steps, batch_size=batch_size, seed=seed)

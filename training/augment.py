@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime import codec
+from ckm_edge.runtime import codec
 
 TRANSFORMS = ("identity", "flip_cols", "flip_rows", "rot180")
 NOT_REPRESENTABLE = ("rot90", "rot270", "transpose", "anti_transpose")

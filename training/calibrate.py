@@ -4,7 +4,8 @@ The statistics of `training/statistics.py` — outdoor gain histogram (with the 
 path reaches), building fraction and the median gain per distance ring — are computed for the
 reference's *training* split and for procedural tiles drawn with candidate parameters: the
 block density is fitted to the building fraction first, then a seeded random search over the
-propagation parameters keeps the candidate with the smallest gain mismatch. Held-out regions never enter: only a train split is accepted, and a split holding a
+propagation parameters keeps the candidate with the smallest gain mismatch. Held-out regions never
+enter: only a train split is accepted, and a split holding a
 held-out ray-tracing scene is refused.
 """
 
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training import procedural, statistics
-from training.dataset import Dataset, DatasetError
-from training.raytrace import HELD_OUT_SCENES
+from ckm_edge.training import procedural, statistics
+from ckm_edge.training.dataset import Dataset, DatasetError
+from ckm_edge.training.raytrace import HELD_OUT_SCENES
 
 # Parameter -> (low, high) of the search; tuples of a range are searched as (centre, half-width).
 SEARCH_SPACE: dict[str, tuple[float, float]] = {
@@ -147,8 +148,10 @@ def calibrate(
 
 
 def save_preset(result: CalibrationResult, name: str, source: str, path: Path | None = None) -> Path:
-    """Record the calibrated parameters as a named preset (only fields that differ from the defaults)."""
-    path = Path(path or procedural.PRESETS_FILE)
+    """Record the calibrated parameters as a named preset (only fields that differ from the defaults)
+    in `path`, by default the user's presets file (procedural.user_presets_file), never the package."""
+    path = Path(path or procedural.user_presets_file())
+    path.parent.mkdir(parents=True, exist_ok=True)
     if name == "v1":
         raise ValueError("preset name 'v1' is reserved for the defaults")
     defaults = dataclasses.asdict(procedural.ProceduralConfig())

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from runtime.schedule import Schedule
-from training.unet import EndToEndModel, ScoreModel, UNetConfig
+from ckm_edge.runtime.schedule import Schedule
+from ckm_edge.training.unet import EndToEndModel, ScoreModel, UNetConfig
 
 
 def build_model(meta: dict) -> torch.nn.Module:

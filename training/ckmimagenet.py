@@ -10,14 +10,14 @@ mapped to [0, 1], buildings 0). The AoA PNG stores the angle theta in degrees ov
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
-from runtime import codec
+from ckm_edge.runtime import codec
 
 GAIN_DIR = "CKM_gain_128"
 AOA_DIR = "CKM_AoA_128"

@@ -6,7 +6,7 @@
     ckm-train slim --checkpoint runs/prior/checkpoint.pt --out models/prior.pt
     ckm-train adapter --base-package models/repository/ckm-prior/0.2.0 --site-data data/site --generic-data data/proc \
                       --out runs/adapter-site          (a site adapter: reference + proxy small models, lambda(t))
-    torchrun --nproc_per_node 8 -m training.cli prior --data ... --preset base   # multi-GPU
+    torchrun --nproc_per_node 8 -m ckm_edge.training.cli prior --data ... --preset base   # multi-GPU
 
 An existing checkpoint in --out is resumed from its exact step; --steps is the total.
 """
@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime import tasks
-from runtime.schedule import Schedule
-from training import objectives, preview
-from training.dataset import Dataset
-from training.reference_dps import DPSConfig, dps_sample
-from training.trainer import TrainConfig, Trainer, count_parameters
-from training.unet import PRESETS, EndToEndModel, ScoreModel, UNetConfig
+from ckm_edge.runtime import tasks
+from ckm_edge.runtime.schedule import Schedule
+from ckm_edge.training import objectives, preview
+from ckm_edge.training.dataset import Dataset
+from ckm_edge.training.reference_dps import DPSConfig, dps_sample
+from ckm_edge.training.trainer import TrainConfig, Trainer, count_parameters
+from ckm_edge.training.unet import PRESETS, EndToEndModel, ScoreModel
 
 
 def _schedule(args) -> Schedule:
@@ -101,7 +101,7 @@ def cmd_baseline(args) -> int:
 
 
 def _cond_channels(args) -> int:
-    from runtime import condition
+    from ckm_edge.runtime import condition
 
     return condition.CHANNELS if args.site_aware else 0
 
@@ -111,8 +111,8 @@ def _run(trainer: Trainer, args) -> int:
         trainer.resume()
         print(f"resumed {trainer.path} at step {trainer.step}", file=sys.stderr)
     elif args.init:
-        from training.checkpoint import load_model
-        from training.unet import warm_start
+        from ckm_edge.training.checkpoint import load_model
+        from ckm_edge.training.unet import warm_start
 
         model, meta = load_model(args.init)
         source, target = dict(meta.get("unet") or {}), dict(trainer.meta.get("unet") or {})
@@ -134,7 +134,7 @@ def _run(trainer: Trainer, args) -> int:
 
 
 def cmd_slim(args) -> int:
-    from training.checkpoint import slim
+    from ckm_edge.training.checkpoint import slim
 
     path = slim(args.checkpoint, args.out, half=args.half)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
@@ -144,10 +144,10 @@ def cmd_slim(args) -> int:
 def cmd_adapter(args) -> int:
     import json
 
-    from runtime.adapter import LambdaTable, manifest_sha256
-    from runtime.package import load_package
-    from training import adapter as adapt
-    from training.checkpoint import load_model
+    from ckm_edge.runtime.adapter import LambdaTable, manifest_sha256
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.training import adapter as adapt
+    from ckm_edge.training.checkpoint import load_model
 
     base_pkg = load_package(args.base_package)
     checkpoint = args.base_checkpoint or Path(base_pkg.manifest.get("provenance", {}).get("checkpoint", ""))

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import codec
-from training import ckmimagenet, preview, procedural, raytrace
-from training.dataset import Dataset, DatasetError, DatasetWriter
+from ckm_edge.runtime import codec
+from ckm_edge.training import ckmimagenet, preview, procedural, raytrace
+from ckm_edge.training.dataset import Dataset, DatasetError, DatasetWriter
 
 
 def _positive_int(text: str) -> int:
@@ -169,7 +169,7 @@ def cmd_raytrace(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Statistics of datasets side by side (calibration of one source against another)."""
-    from training import statistics
+    from ckm_edge.training import statistics
 
     labels = args.labels or [Path(d).name for d in args.datasets]
     if len(labels) != len(args.datasets):
@@ -193,7 +193,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit the procedural generator's parameters to a reference dataset's training statistics."""
-    from training import calibrate, statistics
+    from ckm_edge.training import calibrate, statistics
 
     reference = calibrate.reference_statistics(args.reference, "train")
     start = time.perf_counter()
@@ -215,7 +215,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         "seed": args.seed, "seconds": round(time.perf_counter() - start, 1),
     }, indent=2) + "\n")
     if args.save_preset:
-        preset_path = calibrate.save_preset(result, args.save_preset, str(args.reference))
+        preset_path = calibrate.save_preset(result, args.save_preset, str(args.reference), args.presets)
         print(f"preset {args.save_preset!r} written to {preset_path}")
     if args.preview:
         ref = Dataset(args.reference).split("train")
@@ -316,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--tiles", type=_positive_int, default=48, help="procedural tiles per trial")
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--save-preset", metavar="NAME", help="record the result as a procedural preset")
+    cal.add_argument("--presets", type=Path, default=None, metavar="FILE",
+                     help="the presets file --save-preset writes (default: $CKM_EDGE_PRESETS, else "
+                          "~/.local/share/ckm-edge/procedural_presets.json; read by every command)")
     cal.add_argument("--preview", type=int, default=0, metavar="N", help="preview.png with N tiles per source")
     cal.set_defaults(func=cmd_calibrate)
 

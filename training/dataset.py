@@ -22,14 +22,14 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from runtime import codec
-from runtime.package import sha256_file
+from ckm_edge.runtime import codec
+from ckm_edge.runtime.package import sha256_file
 
 FORMAT = "ckm-dataset"
 VERSION = 1
@@ -76,7 +76,7 @@ class DatasetWriter:
             raise DatasetError(f"{self.root} already holds a dataset; choose a new directory")
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def __enter__(self) -> "DatasetWriter":
+    def __enter__(self) -> DatasetWriter:
         return self
 
     def __exit__(self, exc_type, *_) -> None:
@@ -260,7 +260,7 @@ class Dataset:
 
     def verify(self) -> None:
         """Recompute every shard checksum and check shapes; raise DatasetError naming the bad file."""
-        for name, info in self.manifest["splits"].items():
+        for info in self.manifest["splits"].values():
             for shard in info["shards"]:
                 path = self.root / shard["file"]
                 if not path.is_file():

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.schedule import Schedule
-from training import preview
-from training.checkpoint import load_model
-from training.dataset import Dataset
-from training.reference_dps import DPSConfig, dps_sample
+from ckm_edge.runtime.schedule import Schedule
+from ckm_edge.training import preview
+from ckm_edge.training.checkpoint import load_model
+from ckm_edge.training.dataset import Dataset
+from ckm_edge.training.reference_dps import DPSConfig, dps_sample
 
 
 def main(argv: list[str] | None = None) -> int:

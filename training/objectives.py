@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime import codec, condition, tasks
-from runtime.schedule import Schedule
+from ckm_edge.runtime import codec, condition, tasks
+from ckm_edge.runtime.schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class ScoreMatching:
 def _unwrap(model):
     """The module behind DistributedDataParallel / torch.compile wrappers."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+        model = getattr(model, "module", None) or model._orig_mod
     return model
 
 

@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from runtime import codec
-from runtime.figures import DIVERGING as _DIVERGING, SEQUENTIAL as _ANCHORS, colormap as _colormap
+from ckm_edge.runtime import codec
+from ckm_edge.runtime.figures import DIVERGING as _DIVERGING
+from ckm_edge.runtime.figures import SEQUENTIAL as _ANCHORS
+from ckm_edge.runtime.figures import colormap as _colormap
+
 
 def render_tile(pixels: np.ndarray, scale: int = 2, tx: np.ndarray | None = None) -> Image.Image:
     """One tile (2, H, W) -> an RGB image: gain | AoA sine, buildings black, BS as a cross."""

@@ -29,13 +29,14 @@ import functools
 import json
 import math
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from runtime import codec
+from ckm_edge.runtime import codec
 
 SPEED_OF_LIGHT = 299_792_458.0
 
@@ -82,8 +83,9 @@ class ProceduralConfig:
             raise ValueError("street_width must stay below block_pitch")
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "ProceduralConfig":
-        """A named parameter set from `procedural_presets.json` (see `training/calibrate.py`)."""
+    def preset(cls, name: str, **overrides) -> ProceduralConfig:
+        """A named parameter set: shipped (`procedural_presets.json`) or the user's own (`ckm-data
+        calibrate --save-preset`, see `user_presets_file`)."""
         presets = load_presets()
         if name not in presets:
             raise ValueError(f"unknown procedural preset {name!r}; known: {', '.join(sorted(presets))}")
@@ -95,14 +97,25 @@ class ProceduralConfig:
         return SPEED_OF_LIGHT / self.carrier_hz
 
 
-PRESETS_FILE = Path(__file__).with_name("procedural_presets.json")
+PRESETS_FILE = Path(__file__).with_name("procedural_presets.json")  # shipped with the package, read-only
+
+
+def user_presets_file() -> Path:
+    """Where `ckm-data calibrate --save-preset` records presets by default, and where they are read
+    from: $CKM_EDGE_PRESETS, else $XDG_DATA_HOME/ckm-edge/procedural_presets.json (~/.local/share)."""
+    if os.environ.get("CKM_EDGE_PRESETS"):
+        return Path(os.environ["CKM_EDGE_PRESETS"])
+    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data / "ckm-edge" / "procedural_presets.json"
 
 
 def load_presets() -> dict:
-    """{name: {"config": {...overrides of the defaults...}, "note": ...}}; `v1` is the defaults."""
+    """{name: {"config": {...overrides of the defaults...}, "note": ...}}; `v1` is the defaults, then
+    the shipped presets, then the user's (which may replace a shipped one of the same name)."""
     presets = {"v1": {"config": {}, "note": "the defaults (ckm-prior 0.1.0 and 0.2.0 were trained on these)"}}
-    if PRESETS_FILE.exists():
-        presets.update(json.loads(PRESETS_FILE.read_text()))
+    for path in (PRESETS_FILE, user_presets_file()):
+        if path.is_file():
+            presets.update(json.loads(path.read_text()))
     return presets
 
 

@@ -43,15 +43,15 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from runtime import codec
-from runtime.package import installed_versions, sha256_file
-from training.dataset import SPLITS, DatasetError, DatasetWriter
+from ckm_edge.runtime import codec
+from ckm_edge.runtime.package import installed_versions, sha256_file
+from ckm_edge.training.dataset import SPLITS, DatasetError, DatasetWriter
 
 TRAINING_SCENES = ("munich", "etoile")
 HELD_OUT_SCENES = ("florence", "san_francisco")
@@ -229,7 +229,7 @@ class SceneSpec:
     builtin: bool
 
     @classmethod
-    def parse(cls, text: str) -> "SceneSpec":
+    def parse(cls, text: str) -> SceneSpec:
         if text in BUILTIN_SCENES:
             return cls(text, text, True)
         path = Path(text)
@@ -609,7 +609,7 @@ class BuildPlan:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "BuildPlan":
+    def from_json(cls, data: dict) -> BuildPlan:
         cfg = dict(data["config"])
         cfg["bs_height_m"] = tuple(cfg["bs_height_m"])
         return cls(
@@ -694,7 +694,7 @@ def build(
     if todo:
         rt, used = load_backend(device)
         say(f"shard {index}/{count}: {len(todo)} tile(s) to trace on {used} ({skipped} already done)")
-    for k, (spec, split, i) in enumerate(todo):
+    for spec, split, i in todo:
         traced = scenes.get(spec.region)
         if traced is None:
             traced = scenes[spec.region] = TracedScene(rt, spec, plan.config)

@@ -20,14 +20,15 @@ Function, so there is one implementation of each operator.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
-from runtime.operators import Operator
-from runtime.schedule import Schedule
+from ckm_edge.runtime import defaults
+from ckm_edge.runtime.operators import Operator
+from ckm_edge.runtime.schedule import Schedule
 
 
 class _NumpyOperator(torch.autograd.Function):
@@ -52,8 +53,8 @@ def apply_operator(op: Operator, x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DPSConfig:
-    zeta: float = 13.0  # observation constraint strength (paper: 10-13)
-    corrector_steps: int = 1  # M
+    zeta: float = defaults.ZETA  # observation constraint strength (paper: 10-13)
+    corrector_steps: int = defaults.CORRECTOR_STEPS  # M
     snr: float = 0.16  # Langevin target signal-to-noise ratio
     clip_denoised: tuple[float, float] | None = (0.0, 1.0)  # x0_hat clipped where it enters the predictor
 

@@ -17,18 +17,18 @@ own (tests/test_operators.py). Per step k (i = k + 1):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from runtime.daps import DAPSConfig
-from runtime.diffpir import DiffPIRConfig
-from runtime.operators import Operator
-from runtime.sampler import Observation, Observations
-from runtime.schedule import Schedule
-from runtime.site import Site
-from runtime.smooth import smooth_fill
+from ckm_edge.runtime.daps import DAPSConfig
+from ckm_edge.runtime.diffpir import DiffPIRConfig
+from ckm_edge.runtime.operators import Operator
+from ckm_edge.runtime.sampler import Observation, Observations
+from ckm_edge.runtime.schedule import Schedule
+from ckm_edge.runtime.site import Site
+from ckm_edge.runtime.smooth import smooth_fill
 
 
 def _randn(rng: np.random.Generator, shape, device) -> torch.Tensor:

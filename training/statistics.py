@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import codec
-from training.dataset import Dataset, DatasetError
+from ckm_edge.runtime import codec
+from ckm_edge.training.dataset import Dataset, DatasetError
 
 GAIN_BINS = np.arange(codec.GAIN_DB_MIN, codec.GAIN_DB_MAX + 1e-9, 10.0)
 DIST_BINS_M = np.array([0, 10, 20, 40, 60, 80, 100, 130, 160, 200, 250, 300, 400], dtype=float)
@@ -130,7 +130,7 @@ def markdown(rows: list[tuple[str, dict]]) -> str:
 
 def plot(rows: list[tuple[str, dict]], path: str | Path) -> Path:
     """Gain histogram, fall-off with distance and building fraction, one line per dataset (PNG)."""
-    from training import plots
+    from ckm_edge.training import plots
 
     fig, axes = plots.pyplot().subplots(1, 3, figsize=(15, 4.2))
     for label, s in rows:

@@ -13,18 +13,17 @@ import copy
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from runtime import codec
-from training import augment as flipping
-from training.dataset import Split
+from ckm_edge.training import augment as flipping
+from ckm_edge.training.dataset import Split
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.schedule import Schedule
+from ckm_edge.runtime.schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class UNetConfig:
             raise ValueError(f"attention_levels {self.attention_levels} must index channel_mults")
 
     @staticmethod
-    def from_dict(d: dict) -> "UNetConfig":
+    def from_dict(d: dict) -> UNetConfig:
         d = dict(d)
         for key in ("channel_mults", "attention_levels"):
             if key in d:
