@@ -6,5 +6,4 @@ edited by hand; `python -m ckm_edge.protos.generate --check` (run by the tests) 
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-EDGE_V1 = "ckm/edge/v1/edge.proto"
+ROOT = Path(__file__).resolve().parent  # the .proto sources ship with the package (for clients in other languages)
