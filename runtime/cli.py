@@ -68,11 +68,12 @@ def _sampler_choice(args) -> tuple[str | None, dict]:
 
 def _site(args, truth, data) -> Site | None:
     """The site: with --site the building layout (the truth's, or the observation file's
-    `building`); with --base-station (or a `base_station` array in the file, with --site) the
-    serving base station."""
+    `building`); with --base-station, or with --site the file's `base_station` (a truth tile's
+    transmitter `tx`, as `ckm-data tile` writes it), the serving base station."""
     bs = np.asarray(args.base_station, float) if getattr(args, "base_station", None) else None
-    if args.site and bs is None and data is not None and "base_station" in data:
-        bs = np.asarray(data["base_station"], float)
+    for key in ("base_station", "tx"):
+        if args.site and bs is None and data is not None and key in data:
+            bs = np.asarray(data[key], float).reshape(3)
     building = None
     if args.site:
         if truth is not None:
@@ -87,7 +88,8 @@ def _site(args, truth, data) -> Site | None:
 def _observation(args, tile_size: int):
     truth = None
     if args.truth:
-        truth = codec.check_pixels(_load_npz(args.truth, "pixels")["pixels"], name=f"{args.truth}:pixels")
+        truth_file = _load_npz(args.truth, "pixels")
+        truth = codec.check_pixels(truth_file["pixels"], name=f"{args.truth}:pixels")
         if truth.shape != (2, tile_size, tile_size):
             raise ValueError(f"{args.truth}:pixels has shape {truth.shape}, the package expects (2, {tile_size}, {tile_size})")
         task = TASK_ALIASES.get(args.task.lower()) if args.task else None
@@ -96,7 +98,7 @@ def _observation(args, tile_size: int):
         rng = np.random.default_rng([args.seed, 0x0B5])
         op = tasks.make_operator(task, rng, truth[None])
         y = tasks.observe(op, truth[None], rng, args.sigma)[0]
-        return truth, op, y, task, _site(args, truth, None)
+        return truth, op, y, task, _site(args, truth, truth_file)
     data = _load_npz(args.observation, "y")
     if "operator" not in data:
         raise ValueError(f"{args.observation} has no 'operator' entry (the operator's JSON spec)")

@@ -78,6 +78,8 @@ def test_construct_names_the_sampler_its_parameters_and_the_site(tiny_package, t
     report = json.loads(out.stdout)
     assert report["sampler"] == {"name": "daps", "ratio": 0.5, "r_max": 0.5} and report["site"] is True
     assert report["engine_calls"] == {"score": 3} and report["samples"] == 2
+    tx = np.load(tmp_path / "t.npz")["tx"]  # the tile's own transmitter is the site's base station
+    assert report["base_station"] == [round(float(v), 3) for v in tx] and report["site_conditioned"] is False
     saved = np.load(tmp_path / "o" / "construction.npz")
     truth = np.load(tmp_path / "t.npz")["pixels"]
     building = truth[1] < 0.15
