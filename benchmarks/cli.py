@@ -49,7 +49,7 @@ def _cmd_latency(args: argparse.Namespace) -> int:
 
     pkg = load_package(args.package)
     try:  # an engine this machine cannot run is refused before anything is timed
-        open_engine(pkg, EngineConfig(device=args.device), args.backend).close()
+        open_engine(pkg, EngineConfig(device=args.device, backend=args.backend)).close()
     except (EngineError, ImportError) as e:
         raise SystemExit(f"ckm-bench latency: the {args.backend} engine on {args.device} cannot run here: {e}") from None
     model, meta = load_model(args.checkpoint)

@@ -59,7 +59,7 @@ def runtime_step(pkg: Package, tile: np.ndarray, precision: str, steps: int, bat
     x, op, y = _problem(tile, batch)
     schedule = pkg.schedule().respace(steps)
     cfg = DPSConfig(corrector_steps=corrector, jacobian_free=jacobian_free)
-    with open_engine(pkg, EngineConfig(precision=precision, threads=threads, device=device), backend) as engine:
+    with open_engine(pkg, EngineConfig(precision=precision, threads=threads, device=device, backend=backend)) as engine:
         warm = pkg.schedule().respace(2)
         sample(engine, warm, Observations.of(op, y, x.shape[1:], batch), [np.random.default_rng(b) for b in range(batch)], cfg)
         timed = _TimedEngine(engine)

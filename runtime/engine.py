@@ -244,13 +244,11 @@ def network_inputs(x: np.ndarray, t: np.ndarray, cond: np.ndarray | None, channe
     return feeds
 
 
-def open_engine(package: Package, config: EngineConfig = EngineConfig(), backend: str | None = None):
-    """The engine for a package on `config.backend` (or `backend`, which overrides it):
-    "onnxruntime" (CPU or CUDA per config.device), "openvino" (CPU) or "tensorrt" (CUDA).
-    A package whose manifest lists the backends it was built for ("backends") refuses others."""
-    backend = backend or config.backend
-    if backend not in BACKENDS:
-        raise EngineError(f"unknown engine backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+def open_engine(package: Package, config: EngineConfig = EngineConfig()):
+    """The engine for a package on `config.backend` (validated by EngineConfig): "onnxruntime"
+    (CPU or CUDA per config.device), "openvino" (CPU) or "tensorrt" (CUDA). A package whose
+    manifest lists the backends it was built for ("backends") refuses others."""
+    backend = config.backend
     declared = package.manifest.get("backends")
     if declared is not None and backend not in declared:
         raise EngineError(f"package {package.name} {package.version} was built for {', '.join(declared)}, not {backend}")

@@ -36,7 +36,7 @@ def test_tensorrt_agrees_with_onnxruntime(tiny_package, tiny_prior, precision, t
     v = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
     results = []
     for backend in ("onnxruntime", "tensorrt"):
-        with open_engine(tiny_package, EngineConfig(precision=precision), backend=backend) as eng:
+        with open_engine(tiny_package, EngineConfig(precision=precision, backend=backend)) as eng:
             s, saved = eng.forward(x, t)
             results.append((eng.score(x, t), s, eng.backward(saved, v)))
     for a, b in zip(*results):
