@@ -198,8 +198,7 @@ def site_from_proto(msg, shape: tuple[int, ...]):
         site = Site(building, bs)
         site.check(tuple(shape))
     except SiteError as e:
-        field = "site.building" if building is not None and "building" in str(e) else "site.base_station"
-        raise InvalidArgument(f"{field}: {e}") from None
+        raise InvalidArgument(f"site.{e.part}: {e}" if e.part else f"site: {e}") from None
     return site
 
 

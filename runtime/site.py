@@ -26,7 +26,12 @@ from ckm_edge.runtime import codec
 
 
 class SiteError(ValueError):
-    """A site map of the wrong type or shape."""
+    """A site map of the wrong type or shape; `part` names what is wrong ("building" or
+    "base_station"; None for the site as a whole)."""
+
+    def __init__(self, message: str, part: str | None = None):
+        super().__init__(message)
+        self.part = part
 
 
 # A base station's height above ground, metres, and how far (in tiles) from the tile it may stand.
@@ -47,17 +52,20 @@ class Site:
         if self.building is not None:
             b = np.asarray(self.building)
             if b.dtype != np.bool_ or b.ndim not in (2, 3):
-                raise SiteError(f"a site's building map must be a boolean (H, W) or (B, H, W) array, got {b.dtype} {b.shape}")
+                raise SiteError(f"a site's building map must be a boolean (H, W) or (B, H, W) array, got {b.dtype} {b.shape}",
+                                "building")
             object.__setattr__(self, "building", b)
         if self.base_station is not None:
             bs = np.asarray(self.base_station, np.float64)
             if bs.ndim not in (1, 2) or bs.shape[-1] != 3:
-                raise SiteError(f"a site's base station must be (row, col, height_m) or one per map (B, 3), got shape {bs.shape}")
+                raise SiteError(f"a site's base station must be (row, col, height_m) or one per map (B, 3), got shape {bs.shape}",
+                                "base_station")
             if not np.isfinite(bs).all():
-                raise SiteError("a site's base station position and height must be finite")
+                raise SiteError("a site's base station position and height must be finite", "base_station")
             lo, hi = BS_HEIGHT_RANGE_M
             if ((bs[..., 2] <= lo) | (bs[..., 2] > hi)).any():
-                raise SiteError(f"a base station's height must be in ({lo:g}, {hi:g}] m, got {bs[..., 2].tolist()}")
+                raise SiteError(f"a base station's height must be in ({lo:g}, {hi:g}] m, got {bs[..., 2].tolist()}",
+                                "base_station")
             object.__setattr__(self, "base_station", bs)
 
     @classmethod
@@ -70,15 +78,15 @@ class Site:
         b = self.building
         rows = shape[0] if len(shape) == 4 else 1
         if b is not None and (b.shape[-2:] != tuple(shape[-2:]) or (b.ndim == 3 and b.shape[0] not in (1, rows))):
-            raise SiteError(f"site building map has shape {b.shape}, the maps are {tuple(shape)}")
+            raise SiteError(f"site building map has shape {b.shape}, the maps are {tuple(shape)}", "building")
         bs = self.base_station
         if bs is not None:
             if bs.ndim == 2 and len(bs) not in (1, rows):
-                raise SiteError(f"site has {len(bs)} base stations for {rows} map(s)")
+                raise SiteError(f"site has {len(bs)} base stations for {rows} map(s)", "base_station")
             reach = BS_MAX_TILES_AWAY * max(shape[-2:])
             if (np.abs(bs[..., :2] - np.asarray(shape[-2:]) / 2) > reach).any():
                 raise SiteError(f"a base station must stand within {BS_MAX_TILES_AWAY} tiles of the map "
-                                f"(|row|, |col| <= {reach} cells from its centre), got {bs[..., :2].tolist()}")
+                                f"(|row|, |col| <= {reach} cells from its centre), got {bs[..., :2].tolist()}", "base_station")
 
     def _building(self, x: np.ndarray) -> np.ndarray:
         self.check(x.shape)
