@@ -9,6 +9,18 @@ from ckm_edge.training import procedural
 SMALL_TILE = procedural.ProceduralConfig(tile_size=32, block_pitch=(10.0, 16.0), street_width=(2.0, 3.0))
 
 
+def small_dataset(path, counts: dict, region: int, seed: int):
+    """A dataset of SMALL_TILE procedural tiles with their transmitters, `counts` tiles per split
+    (split -> n) from procedural region `region`; returns it opened."""
+    from ckm_edge.training.dataset import Dataset, DatasetWriter
+
+    with DatasetWriter(path, "procedural", 32, 2.0, 3.5e9) as w:
+        for split, n in counts.items():
+            pixels, tx = procedural.generate_region(SMALL_TILE, split, region, n, seed=seed)
+            w.add(split, f"tiny-{split}", pixels, tx)
+    return Dataset(path)
+
+
 @pytest.fixture(scope="session")
 def proc_tiles() -> tuple[np.ndarray, np.ndarray]:
     """Eight procedural tiles (pixels, transmitters), shared by tests that only read them."""
@@ -24,16 +36,11 @@ def tiny_prior(tmp_path_factory):
     """
     from ckm_edge.runtime.schedule import Schedule
     from ckm_edge.training import objectives
-    from ckm_edge.training.dataset import Dataset, DatasetWriter
     from ckm_edge.training.trainer import TrainConfig, Trainer
     from ckm_edge.training.unet import PRESETS, ScoreModel
 
     root = tmp_path_factory.mktemp("tiny-prior")
-    with DatasetWriter(root / "data", "procedural", 32, 2.0, 3.5e9) as w:
-        for split, n in (("train", 96), ("eval", 8)):
-            pixels, tx = procedural.generate_region(SMALL_TILE, split, 0, n, seed=11)
-            w.add(split, f"tiny-{split}", pixels, tx)
-    data = Dataset(root / "data")
+    data = small_dataset(root / "data", {"train": 96, "eval": 8}, region=0, seed=11)
     schedule = Schedule.vp(1000)
     torch.manual_seed(0)
     model = ScoreModel(PRESETS["tiny"], schedule)
@@ -109,16 +116,12 @@ def tiny_site_package(tiny_prior, tmp_path_factory):
     from ckm_edge.export import cli as export_cli
     from ckm_edge.runtime.package import load_package
     from ckm_edge.training import cli as train_cli
-    from ckm_edge.training.dataset import DatasetWriter
 
     model, meta, _, _ = tiny_prior
     root = tmp_path_factory.mktemp("site-aware")
     init = root / "tiny-prior.pt"
     torch.save({"format": "ckm-model", "meta": meta, "weights": model.state_dict()}, init)
-    with DatasetWriter(root / "data", "procedural", 32, 2.0, 3.5e9) as w:
-        for split, n in (("train", 48), ("eval", 4)):
-            pixels, tx = procedural.generate_region(SMALL_TILE, split, 1, n, seed=13)
-            w.add(split, f"tiny-{split}", pixels, tx)
+    evl = small_dataset(root / "data", {"train": 48, "eval": 4}, region=1, seed=13).split("eval")
     assert train_cli.main(["prior", "--data", str(root / "data"), "--out", str(root / "run"), "--preset", "tiny",
                            "--site-aware", "--init", str(init), "--steps", "40", "--batch-size", "8", "--lr", "1e-3",
                            "--warmup", "5", "--ema-decay", "0.9", "--eval-every", "1000", "--sample-every", "1000",
@@ -127,7 +130,4 @@ def tiny_site_package(tiny_prior, tmp_path_factory):
     assert export_cli.main(["package", "--checkpoint", str(root / "run" / "checkpoint.pt"), "--data", str(root / "data"),
                             "--out", str(out), "--name", "tiny-site", "--version", "1.0.0", "--precisions", "fp32",
                             "int8", "--calibration-tiles", "8", "--accuracy-tiles", "0"]) == 0
-    from ckm_edge.training.dataset import Dataset
-
-    evl = Dataset(root / "data").split("eval")
     return load_package(out), root / "run" / "checkpoint.pt", evl.take(np.arange(4)), evl.transmitters()[:4]

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import small_dataset
 
 from ckm_edge.runtime import codec, condition
 from ckm_edge.runtime.schedule import Schedule
 from ckm_edge.training import objectives, procedural
-from ckm_edge.training.dataset import Dataset, DatasetWriter
 from ckm_edge.training.trainer import TrainConfig, Trainer, augment
 from ckm_edge.training.unet import PRESETS, ScoreModel
 
@@ -71,12 +71,7 @@ def test_crops_and_flips_move_the_transmitters_with_the_map():
 
 
 def test_training_a_site_aware_prior_uses_the_tiles_own_site(tmp_path):
-    cfg = procedural.ProceduralConfig(tile_size=32, block_pitch=(10.0, 16.0), street_width=(2.0, 3.0))
-    with DatasetWriter(tmp_path / "d", "procedural", 32, 2.0, 3.5e9) as w:
-        for split, n in (("train", 16), ("eval", 8)):
-            pixels, tx = procedural.generate_region(cfg, split, 0, n, seed=3)
-            w.add(split, f"r-{split}", pixels, tx)
-    data = Dataset(tmp_path / "d")
+    data = small_dataset(tmp_path / "d", {"train": 16, "eval": 8}, region=0, seed=3)
     schedule = Schedule.vp(100)
     ucfg = PRESETS["tiny"].__class__(**{**PRESETS["tiny"].to_dict(), "cond_channels": condition.CHANNELS})
     torch.manual_seed(0)
