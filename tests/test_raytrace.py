@@ -133,6 +133,17 @@ def test_sharded_build_resumes_and_assembles(tmp_path):
     assert "1 tile(s) of the plan still to build" in first.stdout
     assert "ETA" in first.stderr
     assert not (out / "manifest.json").exists()
+    # A snapshot of the unfinished build: a dataset of the two finished tiles; the build is untouched.
+    snap = _run_cli("raytrace", "--out", str(out), "--snapshot", str(tmp_path / "snap"))
+    assert snap.returncode == 0 and "wrote 2 of 3 planned tile(s)" in snap.stdout, snap.stderr
+    part = Dataset(tmp_path / "snap")
+    part.verify()
+    assert len(part.split("train")) == 2 and part.split("train").transmitters().shape == (2, 3)
+    assert part.manifest["provenance"]["snapshot_of"] == {"build": str(out.resolve()), "planned": 3, "finished": 2}
+    assert [t["index"] for t in part.manifest["provenance"]["tiles"]] == [0, 2]
+    assert len(list((out / ".raytrace" / "tiles").glob("*.npz"))) == 2
+    again_snap = _run_cli("raytrace", "--out", str(out), "--snapshot", str(tmp_path / "snap"))
+    assert again_snap.returncode == 2 and "already holds a dataset" in again_snap.stderr
     # A different plan in the same directory is refused, naming what differs.
     clash = _run_cli("raytrace", "--out", str(out), "--train", TOY, "--tiles-per-scene", "3", *TOY_ARGS[:-2], "--bs-height", "9")
     assert clash.returncode == 2 and "config.bs_height_m" in clash.stderr
@@ -153,6 +164,9 @@ def test_sharded_build_resumes_and_assembles(tmp_path):
     assert all(len(t["bs_m"]) == 3 for t in prov["tiles"])
     assert prov["scenes"] and prov["scenes"][0]["ground_objects"] == ["floor"] and prov["scenes"][0]["scene"] == TOY
     assert not list((out / ".raytrace" / "tiles").glob("*.npz"))  # parts removed once assembled
+    np.testing.assert_array_equal(part.split("train").take(np.arange(2)), train.take(np.array([0, 2])))
+    done = _run_cli("raytrace", "--out", str(out), "--snapshot", str(tmp_path / "snap2"))
+    assert done.returncode == 2 and "finished dataset; use it directly" in done.stderr
     # The same seed gives the same tiles unsharded: placements exactly; values up to the float
     # summation order of drjit's parallel kernels (1e-4 pixel = 0.02 dB).
     solo = tmp_path / "solo"

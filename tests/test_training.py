@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -170,3 +171,41 @@ def test_warm_start_from_a_slim_model_file(small_dataset, tmp_path):
     assert warm["step"] == 1
     for name, value in first.ema.model.state_dict().items():  # one step at a warm-up learning rate
         torch.testing.assert_close(warm["model"][name], value, rtol=0, atol=1e-4)
+
+
+def test_data_mixture_repeats_each_source_and_trains_from_the_cli(small_dataset, tmp_path):
+    from ckm_edge.training import cli
+    from ckm_edge.training.dataset import DatasetError, Mixture
+
+    # A second, train-only dataset (like a ray-traced training build): 8 tiles, repeated 3 times.
+    cfg = procedural.ProceduralConfig(tile_size=64, block_pitch=(12.0, 24.0), street_width=(2.0, 4.0))
+    rare_pixels, rare_tx = procedural.generate_region(cfg, "train", 1, 8, seed=9)
+    with DatasetWriter(tmp_path / "rare", "sionna-rt", 64, 2.0, 3.5e9) as w:
+        w.add("train", "munich", rare_pixels, rare_tx)
+    rare = Dataset(tmp_path / "rare")
+    bulk = small_dataset.split("train")
+    mix = Mixture([(bulk, 1), (rare.split("train"), 3)])
+    assert len(mix) == 48 + 3 * 8 and mix.regions == ["munich", "r-train"]
+    np.testing.assert_array_equal(mix.take(np.array([0, 47])), bulk.take(np.array([0, 47])))
+    for copy in range(3):  # each repeat reads the same rare tiles, transmitters aligned
+        np.testing.assert_array_equal(mix.take(np.arange(48 + 8 * copy, 56 + 8 * copy)), rare_pixels)
+        np.testing.assert_array_equal(mix.transmitters()[48 + 8 * copy: 56 + 8 * copy], rare_tx)
+    with pytest.raises(IndexError):
+        mix[len(mix)]
+    with pytest.raises(DatasetError, match="empty"):
+        Mixture([(bulk, 1), (rare.split("eval"), 2)])
+    with pytest.raises(DatasetError, match="repeat"):
+        Mixture([(bulk, 0)])
+
+    # The CLI: DIR:REPEAT; the held-out loss comes from the first dataset with an eval split.
+    rc = cli.main(["prior", "--data", str(tmp_path / "rare") + ":3", str(small_dataset.root), "--out", str(tmp_path / "run"),
+                   "--preset", "tiny", "--steps", "2", "--batch-size", "4", "--eval-every", "1", "--log-every", "1",
+                   "--site-aware"])
+    assert rc == 0
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert [(d["repeat"], d["train_tiles"]) for d in ckpt["meta"]["data"]] == [(3, 8), (1, 48)]
+    assert ckpt["meta"]["data"][0]["checksum"] == rare.manifest["checksum"]
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["eval_loss"] is not None and np.isfinite(log[-1]["eval_loss"])
+    with pytest.raises(SystemExit):  # argparse: repeat 0
+        cli.main(["prior", "--data", str(tmp_path / "rare") + ":0", "--out", str(tmp_path / "bad")])

@@ -24,7 +24,7 @@ import torch
 from ckm_edge.runtime import tasks
 from ckm_edge.runtime.schedule import Schedule
 from ckm_edge.training import objectives, preview
-from ckm_edge.training.dataset import Dataset
+from ckm_edge.training.dataset import Dataset, Mixture
 from ckm_edge.training.reference_dps import DPSConfig, dps_sample
 from ckm_edge.training.trainer import TrainConfig, Trainer, count_parameters
 from ckm_edge.training.unet import PRESETS, EndToEndModel, ScoreModel
@@ -74,29 +74,57 @@ def baseline_sample_hook(eval_split, task_names, count: int = 4):
     return hook
 
 
+def parse_data(text: str) -> tuple[Path, int]:
+    """`DIR` or `DIR:REPEAT` (how many times per epoch the dataset's training split is seen)."""
+    head, sep, tail = text.rpartition(":")
+    if sep and tail.isdigit():
+        if int(tail) < 1:
+            raise argparse.ArgumentTypeError(f"repeat must be >= 1 in {text!r}")
+        return Path(head), int(tail)
+    return Path(text), 1
+
+
+def open_data(sources: list[tuple[Path, int]]):
+    """The training split (a Mixture of several datasets' training splits, each repeated), the
+    held-out split for the evaluation loss (the first non-empty eval split, in the order given),
+    the tile size, and what the checkpoint records about the data."""
+    datasets = [(Dataset(path), repeat) for path, repeat in sources]
+    sizes = {ds.tile_size for ds, _ in datasets}
+    if len(sizes) > 1:
+        raise ValueError(f"the datasets have different tile sizes {sorted(sizes)}")
+    if len(datasets) == 1 and datasets[0][1] == 1:
+        ds = datasets[0][0]
+        return ds.split("train"), ds.split("eval"), ds.tile_size, {"data": str(sources[0][0]), "data_checksum": ds.manifest.get("checksum")}
+    train = Mixture([(ds.split("train"), repeat) for ds, repeat in datasets])
+    held_out = next((ds.split("eval") for ds, _ in datasets if len(ds.split("eval"))), None)
+    record = {"data": [{"path": str(path), "repeat": repeat, "checksum": ds.manifest.get("checksum"),
+                        "train_tiles": len(ds.split("train"))} for (path, repeat), (ds, _) in zip(sources, datasets)]}
+    return train, held_out, sizes.pop(), record
+
+
 def cmd_prior(args) -> int:
-    data = Dataset(args.data)
+    train, held_out, size, record = open_data(args.data)
     schedule = _schedule(args)
     unet = dataclasses.replace(PRESETS[args.preset], in_channels=2, out_channels=2, time_conditional=True,
                                cond_channels=_cond_channels(args))
     model = ScoreModel(unet, schedule)
-    meta = {"kind": "prior", "unet": unet.to_dict(), "schedule": schedule.to_dict(), "data": str(args.data),
-            "data_checksum": data.manifest.get("checksum"), "preset": args.preset}
-    trainer = Trainer(model, objectives.ScoreMatching(schedule), data.split("train"), data.split("eval"),
-                      _train_config(args), args.out, meta, prior_sample_hook(schedule, size=data.tile_size))
+    meta = {"kind": "prior", "unet": unet.to_dict(), "schedule": schedule.to_dict(), **record, "preset": args.preset}
+    trainer = Trainer(model, objectives.ScoreMatching(schedule), train, held_out,
+                      _train_config(args), args.out, meta, prior_sample_hook(schedule, size=size))
     return _run(trainer, args)
 
 
 def cmd_baseline(args) -> int:
-    data = Dataset(args.data)
+    train, held_out, _, record = open_data(args.data)
+    if held_out is None:
+        raise ValueError("a baseline needs an eval split for its sample previews; none of the datasets has one")
     names = tasks.PAPER_TASKS if args.task == "multi" else (args.task,)
     unet = dataclasses.replace(PRESETS[args.preset], in_channels=3, out_channels=2, time_conditional=False,
                                cond_channels=_cond_channels(args))
     model = EndToEndModel(unet)
-    meta = {"kind": "baseline", "unet": unet.to_dict(), "tasks": list(names), "data": str(args.data),
-            "data_checksum": data.manifest.get("checksum"), "preset": args.preset}
-    trainer = Trainer(model, objectives.EndToEnd(names), data.split("train"), data.split("eval"),
-                      _train_config(args), args.out, meta, baseline_sample_hook(data.split("eval"), names))
+    meta = {"kind": "baseline", "unet": unet.to_dict(), "tasks": list(names), **record, "preset": args.preset}
+    trainer = Trainer(model, objectives.EndToEnd(names), train, held_out,
+                      _train_config(args), args.out, meta, baseline_sample_hook(held_out, names))
     return _run(trainer, args)
 
 
@@ -204,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data", required=True, type=Path, help="dataset directory (ckm-data format)")
+    common.add_argument("--data", required=True, nargs="+", type=parse_data, metavar="DIR[:REPEAT]",
+                        help="dataset directory (ckm-data format); several make a mixture of their training "
+                             "splits, each seen REPEAT times per epoch (default 1)")
     common.add_argument("--out", required=True, type=Path, help="run directory: checkpoint, log, samples")
     common.add_argument("--preset", choices=sorted(PRESETS), default="small")
     common.add_argument("--steps", type=int, default=20_000, help="total optimizer steps")

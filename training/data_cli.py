@@ -7,6 +7,7 @@
     ckm-data stats data/proc data/rt --labels procedural ray-traced --out docs/calibration
     ckm-data calibrate datasets/sionna-rt-small --out docs/calibration --save-preset calibrated --preview 4
     ckm-data raytrace --out data/rt --train munich etoile --eval florence --tiles-per-scene 64 [--shard 0/8]
+    ckm-data raytrace --out data/rt --snapshot data/rt-so-far
 """
 
 from __future__ import annotations
@@ -141,10 +142,14 @@ def cmd_raytrace(args: argparse.Namespace) -> int:
         problem = raytrace.backend_problem("cuda" if args.device == "cuda" else "cpu")
         print(problem or f"ray-tracing backend ready ({raytrace.find_llvm()[1]})")
         return 0 if problem is None else 1
-    if not args.train and not args.eval:
-        raise DatasetError("name at least one scene with --train and/or --eval")
     if args.out is None:
         raise DatasetError("--out is required")
+    if args.snapshot:
+        summary = raytrace.snapshot(args.out, args.snapshot)
+        print(f"wrote {summary['tiles']} of {summary['planned']} planned tile(s) to {summary['manifest']}")
+        return 0
+    if not args.train and not args.eval:
+        raise DatasetError("name at least one scene with --train and/or --eval")
     cfg = raytrace.RaytraceConfig(
         tile_size=args.tile_size,
         cell_size_m=args.cell_size,
@@ -298,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--diffraction", action=argparse.BooleanOptionalAction, default=True)
     rt.add_argument("--edge-diffraction", action=argparse.BooleanOptionalAction, default=False)
     rt.add_argument("--check", action="store_true", help="only check that the backend (sionna-rt, LLVM) is usable")
+    rt.add_argument("--snapshot", type=Path, metavar="DEST",
+                    help="write the tiles OUT's build has finished so far as a dataset in DEST (a new directory) "
+                         "and stop; the build is left as it is")
     rt.set_defaults(func=cmd_raytrace)
 
     st = sub.add_parser("stats", help="gain histogram, building fraction and fall-off of datasets side by side")

@@ -298,3 +298,49 @@ class Dataset:
                 )
             out["splits"][name] = stats
         return out
+
+
+class Mixture:
+    """Several splits read as one, each repeated `repeat` times per epoch: a data mixture.
+
+    Index space: split 0's tiles `repeat[0]` times over, then split 1's, and so on, so a shuffled
+    epoch (trainer.DataStream) draws the sources in proportion to size x repeat. Mixing a few
+    ray-traced tiles (repeated) with many procedural ones is the use: the rare real data is seen
+    often, the bulk keeps the prior from memorising it. Transmitters exist when every part has them.
+    """
+
+    def __init__(self, parts: list[tuple[Split, int]]):
+        if not parts:
+            raise DatasetError("a mixture needs at least one split")
+        for split, repeat in parts:
+            if repeat < 1:
+                raise DatasetError(f"repeat of split {split.name!r} must be >= 1, got {repeat}")
+            if len(split) == 0:
+                raise DatasetError(f"split {split.name!r} of a mixture is empty")
+        self.parts = parts
+        self.name = "+".join(f"{s.name}x{r}" if r > 1 else s.name for s, r in parts)
+        self.regions = sorted({region for s, _ in parts for region in s.regions})
+        self._offsets = np.cumsum([0] + [len(s) * r for s, r in parts])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def _locate(self, index: int) -> tuple[Split, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for mixture {self.name!r} of {len(self)} tiles")
+        part = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        split = self.parts[part][0]
+        return split, (index - int(self._offsets[part])) % len(split)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        split, i = self._locate(int(index))
+        return split[i]
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        return np.stack([self[int(i)] for i in indices]).astype(np.float32)
+
+    def transmitters(self) -> np.ndarray | None:
+        parts = [(s.transmitters(), r) for s, r in self.parts]
+        if any(tx is None for tx, _ in parts):
+            return None
+        return np.concatenate([np.tile(tx, (r, 1)) for tx, r in parts])

@@ -29,7 +29,8 @@ file that is a copy of them) into a training split.
 
 Large builds run as independent jobs: `shard=(i, n)` builds tiles i, i + n, ...; every finished
 tile is saved at once (atomically) under `<out>/.raytrace/tiles/`, so a killed job resumes where
-it stopped, and whichever job finds the plan complete assembles the dataset.
+it stopped, and whichever job finds the plan complete assembles the dataset. `snapshot` writes
+the tiles finished so far as a dataset of their own while the build goes on.
 """
 
 from __future__ import annotations
@@ -684,6 +685,9 @@ def build(
     index, count = shard
     jobs = [j for k, j in enumerate(plan.jobs()) if k % count == index]
     todo = [j for j in jobs if not _part_path(out, j[0].region, j[2]).exists()]
+    # Round-robin over scenes (tile 0 of every scene, then tile 1, ...): a build stopped or
+    # snapshotted part way covers every scene, not the first one only.
+    todo.sort(key=lambda j: j[2])
     skipped = len(jobs) - len(todo)
     if limit is not None:
         todo = todo[:limit]
@@ -739,33 +743,63 @@ def assemble(out: Path, plan: BuildPlan) -> Path | None:
     try:
         if (out / "manifest.json").exists():
             return out / "manifest.json"
-        tiles_meta = []
-        by_region: dict[tuple[str, str], list] = {}
-        scenes: dict[str, dict] = {}
-        for spec, split, i in plan.jobs():
-            with np.load(_part_path(out, spec.region, i)) as z:
-                tx = z["tx"].copy()
-                if "tx_convention" not in z.files:  # a part traced before the cell-corner convention
-                    tx[:2] += 0.5
-                by_region.setdefault((split, spec.region), []).append((z["pixels"], tx))
-                tiles_meta.append(json.loads(str(z["meta"])))
-                scenes.setdefault(spec.region, {"region": spec.region, "split": split, **json.loads(str(z["scene"]))})
-        cfg = plan.config
-        provenance = {
-            "generator": "training.raytrace (Sionna RT path solver)",
-            "versions": installed_versions(("sionna-rt", "mitsuba", "drjit", "numpy")),
-            "seed": plan.seed,
-            "config": dataclasses.asdict(cfg),
-            "gain": "coherent sum over paths at the carrier, isotropic antennas, V polarisation",
-            "aoa": "azimuth of the strongest path, counter-clockwise from +x (east); row 0 = north",
-            "scenes": list(scenes.values()),
-            "tiles": tiles_meta,
-        }
-        with DatasetWriter(out, "sionna-rt", cfg.tile_size, cfg.cell_size_m, cfg.carrier_hz, provenance) as writer:
-            for (split, region), rows in by_region.items():
-                writer.add(split, region, np.stack([p for p, _ in rows]), np.stack([t for _, t in rows]))
+        _write_dataset(out, out, plan, plan.jobs())
         for path in (work / "tiles").glob("*.npz"):
             path.unlink()
         return out / "manifest.json"
     finally:
         lock.unlink(missing_ok=True)
+
+
+def snapshot(build_dir: Path, dest: Path) -> dict:
+    """Write the tiles a build has finished so far as a dataset at `dest`, leaving the build alone.
+
+    A build of a thousand tiles takes days on a CPU; a snapshot lets training use what exists
+    while tracing goes on (take another later: `dest` must be a new directory). The manifest's
+    provenance names the build and how many of its planned tiles the snapshot holds.
+    """
+    build_dir, dest = Path(build_dir), Path(dest)
+    plan_file = build_dir / WORK_DIR / "plan.json"
+    if (build_dir / "manifest.json").exists():
+        raise DatasetError(f"{build_dir} is a finished dataset; use it directly")
+    if not plan_file.is_file():
+        raise DatasetError(f"{build_dir} holds no ray-tracing build ({plan_file} is missing)")
+    plan = BuildPlan.from_json(json.loads(plan_file.read_text()))
+    done = [j for j in plan.jobs() if _part_path(build_dir, j[0].region, j[2]).exists()]
+    if not done:
+        raise DatasetError(f"{build_dir} has no finished tiles yet")
+    if dest.resolve() == build_dir.resolve():
+        raise DatasetError("the snapshot needs a directory of its own, not the build's")
+    extra = {"snapshot_of": {"build": str(build_dir.resolve()), "planned": len(plan.jobs()), "finished": len(done)}}
+    _write_dataset(dest, build_dir, plan, done, extra)
+    return {"tiles": len(done), "planned": len(plan.jobs()), "manifest": str(dest / "manifest.json")}
+
+
+def _write_dataset(dest: Path, build_dir: Path, plan: BuildPlan, jobs: list, extra: dict | None = None) -> None:
+    """A dataset at `dest` from the tile parts of `jobs` under `build_dir`."""
+    tiles_meta = []
+    by_region: dict[tuple[str, str], list] = {}
+    scenes: dict[str, dict] = {}
+    for spec, split, i in jobs:
+        with np.load(_part_path(build_dir, spec.region, i)) as z:
+            tx = z["tx"].copy()
+            if "tx_convention" not in z.files:  # a part traced before the cell-corner convention
+                tx[:2] += 0.5
+            by_region.setdefault((split, spec.region), []).append((z["pixels"], tx))
+            tiles_meta.append(json.loads(str(z["meta"])))
+            scenes.setdefault(spec.region, {"region": spec.region, "split": split, **json.loads(str(z["scene"]))})
+    cfg = plan.config
+    provenance = {
+        "generator": "training.raytrace (Sionna RT path solver)",
+        "versions": installed_versions(("sionna-rt", "mitsuba", "drjit", "numpy")),
+        "seed": plan.seed,
+        "config": dataclasses.asdict(cfg),
+        "gain": "coherent sum over paths at the carrier, isotropic antennas, V polarisation",
+        "aoa": "azimuth of the strongest path, counter-clockwise from +x (east); row 0 = north",
+        "scenes": list(scenes.values()),
+        "tiles": tiles_meta,
+        **(extra or {}),
+    }
+    with DatasetWriter(dest, "sionna-rt", cfg.tile_size, cfg.cell_size_m, cfg.carrier_hz, provenance) as writer:
+        for (split, region), rows in by_region.items():
+            writer.add(split, region, np.stack([p for p, _ in rows]), np.stack([t for _, t in rows]))
