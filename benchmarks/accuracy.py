@@ -1,16 +1,27 @@
-"""Construction accuracy on region-held-out tiles, in the layout of the paper's Tables II and III.
+"""Construction accuracy on region-held-out tiles: the foundation prior against the end-to-end
+baselines and classical interpolation, in the paper's setting and the site setting.
 
-Per task (IPbox, IPrandom, SR x2, JTQR, and our zero-shot drive-test trajectories) and per method:
+For every task (IPbox, IPrandom, SR x2, JTQR, and our zero-shot drive-test trajectories) and
+held-out tile, y = A(x) + n with sigma = 0.01 pixels (as in the paper); every method sees the
+same y.
 
-- the foundation prior with the edge runtime's DPS (ONNX Runtime, one package, one zeta);
-- the single-configuration end-to-end model of that task (`models/checkpoints/baseline-<task>.pt`);
-- the multi-configuration end-to-end model (`baseline-multi.pt`, trained on the four paper tasks);
-- classical interpolation: nearest neighbour and inverse-distance weighting for masks, bicubic
-  for super-resolution, the clipping-aware fill for JTQR.
+- **Paper setting** (the observation only): the foundation prior with the package's default
+  construction (runtime.recommend: the sampler, steps and posterior samples measured best for the
+  operator kind; at most `max_nfe` network evaluations per sample), the single-configuration
+  end-to-end model of the task (`<checkpoints>/baseline-<task>.pt`), the multi-configuration one
+  (`baseline-multi.pt`), and classical interpolation (benchmarks.solvers.classical_methods:
+  nearest, inverse-distance weighting and the smoothest consistent map for masks; bicubic and the
+  smooth fill for super-resolution; the clipping-aware and smooth fills for JTQR).
+- **Site setting** (plus what the base station knows of its site: the building layout, and its
+  own position and height when the dataset records them): the foundation prior given the site (a
+  site-aware prior conditions on it; every prior uses the layout as an exact observation), the
+  site-aware end-to-end models (`baseline-<task>-site.pt`, `baseline-multi-site.pt`, trained with
+  `ckm-train baseline --site-aware`) given the same site, and the classical methods given the
+  layout (buildings 0, interpolation over outdoor cells only).
 
-y = A(x) + n with sigma = 0.01 in pixels, as in the paper; every method sees the same y. The
-metric is the paper's: RMSE over all cells of a map, gain in dB (200 x pixel RMSE) and AoA sine
-(20/7 x pixel RMSE), averaged over maps.
+Metrics per map (benchmarks.solvers.metrics): gain (dB) and AoA-sine RMSE over all cells and
+over the unobserved cells; means over maps. The paper's Tables II and III (CKMImageNet, all
+cells) are reported beside ours for the ordering of methods only.
 """
 
 from __future__ import annotations
@@ -21,7 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ckm_edge.runtime import codec, defaults, tasks
+from ckm_edge.benchmarks import solvers
+from ckm_edge.benchmarks.solvers import METRICS, mean_metrics
+from ckm_edge.runtime import condition, tasks
+from ckm_edge.runtime.tasks import PAPER_TASKS
 
 # The paper's Tables II and III (CKMImageNet; not our data).
 PAPER = {
@@ -36,169 +50,222 @@ PAPER = {
         "multi": {"ipbox": 0.519, "iprandom": 0.413, "sr2": 0.180, "jtqr": 0.053},
     },
 }
-METHOD_LABELS = {
-    "foundation": "Foundation prior + runtime DPS (ours)",
-    "single": "Single-configuration end-to-end (ours)",
-    "multi": "Multi-configuration end-to-end (ours)",
-    "nearest": "Classical: nearest neighbour / bicubic / clipping-aware fill",
-    "idw": "Classical: inverse-distance weighting (masks)",
-}
+LEARNED = {"foundation": "foundation prior (ours)", "single": "single-configuration end-to-end",
+           "multi": "multi-configuration end-to-end"}
+SETTINGS = ("paper", "site")
 
 
 @dataclass(frozen=True)
 class AccuracyConfig:
-    steps: int = defaults.DPS_STEPS
-    zeta: float = defaults.ZETA
-    corrector_steps: int = defaults.CORRECTOR_STEPS
     precision: str = "fp32"
     sigma: float = tasks.DEFAULT_SIGMA
     seed: int = 0
+    max_nfe: int = 100  # network evaluations per posterior sample the default construction may use
 
 
-def load_tiles(source: str, count: int, seed: int = 0) -> tuple[np.ndarray, str]:
-    """Held-out tiles: a dataset directory's eval split, or 'procedural' (held-out v1 regions)."""
+@dataclass(frozen=True)
+class HeldOut:
+    tiles: np.ndarray  # (N, 2, H, W)
+    transmitters: np.ndarray | None  # (N, 3) row, col (cells), height (m); None when not recorded
+    description: str
+
+
+def load_held_out(source: str, count: int, seed: int = 0) -> HeldOut:
+    """Held-out tiles and their transmitters: a dataset directory's eval split, or 'procedural'
+    (held-out v1 regions)."""
     if source == "procedural":
         from ckm_edge.training import procedural
 
         cfg = procedural.ProceduralConfig()
         per = max(1, -(-count // 4))
-        parts = [procedural.generate_region(cfg, "eval", r, per, seed=seed)[0] for r in range(4)]
-        return np.concatenate(parts)[:count], "procedural v1, held-out eval regions 0-3"
+        parts = [procedural.generate_region(cfg, "eval", r, per, seed=seed) for r in range(4)]
+        return HeldOut(np.concatenate([p for p, _ in parts])[:count], np.concatenate([t for _, t in parts])[:count],
+                       "procedural v1, held-out eval regions 0-3")
     from ckm_edge.training.dataset import Dataset
 
     ds = Dataset(source)
     split = ds.split("eval")
     n = min(count, len(split))
-    return split.take(np.arange(n)), f"{ds.manifest['source']} `{source}` eval split ({', '.join(split.regions)})"
+    tx = split.transmitters()
+    return HeldOut(split.take(np.arange(n)), None if tx is None else tx[:n],
+                   f"{ds.manifest['source']} `{source}` eval split ({', '.join(split.regions)})")
 
 
-def _baseline(path: Path):
-    import torch
+def load_tiles(source: str, count: int, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Held-out tiles only (see `load_held_out`)."""
+    held = load_held_out(source, count, seed)
+    return held.tiles, held.description
 
+
+@dataclass(frozen=True)
+class Baseline:
+    """An end-to-end model: observation inputs (B, 3, H, W) [and the site condition] -> maps."""
+
+    model: object
+    tasks: tuple[str, ...]
+    site_aware: bool
+
+    def __call__(self, inputs: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            args = (torch.from_numpy(inputs),) + ((torch.from_numpy(cond),) if self.site_aware else ())
+            return np.clip(self.model(*args).numpy(), 0.0, 1.0)
+
+
+def load_baseline(path: Path, site_aware: bool) -> Baseline | None:
+    """The baseline at `path` (None when absent); refuses one whose conditioning is not `site_aware`."""
+    if not Path(path).exists():
+        return None
     from ckm_edge.training.checkpoint import load_model
 
     model, meta = load_model(path)
-    model = model.float().eval()
-
-    def run(inputs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return np.clip(model(torch.from_numpy(inputs)).numpy(), 0.0, 1.0)
-
-    return run, tuple(meta["tasks"])
+    has_site = bool((meta.get("unet") or {}).get("cond_channels", 0))
+    if has_site != site_aware:
+        raise ValueError(f"{path} is {'a site-aware' if has_site else 'an unconditional'} baseline; "
+                         f"expected {'a site-aware' if site_aware else 'an unconditional'} one under that name")
+    return Baseline(model.float().eval(), tuple(meta["tasks"]), has_site)
 
 
-def run(package_dir: str | Path, checkpoints: str | Path, tiles: np.ndarray, task_names: tuple[str, ...],
+def baselines(checkpoints: Path, task_names) -> dict:
+    """{(setting, "single" | "multi", task): Baseline} for the checkpoints that exist."""
+    checkpoints = Path(checkpoints)
+    out = {}
+    for setting, suffix in (("paper", ""), ("site", "-site")):
+        multi = load_baseline(checkpoints / f"baseline-multi{suffix}.pt", setting == "site")
+        for task in task_names:
+            single = load_baseline(checkpoints / f"baseline-{task}{suffix}.pt", setting == "site")
+            for kind, net in (("single", single), ("multi", multi)):
+                if net is not None and task in net.tasks:
+                    out[setting, kind, task] = net
+    return out
+
+
+def run(package_dir: str | Path, checkpoints: str | Path, held: HeldOut, task_names: tuple[str, ...],
         cfg: AccuracyConfig, progress=print) -> dict:
-    """Per task and method: per-map gain and AoA-sine RMSE lists, and seconds per map."""
-    from ckm_edge.benchmarks import classical
+    """{"results": {setting: {task: {method: [per-map metrics (+ seconds)]}}}, "constructions": {...}}."""
     from ckm_edge.runtime.construct import ConstructConfig, construct
-    from ckm_edge.runtime.dps import DPSConfig
     from ckm_edge.runtime.engine import EngineConfig, open_engine
     from ckm_edge.runtime.package import load_package
+    from ckm_edge.runtime.recommend import resolve
+    from ckm_edge.runtime.sampler import spec_for
+    from ckm_edge.runtime.site import Site
     from ckm_edge.training.objectives import observation_inputs
 
     pkg = load_package(package_dir)
+    tiles = held.tiles
     if tiles.shape[-1] != pkg.tile_size:
         raise ValueError(f"tiles are {tiles.shape[-1]} wide, package {pkg.name} takes {pkg.tile_size}")
-    checkpoints = Path(checkpoints)
-    multi = _baseline(checkpoints / "baseline-multi.pt") if (checkpoints / "baseline-multi.pt").exists() else None
     shape = (2, pkg.tile_size, pkg.tile_size)
-    ccfg = ConstructConfig(steps=cfg.steps, seed=cfg.seed,
-                           sampler=DPSConfig(zeta=cfg.zeta, corrector_steps=cfg.corrector_steps))
-    results: dict = {}
+    nets = baselines(Path(checkpoints), task_names)
+    probs = solvers.problems(tiles, task_names, cfg.sigma, cfg.seed)
+    results: dict = {s: {t: {} for t in task_names} for s in SETTINGS}
+    used: dict = {}
     with open_engine(pkg, EngineConfig(precision=cfg.precision)) as engine:
-        for task in task_names:
-            single_path = checkpoints / f"baseline-{task}.pt"
-            single = _baseline(single_path) if single_path.exists() else None
-            rows: dict = {}
-
-            def add(method, pred, truth, seconds):
-                r = rows.setdefault(method, {"gain_db": [], "aoa_sine": [], "seconds": []})  # noqa: B023
-                r["gain_db"].append(float(codec.gain_rmse_db(pred[None], truth[None])[0]))
-                r["aoa_sine"].append(float(codec.aoa_sine_rmse(pred[None], truth[None])[0]))
-                r["seconds"].append(seconds)
-
-            for i, x in enumerate(tiles):
-                rng = np.random.default_rng([cfg.seed, i])
-                op = tasks.make_operator(task, rng, x[None])
-                y = tasks.observe(op, x[None], rng, cfg.sigma)
-                t = time.perf_counter()
-                result = construct(engine, pkg.schedule(), op, y, shape, ccfg)
-                add("foundation", result.mean, x, time.perf_counter() - t)
-                inputs = observation_inputs(op, y, (1,) + shape, with_mask=True)
-                for name, net in (("single", single), ("multi", multi)):
-                    if net is not None and task in net[1]:
-                        t = time.perf_counter()
-                        add(name, net[0](inputs)[0], x, time.perf_counter() - t)
-                for name, method in (("nearest", "nearest"), ("idw", "idw")):
-                    if name == "idw" and not hasattr(op, "mask"):
-                        continue
-                    t = time.perf_counter()
-                    add(name, classical.reconstruct(op, y, (1,) + shape, method=method)[0], x, time.perf_counter() - t)
-                progress(f"{task} tile {i + 1}/{len(tiles)}: foundation {rows['foundation']['gain_db'][-1]:.2f} dB")
-            results[task] = rows
-    return results
-
-
-def target_verdict(results: dict) -> str:
-    """The issue's accuracy target, per paper task: the foundation within 10% of the single-configuration
-    model's gain RMSE and below the multi-configuration model's and every classical method's."""
-    met, missed = [], []
-    for task in (t for t in results if t in ("ipbox", "iprandom", "sr2", "jtqr")):
-        rows = {m: _mean(r["gain_db"]) for m, r in results[task].items()}
-        ours = rows.get("foundation")
-        if ours is None:
-            continue
-        why = []
-        if rows.get("single") is not None and ours > 1.1 * rows["single"]:
-            why.append(f"{(ours / rows['single'] - 1) * 100:.0f}% above single-configuration ({rows['single']:.2f})")
-        for other, label in (("multi", "multi-configuration"), ("nearest", "nearest/bicubic/clipping-aware"), ("idw", "IDW")):
-            if rows.get(other) is not None and rows[other] <= ours:
-                why.append(f"{label} {rows[other]:.2f}")
-        (missed if why else met).append(f"{task} ({ours:.2f} dB" + (": " + "; ".join(why) if why else "") + ")")
-    text = "Target (foundation within 10% of single-configuration, better than multi-configuration and every " \
-           "classical method, gain RMSE): " + (f"met on {', '.join(met)}" if met else "met on no task")
-    if not missed:
-        return text + "."
-    return (text + f"; missed on {', '.join(missed)}. Why: the shipped prior is small and briefly trained on a CPU "
-            "(see its model card); on masks with gaps of a few to 50 cells, interpolating the observed neighbours "
-            "(IDW) is hard to beat and an underfit prior's samples add variance; on ray-traced tiles every learned "
-            "model here also meets a distribution shift (all were trained on procedural v1 tiles, which have no "
-            "unreached cells).")
+        for (task, i), (op, y, unobs, building) in probs.items():
+            x = tiles[i]
+            bs = None if held.transmitters is None else held.transmitters[i]
+            inputs = observation_inputs(op, y, (1,) + shape, with_mask=True)
+            for setting in SETTINGS:
+                rows = results[setting][task]
+                layout = building if setting == "site" else None
+                site = None if layout is None else Site(layout[None], None if bs is None else bs[None])
+                sampler, steps, samples = resolve(pkg.manifest, op, site=site is not None)
+                name = spec_for(sampler).name
+                nfe = sum(spec_for(sampler).evaluations(sampler, steps).values())
+                if nfe > cfg.max_nfe:
+                    raise ValueError(f"{pkg.name} {pkg.version} recommends {name} with {nfe} network evaluations "
+                                     f"per sample for {task}; the benchmark allows {cfg.max_nfe}")
+                used[setting, task] = {"sampler": name, "steps": steps, "samples": samples, "nfe": nfe,
+                                       "site_conditioned": bool(site is not None and pkg.condition_channels)}
+                t0 = time.perf_counter()
+                result = construct(engine, pkg.schedule(), op, y, shape, ConstructConfig(steps, samples, cfg.seed, sampler=sampler),
+                                   sigma=cfg.sigma, site=site)
+                rows.setdefault("foundation", []).append({**solvers.metrics(result.mean, x, unobs),
+                                                          "seconds": time.perf_counter() - t0})
+                cond = None
+                if site is not None:
+                    cond = condition.site_condition(layout[None], None if bs is None else bs[None], shape[1:], batch=1)
+                for kind in ("single", "multi"):
+                    net = nets.get((setting, kind, task))
+                    if net is not None:
+                        pred = net(inputs, cond)[0]
+                        if site is not None:
+                            pred = Site(layout[None]).project(pred[None])[0]
+                        rows.setdefault(kind, []).append(solvers.metrics(pred, x, unobs))
+                for name, pred in solvers.classical_methods(task, op, y, shape, layout).items():
+                    rows.setdefault(name, []).append(solvers.metrics(pred, x, unobs))
+            progress(f"{task} tile {i + 1}/{len(tiles)}: foundation {results['paper'][task]['foundation'][-1]['gain_all']:.2f} dB "
+                     f"(paper), {results['site'][task]['foundation'][-1]['gain_all']:.2f} dB (site)")
+    constructions = {f"{s}/{t}": v for (s, t), v in used.items()}
+    return {"results": results, "constructions": constructions, "site_aware_prior": bool(pkg.condition_channels),
+            "base_station_known": held.transmitters is not None}
 
 
-def _mean(values):
-    return float(np.mean(values)) if values else None
+def verdicts(results: dict) -> list[str]:
+    """Per setting and paper task: does the foundation beat every other method (end-to-end and
+    classical) on every metric (gain and AoA sine, all and unobserved cells)? The issue's target."""
+    lines = []
+    for setting in SETTINGS:
+        met, missed = [], []
+        for task, rows in results[setting].items():
+            if task not in PAPER_TASKS or "foundation" not in rows:
+                continue
+            ours = mean_metrics(rows["foundation"])
+            lost = [f"{m} {k} {v[k]:.3g} <= {ours[k]:.3g}" for m, v in ((m, mean_metrics(r)) for m, r in rows.items() if m != "foundation")
+                    for k in METRICS if v.get(k) is not None and ours.get(k) is not None and v[k] <= ours[k]]
+            (missed if lost else met).append(task + (f" ({'; '.join(lost)})" if lost else ""))
+        learned = [m for m in ("single", "multi") if any(m in rows for rows in results[setting].values())]
+        against = "every classical method" + "".join(
+            f", the {'site-aware ' if setting == 'site' else ''}{LEARNED[m]} model" for m in learned)
+        absent = [m for m in ("single", "multi") if m not in learned]
+        lines.append(f"- {setting} setting: the foundation beats {against} on every metric for {', '.join(met) or 'no task'}"
+                     + (f"; not for {', '.join(missed)}" if missed else "") + "."
+                     + (f" No {'site-aware ' if setting == 'site' else ''}{' or '.join(LEARNED[m] for m in absent)} "
+                        "checkpoint was given, so that comparison is missing." if absent else ""))
+    return lines
 
 
-def markdown(results: dict, description: str, cfg: AccuracyConfig) -> str:
-    task_names = list(results)
-    head = "| method | " + " | ".join(task_names) + " |\n|---|" + "---:|" * len(task_names) + "\n"
-    out = [description, ""]
-    for metric, title, fmt in (("gain_db", "Gain RMSE (dB)", "{:.2f}"), ("aoa_sine", "AoA-sine RMSE", "{:.3f}")):
-        lines = [f"**{title}** (mean over maps; lower is better)", "", head.rstrip("\n")]
-        methods = [m for m in METHOD_LABELS if any(m in results[t] for t in task_names)]
-        for m in methods:
-            cells = []
-            for t in task_names:
-                v = _mean(results[t].get(m, {}).get(metric, []))
-                best = min((_mean(results[t][k][metric]) for k in results[t]), default=None)
-                cells.append("—" if v is None else (f"**{fmt.format(v)}**" if v == best else fmt.format(v)))
-            lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(cells) + " |")
-        for m, label in (("foundation", "Paper: foundation model (CKMImageNet)"),
-                         ("single", "Paper: single-configuration (CKMImageNet)"),
-                         ("multi", "Paper: multi-configuration (CKMImageNet)")):
-            cells = [fmt.format(PAPER[metric][m][t]) if t in PAPER[metric][m] else "—" for t in task_names]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        out += lines + [""]
-    out += [target_verdict(results), ""]
-    secs = {t: _mean(results[t]["foundation"]["seconds"]) for t in task_names}
-    out.append(
-        f"Foundation: runtime DPS, {cfg.steps} steps, {cfg.corrector_steps} corrector step(s), zeta {cfg.zeta:g}, "
-        f"{cfg.precision}, noise sigma {cfg.sigma:g}; seconds per map: "
-        + ", ".join(f"{t} {s:.1f}" for t, s in secs.items())
-        + ". Bold: best of our rows. The paper's rows are on CKMImageNet with a fully trained prior and "
-        "baselines; ours are on different data with the small CPU-trained models shipped here, so only "
-        "the ordering of methods is comparable, not the values."
-    )
-    return "\n".join(out)
+def markdown(out: dict, description: str, cfg: AccuracyConfig) -> str:
+    results = out["results"]
+    text = [description, ""]
+    titles = {"paper": "Paper setting (the observation only)",
+              "site": "Site setting (plus the building layout" + (" and the base station's position and height" if
+                                                                   out.get("base_station_known") else "")
+              + "; the end-to-end rows are the site-aware models, the classical methods get the layout"
+              + (", the prior is site-aware and conditions on the site" if out.get("site_aware_prior") else
+                 ", the prior is unconditional and uses the layout as an observation") + ")"}
+    order = {"foundation": 0, "single": 1, "multi": 2}
+    for setting in SETTINGS:
+        text += [f"**{titles[setting]}**: gain RMSE (dB) / AoA-sine RMSE, all cells | unobserved cells; mean over maps, "
+                 "lower is better.", "", "| task | method | gain all | AoA all | gain unobs. | AoA unobs. | s/map |",
+                 "|---|---|---:|---:|---:|---:|---:|"]
+        for task, rows in results[setting].items():
+            means = {m: mean_metrics(v) for m, v in rows.items()}
+            best = {k: min((v[k] for v in means.values() if v.get(k) is not None), default=None) for k in METRICS}
+            for m, v in sorted(means.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])):
+                cells = []
+                for k, fmt in zip(METRICS, ("{:.2f}", "{:.3f}", "{:.2f}", "{:.3f}")):
+                    cell = "—" if v.get(k) is None else fmt.format(v[k])
+                    cells.append(f"**{cell}**" if v.get(k) is not None and v[k] == best[k] else cell)
+                label = LEARNED.get(m, f"classical: {m}")
+                if setting == "site" and m in ("single", "multi"):
+                    label = "site-aware " + label
+                secs = f"{v['seconds']:.2f}" if v.get("seconds") is not None else ""
+                text.append(f"| {task} | {label} | " + " | ".join(cells) + f" | {secs} |")
+        text.append("")
+    text += ["Verdicts:", *verdicts(results), ""]
+    used = out["constructions"]
+    text += ["Foundation constructions (the package's defaults, runtime.recommend): " + "; ".join(
+        f"{key}: {u['sampler']} {u['steps']} steps x {u['samples']} samples ({u['nfe']} evaluations per sample)"
+        for key, u in used.items()) + f"; {cfg.precision}, noise sigma {cfg.sigma:g}.", ""]
+    paper_tasks = [t for t in results["paper"] if t in PAPER_TASKS]
+    if paper_tasks:
+        text += ["For orientation, the paper's Tables II/III (CKMImageNet, fully trained models, all cells, gain dB / "
+                 "AoA sine); only the ordering of methods compares, not the values:", "",
+                 "| method | " + " | ".join(paper_tasks) + " |", "|---|" + "---:|" * len(paper_tasks)]
+        for m in ("foundation", "single", "multi"):
+            text.append(f"| paper: {LEARNED[m]} | " + " | ".join(
+                f"{PAPER['gain_db'][m][t]:.2f} / {PAPER['aoa_sine'][m][t]:.3f}" for t in paper_tasks) + " |")
+        text.append("")
+    return "\n".join(text)

@@ -7,7 +7,7 @@ and benchmarks/RESULTS.md under the working directory; `ckm-bench --results DIR 
     ckm-bench raytrace [--scene munich] [--tiles 2] [--device auto|cpu|cuda]
     ckm-bench sweep [--zetas 2 5 9 13 18] [--steps 25] [--precisions fp32 fp16 int8] [--jacobian-free]
     ckm-bench memory [--package DIR] [--batches 1 4]
-    ckm-bench accuracy [--data datasets/sionna-rt-small | --data procedural] [--tiles 8] [--steps 50]
+    ckm-bench accuracy [--data datasets/sionna-rt-small | --data procedural] [--tiles 8] [--checkpoints DIR]
     ckm-bench adapt [--device cuda] [--counts 16 64 256]     (site adapters vs fine-tuning)
     ckm-bench gpu [--device cuda] [--batches 1 8 32 128 256 512] [--step-counts 20 50 100 200 500 1000]
 """
@@ -251,20 +251,22 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
 
     from ckm_edge.benchmarks import accuracy
     from ckm_edge.runtime import tasks
+    from ckm_edge.runtime.package import load_package
 
     unknown = [t for t in args.tasks if t not in tasks.TASKS]
     if unknown:
         raise SystemExit(f"ckm-bench accuracy: unknown task(s) {unknown}; known: {', '.join(tasks.TASKS)}")
-    cfg = accuracy.AccuracyConfig(steps=args.steps, zeta=args.zeta, precision=args.precision, seed=args.seed)
-    tiles, description = accuracy.load_tiles(args.data, args.tiles, seed=args.seed)
-    results = accuracy.run(args.package, args.checkpoints, tiles, tuple(args.tasks), cfg,
-                           progress=lambda line: print(line, flush=True))
-    text = accuracy.markdown(results, f"Construction accuracy on {len(tiles)} region-held-out tiles: {description}; "
-                                      f"package `{args.package}`.", cfg)
+    cfg = accuracy.AccuracyConfig(precision=args.precision, seed=args.seed, max_nfe=args.max_nfe)
+    held = accuracy.load_held_out(args.data, args.tiles, seed=args.seed)
+    pkg = load_package(args.package)
+    out = accuracy.run(args.package, args.checkpoints, held, tuple(args.tasks), cfg,
+                       progress=lambda line: print(line, flush=True))
+    text = accuracy.markdown(out, f"Construction accuracy on {len(held.tiles)} region-held-out tiles: {held.description}; "
+                                  f"package `{pkg.name} {pkg.version}`, baselines from `{args.checkpoints}`.", cfg)
     name = "accuracy-" + re.sub(r"[^A-Za-z0-9]+", "-", Path(args.data).name if args.data != "procedural" else "procedural")
-    command = (f"ckm-bench accuracy --data {args.data} --tiles {args.tiles} --steps {args.steps} --zeta {args.zeta:g} "
-               f"--precision {args.precision} --tasks {' '.join(args.tasks)}")
-    path = report.write_result(name, command, {"config": vars(cfg), "tiles": len(tiles), "per_map": results}, text,
+    command = (f"ckm-bench accuracy --data {args.data} --tiles {args.tiles} --package {args.package} "
+               f"--checkpoints {args.checkpoints} --precision {args.precision} --tasks {' '.join(args.tasks)}")
+    path = report.write_result(name, command, {"config": vars(cfg), "tiles": len(held.tiles), **out}, text,
                                results_dir=args.results)
     print(text)
     print(f"results: {path}; report: {report.results_md(args.results)}")
@@ -497,14 +499,17 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--steps", type=int, default=3)
     mem.add_argument("--samplers", nargs="+", default=["dps", "diffpir"], help="samplers to measure (their recommended settings)")
     mem.set_defaults(func=_cmd_memory)
-    acc = sub.add_parser("accuracy", help="construction RMSE per task and method on held-out tiles (paper Tables II/III)")
+    acc = sub.add_parser("accuracy", help="the foundation's default construction vs end-to-end baselines and classical "
+                                          "interpolation on held-out tiles, paper and site settings")
     acc.add_argument("--data", default="datasets/sionna-rt-small", help="dataset dir (its eval split) or 'procedural'")
     acc.add_argument("--tiles", type=int, default=8)
     acc.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr", "trajectory"])
     acc.add_argument("--package", default=DEFAULT_PACKAGE)
-    acc.add_argument("--checkpoints", default="models/checkpoints", help="directory of baseline-<task>.pt")
-    acc.add_argument("--steps", type=int, default=defaults.DPS_STEPS)
-    acc.add_argument("--zeta", type=float, default=defaults.ZETA)
+    acc.add_argument("--checkpoints", default="models/checkpoints",
+                     help="directory of the end-to-end baselines: baseline-<task>.pt, baseline-multi.pt and the "
+                          "site-aware baseline-<task>-site.pt, baseline-multi-site.pt")
+    acc.add_argument("--max-nfe", type=int, default=100, help="network evaluations per posterior sample allowed to the "
+                                                             "package's default construction")
     acc.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS)
     acc.add_argument("--seed", type=int, default=0)
     acc.set_defaults(func=_cmd_accuracy)

@@ -146,7 +146,7 @@ def run(package_dir, tiles: np.ndarray, cfg: SolverBenchConfig, progress=print) 
                         secs.append(time.perf_counter() - t0)
                         vals.append(metrics(result.mean, x, unobs))
                     row = {"sampler": name, "task": task, "nfe": nfe, "steps": steps, "samples": cfg.curve_samples,
-                           **_means(vals), "seconds": float(np.mean(secs))}
+                           **mean_metrics(vals), "seconds": float(np.mean(secs))}
                     curve.append(row)
                     progress(f"curve {name} {task} nfe {nfe} ({steps} steps): {row['gain_all']:.2f} dB, "
                              f"{row['seconds']:.1f} s/map")
@@ -160,11 +160,11 @@ def run(package_dir, tiles: np.ndarray, cfg: SolverBenchConfig, progress=print) 
                 result = construct(engine, pkg.schedule(), op, y, shape,
                                    ConstructConfig(steps, samples, cfg.seed, sampler=sampler), sigma=cfg.sigma)
                 rows[task].append({**metrics(result.mean, tiles[i], unobs), "seconds": time.perf_counter() - t0})
-            progress(f"{precision}: " + ", ".join(f"{t} {_means(r)['gain_all']:.2f} dB" for t, r in rows.items()))
+            progress(f"{precision}: " + ", ".join(f"{t} {mean_metrics(r)['gain_all']:.2f} dB" for t, r in rows.items()))
     return {"default": default, "curve": curve, "precision": by_precision}
 
 
-def _means(rows: list[dict]) -> dict:
+def mean_metrics(rows: list[dict]) -> dict:
     out = {}
     for key in rows[0]:
         vals = [r[key] for r in rows if r.get(key) is not None]
@@ -181,8 +181,8 @@ def verdicts(default: dict) -> list[str]:
         for task, rows in default[setting].items():
             if "default" not in rows:
                 continue
-            ours = _means(rows["default"])
-            others = {m: _means(v) for m, v in rows.items() if m != "default"}
+            ours = mean_metrics(rows["default"])
+            others = {m: mean_metrics(v) for m, v in rows.items() if m != "default"}
             if task == "trajectory":
                 others = {m: v for m, v in others.items() if m == "idw"}
             lost = [f"{m} {k} {v[k]:.3g} <= {ours[k]:.3g}" for m, v in others.items() for k in METRICS
@@ -212,7 +212,7 @@ def plot(curve: list[dict], default: dict, path) -> object:
         for name in sorted({r["sampler"] for r in curve}):
             rows = sorted((r for r in curve if r["task"] == task and r["sampler"] == name), key=lambda r: r["nfe"])
             ax.plot([r["nfe"] for r in rows], [r["gain_all"] for r in rows], marker="o", label=name)
-        classical = {m: _means(v)["gain_all"] for m, v in default["paper"].get(task, {}).items() if m != "default"}
+        classical = {m: mean_metrics(v)["gain_all"] for m, v in default["paper"].get(task, {}).items() if m != "default"}
         if classical:
             best = min(classical, key=classical.get)
             ax.axhline(classical[best], color="grey", linestyle="--", label=f"{best} (classical)")
@@ -233,7 +233,7 @@ def markdown(results: dict, description: str, cfg: SolverBenchConfig, recommenda
         out += [f"**{title}**: gain RMSE (dB) / AoA-sine RMSE, all cells | unobserved cells; mean over maps, lower is better.",
                 "", "| task | method | gain all | AoA all | gain unobs. | AoA unobs. | s/map |", "|---|---|---:|---:|---:|---:|---:|"]
         for task, rows in default[setting].items():
-            means = {m: _means(v) for m, v in rows.items()}
+            means = {m: mean_metrics(v) for m, v in rows.items()}
             best = {k: min((v[k] for v in means.values() if v.get(k) is not None), default=None) for k in METRICS}
             for m, v in sorted(means.items(), key=lambda kv: (kv[0] != "default", kv[0])):
                 cells = []
@@ -249,14 +249,14 @@ def markdown(results: dict, description: str, cfg: SolverBenchConfig, recommenda
                 f"{kind}: {r['sampler']} {r['steps']} steps x {r['samples']} samples "
                 + ", ".join(f"{k}={v:g}" for k, v in r["parameters"].items()) for kind, r in recommendations.items()) + ".", ""]
     if len(results.get("precision", {})) > 1:
-        base = {t: _means(r) for t, r in results["precision"][cfg.precision].items()}
+        base = {t: mean_metrics(r) for t, r in results["precision"][cfg.precision].items()}
         out += [f"**Precision** (the default construction, paper setting): gain RMSE all cells (dB) and its change "
                 f"against {cfg.precision}; seconds per map.", "",
                 "| precision | " + " | ".join(base) + " |", "|---|" + "---|" * len(base)]
         for precision, rows in results["precision"].items():
             cells = []
             for t, r in rows.items():
-                m = _means(r)
+                m = mean_metrics(r)
                 cells.append(f"{m['gain_all']:.2f} ({(m['gain_all'] / base[t]['gain_all'] - 1) * 100:+.1f} %), {m['seconds']:.1f} s")
             out.append(f"| {precision} | " + " | ".join(cells) + " |")
         out.append("")

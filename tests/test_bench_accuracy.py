@@ -1,52 +1,111 @@
-"""The accuracy benchmark (benchmarks/accuracy.py) on the tiny package: real constructions, real baselines."""
+"""The accuracy benchmark (benchmarks/accuracy.py) on the tiny packages: real constructions, real
+baselines (checkpoint files, loaded as ckm-bench loads them), real classical methods."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from ckm_edge.benchmarks import accuracy, classical
-from ckm_edge.runtime import codec, tasks
+from ckm_edge.benchmarks import accuracy, solvers
+from ckm_edge.runtime import condition, tasks
+from ckm_edge.runtime.site import Site
+from ckm_edge.training.objectives import observation_inputs
+from ckm_edge.training.unet import PRESETS, EndToEndModel
 
 
-def test_accuracy_tables_cover_every_task_and_method(tiny_package, tiny_prior, tmp_path):
-    import dataclasses
-
-    from ckm_edge.training.unet import PRESETS, EndToEndModel
-
-    _, _, _, held = tiny_prior
-    tiles = held[:2]
-    # A single-configuration baseline for ipbox only (untrained is fine: the table must show it).
-    torch.manual_seed(0)
-    unet = dataclasses.replace(PRESETS["tiny"], in_channels=3, time_conditional=False)
+def _baseline_file(path, task_names, site_aware: bool, seed: int):
+    """An end-to-end checkpoint as `ckm-train baseline` saves it (untrained: the table must show it)."""
+    torch.manual_seed(seed)
+    unet = dataclasses.replace(PRESETS["tiny"], in_channels=3, time_conditional=False,
+                               cond_channels=condition.CHANNELS if site_aware else 0)
     net = EndToEndModel(unet)
-    torch.save({"format": "ckm-model", "meta": {"kind": "baseline", "unet": unet.to_dict(), "tasks": ["ipbox"]},
-                "weights": net.state_dict()}, tmp_path / "baseline-ipbox.pt")
-    cfg = accuracy.AccuracyConfig(steps=4)
+    torch.save({"format": "ckm-model", "meta": {"kind": "baseline", "unet": unet.to_dict(), "tasks": list(task_names)},
+                "weights": net.state_dict()}, path)
+    return net
+
+
+def test_accuracy_compares_every_method_in_both_settings(tiny_site_package, tmp_path):
+    pkg, _, tiles, tx = tiny_site_package
+    held = accuracy.HeldOut(tiles[:2], tx[:2], "test tiles")
+    _baseline_file(tmp_path / "baseline-ipbox.pt", ["ipbox"], False, 0)
+    _baseline_file(tmp_path / "baseline-multi.pt", list(tasks.PAPER_TASKS), False, 1)
+    site_net = _baseline_file(tmp_path / "baseline-ipbox-site.pt", ["ipbox"], True, 2)
+    cfg = accuracy.AccuracyConfig()
     lines = []
-    results = accuracy.run(tiny_package.root, tmp_path, tiles, ("ipbox", "sr2", "jtqr", "trajectory"), cfg,
-                           progress=lines.append)
-    assert set(results) == {"ipbox", "sr2", "jtqr", "trajectory"} and len(lines) == 8
-    assert set(results["ipbox"]) == {"foundation", "single", "nearest", "idw"}
-    assert set(results["sr2"]) == {"foundation", "nearest"}  # bicubic; no IDW without a mask, no baseline
-    for rows in results.values():
-        for r in rows.values():
-            assert len(r["gain_db"]) == 2 and all(np.isfinite(r["gain_db"])) and min(r["gain_db"]) >= 0
-    # The classical row is exactly the classical method on the same observation.
-    x = tiles[1]
-    rng = np.random.default_rng([cfg.seed, 1])
-    op = tasks.make_operator("sr2", rng, x[None])
-    y = tasks.observe(op, x[None], rng, cfg.sigma)
-    expect = codec.gain_rmse_db(classical.reconstruct(op, y, (1,) + x.shape), x[None])[0]
-    assert results["sr2"]["nearest"]["gain_db"][1] == pytest.approx(float(expect), rel=1e-6)
-    text = accuracy.markdown(results, "test", cfg)
-    assert "| Paper: foundation model (CKMImageNet) | 10.08 | 7.92 | 3.48 | — |" in text
-    assert "Single-configuration end-to-end (ours)" in text and "AoA-sine RMSE" in text
+    out = accuracy.run(pkg.root, tmp_path, held, ("ipbox", "sr2", "trajectory"), cfg, progress=lines.append)
+    res = out["results"]
+    assert len(lines) == 6 and out["site_aware_prior"] and out["base_station_known"]
+    assert set(res["paper"]["ipbox"]) == {"foundation", "single", "multi", "smooth", "nearest", "idw"}
+    assert set(res["paper"]["sr2"]) == {"foundation", "multi", "smooth", "bicubic"}
+    assert set(res["site"]["ipbox"]) == {"foundation", "single", "smooth", "nearest", "idw"}  # no multi-site file
+    assert set(res["paper"]["trajectory"]) == {"foundation", "smooth", "nearest", "idw"}
+    for setting in res.values():
+        for rows in setting.values():
+            for per_map in rows.values():
+                assert len(per_map) == 2 and all(np.isfinite(m["gain_all"]) and m["gain_all"] >= 0 for m in per_map)
+    for key, used in out["constructions"].items():  # the package's defaults, within the evaluation budget
+        assert used["nfe"] <= cfg.max_nfe and used["site_conditioned"] == key.startswith("site/")
+
+    # The rows are exactly the methods on the same observation: a classical one, and the site-aware
+    # baseline given the layout and the base station (then buildings set to 0).
+    op, y, unobs, building = solvers.problems(held.tiles, ("ipbox",), cfg.sigma, cfg.seed)["ipbox", 1]
+    shape = held.tiles.shape[1:]
+    idw = solvers.classical_methods("ipbox", op, y, shape, building)["idw"]
+    assert res["site"]["ipbox"]["idw"][1] == solvers.metrics(idw, held.tiles[1], unobs)
+    cond = condition.site_condition(building[None], tx[1][None], shape[1:], batch=1)
+    with torch.no_grad():
+        pred = site_net(torch.from_numpy(observation_inputs(op, y, (1,) + shape, with_mask=True)), torch.from_numpy(cond))
+    pred = Site(building[None]).project(np.clip(pred.numpy(), 0, 1))[0]
+    expect = solvers.metrics(pred, held.tiles[1], unobs)
+    assert res["site"]["ipbox"]["single"][1] == pytest.approx(expect, rel=1e-5)
+
+    text = accuracy.markdown(out, "test", cfg)
+    assert "| ipbox | site-aware single-configuration end-to-end |" in text
+    assert "- paper setting: the foundation beats every classical method, the single-configuration end-to-end model, " \
+           "the multi-configuration end-to-end model on every metric for" in text
+    assert "No site-aware multi-configuration end-to-end checkpoint was given" in text
+    assert "the prior is site-aware and conditions on the site" in text and "| paper: foundation prior (ours) |" in text
 
 
-def test_accuracy_refuses_tiles_of_the_wrong_size(tiny_package, tmp_path):
+def test_accuracy_refuses_what_it_cannot_compare(tiny_package, tmp_path):
+    tiles = np.zeros((1, 2, 64, 64), np.float32)
     with pytest.raises(ValueError, match="wide"):
-        accuracy.run(tiny_package.root, tmp_path, np.zeros((1, 2, 64, 64), np.float32), ("ipbox",),
-                     accuracy.AccuracyConfig(steps=2))
+        accuracy.run(tiny_package.root, tmp_path, accuracy.HeldOut(tiles, None, "x"), ("ipbox",), accuracy.AccuracyConfig())
+    ok = accuracy.HeldOut(np.full((1, 2, 32, 32), 0.5, np.float32), None, "x")
+    with pytest.raises(ValueError, match="network evaluations per sample"):
+        accuracy.run(tiny_package.root, tmp_path, ok, ("ipbox",), accuracy.AccuracyConfig(max_nfe=2))
+    # A site-aware model under an unconditional baseline's name (and the reverse) is refused.
+    _baseline_file(tmp_path / "baseline-ipbox.pt", ["ipbox"], True, 0)
+    with pytest.raises(ValueError, match="is a site-aware baseline"):
+        accuracy.run(tiny_package.root, tmp_path, ok, ("ipbox",), accuracy.AccuracyConfig())
+    _baseline_file(tmp_path / "baseline-ipbox.pt", ["ipbox"], False, 0)
+    _baseline_file(tmp_path / "baseline-ipbox-site.pt", ["ipbox"], False, 0)
+    with pytest.raises(ValueError, match="is an unconditional baseline"):
+        accuracy.run(tiny_package.root, tmp_path, ok, ("ipbox",), accuracy.AccuracyConfig())
+
+
+def test_verdicts_name_every_metric_a_method_wins():
+    row = lambda g, a: [{"gain_all": g, "aoa_all": a, "gain_unobs": 2 * g, "aoa_unobs": 2 * a}]
+    results = {"paper": {"ipbox": {"foundation": row(5.0, 0.1), "single": row(6.0, 0.2), "idw": row(5.5, 0.05)},
+                         "sr2": {"foundation": row(4.0, 0.1), "single": row(4.5, 0.2), "bicubic": row(9.0, 0.3)},
+                         "trajectory": {"foundation": row(50.0, 1.0), "idw": row(40.0, 0.5)}},
+               "site": {"ipbox": {"foundation": row(3.0, 0.1), "single": row(2.0, 0.1)}}}
+    paper, site = accuracy.verdicts(results)
+    assert paper.startswith("- paper setting: the foundation beats every classical method, the single-configuration "
+                            "end-to-end model on every metric for sr2; not for ipbox (idw aoa_all 0.05 <= 0.1; "
+                            "idw aoa_unobs 0.1 <= 0.2).")  # trajectory is not a paper task
+    assert "No multi-configuration end-to-end checkpoint was given" in paper
+    assert site.startswith("- site setting: the foundation beats every classical method, the site-aware "
+                           "single-configuration end-to-end model on every metric for no task; not for ipbox "
+                           "(single gain_all 2 <= 3; single aoa_all 0.1 <= 0.1; single gain_unobs 4 <= 6; "
+                           "single aoa_unobs 0.2 <= 0.2).")
+
+
+def test_held_out_tiles_come_with_their_transmitters():
+    held = accuracy.load_held_out("procedural", 5)
+    assert held.tiles.shape == (5, 2, 128, 128) and held.transmitters.shape == (5, 3)
+    assert "held-out" in held.description
 
 
 def test_sweep_rows_and_best_zeta(tiny_package):
