@@ -73,6 +73,22 @@ def test_precision_variants_load_run_and_stay_close(tiny_package, tiny_prior):
     assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.8
 
 
+def test_int8_graphs_keep_the_first_and_last_convolution_in_float(tiny_package):
+    import onnx
+
+    from ckm_edge.export.precision import CONVOLUTIONS
+
+    for graph in ("score", "forward", "backward"):
+        model = onnx.load(str(tiny_package.root / tiny_package.manifest["graphs"]["int8"][graph]), load_external_data=False)
+        producers = {o: n.op_type for n in model.graph.node for o in n.output}
+        floats = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+        convs = [n for n in model.graph.node if n.op_type in CONVOLUTIONS]
+        quantized = [producers.get(n.input[1]) == "DequantizeLinear" for n in convs]
+        assert not quantized[0] and not quantized[-1] and all(quantized[1:-1]), (graph, quantized)
+        assert convs[0].input[1] in floats and convs[-1].input[1] in floats  # float weights, no Q/DQ
+        assert producers.get(convs[0].input[0]) != "DequantizeLinear"
+
+
 @pytest.mark.parametrize("task", ["ipbox", "iprandom", "sr2", "jtqr"])
 def test_runtime_dps_matches_the_pytorch_reference(tiny_prior, tiny_package, task):
     model, meta, _, evl = tiny_prior
