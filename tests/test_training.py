@@ -209,3 +209,29 @@ def test_data_mixture_repeats_each_source_and_trains_from_the_cli(small_dataset,
     assert log[-1]["eval_loss"] is not None and np.isfinite(log[-1]["eval_loss"])
     with pytest.raises(SystemExit):  # argparse: repeat 0
         cli.main(["prior", "--data", str(tmp_path / "rare") + ":0", "--out", str(tmp_path / "bad")])
+
+
+def test_model_card_sample_statistics_against_the_held_out_split(tiny_prior, tmp_path):
+    from ckm_edge.training import model_card, statistics
+
+    model, meta, _, evl = tiny_prior
+    torch.save({"format": "ckm-model", "meta": meta, "weights": model.state_dict()}, tmp_path / "prior.pt")
+    with DatasetWriter(tmp_path / "held", "procedural", 32, 2.0, 3.5e9) as w:
+        w.add("eval", "held", evl)
+    rc = model_card.main(["--checkpoint", str(tmp_path / "prior.pt"), "--data", str(tmp_path / "held"), "--out",
+                          str(tmp_path / "card"), "--count", "2", "--steps", "5", "--stats-samples", "3"])
+    assert rc == 0 and (tmp_path / "card" / "prior-samples.png").is_file()
+    result = json.loads((tmp_path / "card" / "sample-stats.json").read_text())
+    samples = Dataset(tmp_path / "card" / "prior-samples").split("eval")
+    assert len(samples) == 3  # the samples are a dataset `ckm-data stats` reads
+    # The distances are the statistics' own: recompute them from the stored samples.
+    mine = statistics.tile_statistics(samples.take(np.arange(3)), None, 2.0)
+    held = statistics.dataset_statistics(tmp_path / "held", "eval")
+    l1 = np.abs(np.array(mine["gain_histogram"]["density"]) - np.array(held["gain_histogram"]["density"])).sum()
+    assert result["distance"]["gain_histogram_l1"] == pytest.approx(l1)
+    assert result["distance"]["building_fraction"] == pytest.approx(abs(mine["building_fraction"]["mean"]
+                                                                        - held["building_fraction"]["mean"]))
+    v = result["verdicts"]["gain_histogram_l1"]
+    assert v["target"] == 0.15 and v["met"] == (l1 <= 0.15)
+    text = (tmp_path / "card" / "sample-stats.md").read_text()
+    assert "| gain histogram l1 |" in text and "held-out split" in text
