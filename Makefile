@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $@
 
-PACKAGE := models/repository/ckm-prior/0.2.0
+PACKAGE := models/repository/ckm-prior/0.2.1
 
 # The main job: the edge server starts on the shipped default package; a held-out procedural
 # tile, observed through each task's operator, is constructed over gRPC.

@@ -1,7 +1,7 @@
 """`ckm-export`: from a training checkpoint to a verified model package, and package tools.
 
     ckm-export package --checkpoint models/prior-small.pt --data data/proc --out packages/ckm-prior/0.1.0
-    ckm-export adapter --adapter runs/adapter-site/adapter.pt --base-package models/repository/ckm-prior/0.2.0 \
+    ckm-export adapter --adapter runs/adapter-site/adapter.pt --base-package models/repository/ckm-prior/0.2.1 \
                        --out models/repository/site-a/1.0.0          (a site adapter as an add-on package)
     ckm-export inspect packages/ckm-prior/0.1.0
     ckm-export verify  packages/ckm-prior/0.1.0 [--trusted-key key.pub]     (exit 1 if bad)

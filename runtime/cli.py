@@ -1,6 +1,6 @@
 """`ckm-edge`: the edge runtime's command line (no PyTorch).
 
-    ckm-edge construct --package models/repository/ckm-prior/0.2.0 --truth tile.npz --task ipbox --out out/
+    ckm-edge construct --package models/repository/ckm-prior/0.2.1 --truth tile.npz --task ipbox --out out/
     ckm-edge construct --package ... --observation obs.npz --sampler diffpir --param lam=30 --steps 10 --samples 4
     ckm-edge construct --server 127.0.0.1:50051 --truth tile.npz --task trajectory --site
 
