@@ -7,6 +7,7 @@ and benchmarks/RESULTS.md under the working directory; `ckm-bench --results DIR 
     ckm-bench raytrace [--scene munich] [--tiles 2] [--device auto|cpu|cuda]
     ckm-bench sweep [--zetas 2 5 9 13 18] [--steps 25] [--precisions fp32 fp16 int8] [--jacobian-free]
     ckm-bench memory [--package DIR] [--batches 1 4]
+    ckm-bench netsize [--networks tiny small medium base | LABEL=CHECKPOINT ...] [--data DIR --tiles 8]
     ckm-bench accuracy [--data datasets/sionna-rt-small | --data procedural] [--tiles 8] [--checkpoints DIR]
     ckm-bench adapt [--device cuda] [--counts 16 64 256]     (site adapters vs fine-tuning)
     ckm-bench gpu [--device cuda] [--batches 1 8 32 128 256 512] [--step-counts 20 50 100 200 500 1000]
@@ -273,6 +274,26 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_netsize(args: argparse.Namespace) -> int:
+    from ckm_edge.benchmarks import accuracy, netsize
+
+    try:
+        candidates = [netsize.parse_candidate(text) for text in args.networks]
+    except ValueError as e:
+        raise SystemExit(f"ckm-bench netsize: {e}") from None
+    held = accuracy.load_held_out(args.data, args.tiles, seed=args.seed) if any(c.checkpoint for c in candidates) else None
+    rows = netsize.run(candidates, None if held is None else held.tiles, repeats=args.repeats, device=args.device,
+                       progress=lambda line: print(line, flush=True))
+    where = f"; accuracy on {len(held.tiles)} held-out tiles: {held.description}" if held is not None else ""
+    text = netsize.markdown(rows, f"Network size against edge cost (ONNX Runtime CPU, score graph, 128 x 128){where}.")
+    command = (f"ckm-bench netsize --networks {' '.join(args.networks)} --repeats {args.repeats}"
+               + (f" --data {args.data} --tiles {args.tiles}" if held is not None else ""))
+    path = report.write_result("netsize-cpu", command, {"rows": rows}, text, results_dir=args.results)
+    print(text)
+    print(f"results: {path}; report: {report.results_md(args.results)}")
+    return 0
+
+
 def _cmd_solvers(args: argparse.Namespace) -> int:
     import re
 
@@ -491,6 +512,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the default construction again with these precisions (accuracy change, seconds)")
     so.add_argument("--seed", type=int, default=0)
     so.set_defaults(func=_cmd_solvers)
+
+    ns = sub.add_parser("netsize", help="network size against edge cost (parameters, FLOPs, CPU latency, package size) "
+                                        "and, for trained priors, accuracy")
+    ns.add_argument("--networks", nargs="+", default=["tiny", "small", "medium", "base"],
+                    help="U-Net presets (cost only) or LABEL=CHECKPOINT for trained priors (cost and accuracy)")
+    ns.add_argument("--data", default="procedural", help="held-out tiles for the accuracy of trained priors")
+    ns.add_argument("--tiles", type=int, default=8)
+    ns.add_argument("--repeats", type=int, default=10)
+    ns.add_argument("--device", default="cpu", help="torch device for the accuracy constructions")
+    ns.add_argument("--seed", type=int, default=0)
+    ns.set_defaults(func=_cmd_netsize)
 
     mem = sub.add_parser("memory", help="peak resident memory of the edge engine per precision and batch; package sizes")
     mem.add_argument("--package", default=DEFAULT_PACKAGE)

@@ -60,18 +60,23 @@ class TorchEngine:
         self.device = torch.device(device)
         self.precision = precision
         self.model = model.to(self.device).eval()
+        # a site-aware prior's condition channels (runtime.sampler.conditioned binds a batch's sites)
+        self.condition_channels = int(getattr(model, "cond_channels", 0) or 0)
 
     def _in(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(self.device)
 
-    def score(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        with torch.no_grad(), autocast(self.device, self.precision):
-            return self.model(self._in(x), self._in(t)).float().cpu().numpy()
+    def _args(self, x, t, cond) -> tuple:
+        return (x, self._in(t)) + (() if cond is None else (self._in(cond),))
 
-    def forward(self, x: np.ndarray, t: np.ndarray):
+    def score(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+        with torch.no_grad(), autocast(self.device, self.precision):
+            return self.model(*self._args(self._in(x), t, cond)).float().cpu().numpy()
+
+    def forward(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None):
         xt = self._in(x).requires_grad_(True)
         with torch.enable_grad(), autocast(self.device, self.precision):
-            s = self.model(xt, self._in(t))
+            s = self.model(*self._args(xt, t, cond))
         return s.detach().float().cpu().numpy(), (xt, s)
 
     def backward(self, saved, v: np.ndarray) -> np.ndarray:

@@ -96,21 +96,30 @@ def example_inputs(model: nn.Module, batch: int, tile_size: int, gen: torch.Gene
     return x, t, (torch.rand(batch, k, tile_size, tile_size, generator=gen) > 0.5).float()
 
 
+def _score_export_args(model: nn.Module, tile_size: int, example_batch: int):
+    inputs = example_inputs(model, example_batch, tile_size, torch.Generator().manual_seed(0))
+    names = SCORE_INPUTS + ((CONDITION_INPUT,) if len(inputs) == 3 else ())
+    batch = Dim("batch", min=1, max=MAX_BATCH)
+    return inputs, names, batch, tuple({0: batch} for _ in inputs)
+
+
+def export_score(model: nn.Module, path: Path, tile_size: int, example_batch: int = 2) -> Path:
+    """Write the score graph (x, t[, cond]) -> score of `model` to `path` (dynamic batch)."""
+    model = model.eval().float()
+    inputs, names, _, dynamic = _score_export_args(model, tile_size, example_batch)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _ConditionedScore if len(inputs) == 3 else _ScoreOnly
+    _quiet_export(wrapper(model), inputs, dynamic, names, ("score",), Path(path))
+    return Path(path)
+
+
 def export_graphs(model: nn.Module, out_dir: Path, tile_size: int, example_batch: int = 2) -> ExportedGraphs:
     """Write score.onnx, forward.onnx and backward.onnx for `model` into out_dir."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval().float()
-    gen = torch.Generator().manual_seed(0)
-    inputs = example_inputs(model, example_batch, tile_size, gen)
+    score_path = export_score(model, out_dir / "score.onnx", tile_size, example_batch)
+    inputs, names, batch, dynamic = _score_export_args(model, tile_size, example_batch)
     x = inputs[0]
-    names = SCORE_INPUTS + ((CONDITION_INPUT,) if len(inputs) == 3 else ())
-    batch = Dim("batch", min=1, max=MAX_BATCH)
-    dynamic = tuple({0: batch} for _ in inputs)
-
-    score_path = out_dir / "score.onnx"
-    wrapper = _ConditionedScore if len(inputs) == 3 else _ScoreOnly
-    _quiet_export(wrapper(model), inputs, dynamic, names, ("score",), score_path)
 
     graphs = build_vjp_graphs(model, inputs)
     saved_names = [f"saved_{i}" for i in range(len(graphs.saved_names))]

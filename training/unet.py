@@ -61,7 +61,9 @@ PRESETS = {
     "tiny": UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_levels=(2,), dropout=0.0, groups=4),
     # ~1.6M parameters: the embedded default model, trainable on a CPU in an hour.
     "small": UNetConfig(base_channels=32, channel_mults=(1, 2, 2, 2), num_res_blocks=1, attention_levels=(3,), dropout=0.0),
-    # ~36M parameters: the full-size prior, for GPUs (close to the paper's DDPM-style U-Net).
+    # ~6.1M parameters: small's layout at twice the width (4x the FLOPs), for the size curve.
+    "medium": UNetConfig(base_channels=64, channel_mults=(1, 2, 2, 2), num_res_blocks=1, attention_levels=(3,), dropout=0.0),
+    # ~71M parameters: the full-size prior, for GPUs (close to the paper's DDPM-style U-Net).
     "base": UNetConfig(base_channels=128, channel_mults=(1, 1, 2, 2, 4), num_res_blocks=2, attention_levels=(3,), dropout=0.1, groups=32),
 }
 
