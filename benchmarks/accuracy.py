@@ -240,19 +240,11 @@ def markdown(out: dict, description: str, cfg: AccuracyConfig) -> str:
         text += [f"**{titles[setting]}**: gain RMSE (dB) / AoA-sine RMSE, all cells | unobserved cells; mean over maps, "
                  "lower is better.", "", "| task | method | gain all | AoA all | gain unobs. | AoA unobs. | s/map |",
                  "|---|---|---:|---:|---:|---:|---:|"]
+        site_aware = "site-aware " if setting == "site" else ""
         for task, rows in results[setting].items():
-            means = {m: mean_metrics(v) for m, v in rows.items()}
-            best = {k: min((v[k] for v in means.values() if v.get(k) is not None), default=None) for k in METRICS}
-            for m, v in sorted(means.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])):
-                cells = []
-                for k, fmt in zip(METRICS, ("{:.2f}", "{:.3f}", "{:.2f}", "{:.3f}")):
-                    cell = "—" if v.get(k) is None else fmt.format(v[k])
-                    cells.append(f"**{cell}**" if v.get(k) is not None and v[k] == best[k] else cell)
-                label = LEARNED.get(m, f"classical: {m}")
-                if setting == "site" and m in ("single", "multi"):
-                    label = "site-aware " + label
-                secs = f"{v['seconds']:.2f}" if v.get("seconds") is not None else ""
-                text.append(f"| {task} | {label} | " + " | ".join(cells) + f" | {secs} |")
+            text += solvers.table_rows(
+                task, rows, lambda m: (site_aware if m in ("single", "multi") else "") + LEARNED.get(m, f"classical: {m}"),  # noqa: B023
+                lambda m: (order.get(m, 3), m))
         text.append("")
     text += ["Verdicts:", *verdicts(results), ""]
     used = out["constructions"]

@@ -224,6 +224,22 @@ def plot(curve: list[dict], default: dict, path) -> object:
     return save(fig, axes, path, legend_fontsize=7)
 
 
+def table_rows(task: str, rows: dict, label, order) -> list[str]:
+    """One task's table lines, a method per line (sorted by `order(method)`, named by `label(method)`):
+    the four RMSEs, the best of each in bold, and seconds per map where measured."""
+    means = {m: mean_metrics(v) for m, v in rows.items()}
+    best = {k: min((v[k] for v in means.values() if v.get(k) is not None), default=None) for k in METRICS}
+    lines = []
+    for m, v in sorted(means.items(), key=lambda kv: order(kv[0])):
+        cells = []
+        for k, fmt in zip(METRICS, ("{:.2f}", "{:.3f}", "{:.2f}", "{:.3f}")):
+            cell = "—" if v.get(k) is None else fmt.format(v[k])
+            cells.append(f"**{cell}**" if v.get(k) is not None and v[k] == best[k] else cell)
+        secs = f"{v['seconds']:.2f}" if v.get("seconds") is not None else ""
+        lines.append(f"| {task} | {label(m)} | " + " | ".join(cells) + f" | {secs} |")
+    return lines
+
+
 def markdown(results: dict, description: str, cfg: SolverBenchConfig, recommendations: dict) -> str:
     out = [description, ""]
     default = results["default"]
@@ -233,15 +249,8 @@ def markdown(results: dict, description: str, cfg: SolverBenchConfig, recommenda
         out += [f"**{title}**: gain RMSE (dB) / AoA-sine RMSE, all cells | unobserved cells; mean over maps, lower is better.",
                 "", "| task | method | gain all | AoA all | gain unobs. | AoA unobs. | s/map |", "|---|---|---:|---:|---:|---:|---:|"]
         for task, rows in default[setting].items():
-            means = {m: mean_metrics(v) for m, v in rows.items()}
-            best = {k: min((v[k] for v in means.values() if v.get(k) is not None), default=None) for k in METRICS}
-            for m, v in sorted(means.items(), key=lambda kv: (kv[0] != "default", kv[0])):
-                cells = []
-                for k, fmt in zip(METRICS, ("{:.2f}", "{:.3f}", "{:.2f}", "{:.3f}")):
-                    cell = "—" if v.get(k) is None else fmt.format(v[k])
-                    cells.append(f"**{cell}**" if v.get(k) is not None and v[k] == best[k] else cell)
-                secs = f"{v['seconds']:.2f}" if v.get("seconds") is not None else ""
-                out.append(f"| {task} | {'default construction' if m == 'default' else m} | " + " | ".join(cells) + f" | {secs} |")
+            out += table_rows(task, rows, lambda m: "default construction" if m == "default" else m,
+                              lambda m: (m != "default", m))
         out.append("")
     out += ["Verdicts:", *verdicts(default), ""]
     out += ["Default construction per operator kind (the package's recommendation; `ckm-edge construct` and the server "
