@@ -160,6 +160,9 @@ class Operator:
     name = "operator"
     linear = False  # A(x) = A x: the VJP does not depend on x
     exact_prox = False  # prox() is exact (closed form, per cell or CG), not the iterative fallback
+    # what an observation allows (prox with lam = 0) is a box, an interval per cell: projecting
+    # onto it is clip(x, prox(0, y, 0), prox(1, y, 0)) within [0, 1] (runtime.smooth uses this)
+    box_feasible = False
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -213,7 +216,7 @@ class Operator:
 @dataclass(frozen=True)
 class Identity(Operator):
     name = "identity"
-    linear = exact_prox = True
+    linear = exact_prox = box_feasible = True
 
     def forward(self, x):
         return _check_x(x).copy()
@@ -234,7 +237,7 @@ class Mask(Operator):
 
     mask: np.ndarray  # (H, W) or (B, H, W) bool, True = observed
     name = "mask"
-    linear = exact_prox = True
+    linear = exact_prox = box_feasible = True
 
     def __post_init__(self):
         m = np.asarray(self.mask)
@@ -344,7 +347,7 @@ class Truncate(Operator):
     low: float = 0.2
     high: float = 0.7
     name = "truncate"
-    exact_prox = True
+    exact_prox = box_feasible = True
 
     def __post_init__(self):
         if not (math.isfinite(self.low) and math.isfinite(self.high) and 0.0 <= self.low < self.high <= 1.0):
@@ -389,7 +392,7 @@ class QuantizeAoA(Operator):
     sectors: int = 24
     building: np.ndarray | None = None
     name = "quantize_aoa"
-    exact_prox = True
+    exact_prox = box_feasible = True
 
     def __post_init__(self):
         if not isinstance(self.sectors, (int, np.integer)) or self.sectors < 2 or self.sectors % 2:
@@ -501,6 +504,10 @@ class PerChannel(Operator):
     def exact_prox(self):
         return all(o.exact_prox for o in self.operators)
 
+    @property
+    def box_feasible(self):
+        return all(o.box_feasible for o in self.operators)
+
     def known_buildings(self):
         return next((b for b in (o.known_buildings() for o in self.operators) if b is not None), None)
 
@@ -556,6 +563,10 @@ class Compose(Operator):
     @property
     def exact_prox(self):
         return self.linear or len(self.operators) == 1 and self.operators[0].exact_prox
+
+    @property
+    def box_feasible(self):
+        return len(self.operators) == 1 and self.operators[0].box_feasible
 
     def known_buildings(self):
         return self.operators[0].known_buildings() if len(self.operators) == 1 else None

@@ -71,6 +71,10 @@ def smooth_fill(op: Operator, y: np.ndarray, shape: tuple[int, ...], site: Site 
         return v if site is None else site.project(v)
 
     lo, hi = project(np.zeros(shape, np.float32)), project(np.ones(shape, np.float32))
+    if op.box_feasible:  # per cell an interval (the site's too): the projection is a clip, ~10x cheaper
+        def project(v):
+            return np.clip(v, lo, hi)
+
     pinned = (np.abs(hi - lo) < 1e-6) & (outdoor > 0)  # cells the observation fixes, whatever the map
     if pinned.any():
         x = project(_pull_push(np.where(pinned, lo, 0.0), pinned.astype(np.float64)).astype(np.float32))

@@ -258,6 +258,28 @@ def test_saturated_and_quantized_cells_stay_in_the_set_their_observation_allows(
     assert both[0, 0, 0, 0] == 0.0  # the quantizer's layout zeroes the building's gain too (codec: 0 in every channel)
 
 
+def test_box_feasible_observations_project_by_a_clip():
+    """Where an operator says what its observation allows is a box, the exact projection
+    (prox with lam = 0) of any map in [0, 1] is the clip between the projections of 0 and 1 —
+    what runtime.smooth relies on; operators whose set is not a box say so."""
+    rng = np.random.default_rng(16)
+    x = rng.uniform(0.0, 1.0, (2, 2, 16, 16))
+    building = x[:, 0] < 0.15
+    boxes = {"identity": operators.Identity(), "mask": _smooth_cases()["mask"], "truncate": operators.Truncate(0.3, 0.7),
+             "quantize": operators.QuantizeAoA(24), "quantize-layout": operators.QuantizeAoA(8, building=building),
+             "jtqr": operators.jtqr(building=building), "compose-1": operators.Compose((operators.Truncate(0.2, 0.6),))}
+    for name, op in boxes.items():
+        assert op.box_feasible, name
+        y = op.forward(x)
+        lo, hi = op.prox(np.zeros_like(x), y, 0.0), op.prox(np.ones_like(x), y, 0.0)
+        assert (lo <= hi).all(), name
+        for z in (rng.uniform(0.0, 1.0, x.shape), x, np.full_like(x, 0.5)):
+            np.testing.assert_allclose(np.clip(z, lo, hi), op.prox(z, y, 0.0), atol=1e-7, err_msg=name)
+    for op in (operators.Downsample(2), _smooth_cases()["compose"], operators.PerChannel((operators.Truncate(),
+                                                                                           operators.Downsample(1)))):
+        assert not op.box_feasible, op.name
+
+
 class _Square(operators.Operator):
     """A differentiable nonlinear toy operator (no exact prox): the fallback's test case."""
 
