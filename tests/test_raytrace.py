@@ -147,11 +147,30 @@ def test_sharded_build_resumes_and_assembles(tmp_path):
     # A different plan in the same directory is refused, naming what differs.
     clash = _run_cli("raytrace", "--out", str(out), "--train", TOY, "--tiles-per-scene", "3", *TOY_ARGS[:-2], "--bs-height", "9")
     assert clash.returncode == 2 and "config.bs_height_m" in clash.stderr
-    # Rerunning shard 0 builds nothing; shard 1 finishes the plan and assembles the dataset.
+    # Rerunning shard 0 builds nothing.
     again = _run_cli(*common, "--shard", "0/2")
     assert again.returncode == 0 and "built 0 tile(s), 2 already there" in again.stdout
-    last = _run_cli(*common, "--shard", "1/2")
-    assert last.returncode == 0 and "dataset assembled" in last.stdout, last.stderr
+    # Another machine (a GPU session) builds the same plan except the tiles finished here (the
+    # list `ls OUT/.raytrace/tiles` gives); merging its build finishes the plan and assembles.
+    listing = tmp_path / "done.txt"
+    listing.write_text("\n".join(sorted(p.name for p in (out / ".raytrace" / "tiles").glob("*.npz"))) + "\n")
+    elsewhere = tmp_path / "elsewhere"
+    other_common = ("raytrace", "--out", str(elsewhere), *common[3:])
+    bad = _run_cli(*other_common, "--exclude", str(tmp_path / "missing.txt"))
+    assert bad.returncode == 2 and "cannot read the tile list" in bad.stderr
+    (tmp_path / "alien.txt").write_text("munich-00007\n")
+    alien = _run_cli(*other_common, "--exclude", str(tmp_path / "alien.txt"))
+    assert alien.returncode == 2 and "munich-00007" in alien.stderr and "not in this build's plan" in alien.stderr
+    gpu = _run_cli(*other_common, "--exclude", str(listing))
+    assert gpu.returncode == 0 and "built 1 tile(s), 0 already there, 2 built elsewhere" in gpu.stdout, gpu.stdout + gpu.stderr
+    assert len(list((elsewhere / ".raytrace" / "tiles").glob("*.npz"))) == 1
+    stranger = tmp_path / "stranger"
+    _run_cli("raytrace", "--out", str(stranger), "--train", TOY, "--tiles-per-scene", "2", "--device", "cpu",
+             *TOY_ARGS, "--limit", "1")
+    refused = _run_cli("raytrace", "--out", str(out), "--merge", str(stranger))
+    assert refused.returncode == 2 and "different plan" in refused.stderr
+    last = _run_cli("raytrace", "--out", str(out), "--merge", str(elsewhere))
+    assert last.returncode == 0 and "merged 1 tile(s)" in last.stdout and "dataset assembled" in last.stdout, last.stderr
     ds = Dataset(out)
     ds.verify()
     train = ds.split("train")

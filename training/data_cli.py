@@ -8,6 +8,7 @@
     ckm-data calibrate datasets/sionna-rt-small --out docs/calibration --save-preset calibrated --preview 4
     ckm-data raytrace --out data/rt --train munich etoile --eval florence --tiles-per-scene 64 [--shard 0/8]
     ckm-data raytrace --out data/rt --snapshot data/rt-so-far
+    ckm-data raytrace --out data/rt --merge gpu-build   (tiles a GPU traced: ... --exclude tiles.txt --device cuda)
 """
 
 from __future__ import annotations
@@ -136,6 +137,17 @@ def _height_range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _tile_names(path: Path | None) -> frozenset[str]:
+    """Tile names, one per line (`ls BUILD/.raytrace/tiles` output: a .npz suffix is dropped)."""
+    if path is None:
+        return frozenset()
+    try:
+        lines = path.read_text().split()
+    except OSError as e:
+        raise DatasetError(f"cannot read the tile list {path}: {e.strerror}") from None
+    return frozenset(line.removesuffix(".npz") for line in lines)
+
+
 def cmd_raytrace(args: argparse.Namespace) -> int:
     """Ray-traced tiles from city scenes (Sionna RT); resumable and shardable."""
     if args.check:
@@ -147,6 +159,12 @@ def cmd_raytrace(args: argparse.Namespace) -> int:
     if args.snapshot:
         summary = raytrace.snapshot(args.out, args.snapshot)
         print(f"wrote {summary['tiles']} of {summary['planned']} planned tile(s) to {summary['manifest']}")
+        return 0
+    if args.merge:
+        summary = raytrace.merge(args.out, args.merge)
+        print(f"merged {summary['copied']} tile(s) from {args.merge} ({summary['kept']} already here); "
+              + (f"dataset assembled: {summary['manifest']}" if summary["manifest"]
+                 else f"{summary['remaining']} tile(s) of the plan still to build"))
         return 0
     if not args.train and not args.eval:
         raise DatasetError("name at least one scene with --train and/or --eval")
@@ -164,11 +182,13 @@ def cmd_raytrace(args: argparse.Namespace) -> int:
     )
     scenes = tuple((s, "train") for s in args.train) + tuple((s, "eval") for s in args.eval)
     plan = raytrace.BuildPlan(scenes, args.tiles_per_scene, args.seed, cfg)
-    summary = raytrace.build(args.out, plan, shard=args.shard, device=args.device, limit=args.limit)
+    summary = raytrace.build(args.out, plan, shard=args.shard, device=args.device, limit=args.limit,
+                             exclude=_tile_names(args.exclude))
     done = "dataset assembled: " + summary["manifest"] if summary["manifest"] else (
         f"{summary['remaining']} tile(s) of the plan still to build (other shards, or rerun to resume)"
     )
-    print(f"built {summary['built']} tile(s), {summary['skipped']} already there; {done}")
+    elsewhere = f", {summary['excluded']} built elsewhere (--exclude)" if summary["excluded"] else ""
+    print(f"built {summary['built']} tile(s), {summary['skipped']} already there{elsewhere}; {done}")
     return 0
 
 
@@ -306,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--snapshot", type=Path, metavar="DEST",
                     help="write the tiles OUT's build has finished so far as a dataset in DEST (a new directory) "
                          "and stop; the build is left as it is")
+    rt.add_argument("--exclude", type=Path, metavar="FILE",
+                    help="tiles another machine's build of the same plan has finished, one name per line "
+                         "(`ls BUILD/.raytrace/tiles`): not traced here")
+    rt.add_argument("--merge", type=Path, metavar="OTHER",
+                    help="add the finished tiles of OTHER (another machine's build of the same plan) to OUT's "
+                         "build and stop; assembles the dataset when the plan is then complete")
     rt.set_defaults(func=cmd_raytrace)
 
     st = sub.add_parser("stats", help="gain histogram, building fraction and fall-off of datasets side by side")

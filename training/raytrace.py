@@ -42,6 +42,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -673,22 +674,32 @@ def build(
     device: str = "auto",
     progress: Callable[[str], None] | None = None,
     limit: int | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> dict:
     """Build this shard's missing tiles of `plan` into `out`; assemble the dataset when all exist.
 
-    Returns a summary: tiles built now, skipped (already there), remaining in the plan, and the
-    manifest path if the dataset was assembled. `limit` stops after that many new tiles.
+    Returns a summary: tiles built now, skipped (already there), excluded (named in `exclude`, such
+    as "munich-00012": tiles another machine's build of the same plan has finished; `merge` brings
+    them here), remaining in the plan, and the manifest path if the dataset was assembled. `limit`
+    stops after that many new tiles.
     """
     out = Path(out)
     prepare(out, plan)
+    names = {_part_path(out, j[0].region, j[2]).stem for j in plan.jobs()}
+    unknown = sorted(set(exclude) - names)
+    if unknown:
+        raise DatasetError(f"excluded tile(s) {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} are not "
+                           "in this build's plan (a list from another plan?)")
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     index, count = shard
     jobs = [j for k, j in enumerate(plan.jobs()) if k % count == index]
-    todo = [j for j in jobs if not _part_path(out, j[0].region, j[2]).exists()]
+    missing = [j for j in jobs if not _part_path(out, j[0].region, j[2]).exists()]
+    todo = [j for j in missing if _part_path(out, j[0].region, j[2]).stem not in exclude]
+    excluded = len(missing) - len(todo)
     # Round-robin over scenes (tile 0 of every scene, then tile 1, ...): a build stopped or
     # snapshotted part way covers every scene, not the first one only.
     todo.sort(key=lambda j: j[2])
-    skipped = len(jobs) - len(todo)
+    skipped = len(jobs) - len(missing)
     if limit is not None:
         todo = todo[:limit]
     built = 0
@@ -697,7 +708,8 @@ def build(
     start = time.perf_counter()
     if todo:
         rt, used = load_backend(device)
-        say(f"shard {index}/{count}: {len(todo)} tile(s) to trace on {used} ({skipped} already done)")
+        say(f"shard {index}/{count}: {len(todo)} tile(s) to trace on {used} ({skipped} already done"
+            + (f", {excluded} built elsewhere)" if excluded else ")"))
     for spec, split, i in todo:
         traced = scenes.get(spec.region)
         if traced is None:
@@ -719,7 +731,8 @@ def build(
             f"{100 * tile.meta['building_fraction']:.0f}% buildings, elapsed {_eta(elapsed)}, ETA {_eta(eta)}"
         )
     remaining = [j for j in plan.jobs() if not _part_path(out, j[0].region, j[2]).exists()]
-    summary = {"built": built, "skipped": skipped, "remaining": len(remaining), "device": used, "manifest": None}
+    summary = {"built": built, "skipped": skipped, "excluded": excluded, "remaining": len(remaining), "device": used,
+               "manifest": None}
     if not remaining:
         manifest = assemble(out, plan)
         summary["manifest"] = str(manifest) if manifest else None
@@ -759,12 +772,7 @@ def snapshot(build_dir: Path, dest: Path) -> dict:
     provenance names the build and how many of its planned tiles the snapshot holds.
     """
     build_dir, dest = Path(build_dir), Path(dest)
-    plan_file = build_dir / WORK_DIR / "plan.json"
-    if (build_dir / "manifest.json").exists():
-        raise DatasetError(f"{build_dir} is a finished dataset; use it directly")
-    if not plan_file.is_file():
-        raise DatasetError(f"{build_dir} holds no ray-tracing build ({plan_file} is missing)")
-    plan = BuildPlan.from_json(json.loads(plan_file.read_text()))
+    plan = _build_plan(build_dir)
     done = [j for j in plan.jobs() if _part_path(build_dir, j[0].region, j[2]).exists()]
     if not done:
         raise DatasetError(f"{build_dir} has no finished tiles yet")
@@ -773,6 +781,56 @@ def snapshot(build_dir: Path, dest: Path) -> dict:
     extra = {"snapshot_of": {"build": str(build_dir.resolve()), "planned": len(plan.jobs()), "finished": len(done)}}
     _write_dataset(dest, build_dir, plan, done, extra)
     return {"tiles": len(done), "planned": len(plan.jobs()), "manifest": str(dest / "manifest.json")}
+
+
+def _build_plan(build_dir: Path) -> BuildPlan:
+    """The plan of the unfinished build in `build_dir` (refused: a finished dataset, no build)."""
+    plan_file = build_dir / WORK_DIR / "plan.json"
+    if (build_dir / "manifest.json").exists():
+        raise DatasetError(f"{build_dir} is a finished dataset; use it directly")
+    if not plan_file.is_file():
+        raise DatasetError(f"{build_dir} holds no ray-tracing build ({plan_file} is missing)")
+    return BuildPlan.from_json(json.loads(plan_file.read_text()))
+
+
+def merge(build_dir: Path, other: Path) -> dict:
+    """Add to the build in `build_dir` the tiles that another machine's build of the same plan has
+    finished (`other`: a copy of that build's directory, with its .raytrace folder) — a GPU
+    session traces part of a plan while the CPU goes on with the rest (`build(exclude=...)`).
+
+    The plans must be equal. Tiles this build lacks are copied in (each checked to be the tile its
+    name says, of the plan's size, before it lands; written atomically); tiles it has are kept.
+    Assembles the dataset when the plan is then complete. Returns copied, kept, remaining, manifest.
+    """
+    build_dir, other = Path(build_dir), Path(other)
+    plan = _build_plan(build_dir)
+    theirs = _build_plan(other)
+    if theirs.to_json() != plan.to_json():
+        raise DatasetError(f"{other} is a build of a different plan than {build_dir}; only tiles of the same plan merge")
+    size = plan.config.tile_size
+    copied = kept = 0
+    for spec, _, i in plan.jobs():
+        src, dst = _part_path(other, spec.region, i), _part_path(build_dir, spec.region, i)
+        if not src.exists():
+            continue
+        if dst.exists():
+            kept += 1
+            continue
+        try:
+            with np.load(src) as part:
+                meta = json.loads(str(part["meta"]))
+                ok = part["pixels"].shape == (2, size, size) and (meta["region"], meta["index"]) == (spec.region, i)
+        except (OSError, ValueError, KeyError) as e:
+            raise DatasetError(f"{src} is not a readable tile: {e}") from None
+        if not ok:
+            raise DatasetError(f"{src} does not hold tile {i} of {spec.region} at {size}x{size}")
+        tmp = dst.with_name(dst.stem + f".tmp{os.getpid()}.npz")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        copied += 1
+    remaining = [j for j in plan.jobs() if not _part_path(build_dir, j[0].region, j[2]).exists()]
+    manifest = assemble(build_dir, plan) if not remaining else None
+    return {"copied": copied, "kept": kept, "remaining": len(remaining), "manifest": str(manifest) if manifest else None}
 
 
 def _write_dataset(dest: Path, build_dir: Path, plan: BuildPlan, jobs: list, extra: dict | None = None) -> None:
