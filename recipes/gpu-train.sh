@@ -17,7 +17,8 @@
 # prior's weights, models/checkpoints/prior-small.pt).
 # Results in $OUT (the device tool brings back at most 8 files of 16 MiB): models.tar.part-* (every
 # job's slim EMA weights as <job>.pt, so `ckm-bench accuracy --checkpoints DIR` finds the baselines;
-# runs/<job>/log.jsonl; runs/prior/checkpoint.pt for an exact resume), and train.log. Unpack here:  cat models.tar.part-* | tar -x -C /root/ckm-cache/gpu-runs
+# runs/<job>/log.jsonl; with RESUME=1 also runs/prior/checkpoint.pt, 24 MB, for an exact resume),
+# and train.log. Unpack here:  cat models.tar.part-* | tar -x -C /root/ckm-cache/gpu-runs
 set -uo pipefail
 MINUTES=${MINUTES:-7}
 OUT=${OUT:-/tmp/ckm-out}
@@ -43,7 +44,7 @@ $PY -m ckm_edge.training.data_cli generate --out $WORK/proc-cal --preset calibra
     --eval-regions 1 --tiles-per-region "$TILES_PER_REGION" --seed 11 --workers "$(nproc)" >>"$OUT/train.log" 2>&1 \
     || { log "procedural generation failed"; exit 1; }
 log "calibrated procedural tiles: $((REGIONS * TILES_PER_REGION)) train in $(( $(date +%s) - t0 )) s"
-DATA="$WORK/proc-cal $RT:8 datasets/sionna-rt-small:8"
+DATA="$WORK/proc-cal $RT:8 datasets/sionna-rt-small:8 ${EXTRA_DATA:-}"  # EXTRA_DATA: e.g. tiles traced in this session
 
 # job -> arguments (every job: crops of 64, batch 64, bf16 autocast on the GPU)
 args_for() {
@@ -84,7 +85,7 @@ for job in $JOBS; do
     half=$([ "$job" = prior ] || echo --half)  # the prior in float32 (it is exported), the others float16
     $PY -m ckm_edge.training.cli slim --checkpoint "$run/checkpoint.pt" --out "$WORK/pack/$job.pt" $half >>"$OUT/train.log" 2>&1
     cp "$run/log.jsonl" "$WORK/pack/runs/$job/" 2>/dev/null
-    [ "$job" = prior ] && cp "$run/checkpoint.pt" "$WORK/pack/runs/$job/"
+    [ "$job" = prior ] && [ "${RESUME:-0}" = 1 ] && cp "$run/checkpoint.pt" "$WORK/pack/runs/$job/"
 done
 tar -C "$WORK/pack" -cf "$WORK/models.tar" . && split -b 15M -d "$WORK/models.tar" "$OUT/models.tar.part-"
 ls -la "$OUT" | tee -a "$OUT/train.log"

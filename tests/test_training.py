@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +236,26 @@ def test_model_card_sample_statistics_against_the_held_out_split(tiny_prior, tmp
     assert v["target"] == 0.15 and v["met"] == (l1 <= 0.15)
     text = (tmp_path / "card" / "sample-stats.md").read_text()
     assert "| gain histogram l1 |" in text and "held-out split" in text
+
+
+def test_recipes_are_valid_shell_and_name_real_commands():
+    """The prepared GPU-session recipes parse as shell, every ckm_edge subcommand they call exists,
+    and each training job's arguments parse with ckm-train's own parser."""
+    import re
+
+    from ckm_edge.training import cli as train_cli
+    from ckm_edge.training import data_cli
+
+    parsers = {"ckm_edge.training.cli": train_cli.build_parser(), "ckm_edge.training.data_cli": data_cli.build_parser()}
+    recipes = sorted(Path("recipes").glob("*.sh"))
+    assert {r.name for r in recipes} >= {"gpu-train.sh", "gpu-raytrace.sh", "sionna-bundle.sh"}
+    for recipe in recipes:
+        text = recipe.read_text()
+        assert subprocess.run(["bash", "-n", str(recipe)], capture_output=True).returncode == 0, recipe
+        for module, sub in re.findall(r"-m (ckm_edge\.training\.(?:cli|data_cli)) ([a-z-]+)", text):
+            choices = parsers[module]._subparsers._group_actions[0].choices
+            assert sub in choices, f"{recipe}: {module} has no subcommand {sub!r}"
+        for job in re.findall(r'echo "((?:prior|baseline) [^"]*)"', text):
+            argv = job.replace("${1#curve-}", "small").replace("${1#baseline-}", "ipbox").split()
+            args = parsers["ckm_edge.training.cli"].parse_args(argv + ["--data", "d", "--out", "o"])
+            assert args.command in ("prior", "baseline"), job
