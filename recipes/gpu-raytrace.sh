@@ -8,10 +8,8 @@
 # Device tool: carry [".carry"], command "MINUTES=4 bash recipes/gpu-raytrace.sh"; then here:
 #   mkdir -p /root/ckm-cache/gpu-rt && cat rt.tar.xz.part-* | tar -xJ -C /root/ckm-cache/gpu-rt
 #   .venv/bin/ckm-data raytrace --out /root/ckm-cache/rt-train --merge /root/ckm-cache/gpu-rt/rt-train
-# Followed in the same command by training on what it traced (recipes/gpu-train.sh):
-#   MINUTES=3 bash recipes/gpu-raytrace.sh; \
-#   python3 -m ckm_edge.training.data_cli raytrace --out /tmp/rt-train --snapshot /tmp/rt-gpu && \
-#   EXTRA_DATA=/tmp/rt-gpu:8 MINUTES=5 bash recipes/gpu-train.sh
+# Followed in the same command by training on what it traced too (a snapshot at $SNAPSHOT):
+#   MINUTES=3 bash recipes/gpu-raytrace.sh; EXTRA_DATA=/tmp/rt-gpu:8 MINUTES=5 bash recipes/gpu-train.sh
 # The build's arguments must stay those of the CPU build (same plan): see PLAN below.
 set -uo pipefail
 MINUTES=${MINUTES:-4}
@@ -40,5 +38,9 @@ log "traced $n tile(s) (exit $rc; 124 = stopped at $MINUTES min, as planned)"
 tail -3 "$OUT/raytrace.log"
 [ -f "$BUILD/manifest.json" ] && log "the plan is complete: $BUILD is the dataset itself" && n=1
 [ "$n" -gt 0 ] || exit 1
+# what training in the same command can read (recipes/gpu-train.sh EXTRA_DATA=$SNAPSHOT:8)
+SNAPSHOT=${SNAPSHOT:-/tmp/rt-gpu}
+if [ -f "$BUILD/manifest.json" ]; then ln -sfn "$BUILD" "$SNAPSHOT"
+else rm -rf "$SNAPSHOT"; $PY -m ckm_edge.training.data_cli raytrace --out "$BUILD" --snapshot "$SNAPSHOT" | tee -a "$OUT/raytrace.log"; fi
 tar -C "$(dirname "$BUILD")" -cf - "$(basename "$BUILD")" | xz -T0 -6 | split -b 15M -d - "$OUT/rt.tar.xz.part-"
 ls -la "$OUT"

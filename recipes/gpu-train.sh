@@ -44,7 +44,11 @@ $PY -m ckm_edge.training.data_cli generate --out $WORK/proc-cal --preset calibra
     --eval-regions 1 --tiles-per-region "$TILES_PER_REGION" --seed 11 --workers "$(nproc)" >>"$OUT/train.log" 2>&1 \
     || { log "procedural generation failed"; exit 1; }
 log "calibrated procedural tiles: $((REGIONS * TILES_PER_REGION)) train in $(( $(date +%s) - t0 )) s"
-DATA="$WORK/proc-cal $RT:8 datasets/sionna-rt-small:8 ${EXTRA_DATA:-}"  # EXTRA_DATA: e.g. tiles traced in this session
+DATA="$WORK/proc-cal $RT:8 datasets/sionna-rt-small:8"
+for extra in ${EXTRA_DATA:-}; do  # e.g. the tiles traced earlier in this command (recipes/gpu-raytrace.sh)
+    if [ -f "${extra%:*}/manifest.json" ]; then DATA="$DATA $extra"; else log "EXTRA_DATA ${extra%:*}: no dataset, left out"; fi
+done
+log "data: $DATA"
 
 # job -> arguments (every job: crops of 64, batch 64, bf16 autocast on the GPU)
 args_for() {
