@@ -31,12 +31,12 @@ def small_dataset(tmp_path_factory):
     return Dataset(root)
 
 
-def _prior_trainer(ds, out, steps, seed=0):
+def _prior_trainer(ds, out, steps, seed=0, precision="auto"):
     schedule = Schedule.vp(1000)
     torch.manual_seed(seed)
     model = ScoreModel(TINY, schedule)
     cfg = TrainConfig(steps=steps, batch_size=8, lr=2e-3, warmup=10, seed=seed, eval_every=10_000,
-                      checkpoint_every=10_000, eval_batches=2, log_every=10)
+                      checkpoint_every=10_000, eval_batches=2, log_every=10, precision=precision)
     meta = {"kind": "prior", "unet": TINY.to_dict(), "schedule": schedule.to_dict()}
     return Trainer(model, objectives.ScoreMatching(schedule), ds.split("train"), ds.split("eval"), cfg, out, meta,
                    progress=False)
@@ -66,6 +66,23 @@ def test_resume_continues_from_the_exact_step(small_dataset, tmp_path):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     for p, q in zip(straight.ema.model.state_dict().values(), resumed.ema.model.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_bf16_autocast_on_a_cpu_trains_and_keeps_float32_weights(small_dataset, tmp_path):
+    """--precision bf16 on a CPU: the forward runs in bfloat16 (its loss differs from float32's at
+    the same draws), the weights, optimizer and EMA stay float32, and training still learns."""
+    with pytest.raises(ValueError, match="precision must be"):
+        TrainConfig(precision="fp8")
+    fp32 = _prior_trainer(small_dataset, tmp_path / "fp32", steps=1)
+    bf16 = _prior_trainer(small_dataset, tmp_path / "bf16", steps=1, precision="bf16")
+    assert bf16.bf16 and not fp32.bf16  # auto: float32 on a CPU
+    assert fp32._train_step() != bf16._train_step()
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+    assert all(p.dtype == torch.float32 for p in bf16.ema.model.parameters())
+    trainer = _prior_trainer(small_dataset, tmp_path / "learn", steps=150, precision="bf16")
+    before = trainer.evaluate()
+    trainer.fit()
+    assert trainer.evaluate() < 0.8 * before
 
 
 def test_resume_refuses_a_different_model(small_dataset, tmp_path):

@@ -43,8 +43,14 @@ class TrainConfig:
     eval_batches: int = 4
     sample_every: int = 1000
     checkpoint_every: int = 250
+    # mixed precision of the forward pass: "auto" = bf16 autocast on a GPU, float32 on a CPU;
+    # "bf16" also on a CPU (worth it where oneDNN has AMX or AVX512-BF16 kernels: ~1.5-2x per step
+    # on this project's Xeon); "fp32" never. Weights, optimizer and EMA stay float32.
+    precision: str = "auto"
 
     def __post_init__(self):
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         for name in ("steps", "batch_size", "log_every", "eval_every", "sample_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -176,6 +182,7 @@ class Trainer:
         self.obj_rng = np.random.default_rng([self.cfg.seed, 0x0B7, self.rank])
         self.step = 0
         self.path = self.out / "checkpoint.pt"
+        self.bf16 = self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.device.type == "cuda")
 
     # -- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict:
@@ -226,7 +233,7 @@ class Trainer:
         x, tx = self.data.next()
         x = torch.from_numpy(x).to(self.device)
         self.net.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             loss = self.objective(self.net, x, self.obj_rng, tx)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; stopping before the checkpoint is spoiled")
