@@ -153,7 +153,8 @@ def test_sharded_build_resumes_and_assembles(tmp_path):
     # Another machine (a GPU session) builds the same plan except the tiles finished here (the
     # list `ls OUT/.raytrace/tiles` gives); merging its build finishes the plan and assembles.
     listing = tmp_path / "done.txt"
-    listing.write_text("\n".join(sorted(p.name for p in (out / ".raytrace" / "tiles").glob("*.npz"))) + "\n")
+    names = sorted(p.name for p in (out / ".raytrace" / "tiles").glob("*.npz"))
+    listing.write_text("\n".join(names + [names[0].replace(".npz", ".tmp123.npz")]) + "\n")  # a write caught mid-way
     elsewhere = tmp_path / "elsewhere"
     other_common = ("raytrace", "--out", str(elsewhere), *common[3:])
     bad = _run_cli(*other_common, "--exclude", str(tmp_path / "missing.txt"))

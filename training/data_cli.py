@@ -138,14 +138,15 @@ def _height_range(text: str) -> tuple[float, float]:
 
 
 def _tile_names(path: Path | None) -> frozenset[str]:
-    """Tile names, one per line (`ls BUILD/.raytrace/tiles` output: a .npz suffix is dropped)."""
+    """Tile names, one per line (`ls BUILD/.raytrace/tiles` output: a .npz suffix is dropped, and
+    the partial writes such a listing may catch, NAME.tmpPID.npz, are left out)."""
     if path is None:
         return frozenset()
     try:
         lines = path.read_text().split()
     except OSError as e:
         raise DatasetError(f"cannot read the tile list {path}: {e.strerror}") from None
-    return frozenset(line.removesuffix(".npz") for line in lines)
+    return frozenset(line.removesuffix(".npz") for line in lines if ".tmp" not in line)
 
 
 def cmd_raytrace(args: argparse.Namespace) -> int:
