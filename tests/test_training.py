@@ -85,6 +85,36 @@ def test_bf16_autocast_on_a_cpu_trains_and_keeps_float32_weights(small_dataset, 
     assert trainer.evaluate() < 0.8 * before
 
 
+def test_training_history_counts_sittings_machines_and_wall_time(small_dataset, tmp_path):
+    """Each fit() is a sitting of the log (start: machine, device, precision; stop: elapsed); the
+    model card's history reads them back, and reads older logs (no events) by their elapsed time."""
+    from ckm_edge.benchmarks import machine
+    from ckm_edge.training import model_card
+
+    _prior_trainer(small_dataset, tmp_path / "run", steps=3).fit()
+    resumed = _prior_trainer(small_dataset, tmp_path / "run", steps=6)
+    resumed.resume()
+    resumed.fit()
+    rows = model_card.sittings(tmp_path / "run" / "log.jsonl")
+    assert [(r["from_step"], r["to_step"]) for r in rows] == [(0, 3), (3, 6)]
+    assert all(r["machine"] == machine.label(machine.describe()) and r["device"] == "cpu" and r["precision"] == "fp32"
+               for r in rows)
+    assert all(r["wall_s"] >= 0 and np.isfinite(r["loss"]) for r in rows)
+    old = tmp_path / "old"
+    old.mkdir()
+    records = [{"step": 25, "loss": 0.5, "elapsed_s": 10.0}, {"step": 50, "loss": 0.4, "elapsed_s": 20.0},
+               {"step": 125, "loss": 0.3, "elapsed_s": 5.0}, {"step": 150, "loss": 0.2, "elapsed_s": 9.0, "eval_loss": 0.1}]
+    (old / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    history = model_card.training_history([old, tmp_path / "run"])
+    first, second = history["runs"][0]["sittings"]
+    assert (first["from_step"], first["to_step"], first["wall_s"]) == (0, 50, 20.0)
+    assert (second["from_step"], second["to_step"], second["eval_loss"], second["machine"]) == (100, 150, 0.1, "not recorded")
+    assert sum(m["steps"] for m in history["per_machine"].values()) == 50 + 50 + 6
+    assert "not recorded" in model_card.history_markdown(history)
+    with pytest.raises(FileNotFoundError, match="no log.jsonl"):
+        model_card.training_history([tmp_path])
+
+
 def test_resume_refuses_a_different_model(small_dataset, tmp_path):
     _prior_trainer(small_dataset, tmp_path / "a", steps=1).fit()
     other = _prior_trainer(small_dataset, tmp_path / "a", steps=2)
@@ -224,7 +254,8 @@ def test_data_mixture_repeats_each_source_and_trains_from_the_cli(small_dataset,
     assert [(d["repeat"], d["train_tiles"]) for d in ckpt["meta"]["data"]] == [(3, 8), (1, 48)]
     assert ckpt["meta"]["data"][0]["checksum"] == rare.manifest["checksum"]
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert log[-1]["eval_loss"] is not None and np.isfinite(log[-1]["eval_loss"])
+    losses = [r for r in log if "loss" in r]
+    assert losses[-1]["eval_loss"] is not None and np.isfinite(losses[-1]["eval_loss"])
     with pytest.raises(SystemExit):  # argparse: repeat 0
         cli.main(["prior", "--data", str(tmp_path / "rare") + ":0", "--out", str(tmp_path / "bad")])
 
@@ -236,9 +267,15 @@ def test_model_card_sample_statistics_against_the_held_out_split(tiny_prior, tmp
     torch.save({"format": "ckm-model", "meta": meta, "weights": model.state_dict()}, tmp_path / "prior.pt")
     with DatasetWriter(tmp_path / "held", "procedural", 32, 2.0, 3.5e9) as w:
         w.add("eval", "held", evl)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps({"step": 25, "loss": 0.5, "elapsed_s": 10.0}) + "\n")
     rc = model_card.main(["--checkpoint", str(tmp_path / "prior.pt"), "--data", str(tmp_path / "held"), "--out",
-                          str(tmp_path / "card"), "--count", "2", "--steps", "5", "--stats-samples", "3"])
+                          str(tmp_path / "card"), "--count", "2", "--steps", "5", "--stats-samples", "3",
+                          "--runs", str(run)])
     assert rc == 0 and (tmp_path / "card" / "prior-samples.png").is_file()
+    assert "| run | not recorded | —, — | 0 → 25 | 0.2 min | 0.5000 | — |" in (tmp_path / "card" / "training-history.md").read_text()
+    assert json.loads((tmp_path / "card" / "training-history.json").read_text())["runs"][0]["sittings"][0]["to_step"] == 25
     result = json.loads((tmp_path / "card" / "sample-stats.json").read_text())
     samples = Dataset(tmp_path / "card" / "prior-samples").split("eval")
     assert len(samples) == 3  # the samples are a dataset `ckm-data stats` reads

@@ -1,7 +1,10 @@
-"""Evidence for a model card: prior samples next to real held-out tiles (PNG), and the statistics
-of the prior's samples against the held-out split's (`--stats-samples N`).
+"""Evidence for a model card: prior samples next to real held-out tiles (PNG), the statistics
+of the prior's samples against the held-out split's (`--stats-samples N`), and the training
+history of the runs behind the checkpoint (`--runs DIR ...`: sittings, machines, steps, wall time,
+losses, from each run's log.jsonl).
 
-    python -m ckm_edge.training.model_card --checkpoint prior.pt --data DIR --out docs/model-card [--stats-samples 64]
+    python -m ckm_edge.training.model_card --checkpoint prior.pt --data DIR --out docs/model-card \
+        [--stats-samples 64] [--runs runs/stage1 runs/stage2]
 
 The statistics are those of `ckm-data stats` (training.statistics): the outdoor gain histogram
 (10 dB bins, cells no path reaches included), the no-path and building fractions; the distances
@@ -66,6 +69,72 @@ def markdown(result: dict, label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sittings(log_path: Path) -> list[dict]:
+    """A run's stretches of training from its log.jsonl: machine, device, precision, steps from -> to,
+    wall time, the last training and held-out losses. A sitting begins at a "start" record (older
+    logs have none: there a drop of elapsed_s marks it, on a machine not recorded); a sitting that
+    was killed has no "stop" record and counts up to its last logged step."""
+    out: list[dict] = []
+    cur = None
+    for line in log_path.read_text().splitlines():
+        rec = json.loads(line)
+        event = rec.get("event")
+        new = event == "start" or (event is None and (cur is None or rec.get("elapsed_s", 0) < cur["wall_s"]))
+        if new:
+            cur = {"machine": rec.get("machine", "not recorded"), "device": rec.get("device"),
+                   "precision": rec.get("precision"), "from_step": rec["step"] if event == "start" else None,
+                   "to_step": rec["step"], "wall_s": 0.0, "loss": None, "eval_loss": None}
+            out.append(cur)
+            if event == "start":
+                continue
+        if event == "stop":
+            cur["to_step"], cur["wall_s"] = rec["step"], rec["elapsed_s"]
+            continue
+        cur.setdefault("_steps", []).append(rec["step"])
+        cur["to_step"], cur["wall_s"] = rec["step"], max(cur["wall_s"], rec.get("elapsed_s", 0.0))
+        cur["loss"] = rec.get("loss", cur["loss"])
+        if rec.get("eval_loss") is not None:
+            cur["eval_loss"] = rec["eval_loss"]
+    for k, cur in enumerate(out):
+        steps = cur.pop("_steps", [])
+        if cur["from_step"] is None:  # an old log: a run starts at 0; a resume one log interval before its first record
+            cur["from_step"] = 0 if k == 0 or len(steps) < 2 else max(2 * steps[0] - steps[1], 0)
+    return out
+
+
+def training_history(runs: list[Path]) -> dict:
+    """Every run (directories holding log.jsonl, in training order): its sittings, and the wall
+    time and steps per machine over all of them."""
+    history = []
+    per_machine: dict[str, dict] = {}
+    for run in runs:
+        log = Path(run) / "log.jsonl"
+        if not log.is_file():
+            raise FileNotFoundError(f"{run} has no log.jsonl: not a training run directory")
+        rows = sittings(log)
+        history.append({"run": str(run), "sittings": rows})
+        for r in rows:
+            m = per_machine.setdefault(f"{r['machine']} ({r['device'] or 'device not recorded'})", {"wall_s": 0.0, "steps": 0})
+            m["wall_s"] += r["wall_s"]
+            m["steps"] += max(r["to_step"] - (r["from_step"] or 0), 0)
+    return {"runs": history, "per_machine": per_machine}
+
+
+def history_markdown(history: dict) -> str:
+    lines = ["| run | machine | device, precision | steps | wall time | last loss | last held-out loss |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for run in history["runs"]:
+        for r in run["sittings"]:
+            loss = "—" if r["loss"] is None else f"{r['loss']:.4f}"
+            held = "—" if r["eval_loss"] is None else f"{r['eval_loss']:.4f}"
+            lines.append(f"| {Path(run['run']).name} | {r['machine']} | {r['device'] or '—'}, {r['precision'] or '—'} | "
+                         f"{r['from_step']:,} → {r['to_step']:,} | {r['wall_s'] / 60:.1f} min | {loss} | {held} |")
+    lines += ["", "| machine | steps | wall time |", "|---|---:|---:|"]
+    for name, m in history["per_machine"].items():
+        lines.append(f"| {name} | {m['steps']:,} | {m['wall_s'] / 3600:.2f} h |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, type=Path)
@@ -75,9 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--stats-samples", type=int, default=0, help="samples for the statistics (0: none)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", nargs="*", type=Path, default=[],
+                        help="the training run directories behind the checkpoint, in order: their history "
+                             "(sittings, machines, steps, wall time, losses) goes into training-history.md/json")
     args = parser.parse_args(argv)
     model, meta = load_model(args.checkpoint)
     model = model.float().eval()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.runs:
+        history = training_history(args.runs)
+        (args.out / "training-history.json").write_text(json.dumps(history, indent=1) + "\n")
+        (args.out / "training-history.md").write_text(history_markdown(history))
+        print(history_markdown(history))
     data = Dataset(args.data)
     n = data.tile_size
     schedule = Schedule.from_dict(meta["schedule"])
