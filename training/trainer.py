@@ -277,10 +277,12 @@ class Trainer:
         from ckm_edge.benchmarks import machine
 
         bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not self.progress or self.rank != 0, dynamic_ncols=True)
-        # one record per sitting: where and how this stretch of training ran (the model card's history)
-        self._log({"event": "start", "step": self.step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   "machine": machine.label(machine.describe()), "device": str(self.device),
-                   "precision": "bf16" if self.bf16 else "fp32", "world": self.world})
+        # one record per sitting: where and how this stretch of training ran (the model card's history);
+        # rank 0 writes the log, so only it describes the machine (nvidia-smi, /proc reads)
+        if self.rank == 0:
+            self._log({"event": "start", "step": self.step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "machine": machine.label(machine.describe()), "device": str(self.device),
+                       "precision": "bf16" if self.bf16 else "fp32", "world": self.world})
         start, window, window_t, last = time.perf_counter(), [], time.perf_counter(), {}
         while self.step < self.cfg.steps:
             window.append(self._train_step())
