@@ -9,6 +9,7 @@ and benchmarks/RESULTS.md under the working directory; `ckm-bench --results DIR 
     ckm-bench memory [--package DIR] [--batches 1 4]
     ckm-bench netsize [--networks tiny small medium base | LABEL=CHECKPOINT ...] [--data DIR --tiles 8]
     ckm-bench accuracy [--data datasets/sionna-rt-small | --data procedural] [--tiles 8] [--checkpoints DIR]
+    ckm-bench tune [--package DIR] [--data DIR --exclude TRAINED ...] [--budget 25] [--out samplers.json]
     ckm-bench adapt [--device cuda] [--counts 16 64 256]     (site adapters vs fine-tuning)
     ckm-bench gpu [--device cuda] [--batches 1 8 32 128 256 512] [--step-counts 20 50 100 200 500 1000]
 """
@@ -271,6 +272,37 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
                                results_dir=args.results)
     print(text)
     print(f"results: {path}; report: {report.results_md(args.results)}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import json
+    import re
+
+    from ckm_edge.benchmarks import tune
+    from ckm_edge.runtime.package import load_package
+
+    try:
+        cfg = tune.TuneConfig(budget=args.budget, tasks=tuple(args.tasks), settings=tuple(args.settings), rounds=args.rounds,
+                              seed=args.seed)
+        val = tune.validation_tiles(args.data, args.tiles, exclude=args.exclude, split=args.split, seed=args.seed)
+    except ValueError as e:
+        raise SystemExit(f"ckm-bench tune: {e}") from None
+    pkg = load_package(args.package)
+    out = tune.run(args.package, val, cfg, progress=lambda line: print(line, flush=True))
+    text = tune.markdown(out, f"Default constructions of `{pkg.name} {pkg.version}` tuned on validation tiles: {val.description} "
+                              "(never the held-out regions); ONNX Runtime CPU fp32, noise sigma "
+                              f"{cfg.sigma:g}, {cfg.rounds} round(s) of coordinate search.", cfg)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"samplers": out["samplers"]}, indent=1) + "\n")
+    name = "tune-" + re.sub(r"[^A-Za-z0-9]+", "-", f"{pkg.name}-{pkg.version}")
+    command = (f"ckm-bench tune --package {args.package} --data {args.data} --tiles {args.tiles} --budget {args.budget} "
+               f"--tasks {' '.join(args.tasks)} --settings {' '.join(args.settings)} --rounds {args.rounds}"
+               + (f" --exclude {' '.join(args.exclude)}" if args.exclude else ""))
+    path = report.write_result(name, command, {"config": vars(cfg), "tiles": len(val.tiles), "validation": val.description,
+                                               "tile_keys": [list(k) for k in val.keys], **out}, text, results_dir=args.results)
+    print(text)
+    print(f"results: {path}; report: {report.results_md(args.results)}" + (f"; samplers section: {args.out}" if args.out else ""))
     return 0
 
 
@@ -545,6 +577,23 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS)
     acc.add_argument("--seed", type=int, default=0)
     acc.set_defaults(func=_cmd_accuracy)
+    tu = sub.add_parser("tune", help="tune a package's default constructions (sampler parameters, steps x samples "
+                                     "within a budget) on validation tiles; writes a manifest samplers section")
+    tu.add_argument("--package", default=DEFAULT_PACKAGE)
+    tu.add_argument("--data", default="procedural",
+                    help="'procedural' (validation regions) or a dataset whose training split minus --exclude is validation")
+    tu.add_argument("--exclude", nargs="*", default=[], metavar="DATASET",
+                    help="the datasets the prior was trained on: their tiles (region, index) are left out")
+    tu.add_argument("--split", default="train", help="the dataset split to draw from (an eval split is refused)")
+    tu.add_argument("--tiles", type=int, default=12)
+    tu.add_argument("--budget", type=int, default=25, help="network evaluations per construction (samples x per sample)")
+    tu.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr"])
+    tu.add_argument("--settings", nargs="+", default=["paper", "site"], choices=["paper", "site"])
+    tu.add_argument("--rounds", type=int, default=2)
+    tu.add_argument("--seed", type=int, default=1)
+    tu.add_argument("--out", help="write the tuned manifest section here ({\"samplers\": ...}) for ckm-export package --samplers")
+    tu.set_defaults(func=_cmd_tune)
+
     ad = sub.add_parser("adapt", help="site adapters (LASCO) vs foundation alone vs full fine-tuning, with training cost")
     ad.add_argument("--package", default=DEFAULT_PACKAGE)
     ad.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="the package's PyTorch weights")

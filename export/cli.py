@@ -1,6 +1,7 @@
 """`ckm-export`: from a training checkpoint to a verified model package, and package tools.
 
     ckm-export package --checkpoint models/prior-small.pt --data data/proc --out packages/ckm-prior/0.1.0
+    ckm-export package ... --samplers samplers.json    (default constructions tuned for it: ckm-bench tune --out)
     ckm-export adapter --adapter runs/adapter-site/adapter.pt --base-package models/repository/ckm-prior/0.2.1 \
                        --out models/repository/site-a/1.0.0          (a site adapter as an add-on package)
     ckm-export inspect packages/ckm-prior/0.1.0
@@ -28,6 +29,8 @@ def cmd_package(args) -> int:
     from ckm_edge.training.checkpoint import load_model
     from ckm_edge.training.dataset import Dataset
 
+    sections, tuned = ({"samplers": read_samplers(args.samplers)}, sorted(json.loads(args.samplers.read_text())["samplers"])) \
+        if args.samplers else (None, None)  # a bad file is refused before anything is exported
     model, meta = load_model(args.checkpoint)
     if meta["kind"] != "prior":
         raise ValueError(f"{args.checkpoint} holds a {meta['kind']} model; only score priors are packaged")
@@ -40,7 +43,9 @@ def cmd_package(args) -> int:
     provenance = {"checkpoint": str(args.checkpoint),
                   "training": {k: meta.get(k) for k in ("data", "data_checksum", "trained_steps", "preset")},
                   "calibration": {"dataset": str(args.data), "split": "train", "tiles": int(len(calibration))}}
-    pkg = builder.build_package(model, meta, args.out, cfg, calibration, provenance)
+    if args.samplers:
+        provenance["samplers"] = {"file": str(args.samplers), "tuned_kinds": tuned}
+    pkg = builder.build_package(model, meta, args.out, cfg, calibration, provenance, sections)
     if args.accuracy_tiles:
         tiles = evl.take(np.arange(min(args.accuracy_tiles, len(evl))))
         manifest = dict(pkg.manifest)
@@ -53,6 +58,25 @@ def cmd_package(args) -> int:
     print(json.dumps({"package": str(pkg.root), "name": pkg.name, "version": pkg.version,
                       "precisions": pkg.precisions, "accuracy": pkg.accuracy()}, indent=2))
     return 0
+
+
+def read_samplers(path: Path) -> dict:
+    """The manifest "samplers" section of a package: the built-in recommendations with those of
+    `path` (`ckm-bench tune --out`: {"samplers": {kind: recommendation}}) over them; a bad file or
+    entry raises ValueError naming it."""
+    from ckm_edge.runtime.recommend import recommendations
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--samplers {path}: cannot read a JSON document: {e}") from None
+    section = doc.get("samplers") if isinstance(doc, dict) else None
+    if not isinstance(section, dict) or not section:
+        raise ValueError(f"--samplers {path}: expected {{\"samplers\": {{operator kind: recommendation}}}} (ckm-bench tune --out)")
+    try:
+        return {kind: rec.to_dict() for kind, rec in recommendations({"samplers": section}).items()}
+    except ValueError as e:
+        raise ValueError(f"--samplers {path}: {e}") from None
 
 
 def cmd_adapter(args) -> int:
@@ -162,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accuracy-steps", type=int, default=50)
     p.add_argument("--key", type=Path, help="sign with this Ed25519 private key (hex file from keygen)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samplers", type=Path, help="default constructions measured for this prior (`ckm-bench tune --out`); "
+                                                 "kinds it leaves out keep the runtime's built-in ones")
     p.set_defaults(func=cmd_package)
     a = sub.add_parser("adapter", help="site adapter file -> add-on package naming its foundation package")
     a.add_argument("--adapter", required=True, type=Path, help="adapter.pt from `ckm-train adapter`")

@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import numpy as np
@@ -107,11 +108,17 @@ def tiny_adapter(tiny_prior, tiny_package, tmp_path_factory):
     return repo, load_package(repo / "site-a" / "1.0.0"), root
 
 
+# The default constructions tiny_site_package ships for site requests on masks (`ckm-export package
+# --samplers`, the way a tuned prior ships `ckm-bench tune`'s table); every other kind keeps the built-in one.
+TUNED_SAMPLERS = {"mask+site": {"sampler": "diffpir", "steps": 4, "samples": 2, "parameters": {"lam": 3.0, "start": 0.1}}}
+
+
 @pytest.fixture(scope="session")
 def tiny_site_package(tiny_prior, tmp_path_factory):
     """A site-aware tiny prior made the way issue 16's is: `ckm-train prior --site-aware`
     warm-started (--init) from the unconditional tiny prior on tiles that record their transmitter,
-    then `ckm-export package` (fp32 and INT8, calibrated with condition maps). Returns
+    then `ckm-export package` (fp32 and INT8, calibrated with condition maps; TUNED_SAMPLERS as its
+    default constructions for site requests on masks). Returns
     (package, checkpoint path, eval tiles, eval transmitters)."""
     from ckm_edge.export import cli as export_cli
     from ckm_edge.runtime.package import load_package
@@ -127,7 +134,9 @@ def tiny_site_package(tiny_prior, tmp_path_factory):
                            "--warmup", "5", "--ema-decay", "0.9", "--eval-every", "1000", "--sample-every", "1000",
                            "--checkpoint-every", "1000", "--log-every", "1000"]) == 0
     out = root / "tiny-site-1.0.0"
+    (root / "samplers.json").write_text(json.dumps({"samplers": TUNED_SAMPLERS}))  # as `ckm-bench tune --out` writes it
     assert export_cli.main(["package", "--checkpoint", str(root / "run" / "checkpoint.pt"), "--data", str(root / "data"),
                             "--out", str(out), "--name", "tiny-site", "--version", "1.0.0", "--precisions", "fp32",
-                            "int8", "--calibration-tiles", "8", "--accuracy-tiles", "0"]) == 0
+                            "int8", "--calibration-tiles", "8", "--accuracy-tiles", "0",
+                            "--samplers", str(root / "samplers.json")]) == 0
     return load_package(out), root / "run" / "checkpoint.pt", evl.take(np.arange(4)), evl.transmitters()[:4]

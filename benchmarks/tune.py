@@ -1,0 +1,265 @@
+"""Tune a package's default constructions on validation tiles: per operator kind and setting, the
+sampler parameters and the split of a fixed budget of network evaluations between steps and
+posterior samples, by a coordinate search from the package's current recommendation.
+
+What `construct` runs when a request names no sampler (runtime.recommend) was chosen for one prior;
+a retrained prior wants its own. This measures it, the way a model analyzer sizes a server's
+configuration under a latency budget:
+
+- Tiles: *validation* tiles only — a dataset's training split minus every tile of the datasets
+  the prior was trained on (`exclude`, matched by region and tile index from the manifests'
+  provenance: e.g. a ray-traced build's later snapshot minus the snapshot training read), or
+  procedural validation regions (benchmarks.sweep). An eval split (held-out regions) is refused.
+- Problems: for each task of the kind (IPbox and IPrandom are both masks) and tile, y = A(x) + n
+  with sigma = 0.01 pixels; in the site setting also the building layout and, where the dataset
+  records it, the base station.
+- Score of a point: the mean over problems and the four metrics (gain and AoA-sine RMSE, all and
+  unobserved cells) of its RMSE divided by the smooth fill's on the same problem (the classical
+  fill the warm start begins from); lower is better, 1 = no better than the smooth fill. The same
+  seed for every point, so points are compared on the same noise.
+- Search: `rounds` passes over the coordinates (the warm start's level `start`, the prior weight
+  `lam`, the steps x samples split of the budget); each pass tries every value of one coordinate
+  with the others held, keeps the best. Each point is measured once.
+
+The result is a manifest "samplers" section (`ckm-export package --samplers FILE` ships it) and a
+table of the package's recommendation against the tuned one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ckm_edge.benchmarks import solvers
+from ckm_edge.benchmarks.solvers import METRICS
+from ckm_edge.runtime import defaults, tasks
+from ckm_edge.runtime.recommend import SITE, Recommendation, operator_kind
+from ckm_edge.runtime.tasks import DEFAULT_SIGMA, PAPER_TASKS
+
+SETTINGS = ("paper", "site")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    budget: int = 25  # network evaluations per construction (posterior samples x evaluations per sample)
+    tasks: tuple[str, ...] = PAPER_TASKS
+    settings: tuple[str, ...] = SETTINGS
+    starts: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
+    lams: tuple[float, ...] = (3.0, 7.0, 15.0, 30.0)
+    samples: tuple[int, ...] = (1, 2, 3, 4, 5, 8)  # the splits tried: budget // samples evaluations each
+    rounds: int = 2
+    sigma: float = DEFAULT_SIGMA
+    seed: int = 1
+
+    def __post_init__(self):
+        if self.budget < 2:
+            raise ValueError(f"the budget must allow at least 2 network evaluations, got {self.budget}")
+        unknown = [t for t in self.tasks if t not in tasks.TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(tasks.TASKS)}")
+        bad = [s for s in self.settings if s not in SETTINGS]
+        if bad:
+            raise ValueError(f"unknown setting(s) {bad}; known: {', '.join(SETTINGS)}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+
+
+@dataclass(frozen=True)
+class Validation:
+    tiles: np.ndarray  # (N, 2, H, W)
+    transmitters: np.ndarray | None  # (N, 3) or None
+    description: str
+    keys: list = field(default_factory=list)  # (region, index) per tile, where known
+
+
+def tile_keys(data) -> list[tuple[str, int]]:
+    """(region, tile index) of each row of a dataset's training split, from its provenance (a
+    ray-traced dataset lists every tile in plan order, its split groups them by region in that
+    order); without per-tile provenance, the row's position within its region."""
+    split = data.split("train")
+    meta = [t for t in (data.manifest.get("provenance") or {}).get("tiles") or [] if t.get("split", "train") == "train"]
+    keys: list = [None] * len(split)
+    for region in split.regions:
+        rows = split.region_indices(region)
+        listed = [(t["region"], int(t["index"])) for t in meta if t.get("region") == region and "index" in t]
+        if len(listed) != len(rows):
+            listed = [(region, k) for k in range(len(rows))]
+        for row, key in zip(rows, listed):
+            keys[int(row)] = key
+    return keys
+
+
+def validation_tiles(source: str, count: int, exclude: list[str] | tuple[str, ...] = (), split: str = "train",
+                     seed: int = 0) -> Validation:
+    """Up to `count` validation tiles: 'procedural' (validation regions), or a dataset's `split`
+    minus every tile of the `exclude` datasets (those the prior was trained on)."""
+    if split == "eval":
+        raise ValueError("an eval split holds the held-out regions: tuning on it would tune on the test; "
+                         "tune on validation tiles (a training-city split minus the tiles training read)")
+    if source == "procedural":
+        from ckm_edge.benchmarks.sweep import VALIDATION_REGION_BASE
+        from ckm_edge.benchmarks.sweep import validation_tiles as procedural_tiles
+
+        return Validation(procedural_tiles(count, defaults.TILE_SIZE, seed), None,
+                          f"procedural validation regions {VALIDATION_REGION_BASE}-{VALIDATION_REGION_BASE + count - 1}")
+    from ckm_edge.training.dataset import Dataset
+
+    data = Dataset(source)
+    if split != "train":
+        raise ValueError(f"split must be 'train' (a training city's tiles the prior never read), got {split!r}")
+    keys = tile_keys(data)
+    seen: set = set()
+    for other in exclude:
+        seen |= set(tile_keys(Dataset(other)))
+    rows = [i for i, k in enumerate(keys) if k not in seen]
+    if not rows:
+        raise ValueError(f"every tile of {source} is in {', '.join(map(str, exclude))}: no validation tiles left")
+    rows = rows[:: max(1, len(rows) // count)][:count] if len(rows) > count else rows
+    tr = data.split("train")
+    tx = tr.transmitters()
+    picked = [keys[i] for i in rows]
+    regions = sorted({k[0] for k in picked})
+    return Validation(tr.take(np.array(rows)), None if tx is None else tx[rows],
+                      f"{len(rows)} tiles of `{source}` ({', '.join(regions)}) not in "
+                      + (", ".join(f"`{e}`" for e in exclude) if exclude else "any excluded dataset"), picked)
+
+
+def kinds_of(task_names) -> dict[str, list[str]]:
+    """Operator kind -> the tasks that produce it (IPbox, IPrandom and trajectories are masks)."""
+    probe = np.zeros((1, 2, 16, 16), np.float32)
+    probe[:, 0] = 0.5
+    out: dict[str, list[str]] = {}
+    for t in task_names:
+        out.setdefault(operator_kind(tasks.make_operator(t, np.random.default_rng(0), probe)), []).append(t)
+    return out
+
+
+def splits(budget: int, evaluations_per_step: int, samples: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(steps, samples) pairs that spend at most `budget` evaluations per construction."""
+    out = []
+    for s in samples:
+        steps = budget // (s * evaluations_per_step)
+        if steps >= 1 and (steps, s) not in out:
+            out.append((steps, s))
+    return out
+
+
+def _key(rec: Recommendation) -> tuple:
+    return rec.sampler, rec.steps, rec.samples, tuple(sorted(rec.parameters.items()))
+
+
+def search(start: Recommendation, evaluate, cfg: TuneConfig, evaluations_per_step: int) -> tuple[Recommendation, dict]:
+    """Coordinate search from `start` (over the budget: from its best split within it):
+    `evaluate(rec)` -> {"score", ...} (lower is better), each point once. Returns the best
+    recommendation within the budget and every point measured (by _key)."""
+    from ckm_edge.runtime.sampler import spec
+
+    measured: dict = {}
+
+    def score(rec: Recommendation) -> float:
+        if _key(rec) not in measured:
+            measured[_key(rec)] = evaluate(rec)
+        return measured[_key(rec)]["score"]
+
+    score(start)
+    best = start
+    if start.steps * start.samples * evaluations_per_step > cfg.budget:  # measured for reference; the search stays within budget
+        best = min((replace(start, steps=st, samples=sa) for st, sa in splits(cfg.budget, evaluations_per_step, cfg.samples)),
+                   key=score)
+    for _ in range(cfg.rounds):
+        changed = False
+        for coord in ("start", "lam", "split"):
+            if coord == "split":
+                cands = [replace(best, steps=st, samples=sa) for st, sa in splits(cfg.budget, evaluations_per_step, cfg.samples)]
+            elif coord in spec(best.sampler).config.__dataclass_fields__:
+                values = cfg.starts if coord == "start" else cfg.lams
+                cands = [replace(best, parameters={**best.parameters, coord: float(v)}) for v in values]
+            else:
+                continue
+            for c in cands:
+                if score(c) < score(best) - 1e-9:
+                    best, changed = c, True
+        if not changed:
+            break
+    return best, measured
+
+
+def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=print) -> dict:
+    """{"samplers": {kind[+site]: recommendation}, "kinds": {kind[+site]: {"tasks", "before", "after", "points"}}}."""
+    from ckm_edge.runtime.construct import ConstructConfig, construct
+    from ckm_edge.runtime.engine import EngineConfig, open_engine
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.runtime.recommend import recommend
+    from ckm_edge.runtime.sampler import config_from_params, spec
+    from ckm_edge.runtime.site import Site
+
+    pkg = load_package(package_dir)
+    tiles = val.tiles
+    if tiles.shape[-1] != pkg.tile_size:
+        raise ValueError(f"tiles are {tiles.shape[-1]} wide, package {pkg.name} takes {pkg.tile_size}")
+    shape = (2, pkg.tile_size, pkg.tile_size)
+    probs = solvers.problems(tiles, cfg.tasks, cfg.sigma, cfg.seed)
+    sites = {}  # (setting, tile) -> what the request carries; the smooth fill's RMSEs, the yardstick of every point
+    base = {}
+    for setting in cfg.settings:
+        for (task, i), (op, y, unobs, building) in probs.items():
+            if setting == "site":
+                sites[setting, i] = Site(building[None], None if val.transmitters is None else val.transmitters[i][None])
+            fill = solvers.classical_methods(task, op, y, shape, building if setting == "site" else None)["smooth"]
+            base[setting, task, i] = solvers.metrics(fill, tiles[i], unobs)
+    out: dict = {"samplers": {}, "kinds": {}}
+    with open_engine(pkg, EngineConfig()) as engine:
+
+        def evaluate(rec: Recommendation, name: str, setting: str, kind_tasks: list[str]) -> dict:
+            sampler = config_from_params(rec.sampler, rec.parameters)
+            ratios, rows, secs = [], [], []
+            for task in kind_tasks:
+                for i in range(len(tiles)):
+                    op, y, unobs, _ = probs[task, i]
+                    t0 = time.perf_counter()
+                    r = construct(engine, pkg.schedule(), op, y, shape, ConstructConfig(rec.steps, rec.samples, cfg.seed, sampler=sampler),
+                                  sigma=cfg.sigma, site=sites.get((setting, i)))
+                    secs.append(time.perf_counter() - t0)
+                    m = solvers.metrics(r.mean, tiles[i], unobs)
+                    rows.append(m)
+                    b = base[setting, task, i]
+                    ratios += [m[q] / b[q] for q in METRICS if m[q] is not None and b[q]]
+            point = {**rec.to_dict(), "score": float(np.mean(ratios)), **solvers.mean_metrics(rows), "seconds": float(np.mean(secs))}
+            progress(f"{name}: {rec.steps} steps x {rec.samples} samples "
+                     + ", ".join(f"{p}={v:g}" for p, v in sorted(rec.parameters.items()))
+                     + f": score {point['score']:.4f}, gain {point['gain_all']:.2f} dB, {point['seconds']:.2f} s/map")
+            return point
+
+        for kind, kind_tasks in kinds_of(cfg.tasks).items():
+            for setting in cfg.settings:
+                name = kind + (SITE if setting == "site" else "")
+                start = recommend(pkg.manifest, probs[kind_tasks[0], 0][0], site=setting == "site")
+                per_step = max(1, sum(spec(start.sampler).evaluations(config_from_params(start.sampler, start.parameters), 1)
+                                      .values()))
+                best, measured = search(start, lambda rec, n=name, s=setting, t=kind_tasks: evaluate(rec, n, s, t), cfg, per_step)
+                out["samplers"][name] = best.to_dict()
+                out["kinds"][name] = {"tasks": kind_tasks, "before": measured[_key(start)], "after": measured[_key(best)],
+                                      "points": list(measured.values())}
+    return out
+
+
+def markdown(result: dict, description: str, cfg: TuneConfig) -> str:
+    lines = [description, "",
+             f"Per operator kind and setting: the package's recommendation and the tuned one (at most {cfg.budget} network "
+             "evaluations per construction); score = mean RMSE ratio to the smooth fill over the four metrics (lower is "
+             "better, 1 = the smooth fill); gain RMSE (dB) all / unobserved cells, AoA-sine RMSE all cells; seconds per map.",
+             "", "| kind | tasks | construction | score | gain all | gain unobs. | AoA all | s/map |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for name, k in result["kinds"].items():
+        for label, p in (("package", k["before"]), ("tuned", k["after"])):
+            params = ", ".join(f"{q}={v:g}" for q, v in sorted(p["parameters"].items()))
+            lines.append(f"| {name} | {', '.join(k['tasks'])} | {label}: {p['sampler']} {p['steps']} x {p['samples']} "
+                         f"({params}) | {p['score']:.4f} | {p['gain_all']:.2f} | "
+                         + ("—" if p.get("gain_unobs") is None else f"{p['gain_unobs']:.2f}")
+                         + f" | {p['aoa_all']:.3f} | {p['seconds']:.2f} |")
+    lines += ["", f"Points measured: {sum(len(k['points']) for k in result['kinds'].values())}. Ship the tuned section with "
+              "`ckm-export package ... --samplers FILE` (FILE: this run's JSON or its `samplers` object)."]
+    return "\n".join(lines)

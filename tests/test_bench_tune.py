@@ -1,0 +1,122 @@
+"""`ckm-bench tune` (benchmarks/tune.py): the coordinate search, validation tiles that never
+include what the prior trained on, a real tuning run on the tiny package, and shipping the result
+with `ckm-export package --samplers`."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import SMALL_TILE, TUNED_SAMPLERS, small_dataset
+
+from ckm_edge.benchmarks import tune
+from ckm_edge.runtime import operators
+from ckm_edge.runtime.recommend import BUILTIN, Recommendation, recommend
+from ckm_edge.training import procedural
+
+
+def test_search_finds_the_grid_optimum_within_the_budget_measuring_each_point_once():
+    cfg = tune.TuneConfig(budget=12, rounds=3, starts=(0.1, 0.2, 0.4), lams=(3.0, 7.0, 15.0), samples=(1, 2, 3, 4))
+    calls = []
+
+    def evaluate(rec):  # a separable bowl: best at start 0.2, lam 15, 3 samples
+        calls.append(tune._key(rec))
+        s = (rec.parameters["start"] - 0.2) ** 2 + (rec.parameters["lam"] - 15.0) ** 2 / 100 + (rec.samples - 3) ** 2
+        return {"score": s}
+
+    start = Recommendation("diffpir", 5, 5, {"lam": 7.0, "start": 0.4})  # 25 evaluations: over the budget
+    best, measured = tune.search(start, evaluate, cfg, evaluations_per_step=1)
+    assert (best.parameters, best.samples, best.steps) == ({"lam": 15.0, "start": 0.2}, 3, 4)
+    assert best.steps * best.samples <= cfg.budget
+    assert tune._key(start) in measured  # the package's own point is measured, for the record
+    assert len(calls) == len(set(calls)) == len(measured)
+
+
+def test_splits_spend_at_most_the_budget():
+    assert tune.splits(25, 1, (1, 2, 3, 4, 5, 8)) == [(25, 1), (12, 2), (8, 3), (6, 4), (5, 5), (3, 8)]
+    assert tune.splits(10, 3, (1, 2, 4)) == [(3, 1), (1, 2)]  # 3 evaluations per step: 4 samples do not fit
+    assert tune.kinds_of(("ipbox", "iprandom", "sr2", "jtqr")) == {"mask": ["ipbox", "iprandom"], "downsample": ["sr2"],
+                                                                    "jtqr": ["jtqr"]}
+
+
+def _traced_like(path, regions_indices, seed):
+    """A dataset whose provenance lists each tile (region, index), as a ray-traced build's does,
+    written region by region in plan order."""
+    from ckm_edge.training.dataset import DatasetWriter
+
+    meta = [{"region": r, "split": "train", "index": i} for r, idx in regions_indices.items() for i in idx]
+    with DatasetWriter(path, "sionna-rt", 32, 2.0, 3.5e9, {"tiles": meta}) as w:
+        for k, (region, idx) in enumerate(regions_indices.items()):
+            pixels, tx = procedural.generate_region(SMALL_TILE, "train", k, len(idx), seed=seed)
+            w.add("train", region, pixels, tx)
+
+
+def test_validation_tiles_leave_out_every_tile_training_read(tmp_path):
+    _traced_like(tmp_path / "later", {"munich": [0, 1, 2, 3], "etoile": [0, 1, 2]}, seed=1)
+    _traced_like(tmp_path / "trained", {"munich": [0, 1, 2], "etoile": [0]}, seed=1)
+    val = tune.validation_tiles(str(tmp_path / "later"), 10, exclude=[str(tmp_path / "trained")])
+    assert val.keys == [("munich", 3), ("etoile", 1), ("etoile", 2)]
+    from ckm_edge.training.dataset import Dataset
+
+    split = Dataset(tmp_path / "later").split("train")
+    np.testing.assert_array_equal(val.tiles, split.take(np.array([3, 5, 6])))
+    np.testing.assert_array_equal(val.transmitters, split.transmitters()[[3, 5, 6]])
+    assert "munich" in val.description and "trained" in val.description
+    with pytest.raises(ValueError, match="held-out"):
+        tune.validation_tiles(str(tmp_path / "later"), 4, split="eval")
+    with pytest.raises(ValueError, match="no validation tiles left"):
+        tune.validation_tiles(str(tmp_path / "trained"), 4, exclude=[str(tmp_path / "later")])
+    # a dataset without per-tile provenance: a tile is its region and place in it
+    small_dataset(tmp_path / "plain", {"train": 3}, region=0, seed=2)
+    assert tune.validation_tiles(str(tmp_path / "plain"), 4).keys == [("tiny-train", 0), ("tiny-train", 1), ("tiny-train", 2)]
+
+
+def test_tune_on_the_tiny_package_then_ship_the_section(tiny_package, tiny_prior, tmp_path):
+    *_, held = tiny_prior
+    val = tune.Validation(held[:1], None, "one tiny tile")
+    cfg = tune.TuneConfig(budget=4, tasks=("ipbox", "sr2"), rounds=1, starts=(0.3,), lams=(15.0,), samples=(1, 2))
+    lines = []
+    out = tune.run(tiny_package.root, val, cfg, progress=lines.append)
+    assert set(out["samplers"]) == {"mask", "mask+site", "downsample", "downsample+site"}
+    for name, k in out["kinds"].items():
+        rec = Recommendation(**out["samplers"][name])  # a valid recommendation
+        assert rec.steps * rec.samples <= cfg.budget
+        assert k["after"]["score"] == min(p["score"] for p in k["points"] if p["steps"] * p["samples"] <= cfg.budget)
+        assert all(np.isfinite(p["gain_all"]) and p["seconds"] > 0 for p in k["points"])
+        assert k["before"]["steps"] == BUILTIN[name].steps  # the package's own point, measured
+    assert len(lines) == sum(len(k["points"]) for k in out["kinds"].values())
+    text = tune.markdown(out, "tiny", cfg)
+    assert "| mask | ipbox | package: diffpir 5 x 5" in text and "| downsample+site | sr2 | tuned:" in text
+
+    section = tmp_path / "samplers.json"
+    section.write_text(json.dumps({"samplers": out["samplers"]}))
+    from ckm_edge.export.cli import read_samplers
+
+    merged = read_samplers(section)  # what `ckm-export package --samplers` writes into the manifest
+    assert {k: merged[k] for k in out["samplers"]} == out["samplers"]
+    assert merged["jtqr"] == BUILTIN["jtqr"].to_dict()  # not tuned: the built-in one stays
+
+
+def test_an_exported_package_ships_its_tuned_constructions(tiny_site_package):
+    pkg = tiny_site_package[0]  # exported with `ckm-export package --samplers` (conftest.TUNED_SAMPLERS)
+    assert pkg.manifest["samplers"]["mask+site"] == TUNED_SAMPLERS["mask+site"]
+    assert {k: v for k, v in pkg.manifest["samplers"].items() if k != "mask+site"} == \
+        {k: r.to_dict() for k, r in BUILTIN.items() if k != "mask+site"}
+    assert pkg.manifest["provenance"]["samplers"]["tuned_kinds"] == ["mask+site"]
+    mask = operators.Mask(np.ones((1, 32, 32), bool))
+    assert recommend(pkg.manifest, mask, site=True).to_dict() == TUNED_SAMPLERS["mask+site"]
+    assert recommend(pkg.manifest, mask).to_dict() == BUILTIN["mask"].to_dict()
+
+
+@pytest.mark.parametrize("doc, why", [("not json", "JSON"), ('{"mask": {}}', "ckm-bench tune --out"),
+                                      ('{"samplers": {"mask": {"sampler": "diffpir", "steps": 0, "samples": 1}}}', "mask"),
+                                      ('{"samplers": {"blur": {"sampler": "diffpir", "steps": 2, "samples": 1}}}', "blur")])
+def test_a_bad_samplers_file_is_refused_before_anything_is_written(doc, why, tmp_path, capsys):
+    from ckm_edge.export import cli as export_cli
+
+    bad = tmp_path / "samplers.json"
+    bad.write_text(doc)
+    rc = export_cli.main(["package", "--checkpoint", str(tmp_path / "never-read.pt"), "--data", str(tmp_path),
+                          "--out", str(tmp_path / "pkg"), "--samplers", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--samplers" in err and why in err
+    assert not (tmp_path / "pkg").exists()
