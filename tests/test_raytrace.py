@@ -142,6 +142,20 @@ def test_sharded_build_resumes_and_assembles(tmp_path):
     assert part.manifest["provenance"]["snapshot_of"] == {"build": str(out.resolve()), "planned": 3, "finished": 2}
     assert [t["index"] for t in part.manifest["provenance"]["tiles"]] == [0, 2]
     assert len(list((out / ".raytrace" / "tiles").glob("*.npz"))) == 2
+    # A snapshot that holds tiles back (for validation): the rest only, and the manifest says which.
+    first_tile = sorted(p.stem for p in (out / ".raytrace" / "tiles").glob("*.npz"))[0]
+    (tmp_path / "held-back.txt").write_text(first_tile + ".npz\n")
+    held = _run_cli("raytrace", "--out", str(out), "--snapshot", str(tmp_path / "snap-train"), "--exclude",
+                    str(tmp_path / "held-back.txt"))
+    assert held.returncode == 0 and "wrote 1 of 3 planned tile(s)" in held.stdout, held.stderr
+    trained = Dataset(tmp_path / "snap-train")
+    assert [t["index"] for t in trained.manifest["provenance"]["tiles"]] == [2]
+    assert trained.manifest["provenance"]["snapshot_of"]["left_out"] == [first_tile]
+    np.testing.assert_array_equal(trained.split("train").take(np.arange(1)), part.split("train").take(np.array([1])))
+    (tmp_path / "alien-snap.txt").write_text("munich-00007\n")
+    alien_snap = _run_cli("raytrace", "--out", str(out), "--snapshot", str(tmp_path / "snap-x"), "--exclude",
+                          str(tmp_path / "alien-snap.txt"))
+    assert alien_snap.returncode == 2 and "munich-00007" in alien_snap.stderr and not (tmp_path / "snap-x").exists()
     again_snap = _run_cli("raytrace", "--out", str(out), "--snapshot", str(tmp_path / "snap"))
     assert again_snap.returncode == 2 and "already holds a dataset" in again_snap.stderr
     # A different plan in the same directory is refused, naming what differs.

@@ -7,7 +7,7 @@
     ckm-data stats data/proc data/rt --labels procedural ray-traced --out docs/calibration
     ckm-data calibrate datasets/sionna-rt-small --out docs/calibration --save-preset calibrated --preview 4
     ckm-data raytrace --out data/rt --train munich etoile --eval florence --tiles-per-scene 64 [--shard 0/8]
-    ckm-data raytrace --out data/rt --snapshot data/rt-so-far
+    ckm-data raytrace --out data/rt --snapshot data/rt-so-far [--exclude held-back.txt]   (tiles kept for validation)
     ckm-data raytrace --out data/rt --merge gpu-build   (tiles a GPU traced: ... --exclude tiles.txt --device cuda)
 """
 
@@ -158,7 +158,7 @@ def cmd_raytrace(args: argparse.Namespace) -> int:
     if args.out is None:
         raise DatasetError("--out is required")
     if args.snapshot:
-        summary = raytrace.snapshot(args.out, args.snapshot)
+        summary = raytrace.snapshot(args.out, args.snapshot, exclude=_tile_names(args.exclude))
         print(f"wrote {summary['tiles']} of {summary['planned']} planned tile(s) to {summary['manifest']}")
         return 0
     if args.merge:
@@ -329,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "and stop; the build is left as it is")
     rt.add_argument("--exclude", type=Path, metavar="FILE",
                     help="tiles another machine's build of the same plan has finished, one name per line "
-                         "(`ls BUILD/.raytrace/tiles`): not traced here")
+                         "(`ls BUILD/.raytrace/tiles`): not traced here; with --snapshot, tiles left out of the snapshot "
+                         "(held back for validation)")
     rt.add_argument("--merge", type=Path, metavar="OTHER",
                     help="add the finished tiles of OTHER (another machine's build of the same plan) to OUT's "
                          "build and stop; assembles the dataset when the plan is then complete")

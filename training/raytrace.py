@@ -764,21 +764,30 @@ def assemble(out: Path, plan: BuildPlan) -> Path | None:
         lock.unlink(missing_ok=True)
 
 
-def snapshot(build_dir: Path, dest: Path) -> dict:
+def snapshot(build_dir: Path, dest: Path, exclude: frozenset[str] = frozenset()) -> dict:
     """Write the tiles a build has finished so far as a dataset at `dest`, leaving the build alone.
 
     A build of a thousand tiles takes days on a CPU; a snapshot lets training use what exists
     while tracing goes on (take another later: `dest` must be a new directory). The manifest's
-    provenance names the build and how many of its planned tiles the snapshot holds.
+    provenance names the build and how many of its planned tiles the snapshot holds. Tiles named
+    in `exclude` ("munich-00024", ...) are left out: tiles held back for validation, which a
+    snapshot of everything then holds beside the training snapshot (`ckm-bench tune --exclude`).
     """
     build_dir, dest = Path(build_dir), Path(dest)
     plan = _build_plan(build_dir)
-    done = [j for j in plan.jobs() if _part_path(build_dir, j[0].region, j[2]).exists()]
+    unknown = sorted(set(exclude) - {_part_path(build_dir, j[0].region, j[2]).stem for j in plan.jobs()})
+    if unknown:
+        raise DatasetError(f"excluded tile(s) {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} are not "
+                           "in this build's plan (a list from another plan?)")
+    finished = [j for j in plan.jobs() if _part_path(build_dir, j[0].region, j[2]).exists()]
+    done = [j for j in finished if _part_path(build_dir, j[0].region, j[2]).stem not in exclude]
     if not done:
-        raise DatasetError(f"{build_dir} has no finished tiles yet")
+        raise DatasetError(f"{build_dir} has no finished tiles yet" + (" outside the excluded ones" if finished else ""))
     if dest.resolve() == build_dir.resolve():
         raise DatasetError("the snapshot needs a directory of its own, not the build's")
-    extra = {"snapshot_of": {"build": str(build_dir.resolve()), "planned": len(plan.jobs()), "finished": len(done)}}
+    extra = {"snapshot_of": {"build": str(build_dir.resolve()), "planned": len(plan.jobs()), "finished": len(finished)}}
+    if exclude:
+        extra["snapshot_of"]["left_out"] = sorted({_part_path(build_dir, j[0].region, j[2]).stem for j in finished} & set(exclude))
     _write_dataset(dest, build_dir, plan, done, extra)
     return {"tiles": len(done), "planned": len(plan.jobs()), "manifest": str(dest / "manifest.json")}
 
