@@ -35,7 +35,12 @@ def cmd_package(args) -> int:
     if meta["kind"] != "prior":
         raise ValueError(f"{args.checkpoint} holds a {meta['kind']} model; only score priors are packaged")
     data = Dataset(args.data)
-    train, evl = data.split("train"), data.split("eval")
+    evl_data = Dataset(args.eval_data) if args.eval_data else data
+    train, evl = data.split("train"), evl_data.split("eval")
+    if not len(train):
+        raise ValueError(f"{args.data} has no training tiles to calibrate with (its train split is empty)")
+    if args.accuracy_tiles and not len(evl):
+        raise ValueError(f"{evl_data.root} has no eval tiles for the accuracy record (give --eval-data, or --accuracy-tiles 0)")
     rng = np.random.default_rng(args.seed)
     calibration = train.take(np.sort(rng.choice(len(train), min(args.calibration_tiles, len(train)), replace=False)))
     cfg = builder.BuildConfig(name=args.name, version=args.version, tile_size=data.tile_size,
@@ -50,7 +55,7 @@ def cmd_package(args) -> int:
         tiles = evl.take(np.arange(min(args.accuracy_tiles, len(evl))))
         manifest = dict(pkg.manifest)
         manifest["accuracy"] = {p: accuracy.evaluate(pkg, p, tiles, steps=args.accuracy_steps) for p in pkg.precisions}
-        manifest["accuracy"]["eval_data"] = {"dataset": str(args.data), "split": "eval", "regions": evl.regions}
+        manifest["accuracy"]["eval_data"] = {"dataset": str(args.eval_data or args.data), "split": "eval", "regions": evl.regions}
         builder.write_manifest(pkg.root, manifest)
     if args.key:
         builder.sign_package(pkg.root, bytes.fromhex(Path(args.key).read_text().strip()))
@@ -177,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("package", help="checkpoint -> verified model package")
     p.add_argument("--checkpoint", required=True, type=Path, help="slim model file or training checkpoint")
     p.add_argument("--data", required=True, type=Path, help="dataset: train split calibrates INT8, eval split measures accuracy")
+    p.add_argument("--eval-data", type=Path, help="take the accuracy record's eval split from this dataset instead "
+                                                  "(e.g. ray-traced held-out cities; --data then only calibrates)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--name", default="ckm-prior")
     p.add_argument("--version", default="0.1.0")

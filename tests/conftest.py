@@ -118,7 +118,8 @@ def tiny_site_package(tiny_prior, tmp_path_factory):
     """A site-aware tiny prior made the way issue 16's is: `ckm-train prior --site-aware`
     warm-started (--init) from the unconditional tiny prior on tiles that record their transmitter,
     then `ckm-export package` (fp32 and INT8, calibrated with condition maps; TUNED_SAMPLERS as its
-    default constructions for site requests on masks). Returns
+    default constructions for site requests on masks; the accuracy record on another dataset's eval
+    split, as a ray-traced held-out set). Returns
     (package, checkpoint path, eval tiles, eval transmitters)."""
     from ckm_edge.export import cli as export_cli
     from ckm_edge.runtime.package import load_package
@@ -137,6 +138,7 @@ def tiny_site_package(tiny_prior, tmp_path_factory):
     (root / "samplers.json").write_text(json.dumps({"samplers": TUNED_SAMPLERS}))  # as `ckm-bench tune --out` writes it
     assert export_cli.main(["package", "--checkpoint", str(root / "run" / "checkpoint.pt"), "--data", str(root / "data"),
                             "--out", str(out), "--name", "tiny-site", "--version", "1.0.0", "--precisions", "fp32",
-                            "int8", "--calibration-tiles", "8", "--accuracy-tiles", "0",
+                            "int8", "--calibration-tiles", "8", "--accuracy-tiles", "1", "--accuracy-steps", "2",
+                            "--eval-data", str(small_dataset(root / "held-out", {"eval": 1}, region=2, seed=17).root),
                             "--samplers", str(root / "samplers.json")]) == 0
     return load_package(out), root / "run" / "checkpoint.pt", evl.take(np.arange(4)), evl.transmitters()[:4]

@@ -3,6 +3,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from conftest import small_dataset
+
 CKM_EXPORT = Path(sys.executable).with_name("ckm-export")
 
 
@@ -25,6 +28,21 @@ def test_inspect_verify_sign(package_copy, tmp_path):
     assert bad.returncode == 1 and "fp16/backward.onnx" in bad.stderr
 
 
-def test_package_command_refuses_bad_input(tmp_path):
+def test_package_command_refuses_bad_input(tmp_path, tiny_prior):
     out = _run("package", "--checkpoint", tmp_path / "missing.pt", "--data", tmp_path, "--out", tmp_path / "p")
     assert out.returncode != 0 and "missing.pt" in out.stderr
+    model, meta, _, _ = tiny_prior
+    torch.save({"format": "ckm-model", "meta": meta, "weights": model.state_dict()}, tmp_path / "tiny.pt")
+    small_dataset(tmp_path / "eval-only", {"eval": 1}, region=2, seed=3)
+    no_train = _run("package", "--checkpoint", tmp_path / "tiny.pt", "--data", tmp_path / "eval-only", "--out", tmp_path / "p")
+    assert no_train.returncode == 2 and "no training tiles to calibrate with" in no_train.stderr
+    small_dataset(tmp_path / "train-only", {"train": 2}, region=2, seed=3)
+    no_eval = _run("package", "--checkpoint", tmp_path / "tiny.pt", "--data", tmp_path / "train-only", "--out", tmp_path / "p")
+    assert no_eval.returncode == 2 and "no eval tiles for the accuracy record" in no_eval.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_accuracy_record_from_another_dataset(tiny_site_package):
+    acc = tiny_site_package[0].manifest["accuracy"]
+    assert acc["eval_data"]["dataset"].endswith("held-out") and acc["eval_data"]["regions"] == ["tiny-eval"]
+    assert set(acc) == {"eval_data", "fp32", "int8"}
