@@ -293,22 +293,36 @@ def test_model_card_sample_statistics_against_the_held_out_split(tiny_prior, tmp
 
 
 def test_recipes_are_valid_shell_and_name_real_commands():
-    """The prepared GPU-session recipes parse as shell, every ckm_edge subcommand they call exists,
-    and each training job's arguments parse with ckm-train's own parser."""
+    """The prepared recipes (GPU sessions, the release) parse as shell, every ckm_edge subcommand
+    they call exists with the options they give, and each training job's arguments parse with
+    ckm-train's own parser."""
     import re
 
     from ckm_edge.training import cli as train_cli
     from ckm_edge.training import data_cli
 
+    from ckm_edge.benchmarks import cli as bench_cli
+    from ckm_edge.export import cli as export_cli
+
     parsers = {"ckm_edge.training.cli": train_cli.build_parser(), "ckm_edge.training.data_cli": data_cli.build_parser()}
+    tools = {"ckm-train": parsers["ckm_edge.training.cli"], "ckm-data": parsers["ckm_edge.training.data_cli"],
+             "ckm-export": export_cli.build_parser(), "ckm-bench": bench_cli.build_parser()}
     recipes = sorted(Path("recipes").glob("*.sh"))
-    assert {r.name for r in recipes} >= {"gpu-train.sh", "gpu-raytrace.sh", "sionna-bundle.sh"}
+    assert {r.name for r in recipes} >= {"gpu-train.sh", "gpu-raytrace.sh", "sionna-bundle.sh", "release-prior.sh"}
     for recipe in recipes:
         text = recipe.read_text()
         assert subprocess.run(["bash", "-n", str(recipe)], capture_output=True).returncode == 0, recipe
         for module, sub in re.findall(r"-m (ckm_edge\.training\.(?:cli|data_cli)) ([a-z-]+)", text):
             choices = parsers[module]._subparsers._group_actions[0].choices
             assert sub in choices, f"{recipe}: {module} has no subcommand {sub!r}"
+        joined = text.replace("\\\n", " ")  # continuation lines joined
+        for tool, command in re.findall(r'"\$BIN/(ckm-[a-z]+)" ([^\n]+)', joined):  # "$BIN/ckm-x" sub --opt ...
+            argv = re.sub(r'"?\$\{?[A-Z_]+(?::-[^}]*)?\}?"?', "X", command).split()
+            sub = argv[0]
+            choices = tools[tool]._subparsers._group_actions[0].choices
+            assert sub in choices, f"{recipe}: {tool} has no subcommand {sub!r}"
+            known = {o for a in choices[sub]._actions for o in a.option_strings}
+            assert {a for a in argv if a.startswith("--")} <= known, f"{recipe}: {tool} {sub}: unknown option"
         for job in re.findall(r'echo "((?:prior|baseline) [^"]*)"', text):
             argv = job.replace("${1#curve-}", "small").replace("${1#baseline-}", "ipbox").split()
             args = parsers["ckm_edge.training.cli"].parse_args(argv + ["--data", "d", "--out", "o"])
