@@ -4,14 +4,16 @@
 # same wall time, on the same mixture of data:
 #   - calibrated procedural tiles, generated on the machine (its 16 cores; nothing to carry),
 #   - a snapshot of the ray-traced training build (munich, etoile), carried in .carry/rt-train
-#     (`ckm-data raytrace --out BUILD --snapshot .carry/rt-train`; a few MB),
+#     (`ckm-data raytrace --out BUILD --snapshot .carry/rt-train --exclude HELD-BACK`: the
+#     validation tiles stay out; a few MB),
 #   - datasets/sionna-rt-small's training split (tracked).
 # The ray-traced held-out cities (florence, san_francisco) are never read here.
 #
 # Run from the repository root on the device machine (the device tool: carry [".carry"]):
 #   MINUTES=7 bash recipes/gpu-train.sh
 # Environment: MINUTES (training wall time, default 7), JOBS (default: the prior and six baselines),
-# TILES_PER_REGION / REGIONS (procedural data: default 128 x 32), OUT (where results go).
+# TILES_PER_REGION / REGIONS (procedural data: default 128 x 9), RT_REPEAT (how often each ray-traced
+# tile is seen per epoch: default 30), OUT (where results go).
 # Resume: a run directory carried back in .carry/runs/<job> (checkpoint.pt) continues exactly;
 # else a job warm-starts from .carry/init/<job>.pt when present (the prior: from the shipped
 # prior's weights, models/checkpoints/prior-small.pt).
@@ -22,7 +24,8 @@
 set -uo pipefail
 MINUTES=${MINUTES:-7}
 OUT=${OUT:-/tmp/ckm-out}
-REGIONS=${REGIONS:-32}
+REGIONS=${REGIONS:-9}
+RT_REPEAT=${RT_REPEAT:-30}  # with 9 x 128 procedural tiles: about 58 % ray-traced samples, as the CPU run's stage 3
 TILES_PER_REGION=${TILES_PER_REGION:-128}
 JOBS=${JOBS:-prior baseline-ipbox baseline-iprandom baseline-sr2 baseline-jtqr baseline-multi baseline-multi-site}
 # the network-size curve (ckm-bench netsize LABEL=CHECKPOINT): curve-tiny curve-small curve-medium,
@@ -44,7 +47,7 @@ $PY -m ckm_edge.training.data_cli generate --out $WORK/proc-cal --preset calibra
     --eval-regions 1 --tiles-per-region "$TILES_PER_REGION" --seed 11 --workers "$(nproc)" >>"$OUT/train.log" 2>&1 \
     || { log "procedural generation failed"; exit 1; }
 log "calibrated procedural tiles: $((REGIONS * TILES_PER_REGION)) train in $(( $(date +%s) - t0 )) s"
-DATA="$WORK/proc-cal $RT:8 datasets/sionna-rt-small:8"
+DATA="$WORK/proc-cal $RT:$RT_REPEAT datasets/sionna-rt-small:$RT_REPEAT"
 for extra in ${EXTRA_DATA:-}; do  # e.g. the tiles traced earlier in this command (recipes/gpu-raytrace.sh)
     if [ -f "${extra%:*}/manifest.json" ]; then DATA="$DATA $extra"; else log "EXTRA_DATA ${extra%:*}: no dataset, left out"; fi
 done
