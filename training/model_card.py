@@ -11,7 +11,9 @@ The statistics are those of `ckm-data stats` (training.statistics): the outdoor 
 are calibration's (training.calibrate.mismatch): histogram L1, absolute fraction differences.
 The samples are unconditional (the paper's setting; a site-aware prior with its condition
 channels zero) and are kept as a dataset (`DIR/prior-samples`, eval split), so `ckm-data stats`
-and `ckm-data inspect` read them like any other.
+and `ckm-data inspect` read them like any other. `--site-stats` adds samples each given one
+held-out tile's site (`DIR/prior-samples-site`, `sample-stats-site.*`): the radio statistics of the
+prior where the layout is known, as in the site setting.
 """
 
 from __future__ import annotations
@@ -33,16 +35,34 @@ from ckm_edge.training.reference_dps import DPSConfig, dps_sample
 TARGETS = {"gain_histogram_l1": 0.15, "no_path_fraction": 0.03, "building_fraction": 0.03}
 
 
-def prior_samples(model, schedule: Schedule, count: int, size: int, steps: int, seed: int, batch: int = 16) -> np.ndarray:
-    """`count` unconditional samples (PC sampler, one corrector step, `steps` respaced steps)."""
+def prior_samples(model, schedule: Schedule, count: int, size: int, steps: int, seed: int, batch: int = 16,
+                  site: tuple[np.ndarray, np.ndarray | None] | None = None) -> np.ndarray:
+    """`count` samples of the prior (PC sampler, one corrector step, `steps` respaced steps):
+    unconditional, or with `site` = (building (count, H, W) bool, base stations (count, 3) or None)
+    sample i of site i: a site-aware prior conditions on it, and the layout is then exact (the
+    runtime's site setting: buildings 0, outdoor AoA in its range)."""
+    from ckm_edge.runtime.condition import site_condition
+    from ckm_edge.runtime.site import Site
+
     short = schedule.respace(steps)
+    conditional = site is not None and getattr(getattr(model, "net", None), "cfg", None) is not None \
+        and model.net.cfg.cond_channels > 0
     out = []
     for start in range(0, count, batch):
         n = min(batch, count - start)
+        score = model
+        if conditional:
+            building, bs = site
+            cond = torch.from_numpy(site_condition(building[start:start + n], None if bs is None else bs[start:start + n],
+                                                   (size, size), batch=n)).float()
+            score = lambda x, t, c=cond: model(x, t, c)  # noqa: E731
         with torch.no_grad():
-            x = dps_sample(model, short, None, None, shape=(n, 2, size, size), rng=np.random.default_rng([seed, start]),
+            x = dps_sample(score, short, None, None, shape=(n, 2, size, size), rng=np.random.default_rng([seed, start]),
                            cfg=DPSConfig(zeta=0.0, corrector_steps=1))
-        out.append(np.clip(x.numpy(), 0.0, 1.0).astype(np.float32))
+        x = np.clip(x.numpy(), 0.0, 1.0).astype(np.float32)
+        if site is not None:
+            x = Site(site[0][start:start + n]).project(x)
+        out.append(x)
     return np.concatenate(out)
 
 
@@ -143,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=4, help="samples and real tiles in the figures")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--stats-samples", type=int, default=0, help="samples for the statistics (0: none)")
+    parser.add_argument("--site-stats", action="store_true",
+                        help="also statistics of samples each given one held-out tile's site (building layout, base "
+                             "station): the building fraction is then the held-out one by construction, the rest is the test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", nargs="*", type=Path, default=[],
                         help="the training run directories behind the checkpoint, in order: their history "
@@ -168,16 +191,26 @@ def main(argv: list[str] | None = None) -> int:
     preview.save_grid(args.out / "real-tiles.png", evl.take(idx), None if tx is None else tx[idx])
     print(f"wrote {args.out / 'prior-samples.png'} and {args.out / 'real-tiles.png'}")
     if args.stats_samples:
-        samples = prior_samples(model, schedule, args.stats_samples, n, args.steps, args.seed + 1)
-        with DatasetWriter(args.out / "prior-samples", "prior-samples", n, data.manifest.get("cell_size_m"),
-                           data.manifest.get("carrier_hz"), {"checkpoint": str(args.checkpoint), "steps": args.steps,
-                                                             "seed": args.seed + 1}) as w:
-            w.add("eval", "prior-samples", samples)
-        result = sample_statistics(samples, data)
-        (args.out / "sample-stats.json").write_text(json.dumps(result, indent=1) + "\n")
-        text = markdown(result, f"prior samples ({len(samples)})")
-        (args.out / "sample-stats.md").write_text(text)
-        print(text)
+        runs = [("", None, f"prior samples ({args.stats_samples})")]
+        if args.site_stats:  # each sample given one held-out tile's site (layout, base station)
+            k = min(args.stats_samples, len(evl))
+            tiles = evl.take(np.arange(k))
+            from ckm_edge.runtime import codec
+
+            runs.append(("-site", (codec.building_mask(tiles), None if tx is None else tx[:k]),
+                         f"site-conditioned samples ({k}, the held-out tiles' sites)"))
+        for suffix, site, label in runs:
+            count = args.stats_samples if site is None else len(site[0])
+            samples = prior_samples(model, schedule, count, n, args.steps, args.seed + 1, site=site)
+            with DatasetWriter(args.out / f"prior-samples{suffix}", "prior-samples", n, data.manifest.get("cell_size_m"),
+                               data.manifest.get("carrier_hz"), {"checkpoint": str(args.checkpoint), "steps": args.steps,
+                                                                 "seed": args.seed + 1, "site_conditioned": site is not None}) as w:
+                w.add("eval", "prior-samples", samples)
+            result = sample_statistics(samples, data)
+            (args.out / f"sample-stats{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
+            text = markdown(result, label)
+            (args.out / f"sample-stats{suffix}.md").write_text(text)
+            print(text)
     return 0
 
 
