@@ -29,8 +29,7 @@ def cmd_package(args) -> int:
     from ckm_edge.training.checkpoint import load_model
     from ckm_edge.training.dataset import Dataset
 
-    sections, tuned = ({"samplers": read_samplers(args.samplers)}, sorted(json.loads(args.samplers.read_text())["samplers"])) \
-        if args.samplers else (None, None)  # a bad file is refused before anything is exported
+    samplers, tuned = read_samplers(args.samplers) if args.samplers else (None, None)  # refused before any export
     model, meta = load_model(args.checkpoint)
     if meta["kind"] != "prior":
         raise ValueError(f"{args.checkpoint} holds a {meta['kind']} model; only score priors are packaged")
@@ -39,6 +38,8 @@ def cmd_package(args) -> int:
     train, evl = data.split("train"), evl_data.split("eval")
     if not len(train):
         raise ValueError(f"{args.data} has no training tiles to calibrate with (its train split is empty)")
+    if evl_data.tile_size != data.tile_size:
+        raise ValueError(f"{evl_data.root} holds {evl_data.tile_size}-cell tiles, {args.data} {data.tile_size}-cell ones")
     if args.accuracy_tiles and not len(evl):
         raise ValueError(f"{evl_data.root} has no eval tiles for the accuracy record (give --eval-data, or --accuracy-tiles 0)")
     rng = np.random.default_rng(args.seed)
@@ -50,7 +51,8 @@ def cmd_package(args) -> int:
                   "calibration": {"dataset": str(args.data), "split": "train", "tiles": int(len(calibration))}}
     if args.samplers:
         provenance["samplers"] = {"file": str(args.samplers), "tuned_kinds": tuned}
-    pkg = builder.build_package(model, meta, args.out, cfg, calibration, provenance, sections)
+    pkg = builder.build_package(model, meta, args.out, cfg, calibration, provenance,
+                                None if samplers is None else {"samplers": samplers})
     if args.accuracy_tiles:
         tiles = evl.take(np.arange(min(args.accuracy_tiles, len(evl))))
         manifest = dict(pkg.manifest)
@@ -65,10 +67,10 @@ def cmd_package(args) -> int:
     return 0
 
 
-def read_samplers(path: Path) -> dict:
-    """The manifest "samplers" section of a package: the built-in recommendations with those of
-    `path` (`ckm-bench tune --out`: {"samplers": {kind: recommendation}}) over them; a bad file or
-    entry raises ValueError naming it."""
+def read_samplers(path: Path) -> tuple[dict, list[str]]:
+    """The manifest "samplers" section of a package — the built-in recommendations with those of
+    `path` (`ckm-bench tune --out`: {"samplers": {kind: recommendation}}) over them — and the kinds
+    `path` sets; a bad file or entry raises ValueError naming it."""
     from ckm_edge.runtime.recommend import recommendations
 
     try:
@@ -79,7 +81,7 @@ def read_samplers(path: Path) -> dict:
     if not isinstance(section, dict) or not section:
         raise ValueError(f"--samplers {path}: expected {{\"samplers\": {{operator kind: recommendation}}}} (ckm-bench tune --out)")
     try:
-        return {kind: rec.to_dict() for kind, rec in recommendations({"samplers": section}).items()}
+        return {kind: rec.to_dict() for kind, rec in recommendations({"samplers": section}).items()}, sorted(section)
     except ValueError as e:
         raise ValueError(f"--samplers {path}: {e}") from None
 
