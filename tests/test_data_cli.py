@@ -54,3 +54,18 @@ def test_benchmark_writes_json_and_regenerates_results(tmp_path):
     assert record["machine"]["cores"] >= 1 and "numpy" in record["machine"]["libraries"]
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## procedural-generator" in text and "| 4 | 1 |" in text and "Machine:" in text
+
+
+def test_tile_from_a_dataset_split(tmp_path):
+    """`ckm-data tile --from`: a tile of a dataset (here the shipped ray-traced held-out cities) as
+    the npz `ckm-edge construct --truth` reads, with its base station."""
+    from ckm_edge.training.dataset import Dataset
+
+    out = _run("tile", "--from", "datasets/sionna-rt-small", "--index", "3", "--out", str(tmp_path / "t.npz"))
+    assert out.returncode == 0 and "eval tile 3" in out.stdout, out.stderr
+    split = Dataset("datasets/sionna-rt-small").split("eval")
+    with np.load(tmp_path / "t.npz") as z:
+        np.testing.assert_array_equal(z["pixels"], split[3])
+        np.testing.assert_array_equal(z["tx"], split.transmitters()[3])
+    bad = _run("tile", "--from", "datasets/sionna-rt-small", "--index", "8", "--out", str(tmp_path / "u.npz"))
+    assert bad.returncode == 2 and "has 8 tile(s); --index 8" in bad.stderr and not (tmp_path / "u.npz").exists()

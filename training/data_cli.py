@@ -96,7 +96,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_tile(args: argparse.Namespace) -> int:
-    """One procedural tile from a held-out (eval) region, as an npz the edge CLI reads."""
+    """One tile as an npz the edge CLI reads: a procedural tile of a held-out (eval) region, or
+    (--from) a tile of a dataset's split, e.g. a ray-traced held-out city's."""
+    if args.source is not None:
+        split = Dataset(args.source).split(args.split)
+        if not 0 <= args.index < len(split):
+            raise DatasetError(f"{args.source} split {args.split!r} has {len(split)} tile(s); --index {args.index} is not one")
+        tx = split.transmitters()
+        extra = {} if tx is None else {"tx": tx[args.index]}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(args.out, pixels=split[args.index], **extra)
+        where = "" if tx is None else f", base station at {[round(float(v), 1) for v in tx[args.index]]}"
+        print(f"wrote {args.out}: {args.source} {args.split} tile {args.index}{where}")
+        return 0
     cfg = procedural.ProceduralConfig.preset(args.preset, tile_size=args.tile_size)
     pixels, tx = procedural.generate_region(cfg, "eval", args.region, args.index + 1, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -288,8 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--count", type=_positive_int, default=8)
     ins.set_defaults(func=cmd_inspect)
 
-    tile = sub.add_parser("tile", help="one held-out procedural tile as npz (for ckm-edge construct --truth)")
+    tile = sub.add_parser("tile", help="one held-out tile as npz (for ckm-edge construct --truth): procedural, or "
+                                       "from a dataset (--from)")
     tile.add_argument("--out", required=True, type=Path)
+    tile.add_argument("--from", dest="source", type=Path, metavar="DATASET",
+                      help="take the tile from this dataset (e.g. datasets/sionna-rt-small: ray-traced held-out cities)")
+    tile.add_argument("--split", default="eval", choices=["train", "eval"], help="with --from: the split")
     tile.add_argument("--region", type=int, default=0)
     tile.add_argument("--index", type=int, default=0)
     tile.add_argument("--seed", type=int, default=0)
