@@ -151,13 +151,20 @@ def _key(rec: Recommendation) -> tuple:
     return rec.sampler, rec.steps, rec.samples, tuple(sorted(rec.parameters.items()))
 
 
-def search(start: Recommendation, evaluate, cfg: TuneConfig, evaluations_per_step: int) -> tuple[Recommendation, dict]:
+def search(start: Recommendation, evaluate, cfg: TuneConfig, evaluations_per_step: int,
+           levels: int | None = None) -> tuple[Recommendation, dict]:
     """Coordinate search from `start` (over the budget: from its best split within it):
     `evaluate(rec)` -> {"score", ...} (lower is better), each point once. Returns the best
-    recommendation within the budget and every point measured (by _key)."""
+    recommendation within the budget and every point measured (by _key). `levels`: the schedule's
+    noise levels; a warm start at `start` spans round(start x levels) of them, which caps its steps."""
     from ckm_edge.runtime.sampler import spec
 
     measured: dict = {}
+
+    def fit(rec: Recommendation) -> Recommendation:
+        if levels is not None and "start" in rec.parameters:
+            return replace(rec, steps=min(rec.steps, max(1, int(round(rec.parameters["start"] * levels)))))
+        return rec
 
     def score(rec: Recommendation) -> float:
         if _key(rec) not in measured:
@@ -167,7 +174,7 @@ def search(start: Recommendation, evaluate, cfg: TuneConfig, evaluations_per_ste
     score(start)
     best = start
     if start.steps * start.samples * evaluations_per_step > cfg.budget:  # measured for reference; the search stays within budget
-        best = min((replace(start, steps=st, samples=sa) for st, sa in splits(cfg.budget, evaluations_per_step, cfg.samples)),
+        best = min((fit(replace(start, steps=st, samples=sa)) for st, sa in splits(cfg.budget, evaluations_per_step, cfg.samples)),
                    key=score)
     for _ in range(cfg.rounds):
         changed = False
@@ -179,7 +186,7 @@ def search(start: Recommendation, evaluate, cfg: TuneConfig, evaluations_per_ste
                 cands = [replace(best, parameters={**best.parameters, coord: float(v)}) for v in values]
             else:
                 continue
-            for c in cands:
+            for c in map(fit, cands):
                 if score(c) < score(best) - 1e-9:
                     best, changed = c, True
         if not changed:
@@ -239,7 +246,8 @@ def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=prin
                 start = recommend(pkg.manifest, probs[kind_tasks[0], 0][0], site=setting == "site")
                 per_step = max(1, sum(spec(start.sampler).evaluations(config_from_params(start.sampler, start.parameters), 1)
                                       .values()))
-                best, measured = search(start, lambda rec, n=name, s=setting, t=kind_tasks: evaluate(rec, n, s, t), cfg, per_step)
+                best, measured = search(start, lambda rec, n=name, s=setting, t=kind_tasks: evaluate(rec, n, s, t), cfg, per_step,
+                                        levels=len(pkg.schedule()))
                 out["samplers"][name] = best.to_dict()
                 out["kinds"][name] = {"tasks": kind_tasks, "before": measured[_key(start)], "after": measured[_key(best)],
                                       "points": list(measured.values())}

@@ -31,6 +31,19 @@ def test_search_finds_the_grid_optimum_within_the_budget_measuring_each_point_on
     assert len(calls) == len(set(calls)) == len(measured)
 
 
+def test_a_warm_start_caps_the_steps_at_the_noise_levels_it_spans():
+    cfg = tune.TuneConfig(budget=25, rounds=1, starts=(0.05,), lams=(7.0,), samples=(1, 5))
+    seen = []
+
+    def evaluate(rec):  # fewer samples and less noise are better here: the search walks to 1 sample at start 0.05
+        seen.append(rec)
+        return {"score": rec.samples + rec.parameters["start"]}
+
+    best, _ = tune.search(Recommendation("diffpir", 5, 5, {"lam": 7.0, "start": 0.2}), evaluate, cfg, 1, levels=100)
+    assert (best.parameters["start"], best.samples, best.steps) == (0.05, 1, 5)  # 25 steps asked, 5 levels spanned
+    assert all(r.steps <= max(1, round(r.parameters["start"] * 100)) for r in seen)
+
+
 def test_splits_spend_at_most_the_budget():
     assert tune.splits(25, 1, (1, 2, 3, 4, 5, 8)) == [(25, 1), (12, 2), (8, 3), (6, 4), (5, 5), (3, 8)]
     assert tune.splits(10, 3, (1, 2, 4)) == [(3, 1), (1, 2)]  # 3 evaluations per step: 4 samples do not fit
