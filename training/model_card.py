@@ -193,12 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.stats_samples:
         runs = [("", None, f"prior samples ({args.stats_samples})")]
         if args.site_stats:  # each sample given one held-out tile's site (layout, base station)
-            k = min(args.stats_samples, len(evl))
-            tiles = evl.take(np.arange(k))
             from ckm_edge.runtime import codec
 
-            runs.append(("-site", (codec.building_mask(tiles), None if tx is None else tx[:k]),
-                         f"site-conditioned samples ({k}, the held-out tiles' sites)"))
+            pick = np.unique(np.linspace(0, len(evl) - 1, min(args.stats_samples, len(evl))).astype(int))  # spread over regions
+            runs.append(("-site", (codec.building_mask(evl.take(pick)), None if tx is None else tx[pick]),
+                         f"site-conditioned samples ({len(pick)}, the sites of held-out tiles spread over the split)"))
         for suffix, site, label in runs:
             count = args.stats_samples if site is None else len(site[0])
             samples = prior_samples(model, schedule, count, n, args.steps, args.seed + 1, site=site)
