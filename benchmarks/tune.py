@@ -35,7 +35,7 @@ import numpy as np
 
 from ckm_edge.benchmarks import solvers
 from ckm_edge.benchmarks.solvers import METRICS
-from ckm_edge.runtime import defaults, tasks
+from ckm_edge.runtime import codec, defaults, tasks
 from ckm_edge.runtime.recommend import SITE, Recommendation, operator_kind
 from ckm_edge.runtime.tasks import DEFAULT_SIGMA, PAPER_TASKS
 
@@ -211,12 +211,12 @@ def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=prin
         raise ValueError(f"tiles are {tiles.shape[-1]} wide, package {pkg.name} takes {pkg.tile_size}")
     shape = (2, pkg.tile_size, pkg.tile_size)
     probs = solvers.problems(tiles, cfg.tasks, cfg.sigma, cfg.seed)
-    sites = {}  # (setting, tile) -> what the request carries; the smooth fill's RMSEs, the yardstick of every point
-    base = {}
+    # what a site request carries per tile: the layout and, where recorded, the base station
+    sites = {i: Site(codec.building_mask(x)[None], None if val.transmitters is None else val.transmitters[i][None])
+             for i, x in enumerate(tiles)}
+    base = {}  # the smooth fill's RMSEs: the yardstick of every point
     for setting in cfg.settings:
         for (task, i), (op, y, unobs, building) in probs.items():
-            if setting == "site":
-                sites[setting, i] = Site(building[None], None if val.transmitters is None else val.transmitters[i][None])
             fill = solvers.classical_methods(task, op, y, shape, building if setting == "site" else None)["smooth"]
             base[setting, task, i] = solvers.metrics(fill, tiles[i], unobs)
     out: dict = {"samplers": {}, "kinds": {}}
@@ -230,7 +230,7 @@ def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=prin
                     op, y, unobs, _ = probs[task, i]
                     t0 = time.perf_counter()
                     r = construct(engine, pkg.schedule(), op, y, shape, ConstructConfig(rec.steps, rec.samples, cfg.seed, sampler=sampler),
-                                  sigma=cfg.sigma, site=sites.get((setting, i)))
+                                  sigma=cfg.sigma, site=sites[i] if setting == "site" else None)
                     secs.append(time.perf_counter() - t0)
                     m = solvers.metrics(r.mean, tiles[i], unobs)
                     rows.append(m)

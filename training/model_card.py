@@ -45,8 +45,7 @@ def prior_samples(model, schedule: Schedule, count: int, size: int, steps: int, 
     from ckm_edge.runtime.site import Site
 
     short = schedule.respace(steps)
-    conditional = site is not None and getattr(getattr(model, "net", None), "cfg", None) is not None \
-        and model.net.cfg.cond_channels > 0
+    conditional = site is not None and getattr(model, "cond_channels", 0) > 0
     out = []
     for start in range(0, count, batch):
         n = min(batch, count - start)

@@ -685,11 +685,7 @@ def build(
     """
     out = Path(out)
     prepare(out, plan)
-    names = {_part_path(out, j[0].region, j[2]).stem for j in plan.jobs()}
-    unknown = sorted(set(exclude) - names)
-    if unknown:
-        raise DatasetError(f"excluded tile(s) {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} are not "
-                           "in this build's plan (a list from another plan?)")
+    _check_in_plan(out, plan, exclude)
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     index, count = shard
     jobs = [j for k, j in enumerate(plan.jobs()) if k % count == index]
@@ -775,10 +771,7 @@ def snapshot(build_dir: Path, dest: Path, exclude: frozenset[str] = frozenset())
     """
     build_dir, dest = Path(build_dir), Path(dest)
     plan = _build_plan(build_dir)
-    unknown = sorted(set(exclude) - {_part_path(build_dir, j[0].region, j[2]).stem for j in plan.jobs()})
-    if unknown:
-        raise DatasetError(f"excluded tile(s) {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} are not "
-                           "in this build's plan (a list from another plan?)")
+    _check_in_plan(build_dir, plan, exclude)
     finished = [j for j in plan.jobs() if _part_path(build_dir, j[0].region, j[2]).exists()]
     done = [j for j in finished if _part_path(build_dir, j[0].region, j[2]).stem not in exclude]
     if not done:
@@ -790,6 +783,14 @@ def snapshot(build_dir: Path, dest: Path, exclude: frozenset[str] = frozenset())
         extra["snapshot_of"]["left_out"] = sorted({_part_path(build_dir, j[0].region, j[2]).stem for j in finished} & set(exclude))
     _write_dataset(dest, build_dir, plan, done, extra)
     return {"tiles": len(done), "planned": len(plan.jobs()), "manifest": str(dest / "manifest.json")}
+
+
+def _check_in_plan(build_dir: Path, plan: BuildPlan, names: frozenset[str]) -> None:
+    """Refuse tile names ("munich-00012") that are not jobs of `plan` (a list from another plan?)."""
+    unknown = sorted(set(names) - {_part_path(build_dir, j[0].region, j[2]).stem for j in plan.jobs()})
+    if unknown:
+        raise DatasetError(f"excluded tile(s) {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} are not "
+                           "in this build's plan (a list from another plan?)")
 
 
 def _build_plan(build_dir: Path) -> BuildPlan:
