@@ -4,7 +4,8 @@
     idw_fill       inverse-distance weighting over the k nearest observed cells
     bicubic_up     bicubic upsampling (super-resolution)
     jtqr_fill      clipping-aware fill: saturated gain cells are re-estimated from unsaturated
-                   neighbours but kept beyond the bound they hit; quantized AoA passes through
+                   neighbours but kept beyond the bound they hit (no path below a bound under
+                   the weakest real path); quantized AoA passes through
 All act on pixel maps (B, 2, H, W) and return pixel maps clipped to [0, 1].
 """
 
@@ -14,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ckm_edge.runtime import operators
+from ckm_edge.runtime import codec, operators
 
 
 def nearest_fill(y: np.ndarray, observed: np.ndarray) -> np.ndarray:
@@ -65,7 +66,9 @@ def jtqr_fill(y: np.ndarray, low: float = 0.2, high: float = 0.7, k: int = 8) ->
     filled = idw_fill(gain, known, k=k) if (~known).any() else gain
     fixed = np.where(at_low[:, None], np.minimum(filled, low), np.where(at_high[:, None], np.maximum(filled, high), gain))
     fixed = np.where(building[:, None], 0.0, fixed)
-    return np.clip(np.concatenate([fixed, y[:, 1:]], axis=1), 0.0, 1.0)
+    out = np.clip(np.concatenate([fixed, y[:, 1:]], axis=1), 0.0, 1.0)
+    no_path = operators.Truncate(low, high).known_no_path(gain)  # saturated below any real path: the floor
+    return out if no_path is None else codec.set_no_path(out, no_path & ~building)
 
 
 def reconstruct(op: operators.Operator, y: np.ndarray, shape: tuple[int, ...], method: str = "nearest") -> np.ndarray:

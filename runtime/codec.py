@@ -30,6 +30,13 @@ AOA_PIXEL_MIN = AOA_OFFSET - AOA_SCALE  # 0.3
 AOA_PIXEL_MAX = AOA_OFFSET + AOA_SCALE  # 1.0
 # AoA pixels below the middle of the (0, 0.3) gap are read as buildings.
 BUILDING_THRESHOLD = AOA_PIXEL_MIN / 2.0
+# Cells no path reaches hold the floor (-250 dB, sine 0); real paths in a tile are far stronger: of
+# the ray-traced training tiles' outdoor cells 0.02 % lie between -249.5 and -200 dB, of the
+# calibrated procedural tiles' none (the v1 generator, which has no no-path cells, fades 1 % of
+# them that far). A gain an observation proves to be below PATH_GAIN_DB_MIN is therefore no path.
+PATH_GAIN_DB_MIN = -200.0
+PATH_GAIN_PIXEL_MIN = (PATH_GAIN_DB_MIN - GAIN_DB_MIN) / GAIN_DB_SPAN  # 0.25
+NO_PATH_PIXELS = (0.0, AOA_OFFSET)  # (gain, AoA) of a no-path cell
 GAIN_RMSE_FACTOR = GAIN_DB_SPAN  # dB per pixel
 AOA_RMSE_FACTOR = 1.0 / AOA_SCALE  # sine per pixel, = 20/7
 
@@ -124,6 +131,16 @@ def building_mask(pixels: np.ndarray) -> np.ndarray:
     if pixels.ndim < 3 or pixels.shape[-3] != len(CHANNELS):
         raise CodecError(f"pixels must have shape (..., 2, H, W), got {pixels.shape}")
     return pixels[..., 1, :, :] < BUILDING_THRESHOLD
+
+
+def set_no_path(pixels: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Pixels (..., 2, H, W) with the outdoor cells of `cells` (broadcast to (..., H, W)) set to
+    no path (NO_PATH_PIXELS); building cells stay buildings. Returns a new array."""
+    pixels = np.array(pixels, copy=True)
+    cells = np.broadcast_to(cells, pixels.shape[:-3] + pixels.shape[-2:]) & ~building_mask(pixels)
+    pixels[..., 0, :, :][cells] = NO_PATH_PIXELS[0]
+    pixels[..., 1, :, :][cells] = NO_PATH_PIXELS[1]
+    return pixels
 
 
 def decode(pixels: np.ndarray, *, clip: bool = False) -> PhysicalCKM:

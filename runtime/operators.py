@@ -200,6 +200,11 @@ class Operator:
         """(H, W) or (B, H, W) bool: building cells this operator is told about (eq. 31), or None."""
         return None
 
+    def known_no_path(self, y: np.ndarray) -> np.ndarray | None:
+        """(B, H, W) bool: cells whose observation proves a gain below the weakest real path
+        (codec.PATH_GAIN_DB_MIN), hence no path at all; None when the operator proves none."""
+        return None
+
     def measured(self, y: np.ndarray) -> np.ndarray:
         """Bool like y: the entries of an observation that carry a measurement (a mask's missing
         cells do not). The residual that is compared with the noise level is taken over these."""
@@ -359,6 +364,14 @@ class Truncate(Operator):
     def vjp(self, x, v):
         return np.asarray(v).copy()
 
+    def known_no_path(self, y):
+        """A gain saturated at a low bound below the weakest real path lies at the floor. A cell
+        counts as saturated when y is nearer the bound than the weakest path (noise-tolerant:
+        with the paper's bound, -210 dB, and sigma 0.01 pixels, a 2.5 sigma margin)."""
+        if self.low >= codec.PATH_GAIN_PIXEL_MIN:
+            return None
+        return np.asarray(y)[:, 0] < (self.low + codec.PATH_GAIN_PIXEL_MIN) / 2.0
+
     def prox(self, z, y, lam):
         """Per cell, the best of three pieces: x <= low (then clip(x) = low, x = min(z, low)),
         low <= x <= high (a quadratic), x >= high (x = max(z, high)). lam = 0: a gain observed
@@ -511,6 +524,10 @@ class PerChannel(Operator):
     def known_buildings(self):
         return next((b for b in (o.known_buildings() for o in self.operators) if b is not None), None)
 
+    def known_no_path(self, y):
+        """The gain channel's operator decides (a no-path cell is one in every channel)."""
+        return self.operators[0].known_no_path(np.asarray(y)[:, :1])
+
     def measured(self, y):
         return np.concatenate([op.measured(np.asarray(y)[:, c : c + 1]) for c, op in enumerate(self.operators)], axis=1)
 
@@ -570,6 +587,9 @@ class Compose(Operator):
 
     def known_buildings(self):
         return self.operators[0].known_buildings() if len(self.operators) == 1 else None
+
+    def known_no_path(self, y):
+        return self.operators[0].known_no_path(y) if len(self.operators) == 1 else None
 
     def measured(self, y):
         return self.operators[-1].measured(y)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ckm_edge.runtime.adapter import ComposedEngine
+from ckm_edge.runtime.construct import finish
 from ckm_edge.runtime.memory import release_free_memory
 from ckm_edge.runtime.sampler import Observation, Observations, StepInfo, respaced, sample
 
@@ -246,7 +247,6 @@ class Scheduler:
                 engine = ComposedEngine(engine, first.adapter.engine(first.precision), first.adapter_lambda)
             schedule = respaced(first.model.package.schedule(), first.steps, first.sampler)
             x = sample(engine, schedule, Observations((2, n, n), len(rngs), groups), rngs, first.sampler, step)
-            x = np.clip(x, 0.0, 1.0)
         except Cancelled as e:
             self.metrics.abandoned()
             outcome = [(None, e)] * len(batch)
@@ -254,7 +254,7 @@ class Scheduler:
             log.exception("batch failed")
             outcome = [(None, e)] * len(batch)
         else:
-            outcome = [(x[r], None) for r in rows_of]
+            outcome = [(finish(x[r], job.op, job.y), None) for job, r in zip(batch, rows_of)]
         self.metrics.batch_finished(batch, rows, memory, time.perf_counter() - start)
         for job, (result, error) in zip(batch, outcome):
             job.finish(result, error)

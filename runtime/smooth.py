@@ -7,7 +7,8 @@ solves, per sample and channel,
     min_x  sum over neighbouring cells (i, j) of (x_i - x_j)^2     subject to  x in C(y)
 
 where C(y) is what the observation allows (`op.prox(., y, 0)`: observed cells fixed, block means
-kept, a saturated gain at or beyond its bound, an AoA inside its sector) and, with a site map,
+kept, a saturated gain at or beyond its bound, an AoA inside its sector; a gain saturated below
+the weakest real path is no path: the codec's no-path value) and, with a site map,
 building cells are 0 and take no part in the neighbourhood (gain is not interpolated through a
 building). For a mask this is harmonic (membrane) interpolation — linear across a box —, for
 super-resolution the smoothest map with the observed block means. It is the warm start of the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ckm_edge.runtime import codec
 from ckm_edge.runtime.operators import Operator
 from ckm_edge.runtime.site import Site
 
@@ -66,9 +68,17 @@ def smooth_fill(op: Operator, y: np.ndarray, shape: tuple[int, ...], site: Site 
     wr = outdoor[..., 1:, :] * outdoor[..., :-1, :]
     wc = outdoor[..., :, 1:] * outdoor[..., :, :-1]
 
+    no_path = op.known_no_path(y)  # cells proven to have no path: pinned to the codec's no-path value
+    if no_path is not None:
+        no_path = np.broadcast_to(no_path, outdoor[:, 0].shape) & (outdoor[:, 0] > 0)
+
     def project(v):
         v = op.prox(v, y, 0.0)
-        return v if site is None else site.project(v)
+        v = v if site is None else site.project(v)
+        if no_path is not None:
+            v = v.copy()
+            v[:, 0][no_path], v[:, 1][no_path] = codec.NO_PATH_PIXELS
+        return v
 
     lo, hi = project(np.zeros(shape, np.float32)), project(np.ones(shape, np.float32))
     if op.box_feasible:  # per cell an interval (the site's too): the projection is a clip, ~10x cheaper

@@ -97,6 +97,24 @@ def test_jtqr_is_the_papers_operator():
     assert np.abs(aoa[:, None] - levels[None]).min(axis=1).max() < 1e-6
 
 
+def test_a_gain_saturated_below_the_weakest_real_path_is_no_path():
+    y = np.array([[[[0.19, 0.2, 0.224, 0.226, 0.4]]]], np.float32)  # noisy readings at and near the -210 dB bound
+    trunc = operators.Truncate(0.2, 0.7)
+    np.testing.assert_array_equal(trunc.known_no_path(y), [[[True, True, True, False, False]]])
+    assert operators.Truncate(0.3, 0.8).known_no_path(y) is None  # a bound above the weakest path (-190 dB) proves nothing
+    jt = operators.jtqr()
+    y2 = np.concatenate([y, np.full_like(y, 0.2)], axis=1)  # the AoA channel never decides
+    np.testing.assert_array_equal(jt.known_no_path(y2), trunc.known_no_path(y))
+    np.testing.assert_array_equal(operators.Compose((jt,)).known_no_path(y2), trunc.known_no_path(y))
+    for op in (operators.Mask(np.ones((1, 5), bool)), operators.Downsample(1), operators.Identity(),
+               operators.PerChannel((operators.Identity(), trunc))):
+        assert op.known_no_path(y2) is None
+    x = np.array([[[[0.1, 0.5, 0.0]], [[0.8, 0.4, 0.0]]]], np.float32)  # outdoor, outdoor, building
+    got = codec.set_no_path(x, np.array([[[True, False, True]]]))  # the building stays one
+    np.testing.assert_array_equal(got, np.array([[[[0.0, 0.5, 0.0]], [[codec.AOA_OFFSET, 0.4, 0.0]]]], np.float32))
+    assert x[0, 0, 0, 0] == np.float32(0.1)  # a new array
+
+
 def test_specs_round_trip_and_errors_name_the_problem():
     rng = np.random.default_rng(6)
     op = operators.Compose((operators.Mask(operators.box_mask(rng, (8, 8), (2, 4))), operators.jtqr()))

@@ -338,6 +338,9 @@ def test_shipped_raytraced_set_is_complete_and_region_disciplined():
         assert split.transmitters().shape == (len(split), 3)
         reached = phys.gain_db[~phys.building] > codec.GAIN_DB_MIN + 0.5
         assert reached.mean() > 0.5  # most outdoor cells have at least one path
+        # a real path is far above the floor: what lets a gain saturated under PATH_GAIN_DB_MIN be read as no path
+        gains = phys.gain_db[~phys.building]
+        assert ((gains > codec.GAIN_DB_MIN + 0.5) & (gains < codec.PATH_GAIN_DB_MIN)).mean() < 1e-3
 
 
 @pytest.mark.slow

@@ -223,6 +223,34 @@ def test_smooth_fill_is_the_harmonic_and_block_consistent_estimate(tiny_prior):
     assert checked > 10
 
 
+def test_cells_saturated_below_any_real_path_come_out_as_no_path(tiny_package, tiny_prior):
+    """JTQR's low bound (-210 dB) lies under the weakest real path (-200 dB): a cell saturated there
+    has no path, and every estimate (the samplers', the smooth fill, the classical clipping-aware
+    fill) gives it exactly the codec's no-path value."""
+    from ckm_edge.benchmarks import classical
+
+    *_, evl = tiny_prior
+    x = evl[:1].copy()
+    outdoor = ~codec.building_mask(x)[0]
+    gone = np.zeros((32, 32), bool)
+    gone[:12, :12] = True
+    gone &= outdoor
+    x[0, 0][gone], x[0, 1][gone] = 0.0, codec.AOA_OFFSET
+    rng = np.random.default_rng(3)
+    op = tasks.make_operator("jtqr", rng, x)
+    y = tasks.observe(op, x, rng, 0.005)  # within 5 sigma of the bound: every saturated cell is proven
+    proven = op.known_no_path(y)[0] & outdoor  # buildings read as saturated too, and stay buildings
+    assert proven[gone].all() and gone.sum() > 10
+    expect = np.array(codec.NO_PATH_PIXELS, np.float32)[:, None]
+    with open_engine(tiny_package, EngineConfig(threads=1)) as eng:
+        r = construct(eng, tiny_package.schedule(), op, y, (2, 32, 32), ConstructConfig(3, 2, sampler=DiffPIRConfig(start=1.0)),
+                      sigma=SIGMA)
+    assert (r.samples[:, :, proven] == expect).all() and (r.mean[:, proven] == expect).all()
+    assert (r.samples[:, :, ~outdoor] == 0).all()  # buildings stay buildings
+    assert (smooth_fill(op, y, x.shape)[0][:, proven] == expect).all()
+    assert (classical.jtqr_fill(y)[0][:, proven] == expect).all()
+
+
 def test_observations_refuse_what_does_not_fit():
     op = operators.Downsample(2)
     y = np.zeros((1, 2, 16, 16), np.float32)

@@ -91,6 +91,22 @@ def test_every_sampler_and_task_over_grpc_equals_the_local_construction(client, 
     assert remote.sampler_parameters == {p["name"]: float(getattr(cfg, p["name"])) for p in SAMPLERS[sampler].parameters()}
 
 
+def test_cells_saturated_below_any_real_path_are_served_as_no_path(client, tiny_prior):
+    """The server's batched path finishes a construction as `construct` does: a JTQR gain saturated
+    under the weakest real path comes back as exactly the codec's no-path value."""
+    x, op, _ = _observation(tiny_prior, "jtqr", seed=5)
+    x = x.copy()
+    gone = np.zeros((32, 32), bool)
+    gone[20:, 20:] = True
+    gone &= ~codec.building_mask(x)
+    x[0][gone], x[1][gone] = codec.NO_PATH_PIXELS
+    y = op.forward(x[None])[0]
+    y = y + 0.005 * np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    remote = client.construct(y, op, sampler="diffpir", steps=2, samples=2, seed=3, noise_sigma=0.005)
+    assert gone.sum() > 10
+    np.testing.assert_array_equal(remote.map[:, gone], np.array(codec.NO_PATH_PIXELS, np.float32)[:, None].repeat(gone.sum(), 1))
+
+
 def test_the_recommendation_fills_what_a_request_leaves_out(client, tiny_prior, tiny_package):
     _, op, y = _observation(tiny_prior, "sr2")
     rec = recommend(tiny_package.manifest, op)  # the recommendation for a downsampling operator
