@@ -144,7 +144,7 @@ def baselines(checkpoints: Path, task_names) -> dict:
 def run(package_dir: str | Path, checkpoints: str | Path, held: HeldOut, task_names: tuple[str, ...],
         cfg: AccuracyConfig, progress=print) -> dict:
     """{"results": {setting: {task: {method: [per-map metrics (+ seconds)]}}}, "constructions": {...}}."""
-    from ckm_edge.runtime.construct import ConstructConfig, construct
+    from ckm_edge.runtime.construct import ConstructConfig, check_observation, construct, finish
     from ckm_edge.runtime.engine import EngineConfig, open_engine
     from ckm_edge.runtime.package import load_package
     from ckm_edge.runtime.recommend import resolve
@@ -192,6 +192,8 @@ def run(package_dir: str | Path, checkpoints: str | Path, held: HeldOut, task_na
                         pred = net(inputs, cond)[0]
                         if site is not None:
                             pred = Site(layout[None]).project(pred[None])[0]
+                        # the construction's own finish (no-path cells the observation proves), for a fair comparison
+                        pred = finish(pred[None], op, check_observation(op, y, shape))[0]
                         rows.setdefault(kind, []).append(solvers.metrics(pred, x, unobs))
                 for name, pred in solvers.classical_methods(task, op, y, shape, layout).items():
                     rows.setdefault(name, []).append(solvers.metrics(pred, x, unobs))
