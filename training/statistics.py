@@ -1,9 +1,9 @@
 """Dataset statistics for calibrating one CKM source against another (procedural vs ray-traced).
 
 Per dataset split: the fraction of building cells, the outdoor gain histogram (with the share
-of cells at the codec's floor, i.e. cells no path reaches), the gain fall-off with distance from
-the base station (median per distance ring and a fitted path-loss exponent), and the AoA-sine
-histogram. Everything is computed from the stored pixels and transmitter rows alone, so any two
+of cells no path reaches: at the codec's floor, or below the weakest real path), the gain
+fall-off with distance from the base station (median per distance ring and a fitted path-loss
+exponent), and the AoA-sine histogram. Everything is computed from the stored pixels and transmitter rows alone, so any two
 datasets in the project's format can be compared.
 """
 
@@ -20,7 +20,10 @@ from ckm_edge.training.dataset import Dataset, DatasetError
 GAIN_BINS = np.arange(codec.GAIN_DB_MIN, codec.GAIN_DB_MAX + 1e-9, 10.0)
 DIST_BINS_M = np.array([0, 10, 20, 40, 60, 80, 100, 130, 160, 200, 250, 300, 400], dtype=float)
 SINE_BINS = np.linspace(-1.0, 1.0, 11)
-FLOOR_DB = codec.GAIN_DB_MIN + 0.5  # at or below: no path (the codec's floor)
+# Below: no path. The codec's floor holds the cells no path reaches, and no real path is weaker
+# than codec.PATH_GAIN_DB_MIN, so a generated cell between the two (a network's samples sit a few
+# dB above the floor rather than on it) is no path too.
+NO_PATH_DB = codec.PATH_GAIN_DB_MIN
 
 
 def tile_statistics(pixels: np.ndarray, tx: np.ndarray | None, cell_size_m: float) -> dict:
@@ -33,7 +36,7 @@ def tile_statistics(pixels: np.ndarray, tx: np.ndarray | None, cell_size_m: floa
     outdoor = ~building
     gain = phys.gain_db[outdoor].astype(np.float64)
     sine = phys.aoa_sine[outdoor].astype(np.float64)
-    reached = gain > FLOOR_DB
+    reached = gain >= NO_PATH_DB
     hist, _ = np.histogram(gain, GAIN_BINS)
     stats = {
         "tiles": int(len(pixels)),
@@ -111,7 +114,7 @@ def markdown(rows: list[tuple[str, dict]]) -> str:
 
     line("tiles", [str(s["tiles"]) for _, s in rows])
     line("building fraction (mean)", [fmt(s["building_fraction"]["mean"]) for _, s in rows])
-    line("outdoor cells with no path (at -250 dB)", [fmt(s["floor_fraction"]) for _, s in rows])
+    line(f"outdoor cells with no path (below {NO_PATH_DB:g} dB)", [fmt(s["floor_fraction"]) for _, s in rows])
     for q, name in enumerate(("5%", "median", "95%")):
         idx = (0, 2, 4)[q]
         line(f"reached gain {name} (dB)", [
