@@ -5,10 +5,10 @@ from the score (through x0_hat and the operator), v^T ds/dx. Doing that with one
 backward and no recomputation means the backward must reuse the forward's intermediates:
 
 1. Trace the joint function (x, t[, cond], v) -> (s, v^T ds/dx) = torch.func.vjp with `make_fx` in
-   symbolic mode (the batch axis the only symbolic size), with the core ATen decompositions and one of our own:
-   `aten.convolution_backward` becomes a convolution over the flipped kernel where the stride is
-   1 and a transposed convolution (ONNX ConvTranspose) where it is not, so the graph holds only
-   standard ops.
+   symbolic mode (the batch axis the only symbolic size), with the core ATen decompositions and
+   one of our own: `aten.convolution_backward` becomes a convolution over the flipped kernel
+   where the stride is 1 and a transposed convolution (ONNX ConvTranspose) where it is not, so
+   the graph holds only standard ops.
 2. Partition that joint graph by data dependence: every node that does not depend on v belongs
    to the forward graph; every node that does, to the backward graph. The forward nodes the
    backward reads are the saved tensors: outputs of the forward graph, inputs of the backward.

@@ -247,6 +247,7 @@ class Scheduler:
                 engine = ComposedEngine(engine, first.adapter.engine(first.precision), first.adapter_lambda)
             schedule = respaced(first.model.package.schedule(), first.steps, first.sampler)
             x = sample(engine, schedule, Observations((2, n, n), len(rngs), groups), rngs, first.sampler, step)
+            results = [finish(x[r], job.op, job.y) for job, r in zip(batch, rows_of)]
         except Cancelled as e:
             self.metrics.abandoned()
             outcome = [(None, e)] * len(batch)
@@ -254,7 +255,7 @@ class Scheduler:
             log.exception("batch failed")
             outcome = [(None, e)] * len(batch)
         else:
-            outcome = [(finish(x[r], job.op, job.y), None) for job, r in zip(batch, rows_of)]
+            outcome = [(r, None) for r in results]
         self.metrics.batch_finished(batch, rows, memory, time.perf_counter() - start)
         for job, (result, error) in zip(batch, outcome):
             job.finish(result, error)
