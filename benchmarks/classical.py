@@ -68,7 +68,7 @@ def jtqr_fill(y: np.ndarray, low: float = 0.2, high: float = 0.7, k: int = 8) ->
     fixed = np.where(building[:, None], 0.0, fixed)
     out = np.clip(np.concatenate([fixed, y[:, 1:]], axis=1), 0.0, 1.0)
     no_path = operators.Truncate(low, high).known_no_path(gain)  # saturated below any real path: the floor
-    return out if no_path is None else codec.set_no_path(out, no_path & ~building)
+    return out if no_path is None else codec.set_no_path(out, no_path)  # buildings (AoA gap) stay buildings
 
 
 def reconstruct(op: operators.Operator, y: np.ndarray, shape: tuple[int, ...], method: str = "nearest") -> np.ndarray:
