@@ -133,11 +133,14 @@ def building_mask(pixels: np.ndarray) -> np.ndarray:
     return pixels[..., 1, :, :] < BUILDING_THRESHOLD
 
 
-def set_no_path(pixels: np.ndarray, cells: np.ndarray) -> np.ndarray:
+def set_no_path(pixels: np.ndarray, cells: np.ndarray, outdoor: np.ndarray | None = None) -> np.ndarray:
     """Pixels (..., 2, H, W) with the outdoor cells of `cells` (broadcast to (..., H, W)) set to
-    no path (NO_PATH_PIXELS); building cells stay buildings. Returns a new array."""
+    no path (NO_PATH_PIXELS); building cells stay buildings. `outdoor` (broadcast likewise): the
+    outdoor cells when the caller knows the layout (default: the cells the pixels do not code as
+    buildings, which an intermediate map need not do). Returns a new array."""
     pixels = np.array(pixels, copy=True)
-    cells = np.broadcast_to(cells, pixels.shape[:-3] + pixels.shape[-2:]) & ~building_mask(pixels)
+    outdoor = ~building_mask(pixels) if outdoor is None else outdoor
+    cells = np.broadcast_to(cells, pixels.shape[:-3] + pixels.shape[-2:]) & outdoor
     pixels[..., 0, :, :][cells] = NO_PATH_PIXELS[0]
     pixels[..., 1, :, :][cells] = NO_PATH_PIXELS[1]
     return pixels

@@ -69,16 +69,12 @@ def smooth_fill(op: Operator, y: np.ndarray, shape: tuple[int, ...], site: Site 
     wc = outdoor[..., :, 1:] * outdoor[..., :, :-1]
 
     no_path = op.known_no_path(y)  # cells proven to have no path: pinned to the codec's no-path value
-    if no_path is not None:
-        no_path = np.broadcast_to(no_path, outdoor[:, 0].shape) & (outdoor[:, 0] > 0)
 
     def project(v):
         v = op.prox(v, y, 0.0)
         v = v if site is None else site.project(v)
-        if no_path is not None:
-            v = v.copy()
-            v[:, 0][no_path], v[:, 1][no_path] = codec.NO_PATH_PIXELS
-        return v
+        # the layout is `outdoor`'s: the projections of the all-zero map code every cell as a building
+        return v if no_path is None else codec.set_no_path(v, no_path, outdoor[:, 0] > 0)
 
     lo, hi = project(np.zeros(shape, np.float32)), project(np.ones(shape, np.float32))
     if op.box_feasible:  # per cell an interval (the site's too): the projection is a clip, ~10x cheaper

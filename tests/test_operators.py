@@ -113,6 +113,9 @@ def test_a_gain_saturated_below_the_weakest_real_path_is_no_path():
     got = codec.set_no_path(x, np.array([[[True, False, True]]]))  # the building stays one
     np.testing.assert_array_equal(got, np.array([[[[0.0, 0.5, 0.0]], [[codec.AOA_OFFSET, 0.4, 0.0]]]], np.float32))
     assert x[0, 0, 0, 0] == np.float32(0.1)  # a new array
+    zeros = np.zeros_like(x)  # an intermediate map that codes every cell as a building: the caller's layout decides
+    got = codec.set_no_path(zeros, np.array([[[True, False, True]]]), outdoor=np.array([[[True, True, False]]]))
+    np.testing.assert_array_equal(got, np.array([[[[0.0, 0.0, 0.0]], [[codec.AOA_OFFSET, 0.0, 0.0]]]], np.float32))
 
 
 def test_specs_round_trip_and_errors_name_the_problem():
