@@ -18,7 +18,16 @@ last step returns the denoised map fitted to y within its noise (`Observations.f
 discrepancy principle picks the data step's weight), so observed values are kept to within sigma.
 With `start` < 1 the steps span only the lowest noise levels and begin from the smoothest map the
 observation allows (runtime.smooth), noised to that level (CCDF's warm start): few steps suffice.
-Cost: one score evaluation per step, no saved activations.
+
+With `restart` > 0 each chain, once done, starts again (Restart sampling, Xu et al. 2023): its map
+(proven no-path cells pinned, the AoA-sine channel taken from the smooth fill) is noised to the
+level `restart` and refined in `restart_steps` more steps with their own prior weight
+`restart_lam`. A quantized AoA reading (JTQR) allows a whole sector; a chain from pure noise lands
+anywhere in it, while the fill follows what the neighbouring sectors allow, and the refinement
+fits both channels together. On 12 ray-traced validation tiles (JTQR, 20 steps from pure noise at
+lam 1000, one sample): gain 5.59 -> 5.20 dB, AoA-sine 0.054 -> 0.048 with a restart at 0.1 in 5
+steps at lam 100 (15: 5.74 / 0.046; 1000: 5.30 / 0.052); four samples 4.92 / 0.041.
+Cost: one score evaluation per step (the restart's included), no saved activations.
 """
 
 from __future__ import annotations
@@ -27,7 +36,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ckm_edge.runtime.sampler import StepInfo, check_params, noise, param, prior_start, register, warm_start
+from ckm_edge.runtime.codec import CHANNELS
+from ckm_edge.runtime.sampler import StepInfo, check_params, noise, param, prior_start, register, restart_schedule, warm_start
+
+AOA = CHANNELS.index("aoa_sine")
 
 
 @dataclass(frozen=True)
@@ -39,26 +51,51 @@ class DiffPIRConfig:
     start: float = param(1.0, "where the steps begin, as a fraction of the noise levels: 1 = from pure noise; "
                               "below 1, from the smoothest map the observation allows, noised to that level (CCDF)",
                          1e-3, 1.0)
+    restart: float = param(0.0, "level (a fraction of the noise levels) a finished chain restarts from, its AoA "
+                                "channel taken from the smooth fill; 0 = no restart", 0.0, 1.0)
+    restart_steps: int = param(5, "steps of the restart (extra network evaluations per sample)", 1, 1000)
+    restart_lam: float = param(100.0, "the prior weight lambda of the restart's steps (refining a whole map wants "
+                                      "the observation closer than generating it from noise did)", 1e-6, 1e6)
 
     def __post_init__(self):
         check_params(self)
 
 
-@register("diffpir", DiffPIRConfig, default_steps=20, evaluations=lambda cfg, steps: {"score": steps},
+def _restarts(cfg: DiffPIRConfig) -> int:
+    return cfg.restart_steps if cfg.restart > 0 else 0
+
+
+@register("diffpir", DiffPIRConfig, default_steps=20, evaluations=lambda cfg, steps: {"score": steps + _restarts(cfg)},
+          steps_run=lambda cfg, steps: steps + _restarts(cfg),
           summary="DiffPIR: Tweedie denoiser, the operator's closed-form/exact proximal data step (noise-aware), "
                   "re-noising; one score evaluation per step, no network Jacobian")
 def diffpir(engine, schedule, obs, rngs, cfg: DiffPIRConfig, callback=None) -> np.ndarray:
+    x = prior_start(schedule, rngs, obs.shape) if cfg.start >= 1.0 else warm_start(schedule, obs, rngs)
+    if cfg.restart <= 0:
+        return _chain(engine, schedule, obs, rngs, cfg, x, callback)
+    again = restart_schedule(schedule, cfg)
+    x = obs.finish(_chain(engine, schedule, obs, rngs, cfg, x, callback, offset=len(again)))  # no-path cells pinned
+    x[:, AOA] = obs.initial_estimate()[:, AOA]
+    z = noise(rngs, obs.shape)
+    x = again.perturb(x, z, np.full(obs.rows, len(again) - 1)).astype(np.float32)
+    return _chain(engine, again, obs, rngs, cfg, x, callback, lam=cfg.restart_lam)
+
+
+def _chain(engine, schedule, obs, rngs, cfg: DiffPIRConfig, x, callback, offset: int = 0,
+           lam: float | None = None) -> np.ndarray:
+    """Steps (1)-(4) from x over `schedule` with prior weight `lam` (default cfg.lam); the
+    callback's step indices count down to `offset`."""
+    lam = cfg.lam if lam is None else lam
     b, shape = obs.rows, obs.shape
-    x = prior_start(schedule, rngs, shape) if cfg.start >= 1.0 else warm_start(schedule, obs, rngs)
     for k in reversed(range(len(schedule))):
         s = engine.score(x, np.full(b, schedule.times[k], np.float32))  # (1)
         x0 = np.clip(schedule.x0_hat(x, s, k), 0.0, 1.0).astype(np.float32)  # (2)
         residual = obs.residuals(x0)[1] if obs.guided else None
         if k > 0:  # (3)
-            x0 = obs.prox(x0, cfg.lam / schedule.noise_to_signal(k) ** 2)
+            x0 = obs.prox(x0, lam / schedule.noise_to_signal(k) ** 2)
         else:  # the last step: fit y to within its noise (the discrepancy principle)
             x0 = obs.fit_to_noise(x0)
         if callback is not None:
-            callback(StepInfo(k, x0, residual))
+            callback(StepInfo(k + offset, x0, residual))
         x = schedule.renoise(k, x, x0, noise(rngs, shape) if k > 0 else 0.0, cfg.stochasticity)  # (4)
     return x

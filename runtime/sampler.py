@@ -31,8 +31,9 @@ from typing import Protocol
 
 import numpy as np
 
+from ckm_edge.runtime import codec
 from ckm_edge.runtime.operators import Operator, OperatorError
-from ckm_edge.runtime.schedule import Schedule
+from ckm_edge.runtime.schedule import Schedule, ScheduleError
 from ckm_edge.runtime.site import Site
 
 
@@ -85,7 +86,7 @@ def conditioned(engine, observations: Observations):
 
 @dataclass(frozen=True)
 class StepInfo:
-    k: int  # schedule index, counting down to 0
+    k: int  # steps still to run after this one, counting down to 0 (the schedule index, but for a restart)
     x0_hat: np.ndarray  # (B, 2, H, W) the network's estimate of the clean map at this step
     residual: np.ndarray | None  # (B,) ||y - A(x0_hat)||, None without an observation
 
@@ -232,6 +233,18 @@ class Observations:
                 x[sl] = obs.site.project(x[sl])
         return x
 
+    def finish(self, x: np.ndarray) -> np.ndarray:
+        """Maps (rows, C, H, W) -> clipped to the codec's [0, 1], and per group the cells its
+        observation proves to have no path (a gain saturated below the weakest real path:
+        `Operator.known_no_path`) set to the codec's no-path value, which a network's samples only
+        approach. What every construction ends with (runtime.construct.finish)."""
+        out = np.clip(x, 0.0, 1.0)
+        for sl, obs in self._measured():
+            no_path = obs.op.known_no_path(obs.y)
+            if no_path is not None:
+                out[sl] = codec.set_no_path(out[sl], no_path)
+        return out
+
     def project_site(self, x: np.ndarray) -> np.ndarray:
         out = x
         for sl, obs in self.groups:
@@ -283,8 +296,22 @@ def warm_start(schedule: Schedule, obs: Observations, rngs: Sequence[np.random.G
 
 def respaced(schedule: Schedule, steps: int, cfg, method: str = "ddpm") -> Schedule:
     """The schedule a sampler runs: `steps` of the package's N, over the noise levels the
-    config's `start` (if it has one) says it begins from."""
-    return schedule.respace(min(steps, len(schedule)), method, getattr(cfg, "start", 1.0))
+    config's `start` (if it has one) says it begins from. A config with a `restart` is checked
+    here too (its steps must fit the levels below it), before any work."""
+    short = schedule.respace(min(steps, len(schedule)), method, getattr(cfg, "start", 1.0))
+    if getattr(cfg, "restart", 0.0) > 0:
+        restart_schedule(short, cfg)
+    return short
+
+
+def restart_schedule(schedule: Schedule, cfg) -> Schedule:
+    """The steps of a restart (`cfg.restart_steps` of the package's levels up to `cfg.restart`):
+    after its chain, a sampler re-noises the map to that level and runs these (Restart sampling,
+    Xu et al. 2023: the second pass contracts the errors the first accumulated)."""
+    try:
+        return schedule.full().respace(cfg.restart_steps, "ddpm", cfg.restart)
+    except ScheduleError as e:
+        raise ScheduleError(f"restart_steps: {e}") from None
 
 
 # --- the registry --------------------------------------------------------------------------------
@@ -328,6 +355,8 @@ class SamplerSpec:
     summary: str
     default_steps: int
     evaluations: Callable[[object, int], dict]  # (cfg, steps) -> network calls per posterior sample
+    # (cfg, steps) -> the steps its callback reports (a restart's included): progress runs to this
+    steps_run: Callable[[object, int], int] = lambda cfg, steps: steps
 
     def needs_vjp(self, cfg) -> bool:
         """Whether the sampler runs the forward-with-saves and backward graphs."""
@@ -342,12 +371,14 @@ class SamplerSpec:
 SAMPLERS: dict[str, SamplerSpec] = {}
 
 
-def register(name: str, config: type, *, summary: str, default_steps: int, evaluations: Callable[[object, int], dict]):
+def register(name: str, config: type, *, summary: str, default_steps: int, evaluations: Callable[[object, int], dict],
+             steps_run: Callable[[object, int], int] | None = None):
     """Decorator: make `fn` the sampler `name`, configured by `config`."""
     def wrap(fn: SamplerFn) -> SamplerFn:
         if name in SAMPLERS or any(s.config is config for s in SAMPLERS.values()):
             raise SamplerError(f"sampler {name!r} or its config {config.__name__} is registered twice")
-        SAMPLERS[name] = SamplerSpec(name, config, fn, summary, default_steps, evaluations)
+        SAMPLERS[name] = SamplerSpec(name, config, fn, summary, default_steps, evaluations,
+                                     *(() if steps_run is None else (steps_run,)))
         return fn
     return wrap
 

@@ -91,6 +91,10 @@ class Schedule:
     def to_dict(self) -> dict:
         return dict(self.params)
 
+    def full(self) -> Schedule:
+        """The N-step schedule this one was respaced from (itself when not respaced)."""
+        return Schedule.from_dict({k: v for k, v in self.params.items() if k not in ("steps", "respacing", "start")})
+
     # -- sizes and per-step coefficients ---------------------------------------------------------
     def __len__(self) -> int:
         return len(self.times)

@@ -31,7 +31,7 @@ import numpy as np
 from ckm_edge.runtime.adapter import ComposedEngine
 from ckm_edge.runtime.construct import finish
 from ckm_edge.runtime.memory import release_free_memory
-from ckm_edge.runtime.sampler import Observation, Observations, StepInfo, respaced, sample
+from ckm_edge.runtime.sampler import Observation, Observations, StepInfo, respaced, sample, spec_for
 
 log = logging.getLogger("ckm.edge.scheduler")
 
@@ -229,7 +229,7 @@ class Scheduler:
                 rngs.append(np.random.default_rng([job.seed, s]))
                 owner.append(j)
         rows_of = [[i for i, o in enumerate(owner) if o == j] for j in range(len(batch))]
-        total = first.steps
+        total = spec_for(first.sampler).steps_run(first.sampler, first.steps)  # a restart's steps too
         self.metrics.batch_started(batch, rows, memory)
 
         def step(info: StepInfo) -> None:

@@ -24,7 +24,7 @@ def test_search_finds_the_grid_optimum_within_the_budget_measuring_each_point_on
         return {"score": s}
 
     start = Recommendation("diffpir", 5, 5, {"lam": 7.0, "start": 0.4})  # 25 evaluations: over the budget
-    best, measured = tune.search(start, evaluate, cfg, evaluations_per_step=1)
+    best, measured = tune.search(start, evaluate, cfg)
     assert (best.parameters, best.samples, best.steps) == ({"lam": 15.0, "start": 0.2}, 3, 4)
     assert best.steps * best.samples <= cfg.budget
     assert tune._key(start) in measured  # the package's own point is measured, for the record
@@ -39,14 +39,31 @@ def test_a_warm_start_caps_the_steps_at_the_noise_levels_it_spans():
         seen.append(rec)
         return {"score": rec.samples + rec.parameters["start"]}
 
-    best, _ = tune.search(Recommendation("diffpir", 5, 5, {"lam": 7.0, "start": 0.2}), evaluate, cfg, 1, levels=100)
+    best, _ = tune.search(Recommendation("diffpir", 5, 5, {"lam": 7.0, "start": 0.2}), evaluate, cfg, levels=100)
     assert (best.parameters["start"], best.samples, best.steps) == (0.05, 1, 5)  # 25 steps asked, 5 levels spanned
     assert all(r.steps <= max(1, round(r.parameters["start"] * 100)) for r in seen)
+
+
+def test_a_restart_is_searched_within_the_budget_it_spends():
+    cfg = tune.TuneConfig(budget=25, rounds=2, starts=(0.2, 1.0), lams=(7.0,), restarts=(0.0, 0.1), samples=(1, 4))
+    seen = []
+
+    def evaluate(rec):  # best: from pure noise, restarted at 0.1
+        seen.append(rec)
+        return {"score": abs(rec.parameters["start"] - 1.0) + abs(rec.parameters.get("restart", 0.0) - 0.1)}
+
+    best, measured = tune.search(Recommendation("diffpir", 5, 4, {"lam": 7.0, "start": 0.2}), evaluate, cfg, levels=100)
+    # a restart of 5 steps on 4 samples leaves 1 step each within 25 evaluations
+    assert (best.parameters, best.steps, best.samples) == ({"lam": 7.0, "start": 1.0, "restart": 0.1, "restart_steps": 5}, 1, 4)
+    assert all(r.samples * (r.steps + r.parameters.get("restart_steps", 0)) <= cfg.budget for r in seen)
+    assert not any(r.parameters.get("restart") == 0.0 for r in seen)  # no restart is the construction without the key
+    assert len(seen) == len(measured)
 
 
 def test_splits_spend_at_most_the_budget():
     assert tune.splits(25, 1, (1, 2, 3, 4, 5, 8)) == [(25, 1), (12, 2), (8, 3), (6, 4), (5, 5), (3, 8)]
     assert tune.splits(10, 3, (1, 2, 4)) == [(3, 1), (1, 2)]  # 3 evaluations per step: 4 samples do not fit
+    assert tune.splits(25, 1, (1, 4, 5), per_sample=5) == [(20, 1), (1, 4)]  # a 5-step restart per sample
     assert tune.kinds_of(("ipbox", "iprandom", "sr2", "jtqr")) == {"mask": ["ipbox", "iprandom"], "downsample": ["sr2"],
                                                                     "jtqr": ["jtqr"]}
 

@@ -14,6 +14,7 @@ from ckm_edge.runtime.diffpir import DiffPIRConfig
 from ckm_edge.runtime.dps import DPSConfig
 from ckm_edge.runtime.engine import EngineConfig, open_engine
 from ckm_edge.runtime.sampler import Observation, Observations, SamplerError, config_from_params, respaced, sample
+from ckm_edge.runtime.schedule import ScheduleError
 from ckm_edge.runtime.site import Site, SiteError
 from ckm_edge.runtime.smooth import smooth_fill
 from ckm_edge.training import reference_samplers
@@ -30,6 +31,7 @@ def _problem(tiles, task, seed=0, n=1):
 
 @pytest.mark.parametrize("task", ["ipbox", "iprandom", "sr2", "jtqr", "trajectory"])
 @pytest.mark.parametrize("name,cfg", [("diffpir", DiffPIRConfig()), ("diffpir-warm", DiffPIRConfig(lam=30.0, start=0.3)),
+                                      ("diffpir-restart", DiffPIRConfig(lam=1000.0, restart=0.3, restart_steps=3)),
                                       ("daps", DAPSConfig())])
 def test_runtime_matches_the_pytorch_oracle_at_fixed_draws(tiny_prior, tiny_package, task, name, cfg):
     model, _, _, evl = tiny_prior
@@ -41,12 +43,13 @@ def test_runtime_matches_the_pytorch_oracle_at_fixed_draws(tiny_prior, tiny_pack
                  site=site).numpy()
     with open_engine(tiny_package, EngineConfig(threads=1)) as eng:
         out = sample(eng, schedule, Observations.of(op, y, x.shape[1:], 1, SIGMA, site), [np.random.default_rng(11)], cfg)
-        assert eng.calls == {"score": 8}  # no forward-with-saves, no backward
+        assert eng.calls == {"score": 8 + getattr(cfg, "restart_steps", 0) * (getattr(cfg, "restart", 0) > 0)}  # no backward
     rmse = float(np.sqrt(((out - ref) ** 2).mean()))
     assert rmse < 1e-3, rmse
 
 
-@pytest.mark.parametrize("cfg", [DiffPIRConfig(start=0.5), DAPSConfig(), DPSConfig()], ids=["diffpir", "daps", "dps"])
+@pytest.mark.parametrize("cfg", [DiffPIRConfig(start=0.5), DiffPIRConfig(restart=0.5, restart_steps=2), DAPSConfig(),
+                                 DPSConfig()], ids=["diffpir", "diffpir-restart", "daps", "dps"])
 def test_a_batch_of_different_requests_equals_them_run_one_by_one(tiny_package, tiny_prior, cfg):
     *_, evl = tiny_prior
     ops, ys, sites = [], [], []
@@ -115,10 +118,15 @@ def test_engine_calls_per_sampler_and_no_vjp_graphs_unless_needed(tiny_package, 
         construct(eng, tiny_package.schedule(), op, y, (2, 32, 32), ConstructConfig(5, 1, sampler=DPSConfig()))
         assert set(eng._sessions) == {"score", "forward", "backward"}
     for name, cfg, calls in [("diffpir", DiffPIRConfig(), {"score": 20}), ("daps", DAPSConfig(), {"score": 20}),
+                             ("diffpir", DiffPIRConfig(restart=0.1, restart_steps=4), {"score": 24}),
                              ("dps", DPSConfig(), {"score": 19, "forward": 20, "backward": 20}),
                              ("dps", DPSConfig(jacobian_free=True, corrector_steps=0), {"score": 20})]:
         spec = seam.spec(name)
         assert spec.evaluations(cfg, 20) == calls and spec.needs_vjp(cfg) == ("forward" in calls)
+        assert spec.steps_run(cfg, 20) == (24 if getattr(cfg, "restart", 0) else 20)  # what progress counts to
+    n = len(tiny_package.schedule())  # a restart whose steps the levels under it cannot hold: refused before any work
+    with pytest.raises(ScheduleError, match=r"restart_steps: steps must be in \[1, 1\]"):
+        respaced(tiny_package.schedule(), 5, DiffPIRConfig(restart=1.0 / n, restart_steps=2))
 
 
 def test_the_registry_finds_configures_and_refuses(tiny_package, tiny_prior):

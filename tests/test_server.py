@@ -140,6 +140,8 @@ def test_the_recommendation_fills_what_a_request_leaves_out(client, tiny_prior, 
     (dict(zeta=3.0, sampler_parameters={"zeta": 4}), "zeta also given as the request field"),
     (dict(corrector_steps=50), "corrector_steps must be in [0, 20], got 50"),
     (dict(sampler="diffpir", sampler_parameters={"start": 0.1}, steps=500), "steps: steps must be in [1, 100] (start 0.1"),
+    (dict(sampler="diffpir", sampler_parameters={"restart": 0.01, "restart_steps": 50}, steps=5),
+     "steps: restart_steps: steps must be in [1, 10] (start 0.01"),
     (dict(site=np.ones((16, 16), bool)), "site.building: site building map has shape (16, 16), the maps are (2, 32, 32)"),
     (dict(site=np.full((32, 32), 2)), "site.building must hold only 0 and 1, got 2"),
     (dict(noise_sigma=float("inf")), "noise_sigma must be in [0, 1] pixels"),
@@ -186,6 +188,12 @@ def test_stream_reports_every_step_then_the_result(client, tiny_prior):
     progress = [e[1] for e in events if e[0] == "progress"]
     assert [p[0] for p in progress] == [1, 2, 3, 4, 5] and all(p[1] == 5 for p in progress)
     assert events[-1][0] == "result" and events[-1][1].map.shape == (2, 32, 32)
+    # a DiffPIR restart runs 2 more steps: progress counts them, to the end, without going back
+    events = list(client.construct_stream(y, op, steps=5, sampler="diffpir", samples=1,
+                                          sampler_parameters={"restart": 0.5, "restart_steps": 2}))
+    progress = [e[1] for e in events if e[0] == "progress"]
+    assert [p[0] for p in progress] == [1, 2, 3, 4, 5, 6, 7] and all(p[1] == 7 for p in progress)
+    assert events[-1][0] == "result"
 
 
 def test_concurrent_requests_are_batched_and_equal_single_runs(edge, client, tiny_prior):

@@ -12,6 +12,7 @@ own (tests/test_operators.py). Per step k (i = k + 1):
     DiffPIR: x0 <- prox_A(x0; y, sigma^2 lambda / sigma_bar_i^2)    closed-form data step
     DAPS:    x0 <- prox_A(x0 + r_i e1; y + sigma e2, sigma^2 / r_i^2), r_i = min(ratio sigma_bar_i, r_max)
     last step (both): the runtime's discrepancy-principle fit (`Observations.fit_to_noise`)
+    DiffPIR's restart: the chain again over `restart_schedule`, from its map (AoA: the smooth fill's) noised
     x_{i-1} = scale_{i-1} x0 + std_{i-1} (sqrt(1 - eta) (x_i - scale_i x0) / std_i + sqrt(eta) z)
 """
 
@@ -25,7 +26,7 @@ import torch
 from ckm_edge.runtime.daps import DAPSConfig
 from ckm_edge.runtime.diffpir import DiffPIRConfig
 from ckm_edge.runtime.operators import Operator
-from ckm_edge.runtime.sampler import Observation, Observations
+from ckm_edge.runtime.sampler import Observation, Observations, restart_schedule
 from ckm_edge.runtime.schedule import Schedule
 from ckm_edge.runtime.site import Site
 from ckm_edge.runtime.smooth import smooth_fill
@@ -71,13 +72,26 @@ def diffpir_sample(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
                    sigma: float = 0.0, site: Site | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
     """DiffPIR over `schedule` (already respaced, with `start` if cfg.start < 1); batch 1."""
     x = _start(schedule, op, y, shape, rng, site, cfg.start < 1.0, device)
+    x = _diffpir_chain(score, schedule, op, y, x, shape, rng, cfg.lam, cfg.stochasticity, sigma, site, device)
+    if cfg.restart > 0:  # again from the restart level: the chain's map, its AoA channel the smooth fill's
+        again = restart_schedule(schedule, cfg)
+        fill = torch.from_numpy(smooth_fill(op, y, shape, site, iters=150)).to(device)
+        done = Observations.same(Observation(op, y, sigma, site), tuple(shape[1:]), 1).finish(x.cpu().numpy())
+        x = torch.cat([torch.from_numpy(done[:, :1]).to(device), fill[:, 1:]], dim=1)
+        k = len(again) - 1
+        x = float(again.scale[k]) * x + float(again.noise_std[k]) * _randn(rng, shape[1:], device)[None]
+        x = _diffpir_chain(score, again, op, y, x, shape, rng, cfg.restart_lam, cfg.stochasticity, sigma, site, device)
+    return x
+
+
+def _diffpir_chain(score, schedule, op, y, x, shape, rng, lam, eta, sigma, site, device) -> torch.Tensor:
     for k in reversed(range(len(schedule))):
         s = score(x, torch.full((1,), float(schedule.times[k]), device=device))
         x0 = ((x + float(schedule.noise_std[k]) ** 2 * s) / float(schedule.scale[k])).clamp(0.0, 1.0)
         sbar = float(schedule.noise_std[k] / schedule.scale[k])
-        x0 = _data_step(x0, op, y, sigma**2 * cfg.lam / sbar**2 if k > 0 else None, site, sigma)
+        x0 = _data_step(x0, op, y, sigma**2 * lam / sbar**2 if k > 0 else None, site, sigma)
         z = _randn(rng, shape[1:], device)[None] if k > 0 else None
-        x = _renoise(schedule, k, x, x0, z, cfg.stochasticity)
+        x = _renoise(schedule, k, x, x0, z, eta)
     return x
 
 
