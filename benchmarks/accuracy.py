@@ -61,6 +61,9 @@ class AccuracyConfig:
     sigma: float = tasks.DEFAULT_SIGMA
     seed: int = 0
     max_nfe: int = 100  # network evaluations per posterior sample the default construction may use
+    # a manifest "samplers" section that replaces the package's (the constructions tuned under
+    # another budget: `ckm-bench tune --budget 100`); None = the package's own defaults
+    samplers: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ def run(package_dir: str | Path, checkpoints: str | Path, held: HeldOut, task_na
     from ckm_edge.training.objectives import observation_inputs
 
     pkg = load_package(package_dir)
+    manifest = pkg.manifest if cfg.samplers is None else {**pkg.manifest, "samplers": cfg.samplers}
     tiles = held.tiles
     if tiles.shape[-1] != pkg.tile_size:
         raise ValueError(f"tiles are {tiles.shape[-1]} wide, package {pkg.name} takes {pkg.tile_size}")
@@ -170,7 +174,7 @@ def run(package_dir: str | Path, checkpoints: str | Path, held: HeldOut, task_na
                 rows = results[setting][task]
                 layout = building if setting == "site" else None
                 site = None if layout is None else Site(layout[None], None if bs is None else bs[None])
-                sampler, steps, samples = resolve(pkg.manifest, op, site=site is not None)
+                sampler, steps, samples = resolve(manifest, op, site=site is not None)
                 name = spec_for(sampler).name
                 nfe = sum(spec_for(sampler).evaluations(sampler, steps).values())
                 if nfe > cfg.max_nfe:
@@ -250,7 +254,9 @@ def markdown(out: dict, description: str, cfg: AccuracyConfig) -> str:
         text.append("")
     text += ["Verdicts:", *verdicts(results), ""]
     used = out["constructions"]
-    text += ["Foundation constructions (the package's defaults, runtime.recommend): " + "; ".join(
+    whose = ("the package's defaults, runtime.recommend" if cfg.samplers is None else
+             "a samplers table given to the benchmark (`--samplers`) in place of the package's defaults")
+    text += [f"Foundation constructions ({whose}): " + "; ".join(
         f"{key}: {u['sampler']} {u['steps']} steps x {u['samples']} samples ({u['nfe']} evaluations per sample)"
         for key, u in used.items()) + f"; {cfg.precision}, noise sigma {cfg.sigma:g}.", ""]
     paper_tasks = [t for t in results["paper"] if t in PAPER_TASKS]

@@ -254,11 +254,16 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
     from ckm_edge.benchmarks import accuracy
     from ckm_edge.runtime import tasks
     from ckm_edge.runtime.package import load_package
+    from ckm_edge.runtime.recommend import read_section
 
     unknown = [t for t in args.tasks if t not in tasks.TASKS]
     if unknown:
         raise SystemExit(f"ckm-bench accuracy: unknown task(s) {unknown}; known: {', '.join(tasks.TASKS)}")
-    cfg = accuracy.AccuracyConfig(precision=args.precision, seed=args.seed, max_nfe=args.max_nfe)
+    try:
+        samplers = read_section(args.samplers)[0] if args.samplers else None
+    except ValueError as e:
+        raise SystemExit(f"ckm-bench accuracy: {e}") from None
+    cfg = accuracy.AccuracyConfig(precision=args.precision, seed=args.seed, max_nfe=args.max_nfe, samplers=samplers)
     held = accuracy.load_held_out(args.data, args.tiles, seed=args.seed)
     pkg = load_package(args.package)
     out = accuracy.run(args.package, args.checkpoints, held, tuple(args.tasks), cfg,
@@ -266,8 +271,10 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
     text = accuracy.markdown(out, f"Construction accuracy on {len(held.tiles)} region-held-out tiles: {held.description}; "
                                   f"package `{pkg.name} {pkg.version}`, baselines from `{args.checkpoints}`.", cfg)
     name = "accuracy-" + re.sub(r"[^A-Za-z0-9]+", "-", Path(args.data).name if args.data != "procedural" else "procedural")
+    name += "-" + re.sub(r"[^A-Za-z0-9]+", "-", Path(args.samplers).stem) if args.samplers else ""
     command = (f"ckm-bench accuracy --data {args.data} --tiles {args.tiles} --package {args.package} "
-               f"--checkpoints {args.checkpoints} --precision {args.precision} --tasks {' '.join(args.tasks)}")
+               f"--checkpoints {args.checkpoints} --precision {args.precision} --tasks {' '.join(args.tasks)}"
+               + (f" --samplers {args.samplers}" if args.samplers else ""))
     path = report.write_result(name, command, {"config": vars(cfg), "tiles": len(held.tiles), **out}, text,
                                results_dir=args.results)
     print(text)
@@ -574,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "site-aware baseline-<task>-site.pt, baseline-multi-site.pt")
     acc.add_argument("--max-nfe", type=int, default=100, help="network evaluations per posterior sample allowed to the "
                                                              "package's default construction")
+    acc.add_argument("--samplers", help="constructions to run instead of the package's defaults: a tuned samplers file "
+                                        "(`ckm-bench tune --budget N --out FILE`); the report is accuracy-<data>-<file stem>")
     acc.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS)
     acc.add_argument("--seed", type=int, default=0)
     acc.set_defaults(func=_cmd_accuracy)

@@ -26,10 +26,11 @@ from ckm_edge.runtime.package import PackageError, load_package, read_public_key
 
 def cmd_package(args) -> int:
     from ckm_edge.export import accuracy, builder
+    from ckm_edge.runtime.recommend import read_section
     from ckm_edge.training.checkpoint import load_model
     from ckm_edge.training.dataset import Dataset
 
-    samplers, tuned = read_samplers(args.samplers) if args.samplers else (None, None)  # refused before any export
+    samplers, tuned = read_section(args.samplers) if args.samplers else (None, None)  # refused before any export
     model, meta = load_model(args.checkpoint)
     if meta["kind"] != "prior":
         raise ValueError(f"{args.checkpoint} holds a {meta['kind']} model; only score priors are packaged")
@@ -65,25 +66,6 @@ def cmd_package(args) -> int:
     print(json.dumps({"package": str(pkg.root), "name": pkg.name, "version": pkg.version,
                       "precisions": pkg.precisions, "accuracy": pkg.accuracy()}, indent=2))
     return 0
-
-
-def read_samplers(path: Path) -> tuple[dict, list[str]]:
-    """The manifest "samplers" section of a package — the built-in recommendations with those of
-    `path` (`ckm-bench tune --out`: {"samplers": {kind: recommendation}}) over them — and the kinds
-    `path` sets; a bad file or entry raises ValueError naming it."""
-    from ckm_edge.runtime.recommend import recommendations
-
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"--samplers {path}: cannot read a JSON document: {e}") from None
-    section = doc.get("samplers") if isinstance(doc, dict) else None
-    if not isinstance(section, dict) or not section:
-        raise ValueError(f"--samplers {path}: expected {{\"samplers\": {{operator kind: recommendation}}}} (ckm-bench tune --out)")
-    try:
-        return {kind: rec.to_dict() for kind, rec in recommendations({"samplers": section}).items()}, sorted(section)
-    except ValueError as e:
-        raise ValueError(f"--samplers {path}: {e}") from None
 
 
 def cmd_adapter(args) -> int:

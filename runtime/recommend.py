@@ -114,3 +114,24 @@ def resolve(manifest: dict | None, op: operators.Operator, sampler: str | None =
     if samples is None:
         samples = rec.samples if same else 1
     return cfg, steps, samples
+
+
+def read_section(path) -> tuple[dict, list[str]]:
+    """A manifest "samplers" section — the built-in recommendations with those of the JSON file
+    `path` (`ckm-bench tune --out`: {"samplers": {kind: recommendation}}) over them — and the kinds
+    the file sets (`ckm-export package --samplers`, `ckm-bench accuracy --samplers`); a bad file
+    or entry raises ValueError naming it."""
+    import json
+    from pathlib import Path
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--samplers {path}: cannot read a JSON document: {e}") from None
+    section = doc.get("samplers") if isinstance(doc, dict) else None
+    if not isinstance(section, dict) or not section:
+        raise ValueError(f"--samplers {path}: expected {{\"samplers\": {{operator kind: recommendation}}}} (ckm-bench tune --out)")
+    try:
+        return {kind: rec.to_dict() for kind, rec in recommendations({"samplers": section}).items()}, sorted(section)
+    except ValueError as e:
+        raise ValueError(f"--samplers {path}: {e}") from None

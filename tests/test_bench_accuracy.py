@@ -2,6 +2,7 @@
 baselines (checkpoint files, loaded as ckm-bench loads them), real classical methods."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from ckm_edge.benchmarks import accuracy, solvers
 from ckm_edge.runtime import condition, tasks
+from ckm_edge.runtime.recommend import BUILTIN, read_section
 from ckm_edge.runtime.site import Site
 from ckm_edge.training.objectives import observation_inputs
 from ckm_edge.training.unet import PRESETS, EndToEndModel
@@ -83,6 +85,20 @@ def test_accuracy_refuses_what_it_cannot_compare(tiny_package, tmp_path):
     _baseline_file(tmp_path / "baseline-ipbox-site.pt", ["ipbox"], False, 0)
     with pytest.raises(ValueError, match="is an unconditional baseline"):
         accuracy.run(tiny_package.root, tmp_path, ok, ("ipbox",), accuracy.AccuracyConfig())
+
+
+def test_a_samplers_table_replaces_the_package_defaults(tiny_package, tmp_path):
+    table = tmp_path / "budget-100.json"  # what `ckm-bench tune --budget 100 --out` writes
+    table.write_text(json.dumps({"samplers": {"mask": {"sampler": "diffpir", "steps": 3, "samples": 1, "parameters": {
+        "lam": 1000.0, "start": 1.0, "restart": 0.1, "restart_steps": 2}}}}))
+    cfg = accuracy.AccuracyConfig(samplers=read_section(table)[0])
+    held = accuracy.HeldOut(np.full((1, 2, 32, 32), 0.5, np.float32), None, "x")
+    (tmp_path / "none").mkdir()
+    out = accuracy.run(tiny_package.root, tmp_path / "none", held, ("ipbox", "sr2"), cfg, progress=lambda _: None)
+    used = out["constructions"]
+    assert used["paper/ipbox"] == {**used["paper/ipbox"], "sampler": "diffpir", "steps": 3, "samples": 1, "nfe": 5}  # + restart
+    assert used["paper/sr2"]["steps"] == BUILTIN["downsample"].steps  # kinds the table leaves out: the built-in ones
+    assert "a samplers table given to the benchmark" in accuracy.markdown(out, "x", cfg)
 
 
 def test_verdicts_name_every_metric_a_method_wins():

@@ -119,9 +119,9 @@ def test_tune_on_the_tiny_package_then_ship_the_section(tiny_package, tiny_prior
 
     section = tmp_path / "samplers.json"
     section.write_text(json.dumps({"samplers": out["samplers"]}))
-    from ckm_edge.export.cli import read_samplers
+    from ckm_edge.runtime.recommend import read_section
 
-    merged, tuned = read_samplers(section)  # what `ckm-export package --samplers` writes into the manifest
+    merged, tuned = read_section(section)  # what `ckm-export package --samplers` writes into the manifest
     assert tuned == sorted(out["samplers"])
     assert {k: merged[k] for k in out["samplers"]} == out["samplers"]
     assert merged["jtqr"] == BUILTIN["jtqr"].to_dict()  # not tuned: the built-in one stays
