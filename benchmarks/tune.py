@@ -196,8 +196,8 @@ def search(start: Recommendation, evaluate, cfg: TuneConfig,
         return rec.samples * (rec.steps * per_step + per_sample) <= cfg.budget
 
     def split(rec: Recommendation) -> list[Recommendation]:
-        return [replace(rec, steps=st, samples=sa) for st, sa in splits(cfg.budget, *evaluations(rec)[:1], cfg.samples,
-                                                                       per_sample=evaluations(rec)[1])]
+        per_step, per_sample = evaluations(rec)
+        return [replace(rec, steps=st, samples=sa) for st, sa in splits(cfg.budget, per_step, cfg.samples, per_sample)]
 
     def score(rec: Recommendation) -> float:
         if _key(rec) not in measured:

@@ -378,7 +378,7 @@ def register(name: str, config: type, *, summary: str, default_steps: int, evalu
         if name in SAMPLERS or any(s.config is config for s in SAMPLERS.values()):
             raise SamplerError(f"sampler {name!r} or its config {config.__name__} is registered twice")
         SAMPLERS[name] = SamplerSpec(name, config, fn, summary, default_steps, evaluations,
-                                     *(() if steps_run is None else (steps_run,)))
+                                     steps_run or (lambda cfg, steps: steps))
         return fn
     return wrap
 
