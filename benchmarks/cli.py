@@ -296,7 +296,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise SystemExit(f"ckm-bench tune: {e}") from None
     pkg = load_package(args.package)
-    out = tune.run(args.package, val, cfg, progress=lambda line: print(line, flush=True))
+    try:
+        out = tune.run(args.package, val, cfg, progress=lambda line: print(line, flush=True), journal=args.journal)
+    except ValueError as e:
+        raise SystemExit(f"ckm-bench tune: {e}") from None
     text = tune.markdown(out, f"Default constructions of `{pkg.name} {pkg.version}` tuned on validation tiles: {val.description} "
                               "(never the held-out regions); ONNX Runtime CPU fp32, noise sigma "
                               f"{cfg.sigma:g}, {cfg.rounds} round(s) of coordinate search.", cfg)
@@ -601,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--rounds", type=int, default=2)
     tu.add_argument("--seed", type=int, default=1)
     tu.add_argument("--out", help="write the tuned manifest section here ({\"samplers\": ...}) for ckm-export package --samplers")
+    tu.add_argument("--journal", help="JSONL file of the points measured: a run given it again resumes where it stopped")
     tu.set_defaults(func=_cmd_tune)
 
     ad = sub.add_parser("adapt", help="site adapters (LASCO) vs foundation alone vs full fine-tuning, with training cost")

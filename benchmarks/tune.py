@@ -28,6 +28,7 @@ table of the package's recommendation against the tuned one.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -229,8 +230,39 @@ def search(start: Recommendation, evaluate, cfg: TuneConfig,
     return best, measured
 
 
-def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=print) -> dict:
-    """{"samplers": {kind[+site]: recommendation}, "kinds": {kind[+site]: {"tasks", "before", "after", "points"}}}."""
+def open_journal(path: str | Path, header: dict) -> dict:
+    """The points a journal already holds ({point key: point}), after checking that it was written
+    for the same package, tiles and search (its first line); a new journal gets the header."""
+    path = Path(path)
+    header = json.loads(json.dumps(header))  # tuples as lists, as they read back
+    if not path.exists() or path.stat().st_size == 0:
+        path.write_text(json.dumps({"header": header}) + "\n")
+        return {}
+    lines = path.read_text().splitlines()
+    try:
+        first = json.loads(lines[0]).get("header")
+        points = {}
+        for line in lines[1:]:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short when the run was stopped: measured again
+                continue
+            points[entry["key"]] = entry["point"]
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
+        raise ValueError(f"journal {path} is not a tune journal: {e}") from None
+    if first != header:
+        diff = sorted(k for k in set(header) | set(first or {}) if (first or {}).get(k) != header.get(k))
+        raise ValueError(f"journal {path} was written for another tuning run (differs in: {', '.join(diff)}); "
+                         "give a new file to start afresh")
+    return points
+
+
+def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=print,
+        journal: str | Path | None = None) -> dict:
+    """{"samplers": {kind[+site]: recommendation}, "kinds": {kind[+site]: {"tasks", "before", "after", "points"}}}.
+    With `journal`, every point measured is appended to that JSONL file and a run given the same
+    file again (same package, tiles and search) takes the points it holds instead of measuring
+    them: a stopped tuning resumes where it stopped."""
     from ckm_edge.runtime.construct import ConstructConfig, construct
     from ckm_edge.runtime.engine import EngineConfig, open_engine
     from ckm_edge.runtime.package import load_package
@@ -253,9 +285,22 @@ def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=prin
             fill = solvers.classical_methods(task, op, y, shape, building if setting == "site" else None)["smooth"]
             base[setting, task, i] = solvers.metrics(fill, tiles[i], unobs)
     out: dict = {"samplers": {}, "kinds": {}}
+    header = {"package": f"{pkg.name} {pkg.version}", "tile_size": pkg.tile_size, "validation": val.description,
+              "tiles": [list(k) for k in val.keys], "config": vars(cfg)}
+    done = open_journal(journal, header) if journal is not None else {}
     with open_engine(pkg, EngineConfig()) as engine:
 
         def evaluate(rec: Recommendation, name: str, setting: str, kind_tasks: list[str]) -> dict:
+            key = json.dumps([name, rec.to_dict()], sort_keys=True)
+            if key in done:
+                return done[key]
+            point = measure(rec, name, setting, kind_tasks)
+            if journal is not None:
+                with open(journal, "a") as f:
+                    f.write(json.dumps({"key": key, "point": point}) + "\n")
+            return point
+
+        def measure(rec: Recommendation, name: str, setting: str, kind_tasks: list[str]) -> dict:
             sampler = config_from_params(rec.sampler, rec.parameters)
             ratios, rows, secs = [], [], []
             for task in kind_tasks:

@@ -22,7 +22,7 @@ set -euo pipefail
 NAME=${NAME:-ckm-prior}
 OUT=${OUT:-models/repository/$NAME/$VERSION}
 CARD=${CARD:-docs/model-card}
-WORK=${WORK:-/tmp/release-$NAME-$VERSION}
+WORK=${WORK:-/tmp/release-$NAME-$VERSION}  # keep it where a stopped release can resume (the tune's journal)
 TILES=${TILES:-64}
 BIN=${BIN:-.venv/bin}
 [ -e "$OUT" ] && { echo "$OUT exists: a released version is never rebuilt in place (bump VERSION)"; exit 1; }
@@ -38,7 +38,7 @@ rm -rf "$WORK/fp32"
     --version "$VERSION" --precisions fp32 --accuracy-tiles 0
 # shellcheck disable=SC2086
 "$BIN/ckm-bench" tune --package "$WORK/fp32" --data "$VALIDATION" --exclude ${VALIDATION_EXCLUDE:-} --tiles "${VAL_TILES:-12}" \
-    --out "$WORK/samplers.json"
+    --out "$WORK/samplers.json" --journal "$WORK/tune-journal.jsonl"  # stopped, it resumes from its journal
 
 log "3. the package"
 "$BIN/ckm-export" package --checkpoint "$WORK/prior.pt" --data "$CALIBRATION" --eval-data "$HELD" --out "$OUT" \

@@ -2,6 +2,7 @@
 include what the prior trained on, a real tuning run on the tiny package, and shipping the result
 with `ckm-export package --samplers`."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -104,8 +105,8 @@ def test_tune_on_the_tiny_package_then_ship_the_section(tiny_package, tiny_prior
     *_, held = tiny_prior
     val = tune.Validation(held[:1], None, "one tiny tile")
     cfg = tune.TuneConfig(budget=4, tasks=("ipbox", "sr2"), rounds=1, starts=(0.3,), lams=(15.0,), samples=(1, 2))
-    lines = []
-    out = tune.run(tiny_package.root, val, cfg, progress=lines.append)
+    lines, journal = [], tmp_path / "tune.jsonl"
+    out = tune.run(tiny_package.root, val, cfg, progress=lines.append, journal=journal)
     assert set(out["samplers"]) == {"mask", "mask+site", "downsample", "downsample+site"}
     for name, k in out["kinds"].items():
         rec = Recommendation(**out["samplers"][name])  # a valid recommendation
@@ -116,6 +117,14 @@ def test_tune_on_the_tiny_package_then_ship_the_section(tiny_package, tiny_prior
     assert len(lines) == sum(len(k["points"]) for k in out["kinds"].values())
     text = tune.markdown(out, "tiny", cfg)
     assert "| mask | ipbox | package: diffpir 5 x 5" in text and "| downsample+site | sr2 | tuned:" in text
+
+    # stopped and run again with its journal (the last line cut short): nothing measured twice
+    with open(journal, "a") as f:
+        f.write('{"key": "[\\"mask\\", {')
+    again = []
+    assert tune.run(tiny_package.root, val, cfg, progress=again.append, journal=journal) == out and again == []
+    with pytest.raises(ValueError, match="another tuning run .*differs in: config"):
+        tune.run(tiny_package.root, val, dataclasses.replace(cfg, rounds=2), journal=journal)
 
     section = tmp_path / "samplers.json"
     section.write_text(json.dumps({"samplers": out["samplers"]}))
