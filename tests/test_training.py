@@ -292,10 +292,18 @@ def test_model_card_sample_statistics_against_the_held_out_split(tiny_prior, tmp
     assert "| gain histogram l1 |" in text and "held-out split" in text
     # --site-stats: one sample per held-out tile given its site; the layout is exact, so the
     # building fractions agree by construction and the radio statistics are the test
+    # --reference: a training dataset's own distance to the held-out split, beside the samples'
+    with DatasetWriter(tmp_path / "ref", "procedural", 32, 2.0, 3.5e9) as w:
+        w.add("train", "ref", evl[:3])
     rc = model_card.main(["--checkpoint", str(tmp_path / "prior.pt"), "--data", str(tmp_path / "held"), "--out",
-                          str(tmp_path / "card2"), "--count", "2", "--steps", "5", "--stats-samples", "8", "--site-stats"])
+                          str(tmp_path / "card2"), "--count", "2", "--steps", "5", "--stats-samples", "8", "--site-stats",
+                          "--reference", str(tmp_path / "ref")])
     site = json.loads((tmp_path / "card2" / "sample-stats-site.json").read_text())
     assert site["distance"]["building_fraction"] == pytest.approx(0.0, abs=1e-9)
+    ref = statistics.dataset_statistics(tmp_path / "ref", "train")
+    assert site["references"][0]["distance"]["building_fraction"] == pytest.approx(
+        abs(ref["building_fraction"]["mean"] - held["building_fraction"]["mean"]))
+    assert "training data `ref`" in (tmp_path / "card2" / "sample-stats-site.md").read_text()
     cond = Dataset(tmp_path / "card2" / "prior-samples-site").split("eval").take(np.arange(8))
     np.testing.assert_array_equal(codec.building_mask(cond), codec.building_mask(evl))
     assert "site-conditioned samples (8" in (tmp_path / "card2" / "sample-stats-site.md").read_text()

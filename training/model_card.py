@@ -65,26 +65,42 @@ def prior_samples(model, schedule: Schedule, count: int, size: int, steps: int, 
     return np.concatenate(out)
 
 
-def sample_statistics(samples: np.ndarray, data: Dataset, split: str = "eval") -> dict:
-    """Statistics of the samples and of the held-out split, their distances and the verdicts."""
+def sample_statistics(samples: np.ndarray, data: Dataset, split: str = "eval", references=()) -> dict:
+    """Statistics of the samples and of the held-out split, their distances and the verdicts; with
+    `references` (training datasets), each one's own training split against the held-out split too:
+    how far the data the prior learnt from already is from cities it never saw."""
     from ckm_edge.training import calibrate, statistics
 
     held = statistics.dataset_statistics(data.root, split)
     mine = statistics.tile_statistics(samples, None, float(data.manifest.get("cell_size_m") or 1.0))
-    distance = calibrate.mismatch(mine, held)
-    distance.pop("falloff_mean_abs_db", None)  # samples have no known transmitter
-    distance.pop("total", None)
+
+    def distance_to_held(stats: dict) -> dict:
+        d = calibrate.mismatch(stats, held)
+        d.pop("falloff_mean_abs_db", None)  # samples have no known transmitter
+        d.pop("total", None)
+        return d
+
+    distance = distance_to_held(mine)
     verdicts = {k: {"value": round(distance[k], 4), "target": t, "met": distance[k] <= t} for k, t in TARGETS.items()}
-    return {"samples": mine, "held_out": held, "distance": distance, "verdicts": verdicts}
+    refs = []
+    for root in references:
+        stats = statistics.dataset_statistics(root, "train")
+        refs.append({"dataset": str(root), "statistics": stats, "distance": distance_to_held(stats)})
+    return {"samples": mine, "held_out": held, "distance": distance, "verdicts": verdicts, "references": refs}
 
 
 def markdown(result: dict, label: str) -> str:
     from ckm_edge.training import statistics
 
-    lines = [statistics.markdown([(label, result["samples"]), ("held-out split", result["held_out"])]),
-             "| distance | value | target | met |", "|---|---:|---:|---|"]
+    refs = result.get("references") or []
+    names = [f"training data `{Path(r['dataset']).name}`" for r in refs]
+    lines = [statistics.markdown([(label, result["samples"]), ("held-out split", result["held_out"]),
+                                  *zip(names, (r["statistics"] for r in refs))]),
+             "| distance to the held-out split | value | target | met |" + "".join(f" {n} |" for n in names),
+             "|---|---:|---:|---|" + "---:|" * len(refs)]
     for k, v in result["verdicts"].items():
-        lines.append(f"| {k.replace('_', ' ')} | {v['value']:.3f} | {v['target']:.2f} | {'yes' if v['met'] else 'no'} |")
+        lines.append(f"| {k.replace('_', ' ')} | {v['value']:.3f} | {v['target']:.2f} | {'yes' if v['met'] else 'no'} |"
+                     + "".join(f" {r['distance'][k]:.3f} |" for r in refs))
     return "\n".join(lines) + "\n"
 
 
@@ -165,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site-stats", action="store_true",
                         help="also statistics of samples each given one held-out tile's site (building layout, base "
                              "station): the building fraction is then the held-out one by construction, the rest is the test")
+    parser.add_argument("--reference", nargs="*", type=Path, default=[], metavar="DATASET",
+                        help="training datasets whose own training split is set against the held-out split too "
+                             "(the distance the training data itself has from the unseen cities)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", nargs="*", type=Path, default=[],
                         help="the training run directories behind the checkpoint, in order: their history "
@@ -204,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                                data.manifest.get("carrier_hz"), {"checkpoint": str(args.checkpoint), "steps": args.steps,
                                                                  "seed": args.seed + 1, "site_conditioned": site is not None}) as w:
                 w.add("eval", "prior-samples", samples)
-            result = sample_statistics(samples, data)
+            result = sample_statistics(samples, data, references=args.reference)
             (args.out / f"sample-stats{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
             text = markdown(result, label)
             (args.out / f"sample-stats{suffix}.md").write_text(text)
