@@ -42,7 +42,6 @@ from ckm_edge.runtime.recommend import SITE, Recommendation, operator_kind
 from ckm_edge.runtime.tasks import DEFAULT_SIGMA, PAPER_TASKS
 
 SETTINGS = ("paper", "site")
-RESTART_STEPS = 5
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class TuneConfig:
     # the site-aware prior went from 12.3 dB (start 0.1, lam 15) to 7.6 dB (start 1, lam 1000-3000)
     starts: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
     lams: tuple[float, ...] = (3.0, 7.0, 15.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
-    # DiffPIR's restart levels (0 = none; RESTART_STEPS steps each): on JTQR validation tiles, 20
+    # DiffPIR's restart levels (0 = none; its default restart_steps each): on JTQR validation tiles, 20
     # steps from noise: gain 5.59 dB / AoA 0.054, with a restart at 0.1 (its AoA from the fill) 5.20 / 0.048
     restarts: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
     samples: tuple[int, ...] = (1, 2, 3, 4, 5, 8)  # the splits tried: budget // samples evaluations each
@@ -177,7 +176,7 @@ def search(start: Recommendation, evaluate, cfg: TuneConfig,
     recommendation within the budget and every point measured (by _key). `levels`: the schedule's
     noise levels; a warm start at `start` spans round(start x levels) of them, which caps its steps
     (and a restart at `restart` its restart_steps). Costs come from the sampler's registry entry."""
-    from ckm_edge.runtime.sampler import spec
+    from ckm_edge.runtime.sampler import config_from_params, spec
 
     measured: dict = {}
 
@@ -185,9 +184,11 @@ def search(start: Recommendation, evaluate, cfg: TuneConfig,
         p = rec.parameters
         if "restart" in p and not p["restart"] > 0:  # no restart: the same construction as without the key
             rec = replace(rec, parameters={k: v for k, v in p.items() if k not in ("restart", "restart_steps")})
-        elif "restart" in p:
-            top = max(1, int(round(p["restart"] * levels))) if levels is not None else RESTART_STEPS
-            rec = replace(rec, parameters={**p, "restart_steps": min(int(p.get("restart_steps", RESTART_STEPS)), top)})
+        elif "restart" in p:  # the sampler's restart steps, within the levels under the restart
+            steps = config_from_params(rec.sampler, p).restart_steps
+            if levels is not None:
+                steps = min(steps, max(1, int(round(p["restart"] * levels))))
+            rec = replace(rec, parameters={**p, "restart_steps": steps})
         if levels is not None and "start" in rec.parameters:
             return replace(rec, steps=min(rec.steps, max(1, int(round(rec.parameters["start"] * levels)))))
         return rec

@@ -70,12 +70,14 @@ def _restarts(cfg: DiffPIRConfig) -> int:
           summary="DiffPIR: Tweedie denoiser, the operator's closed-form/exact proximal data step (noise-aware), "
                   "re-noising; one score evaluation per step, no network Jacobian")
 def diffpir(engine, schedule, obs, rngs, cfg: DiffPIRConfig, callback=None) -> np.ndarray:
-    x = prior_start(schedule, rngs, obs.shape) if cfg.start >= 1.0 else warm_start(schedule, obs, rngs)
+    # the smooth fill, once: the warm start's and the restart's
+    fill = obs.initial_estimate() if cfg.start < 1.0 or cfg.restart > 0 else None
+    x = prior_start(schedule, rngs, obs.shape) if cfg.start >= 1.0 else warm_start(schedule, obs, rngs, fill)
     if cfg.restart <= 0:
         return _chain(engine, schedule, obs, rngs, cfg, x, callback)
     again = restart_schedule(schedule, cfg)
     x = obs.finish(_chain(engine, schedule, obs, rngs, cfg, x, callback, offset=len(again)))  # no-path cells pinned
-    x[:, AOA] = obs.initial_estimate()[:, AOA]
+    x[:, AOA] = fill[:, AOA]
     z = noise(rngs, obs.shape)
     x = again.perturb(x, z, np.full(obs.rows, len(again) - 1)).astype(np.float32)
     return _chain(engine, again, obs, rngs, cfg, x, callback, lam=cfg.restart_lam)

@@ -287,11 +287,14 @@ def prior_start(schedule: Schedule, rngs: Sequence[np.random.Generator], shape: 
     return np.stack([schedule.prior_sample(shape, r) for r in rngs])
 
 
-def warm_start(schedule: Schedule, obs: Observations, rngs: Sequence[np.random.Generator]) -> np.ndarray:
-    """x_K = scale_K x_init + std_K z, x_init the observation's smoothest consistent map: the
-    start of a sampler whose schedule begins part-way (`Schedule.respace(start=...)`)."""
+def warm_start(schedule: Schedule, obs: Observations, rngs: Sequence[np.random.Generator],
+               init: np.ndarray | None = None) -> np.ndarray:
+    """x_K = scale_K x_init + std_K z, x_init the observation's smoothest consistent map (`init`
+    when the caller already has `obs.initial_estimate()`): the start of a sampler whose schedule
+    begins part-way (`Schedule.respace(start=...)`)."""
     z = _draw(rngs, obs.shape)
-    return schedule.perturb(obs.initial_estimate(), z, np.full(obs.rows, len(schedule) - 1)).astype(np.float32)
+    init = obs.initial_estimate() if init is None else init
+    return schedule.perturb(init, z, np.full(obs.rows, len(schedule) - 1)).astype(np.float32)
 
 
 def respaced(schedule: Schedule, steps: int, cfg, method: str = "ddpm") -> Schedule:
