@@ -10,7 +10,8 @@
 #
 # The training build traces tiles 0..TRAIN_TILES/2-1 of munich and etoile (the shards split them
 # even/odd); its snapshot leaves out the validation tiles of datasets/recipes/rt-train-validation.txt
-# (for `ckm-bench tune`, never trained on). The eval split is checked against the committed
+# (for `ckm-bench tune`, never trained on; CACHE/rt-train-snap-all holds them too: the release
+# recipe's VALIDATION=CACHE/rt-train-snap-all VALIDATION_EXCLUDE=CACHE/rt-train-snap). The eval split is checked against the committed
 # manifest (datasets/recipes/sionna-rt-eval-64.manifest.json): a rebuild must be byte-identical.
 # The training runs wait for the snapshot (both training shards done).
 #
@@ -81,6 +82,9 @@ snapshot() {  # once both training shards are done: the training mixture's ray-t
     if mkdir "$CACHE/locks/snapshot" 2>/dev/null; then
         "$BIN/ckm-data" raytrace --out "$RT_TRAIN" --snapshot "$SNAP.tmp" --exclude "$VALIDATION" \
             >>"$CACHE/logs/rt-train.log" 2>&1 && mv "$SNAP.tmp" "$SNAP" && log "snapshot: $SNAP"
+        # and every finished tile (the validation tiles with them): what `ckm-bench tune` reads, minus $SNAP
+        rm -rf "$SNAP-all" && "$BIN/ckm-data" raytrace --out "$RT_TRAIN" --snapshot "$SNAP-all" \
+            >>"$CACHE/logs/rt-train.log" 2>&1 && log "snapshot with the validation tiles: $SNAP-all"
         rmdir "$CACHE/locks/snapshot"
     else
         until [ -f "$SNAP/manifest.json" ]; do sleep 60; done
