@@ -150,6 +150,7 @@ lane() {
 
 pgids() { for f in "$CACHE"/lane-*.pid; do [ -f "$f" ] && kill -0 -- "-$(cat "$f")" 2>/dev/null && cat "$f"; done; }
 
+main() {
 case ${1:-start} in
 start)
     if [ -n "$(pgids)" ]; then echo "lanes already running (process groups $(pgids | tr '\n' ' '))"; exit 0; fi
@@ -177,3 +178,7 @@ status)
     ;;
 *) echo "usage: $0 [start|status|pause|resume]"; exit 2 ;;
 esac
+}
+
+# parsed whole before it runs: editing this file while the lanes run cannot derail them
+main "$@"; exit $?
