@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ckm_edge.benchmarks import solvers
+from ckm_edge.benchmarks.journal import Journal, package_identity
 from ckm_edge.benchmarks.solvers import METRICS, mean_metrics
 from ckm_edge.runtime import condition, tasks
 from ckm_edge.runtime.tasks import PAPER_TASKS
@@ -144,16 +145,22 @@ def baselines(checkpoints: Path, task_names) -> dict:
     return out
 
 
+def _files_digest(directory: Path, pattern: str) -> dict:
+    """{file name: SHA-256} of the files matching `pattern` in `directory` (what a journal's header pins)."""
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(directory).glob(pattern))}
+
+
 def run(package_dir: str | Path, checkpoints: str | Path, held: HeldOut, task_names: tuple[str, ...],
-        cfg: AccuracyConfig, progress=print) -> dict:
-    """{"results": {setting: {task: {method: [per-map metrics (+ seconds)]}}}, "constructions": {...}}."""
-    from ckm_edge.runtime.construct import ConstructConfig, check_observation, construct, finish
+        cfg: AccuracyConfig, progress=print, journal: str | Path | None = None) -> dict:
+    """{"results": {setting: {task: {method: [per-map metrics (+ seconds)]}}}, "constructions": {...}}.
+
+    With `journal` (benchmarks.journal), every finished (task, tile) is appended to that JSONL file
+    and a run given it again (same package, tiles, baselines and configuration) takes them from it:
+    a run stopped part way resumes where it stopped, with the same result."""
     from ckm_edge.runtime.engine import EngineConfig, open_engine
     from ckm_edge.runtime.package import load_package
-    from ckm_edge.runtime.recommend import resolve
-    from ckm_edge.runtime.sampler import spec_for
-    from ckm_edge.runtime.site import Site
-    from ckm_edge.training.objectives import observation_inputs
 
     pkg = load_package(package_dir)
     manifest = pkg.manifest if cfg.samplers is None else {**pkg.manifest, "samplers": cfg.samplers}
@@ -165,47 +172,70 @@ def run(package_dir: str | Path, checkpoints: str | Path, held: HeldOut, task_na
     probs = solvers.problems(tiles, task_names, cfg.sigma, cfg.seed)
     results: dict = {s: {t: {} for t in task_names} for s in SETTINGS}
     used: dict = {}
+    header = {"package": package_identity(pkg, cfg.precision), "data": held.description, "tiles": len(tiles),
+              "tasks": list(task_names), "config": vars(cfg), "baselines": _files_digest(checkpoints, "baseline-*.pt")}
+    done = Journal(journal, header, "accuracy")
     with open_engine(pkg, EngineConfig(precision=cfg.precision)) as engine:
         for (task, i), (op, y, unobs, building) in probs.items():
-            x = tiles[i]
-            bs = None if held.transmitters is None else held.transmitters[i]
-            inputs = observation_inputs(op, y, (1,) + shape, with_mask=True)
+            key = f"{task}/{i}"
+            if key not in done:
+                done.add(key, _one_map(engine, pkg, manifest, nets, cfg, shape, held, task, i, op, y, unobs, building))
             for setting in SETTINGS:
-                rows = results[setting][task]
-                layout = building if setting == "site" else None
-                site = None if layout is None else Site(layout[None], None if bs is None else bs[None])
-                sampler, steps, samples = resolve(manifest, op, site=site is not None)
-                name = spec_for(sampler).name
-                nfe = sum(spec_for(sampler).evaluations(sampler, steps).values())
-                if nfe > cfg.max_nfe:
-                    raise ValueError(f"{pkg.name} {pkg.version} recommends {name} with {nfe} network evaluations "
-                                     f"per sample for {task}; the benchmark allows {cfg.max_nfe}")
-                used[setting, task] = {"sampler": name, "steps": steps, "samples": samples, "nfe": nfe,
-                                       "site_conditioned": bool(site is not None and pkg.condition_channels)}
-                t0 = time.perf_counter()
-                result = construct(engine, pkg.schedule(), op, y, shape, ConstructConfig(steps, samples, cfg.seed, sampler=sampler),
-                                   sigma=cfg.sigma, site=site)
-                rows.setdefault("foundation", []).append({**solvers.metrics(result.mean, x, unobs),
-                                                          "seconds": time.perf_counter() - t0})
-                cond = None
-                if site is not None:
-                    cond = condition.site_condition(layout[None], None if bs is None else bs[None], shape[1:], batch=1)
-                for kind in ("single", "multi"):
-                    net = nets.get((setting, kind, task))
-                    if net is not None:
-                        pred = net(inputs, cond)[0]
-                        if site is not None:
-                            pred = Site(layout[None]).project(pred[None])[0]
-                        # the construction's own finish (no-path cells the observation proves), for a fair comparison
-                        pred = finish(pred[None], op, check_observation(op, y, shape))[0]
-                        rows.setdefault(kind, []).append(solvers.metrics(pred, x, unobs))
-                for name, pred in solvers.classical_methods(task, op, y, shape, layout).items():
-                    rows.setdefault(name, []).append(solvers.metrics(pred, x, unobs))
+                for method, m in done[key]["rows"][setting].items():
+                    results[setting][task].setdefault(method, []).append(m)
+                used[setting, task] = done[key]["used"][setting]
             progress(f"{task} tile {i + 1}/{len(tiles)}: foundation {results['paper'][task]['foundation'][-1]['gain_all']:.2f} dB "
                      f"(paper), {results['site'][task]['foundation'][-1]['gain_all']:.2f} dB (site)")
     constructions = {f"{s}/{t}": v for (s, t), v in used.items()}
     return {"results": results, "constructions": constructions, "site_aware_prior": bool(pkg.condition_channels),
             "base_station_known": held.transmitters is not None}
+
+
+def _one_map(engine, pkg, manifest: dict, nets: dict, cfg: AccuracyConfig, shape, held: HeldOut, task: str, i: int,
+             op, y, unobs, building) -> dict:
+    """Every method on one held-out map in both settings: {"rows": {setting: {method: metrics}},
+    "used": {setting: the foundation's construction}}."""
+    from ckm_edge.runtime.construct import ConstructConfig, check_observation, construct, finish
+    from ckm_edge.runtime.recommend import resolve
+    from ckm_edge.runtime.sampler import spec_for
+    from ckm_edge.runtime.site import Site
+    from ckm_edge.training.objectives import observation_inputs
+
+    x = held.tiles[i]
+    bs = None if held.transmitters is None else held.transmitters[i]
+    inputs = observation_inputs(op, y, (1,) + shape, with_mask=True)
+    out: dict = {"rows": {}, "used": {}}
+    for setting in SETTINGS:
+        rows = out["rows"][setting] = {}
+        layout = building if setting == "site" else None
+        site = None if layout is None else Site(layout[None], None if bs is None else bs[None])
+        sampler, steps, samples = resolve(manifest, op, site=site is not None)
+        name = spec_for(sampler).name
+        nfe = sum(spec_for(sampler).evaluations(sampler, steps).values())
+        if nfe > cfg.max_nfe:
+            raise ValueError(f"{pkg.name} {pkg.version} recommends {name} with {nfe} network evaluations "
+                             f"per sample for {task}; the benchmark allows {cfg.max_nfe}")
+        out["used"][setting] = {"sampler": name, "steps": steps, "samples": samples, "nfe": nfe,
+                                "site_conditioned": bool(site is not None and pkg.condition_channels)}
+        t0 = time.perf_counter()
+        result = construct(engine, pkg.schedule(), op, y, shape, ConstructConfig(steps, samples, cfg.seed, sampler=sampler),
+                           sigma=cfg.sigma, site=site)
+        rows["foundation"] = {**solvers.metrics(result.mean, x, unobs), "seconds": time.perf_counter() - t0}
+        cond = None
+        if site is not None:
+            cond = condition.site_condition(layout[None], None if bs is None else bs[None], shape[1:], batch=1)
+        for kind in ("single", "multi"):
+            net = nets.get((setting, kind, task))
+            if net is not None:
+                pred = net(inputs, cond)[0]
+                if site is not None:
+                    pred = Site(layout[None]).project(pred[None])[0]
+                # the construction's own finish (no-path cells the observation proves), for a fair comparison
+                pred = finish(pred[None], op, check_observation(op, y, shape))[0]
+                rows[kind] = solvers.metrics(pred, x, unobs)
+        for name, pred in solvers.classical_methods(task, op, y, shape, layout).items():
+            rows[name] = solvers.metrics(pred, x, unobs)
+    return out
 
 
 def verdicts(results: dict) -> list[str]:

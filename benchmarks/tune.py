@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ckm_edge.benchmarks import solvers
+from ckm_edge.benchmarks.journal import Journal, package_identity
 from ckm_edge.benchmarks.solvers import METRICS
 from ckm_edge.runtime import codec, defaults, tasks
 from ckm_edge.runtime.recommend import SITE, Recommendation, operator_kind
@@ -231,33 +232,6 @@ def search(start: Recommendation, evaluate, cfg: TuneConfig,
     return best, measured
 
 
-def open_journal(path: str | Path, header: dict) -> dict:
-    """The points a journal already holds ({point key: point}), after checking that it was written
-    for the same package, tiles and search (its first line); a new journal gets the header."""
-    path = Path(path)
-    header = json.loads(json.dumps(header))  # tuples as lists, as they read back
-    if not path.exists() or path.stat().st_size == 0:
-        path.write_text(json.dumps({"header": header}) + "\n")
-        return {}
-    lines = path.read_text().splitlines()
-    try:
-        first = json.loads(lines[0]).get("header")
-        points = {}
-        for line in lines[1:]:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short when the run was stopped: measured again
-                continue
-            points[entry["key"]] = entry["point"]
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
-        raise ValueError(f"journal {path} is not a tune journal: {e}") from None
-    if first != header:
-        diff = sorted(k for k in set(header) | set(first or {}) if (first or {}).get(k) != header.get(k))
-        raise ValueError(f"journal {path} was written for another tuning run (differs in: {', '.join(diff)}); "
-                         "give a new file to start afresh")
-    return points
-
-
 def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=print,
         journal: str | Path | None = None) -> dict:
     """{"samplers": {kind[+site]: recommendation}, "kinds": {kind[+site]: {"tasks", "before", "after", "points"}}}.
@@ -286,20 +260,16 @@ def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=prin
             fill = solvers.classical_methods(task, op, y, shape, building if setting == "site" else None)["smooth"]
             base[setting, task, i] = solvers.metrics(fill, tiles[i], unobs)
     out: dict = {"samplers": {}, "kinds": {}}
-    header = {"package": f"{pkg.name} {pkg.version}", "tile_size": pkg.tile_size, "validation": val.description,
+    header = {"package": package_identity(pkg, EngineConfig().precision), "tile_size": pkg.tile_size, "validation": val.description,
               "tiles": [list(k) for k in val.keys], "config": vars(cfg)}
-    done = open_journal(journal, header) if journal is not None else {}
+    done = Journal(journal, header, "tune")
     with open_engine(pkg, EngineConfig()) as engine:
 
         def evaluate(rec: Recommendation, name: str, setting: str, kind_tasks: list[str]) -> dict:
             key = json.dumps([name, rec.to_dict()], sort_keys=True)
-            if key in done:
-                return done[key]
-            point = measure(rec, name, setting, kind_tasks)
-            if journal is not None:
-                with open(journal, "a") as f:
-                    f.write(json.dumps({"key": key, "point": point}) + "\n")
-            return point
+            if key not in done:
+                done.add(key, measure(rec, name, setting, kind_tasks))
+            return done[key]
 
         def measure(rec: Recommendation, name: str, setting: str, kind_tasks: list[str]) -> dict:
             sampler = config_from_params(rec.sampler, rec.parameters)

@@ -14,6 +14,8 @@
 #      each given a held-out site; beside them the ray-traced training data's own distance to it), the training
 #      history of RUNS.
 # RESULTS.md gets tune-<package>, accuracy-<HELD> and accuracy-<HELD>-samples-x4; the card goes to CARD.
+# Resumable (a release is hours on a 2-core CPU): run the same command again and it skips the steps
+# WORK records as done; the tune and both accuracy runs resume from their journals in WORK.
 #
 #   VERSION=1.0.0 CHECKPOINT=runs/stage3/checkpoint.pt RUNS="runs/stage1 runs/stage2 runs/stage3" \
 #   VALIDATION=data/rt-all VALIDATION_EXCLUDE="data/rt-train" CALIBRATION=data/rt-train HELD=data/rt-eval \
@@ -26,28 +28,42 @@ CARD=${CARD:-docs/model-card}
 WORK=${WORK:-/tmp/release-$NAME-$VERSION}  # keep it where a stopped release can resume (the tune's journal)
 TILES=${TILES:-64}
 BIN=${BIN:-.venv/bin}
-[ -e "$OUT" ] && { echo "$OUT exists: a released version is never rebuilt in place (bump VERSION)"; exit 1; }
+# a package this release did not start (.packaging in WORK) is a released version
+[ -e "$OUT" ] && [ ! -f "$WORK/.packaging" ] && { echo "$OUT exists: a released version is never rebuilt in place (bump VERSION)"; exit 1; }
 mkdir -p "$WORK"
 log() { echo "[$(date +%T)] $*"; }
+done_() { [ -f "$WORK/.done-$1" ] && log "$1: done earlier (WORK=$WORK)"; }
 
-log "1. slim weights"
-"$BIN/ckm-train" slim --checkpoint "$CHECKPOINT" --out "$WORK/prior.pt"
+if ! done_ slim; then
+    log "1. slim weights"
+    "$BIN/ckm-train" slim --checkpoint "$CHECKPOINT" --out "$WORK/prior.pt"
+    touch "$WORK/.done-slim"
+fi
 
-log "2. tune the default constructions on validation tiles"
-rm -rf "$WORK/fp32"
-"$BIN/ckm-export" package --checkpoint "$WORK/prior.pt" --data "$CALIBRATION" --out "$WORK/fp32" --name "$NAME" \
-    --version "$VERSION" --precisions fp32 --accuracy-tiles 0
-# shellcheck disable=SC2086
-"$BIN/ckm-bench" tune --package "$WORK/fp32" --data "$VALIDATION" --exclude ${VALIDATION_EXCLUDE:-} --tiles "${VAL_TILES:-12}" \
-    --out "$WORK/samplers.json" --journal "$WORK/tune-journal.jsonl"  # stopped, it resumes from its journal
+if ! done_ tune; then
+    log "2. tune the default constructions on validation tiles"
+    rm -rf "$WORK/fp32"
+    "$BIN/ckm-export" package --checkpoint "$WORK/prior.pt" --data "$CALIBRATION" --out "$WORK/fp32" --name "$NAME" \
+        --version "$VERSION" --precisions fp32 --accuracy-tiles 0
+    # shellcheck disable=SC2086
+    "$BIN/ckm-bench" tune --package "$WORK/fp32" --data "$VALIDATION" --exclude ${VALIDATION_EXCLUDE:-} --tiles "${VAL_TILES:-12}" \
+        --out "$WORK/samplers.json" --journal "$WORK/tune-journal.jsonl"
+    touch "$WORK/.done-tune"
+fi
 
-log "3. the package"
-"$BIN/ckm-export" package --checkpoint "$WORK/prior.pt" --data "$CALIBRATION" --eval-data "$HELD" --out "$OUT" \
-    --name "$NAME" --version "$VERSION" --samplers "$WORK/samplers.json"
-du -sh "$OUT"
+if ! done_ package; then
+    log "3. the package"
+    touch "$WORK/.packaging"
+    rm -rf "$OUT"
+    "$BIN/ckm-export" package --checkpoint "$WORK/prior.pt" --data "$CALIBRATION" --eval-data "$HELD" --out "$OUT" \
+        --name "$NAME" --version "$VERSION" --samplers "$WORK/samplers.json"
+    touch "$WORK/.done-package"
+    du -sh "$OUT"
+fi
 
-log "4. accuracy on the held-out split, once"
-"$BIN/ckm-bench" accuracy --data "$HELD" --tiles "$TILES" --package "$OUT" --checkpoints "$BASELINES"
+log "4. accuracy on the held-out split, once (resumes from its journals)"
+"$BIN/ckm-bench" accuracy --data "$HELD" --tiles "$TILES" --package "$OUT" --checkpoints "$BASELINES" \
+    --journal "$WORK/accuracy-journal.jsonl"
 "$BIN/python" - "$WORK/samplers.json" "${SAMPLES_X:-4}" > "$WORK/samples-x${SAMPLES_X:-4}.json" <<'PY'
 import json, sys
 doc = json.load(open(sys.argv[1]))
@@ -56,7 +72,7 @@ for rec in doc["samplers"].values():
 print(json.dumps({"samplers": doc["samplers"]}, indent=1))
 PY
 "$BIN/ckm-bench" accuracy --data "$HELD" --tiles "$TILES" --package "$OUT" --checkpoints "$BASELINES" \
-    --samplers "$WORK/samples-x${SAMPLES_X:-4}.json"
+    --samplers "$WORK/samples-x${SAMPLES_X:-4}.json" --journal "$WORK/accuracy-x${SAMPLES_X:-4}-journal.jsonl"
 
 log "5. the model card"
 # shellcheck disable=SC2086

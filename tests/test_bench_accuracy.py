@@ -70,6 +70,38 @@ def test_accuracy_compares_every_method_in_both_settings(tiny_site_package, tmp_
     assert "the prior is site-aware and conditions on the site" in text and "| paper: foundation prior (ours) |" in text
 
 
+def _without_seconds(out: dict) -> dict:
+    return {s: {t: {m: [{k: v for k, v in r.items() if k != "seconds"} for r in rows] for m, rows in by_task.items()}
+                for t, by_task in by_setting.items()} for s, by_setting in out["results"].items()}
+
+
+def test_a_stopped_accuracy_run_resumes_from_its_journal(tiny_site_package, tmp_path):
+    pkg, _, tiles, tx = tiny_site_package
+    held = accuracy.HeldOut(tiles[:2], tx[:2], "test tiles")
+    _baseline_file(tmp_path / "baseline-multi.pt", list(tasks.PAPER_TASKS), False, 1)
+    cfg, journal, task_names = accuracy.AccuracyConfig(), tmp_path / "accuracy.jsonl", ("ipbox", "sr2")
+    full = accuracy.run(pkg.root, tmp_path, held, task_names, cfg, progress=lambda _: None, journal=journal)
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 1 + 4 and json.loads(lines[0])["header"]["package"].startswith(f"{pkg.name} {pkg.version} sha256:")
+
+    # stopped after two maps, the third cut short: the rerun measures the rest and gets the same table
+    journal.write_text("\n".join(lines[:3] + [lines[3][:40]]) + "\n")
+    progress = []
+    again = accuracy.run(pkg.root, tmp_path, held, task_names, cfg, progress=progress.append, journal=journal)
+    assert _without_seconds(again) == _without_seconds(full) and again["constructions"] == full["constructions"]
+    assert len(progress) == 4  # every map reported, measured or read back
+    assert len([json.loads(x) for x in journal.read_text().splitlines()[4:]]) == 2  # the two measured again
+    # ... and all of it read back: nothing measured, the same per-map seconds
+    assert accuracy.run(pkg.root, tmp_path, held, task_names, cfg, progress=lambda _: None, journal=journal) == again
+
+    # a journal of another run is refused, naming what differs
+    with pytest.raises(ValueError, match="another accuracy run .*differs in: config"):
+        accuracy.run(pkg.root, tmp_path, held, task_names, dataclasses.replace(cfg, seed=1), journal=journal)
+    _baseline_file(tmp_path / "baseline-multi.pt", list(tasks.PAPER_TASKS), False, 2)  # retrained
+    with pytest.raises(ValueError, match="differs in: baselines"):
+        accuracy.run(pkg.root, tmp_path, held, task_names, cfg, journal=journal)
+
+
 def test_accuracy_refuses_what_it_cannot_compare(tiny_package, tmp_path):
     tiles = np.zeros((1, 2, 64, 64), np.float32)
     with pytest.raises(ValueError, match="wide"):

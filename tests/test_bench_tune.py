@@ -123,7 +123,7 @@ def test_tune_on_the_tiny_package_then_ship_the_section(tiny_package, tiny_prior
         f.write('{"key": "[\\"mask\\", {')
     again = []
     assert tune.run(tiny_package.root, val, cfg, progress=again.append, journal=journal) == out and again == []
-    with pytest.raises(ValueError, match="another tuning run .*differs in: config"):
+    with pytest.raises(ValueError, match="another tune run .*differs in: config"):
         tune.run(tiny_package.root, val, dataclasses.replace(cfg, rounds=2), journal=journal)
 
     section = tmp_path / "samplers.json"
