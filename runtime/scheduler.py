@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ckm_edge.runtime.adapter import ComposedEngine
-from ckm_edge.runtime.construct import finish
 from ckm_edge.runtime.memory import release_free_memory
 from ckm_edge.runtime.sampler import Observation, Observations, StepInfo, respaced, sample, spec_for
 
@@ -246,8 +245,9 @@ class Scheduler:
             if first.adapter is not None:  # s = s_model + lambda(t) (s_proxy - s_reference)
                 engine = ComposedEngine(engine, first.adapter.engine(first.precision), first.adapter_lambda)
             schedule = respaced(first.model.package.schedule(), first.steps, first.sampler)
-            x = sample(engine, schedule, Observations((2, n, n), len(rngs), groups), rngs, first.sampler, step)
-            results = [finish(x[r], job.op, job.y) for job, r in zip(batch, rows_of)]
+            obs = Observations((2, n, n), len(rngs), groups)
+            x = obs.finish(sample(engine, schedule, obs, rngs, first.sampler, step))  # as runtime.construct.finish
+            results = [x[r] for r in rows_of]
         except Cancelled as e:
             self.metrics.abandoned()
             outcome = [(None, e)] * len(batch)
