@@ -8,7 +8,8 @@ and benchmarks/RESULTS.md under the working directory; `ckm-bench --results DIR 
     ckm-bench sweep [--zetas 2 5 9 13 18] [--steps 25] [--precisions fp32 fp16 int8] [--jacobian-free]
     ckm-bench memory [--package DIR] [--batches 1 4]
     ckm-bench netsize [--networks tiny small medium base | LABEL=CHECKPOINT ...] [--data DIR --tiles 8]
-    ckm-bench accuracy [--data datasets/sionna-rt-small | --data procedural] [--tiles 8] [--checkpoints DIR] [--journal FILE]
+    ckm-bench accuracy [--data datasets/sionna-rt-small | --data procedural] [--tiles 8] [--checkpoints DIR]
+                       [--journal FILE] [--exclude TRAINED ...]   (validation tiles instead of held-out)
     ckm-bench tune [--package DIR] [--data DIR --exclude TRAINED ...] [--budget 25] [--out samplers.json]
     ckm-bench adapt [--device cuda] [--counts 16 64 256]     (site adapters vs fine-tuning)
     ckm-bench gpu [--device cuda] [--batches 1 8 32 128 256 512] [--step-counts 20 50 100 200 500 1000]
@@ -264,19 +265,30 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise SystemExit(f"ckm-bench accuracy: {e}") from None
     cfg = accuracy.AccuracyConfig(precision=args.precision, seed=args.seed, max_nfe=args.max_nfe, samplers=samplers)
-    held = accuracy.load_held_out(args.data, args.tiles, seed=args.seed)
+    if args.exclude:  # validation tiles: a training city's tiles that no excluded dataset (what training read) holds
+        from ckm_edge.benchmarks import tune
+
+        try:
+            val = tune.validation_tiles(args.data, args.tiles, exclude=args.exclude, seed=args.seed)
+        except ValueError as e:
+            raise SystemExit(f"ckm-bench accuracy: {e}") from None
+        held, which = accuracy.HeldOut(val.tiles, val.transmitters, val.description), "validation tiles"
+    else:
+        held, which = accuracy.load_held_out(args.data, args.tiles, seed=args.seed), "region-held-out tiles"
     pkg = load_package(args.package)
     try:
         out = accuracy.run(args.package, args.checkpoints, held, tuple(args.tasks), cfg,
                            progress=lambda line: print(line, flush=True), journal=args.journal)
     except ValueError as e:
         raise SystemExit(f"ckm-bench accuracy: {e}") from None
-    text = accuracy.markdown(out, f"Construction accuracy on {len(held.tiles)} region-held-out tiles: {held.description}; "
+    text = accuracy.markdown(out, f"Construction accuracy on {len(held.tiles)} {which}: {held.description}; "
                                   f"package `{pkg.name} {pkg.version}`, baselines from `{args.checkpoints}`.", cfg)
     name = "accuracy-" + re.sub(r"[^A-Za-z0-9]+", "-", Path(args.data).name if args.data != "procedural" else "procedural")
+    name += "-validation" if args.exclude else ""
     name += "-" + re.sub(r"[^A-Za-z0-9]+", "-", Path(args.samplers).stem) if args.samplers else ""
     command = (f"ckm-bench accuracy --data {args.data} --tiles {args.tiles} --package {args.package} "
                f"--checkpoints {args.checkpoints} --precision {args.precision} --tasks {' '.join(args.tasks)}"
+               + (f" --exclude {' '.join(args.exclude)}" if args.exclude else "")
                + (f" --samplers {args.samplers}" if args.samplers else ""))
     path = report.write_result(name, command, {"config": vars(cfg), "tiles": len(held.tiles), **out}, text,
                                results_dir=args.results)
@@ -592,6 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS)
     acc.add_argument("--seed", type=int, default=0)
     acc.add_argument("--journal", help="JSONL file of the maps measured: a run given it again resumes where it stopped")
+    acc.add_argument("--exclude", nargs="+", metavar="TRAINED",
+                     help="validation instead of held-out tiles: DATA's training split minus every tile of these "
+                          "datasets (what the prior and baselines read), for choosing between candidates without "
+                          "touching the held-out split; the report is accuracy-<data>-validation")
     acc.set_defaults(func=_cmd_accuracy)
     tu = sub.add_parser("tune", help="tune a package's default constructions (sampler parameters, steps x samples "
                                      "within a budget) on validation tiles; writes a manifest samplers section")

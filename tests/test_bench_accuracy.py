@@ -102,6 +102,28 @@ def test_a_stopped_accuracy_run_resumes_from_its_journal(tiny_site_package, tmp_
         accuracy.run(pkg.root, tmp_path, held, task_names, cfg, journal=journal)
 
 
+def test_the_cli_measures_validation_tiles_when_given_what_training_read(tiny_site_package, tmp_path):
+    from conftest import SMALL_TILE
+
+    from ckm_edge.benchmarks import cli
+    from ckm_edge.training import procedural
+    from ckm_edge.training.dataset import Dataset, DatasetWriter
+
+    pkg, checkpoint, _, _ = tiny_site_package
+    trained = checkpoint.parent.parent / "data"  # the tiny prior's training data
+    with DatasetWriter(tmp_path / "later", "procedural", 32, 2.0, 3.5e9) as w:  # tiles of a training city it never read
+        w.add("train", "later-city", *procedural.generate_region(SMALL_TILE, "train", 3, 3, seed=21))
+    later = Dataset(tmp_path / "later")
+    args = ["--results", str(tmp_path / "results"), "accuracy", "--data", str(later.root), "--tiles", "2", "--package",
+            str(pkg.root), "--checkpoints", str(tmp_path / "none"), "--tasks", "ipbox"]
+    assert cli.main(args + ["--exclude", str(trained)]) == 0
+    record = json.loads((tmp_path / "results" / "accuracy-later-validation.json").read_text())
+    assert record["results"]["tiles"] == 2 and "--exclude" in record["command"]
+    assert "2 validation tiles: 2 tiles of" in record["markdown"]
+    with pytest.raises(SystemExit, match="no validation tiles left"):  # every tile was trained on
+        cli.main(args + ["--exclude", str(later.root)])
+
+
 def test_accuracy_refuses_what_it_cannot_compare(tiny_package, tmp_path):
     tiles = np.zeros((1, 2, 64, 64), np.float32)
     with pytest.raises(ValueError, match="wide"):
