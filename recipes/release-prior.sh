@@ -17,9 +17,12 @@
 # Resumable (a release is hours on a 2-core CPU): run the same command again and it skips the steps
 # WORK records as done; the tune and both accuracy runs resume from their journals in WORK.
 #
-#   VERSION=1.0.0 CHECKPOINT=runs/stage3/checkpoint.pt RUNS="runs/stage1 runs/stage2 runs/stage3" \
-#   VALIDATION=data/rt-all VALIDATION_EXCLUDE="data/rt-train" CALIBRATION=data/rt-train HELD=data/rt-eval \
-#   BASELINES=models/baselines bash recipes/release-prior.sh
+#   C=/root/ckm-cache   # what recipes/cpu-pipeline.sh builds
+#   VERSION=1.0.0 CHECKPOINT=$C/runs/prior/checkpoint.pt RUNS=$C/runs/prior WORK=$C/release-1.0.0 \
+#   VALIDATION=$C/rt-train-snap-all VALIDATION_EXCLUDE=$C/rt-train-snap CALIBRATION=$C/rt-train-snap HELD=$C/rt-eval \
+#   BASELINES=$C/models/baselines bash recipes/release-prior.sh
+# Also: RESULTS (records' directory), TUNE_ARGS (extra `ckm-bench tune` arguments), TILES, VAL_TILES,
+# SAMPLES_X, STATS_SAMPLES, NAME, OUT, CARD, BIN.
 set -euo pipefail
 : "${VERSION:?}" "${CHECKPOINT:?}" "${VALIDATION:?}" "${CALIBRATION:?}" "${HELD:?}" "${BASELINES:?}"
 NAME=${NAME:-ckm-prior}
@@ -28,6 +31,7 @@ CARD=${CARD:-docs/model-card}
 WORK=${WORK:-/tmp/release-$NAME-$VERSION}  # keep it where a stopped release can resume (the tune's journal)
 TILES=${TILES:-64}
 BIN=${BIN:-.venv/bin}
+RESULTS=${RESULTS:-benchmarks/results}  # where the tune and accuracy records go (RESULTS.md beside them)
 # a package this release did not start (.packaging in WORK) is a released version
 [ -e "$OUT" ] && [ ! -f "$WORK/.packaging" ] && { echo "$OUT exists: a released version is never rebuilt in place (bump VERSION)"; exit 1; }
 mkdir -p "$WORK"
@@ -46,8 +50,8 @@ if ! done_ tune; then
     "$BIN/ckm-export" package --checkpoint "$WORK/prior.pt" --data "$CALIBRATION" --out "$WORK/fp32" --name "$NAME" \
         --version "$VERSION" --precisions fp32 --accuracy-tiles 0
     # shellcheck disable=SC2086
-    "$BIN/ckm-bench" tune --package "$WORK/fp32" --data "$VALIDATION" --exclude ${VALIDATION_EXCLUDE:-} --tiles "${VAL_TILES:-12}" \
-        --out "$WORK/samplers.json" --journal "$WORK/tune-journal.jsonl"
+    "$BIN/ckm-bench" --results "$RESULTS" tune --package "$WORK/fp32" --data "$VALIDATION" --exclude ${VALIDATION_EXCLUDE:-} --tiles "${VAL_TILES:-12}" \
+        --out "$WORK/samplers.json" --journal "$WORK/tune-journal.jsonl" ${TUNE_ARGS:-}
     touch "$WORK/.done-tune"
 fi
 
@@ -62,7 +66,7 @@ if ! done_ package; then
 fi
 
 log "4. accuracy on the held-out split, once (resumes from its journals)"
-"$BIN/ckm-bench" accuracy --data "$HELD" --tiles "$TILES" --package "$OUT" --checkpoints "$BASELINES" \
+"$BIN/ckm-bench" --results "$RESULTS" accuracy --data "$HELD" --tiles "$TILES" --package "$OUT" --checkpoints "$BASELINES" \
     --journal "$WORK/accuracy-journal.jsonl"
 "$BIN/python" - "$WORK/samplers.json" "${SAMPLES_X:-4}" > "$WORK/samples-x${SAMPLES_X:-4}.json" <<'PY'
 import json, sys
@@ -71,7 +75,7 @@ for rec in doc["samplers"].values():
     rec["samples"] = min(64, rec["samples"] * int(sys.argv[2]))
 print(json.dumps({"samplers": doc["samplers"]}, indent=1))
 PY
-"$BIN/ckm-bench" accuracy --data "$HELD" --tiles "$TILES" --package "$OUT" --checkpoints "$BASELINES" \
+"$BIN/ckm-bench" --results "$RESULTS" accuracy --data "$HELD" --tiles "$TILES" --package "$OUT" --checkpoints "$BASELINES" \
     --samplers "$WORK/samples-x${SAMPLES_X:-4}.json" --journal "$WORK/accuracy-x${SAMPLES_X:-4}-journal.jsonl"
 
 log "5. the model card"
