@@ -7,6 +7,7 @@
 #           end-to-end baselines on the prior's mixture
 #   lane 1: ray-traced training tiles (shard 1/2) -> held-out eval split (shard 1/2) -> the site-aware
 #           prior (warm start from models/checkpoints/prior-small.pt)
+#   then both: the training build grows toward its plan's 1,024 tiles (the next stage's data)
 #
 # The training build traces tiles 0..TRAIN_TILES/2-1 of munich and etoile (the shards split them
 # even/odd); its snapshot leaves out the validation tiles of datasets/recipes/rt-train-validation.txt
@@ -146,6 +147,10 @@ lane() {
         done
         log "baselines done: $CACHE/models/baselines"
     fi
+    # then the training build grows toward its plan (1,024 tiles) on this core: data for the next stage
+    log "lane $i: growing the training build"
+    "$BIN/ckm-data" raytrace --out "$RT_TRAIN" --train munich etoile --tiles-per-scene 512 --seed 1 \
+        --device cpu --shard "$i/2" >>"$CACHE/logs/rt-train.log" 2>&1
 }
 
 pgids() { for f in "$CACHE"/lane-*.pid; do [ -f "$f" ] && kill -0 -- "-$(cat "$f")" 2>/dev/null && cat "$f"; done; }
