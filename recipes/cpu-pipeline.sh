@@ -53,26 +53,60 @@ train_missing() {
     echo "$n"
 }
 
+eval_missing() {  # this shard's eval tiles still missing (florence and san_francisco tiles i, i+2, ...; 32 each)
+    local shard=$1 n=0 i scene
+    [ -f "$RT_EVAL/manifest.json" ] && { echo 0; return; }
+    for ((i = shard; i < 32; i += 2)); do
+        for scene in florence san_francisco; do
+            [ -f "$RT_EVAL/.raytrace/tiles/$scene-$(printf %05d "$i").npz" ] || n=$((n + 1))
+        done
+    done
+    echo "$n"
+}
+
+# Dr.Jit can abort at interpreter exit after a build has finished its tiles ("jit_kernel_free():
+# munmap() failed"): a build counts as done by its tiles, not its exit status; rerun (it resumes)
+# until they are there, at most 3 times.
+build_until() {  # what-missing shard command...
+    local what=$1 shard=$2 try
+    shift 2
+    for try in 1 2 3; do
+        [ "$("$what" "$shard")" = 0 ] && return 0
+        "$@" || log "lane $shard: $what: the build exited with $? (try $try; resumes)"
+    done
+    [ "$("$what" "$shard")" = 0 ]
+}
+
 rt_train() {  # shard i: munich/etoile tiles i, i+2, ... below TRAIN_TILES/2 (the plan's round-robin order)
     local missing
     missing=$(train_missing "$1")
     [ "$missing" = 0 ] && return 0
     log "lane $1: training build, $missing tile(s) of this shard to trace"
+    build_until train_missing "$1" build_train "$1"
+}
+build_train() {
     "$BIN/ckm-data" raytrace --out "$RT_TRAIN" --train munich etoile --tiles-per-scene 512 --seed 1 \
-        --device cpu --shard "$1/2" --limit "$missing" >>"$CACHE/logs/rt-train.log" 2>&1
+        --device cpu --shard "$1/2" --limit "$(train_missing "$1")" >>"$CACHE/logs/rt-train.log" 2>&1
 }
 
 rt_eval() {
-    [ -f "$RT_EVAL/manifest.json" ] && return 0
-    log "lane $1: eval split, shard $1/2"
-    "$BIN/ckm-data" raytrace --out "$RT_EVAL" --eval florence san_francisco --tiles-per-scene 32 --seed 1 \
-        --device cpu --shard "$1/2" >>"$CACHE/logs/rt-eval.log" 2>&1 || return 1
-    if [ -f "$RT_EVAL/manifest.json" ]; then
+    [ "$(eval_missing "$1")" = 0 ] || {
+        log "lane $1: eval split, shard $1/2: $(eval_missing "$1") tile(s) to trace"
+        build_until eval_missing "$1" "$BIN/ckm-data" raytrace --out "$RT_EVAL" --eval florence san_francisco \
+            --tiles-per-scene 32 --seed 1 --device cpu --shard "$1/2" >>"$CACHE/logs/rt-eval.log" 2>&1 || return 1
+    }
+    # the shard that finds the other's tiles there assembles the dataset (also when it was not the last)
+    if [ ! -f "$RT_EVAL/manifest.json" ] && [ "$(eval_missing 0)" = 0 ] && [ "$(eval_missing 1)" = 0 ]; then
+        "$BIN/ckm-data" raytrace --out "$RT_EVAL" --eval florence san_francisco --tiles-per-scene 32 --seed 1 \
+            --device cpu >>"$CACHE/logs/rt-eval.log" 2>&1
+    fi
+    if [ -f "$RT_EVAL/manifest.json" ] && [ ! -f "$RT_EVAL/.checked" ]; then
         local want got
         want=$("$BIN/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['checksum'])" "$EVAL_MANIFEST")
         got=$("$BIN/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['checksum'])" "$RT_EVAL/manifest.json")
         if [ "$want" = "$got" ]; then log "eval split complete, identical to the committed manifest"
         else log "eval split complete but its checksum $got differs from the committed $want"; fi
+        touch "$RT_EVAL/.checked"
     fi
 }
 
@@ -158,8 +192,9 @@ pgids() { for f in "$CACHE"/lane-*.pid; do [ -f "$f" ] && kill -0 -- "-$(cat "$f
 main() {
 case ${1:-start} in
 start)
-    if [ -n "$(pgids)" ]; then echo "lanes already running (process groups $(pgids | tr '\n' ' '))"; exit 0; fi
     for i in 0 1; do
+        f=$CACHE/lane-$i.pid
+        if [ -f "$f" ] && kill -0 -- "-$(cat "$f")" 2>/dev/null; then echo "lane $i already running"; continue; fi
         # its own session (a process group to pause), one core, one thread, lowest priority
         OMP_NUM_THREADS=1 setsid nice -n 19 taskset -c "$i" bash "$0" lane "$i" >>"$CACHE/logs/pipeline.log" 2>&1 &
         echo $! >"$CACHE/lane-$i.pid"
