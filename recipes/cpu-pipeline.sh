@@ -142,9 +142,19 @@ procedural() {
 
 mixture() { echo "$PROC $SNAP:30 $REPO/datasets/sionna-rt-small:30"; }  # ~58 % ray-traced samples
 
-train() {  # job kind args...: a run that resumes exactly from CACHE/runs/job
-    local job=$1 steps=$2
+args_for() {  # job -> ckm-train arguments (the data, run directory and schedule come from train)
+    case $1 in
+        prior) echo "prior --preset small --site-aware --lr 2e-4 --warmup 200" ;;
+        baseline-multi-site) echo "baseline --preset small --task multi --site-aware --lr 5e-4 --warmup 50" ;;
+        baseline-*) echo "baseline --preset small --task ${1#baseline-} --lr 5e-4 --warmup 50" ;;
+        *) return 1 ;;
+    esac
+}
+
+train() {  # job steps [extra ckm-train arguments]: a run that resumes exactly from CACHE/runs/job
+    local job=$1 steps=$2 args
     shift 2
+    args=$(args_for "$job") || { log "unknown job $job"; return 1; }
     local run=$CACHE/runs/$job
     if [ -f "$run/checkpoint.pt" ] && "$BIN/python" - "$run/checkpoint.pt" "$steps" <<'PY'; then return 0; fi
 import sys, torch
@@ -153,7 +163,7 @@ sys.exit(0 if int(ck.get("step", 0)) >= int(sys.argv[2]) else 1)
 PY
     log "training $job to $steps steps"
     # shellcheck disable=SC2046
-    "$BIN/ckm-train" "$@" --data $(mixture) --out "$run" --steps "$steps" --crop 64 --batch-size 16 \
+    "$BIN/ckm-train" $args "$@" --data $(mixture) --out "$run" --steps "$steps" --crop 64 --batch-size 16 \
         --precision bf16 --ema-decay 0.999 --eval-every 500 --sample-every 100000000 --checkpoint-every 250 \
         --log-every 50 >>"$CACHE/logs/$job.log" 2>&1
 }
@@ -165,16 +175,12 @@ lane() {
     snapshot
     procedural
     if [ "$i" = 1 ]; then
-        train prior "$PRIOR_STEPS" prior --preset small --site-aware --lr 2e-4 --warmup 200 \
-            --init "$REPO/models/checkpoints/prior-small.pt" || { log "prior failed"; return 1; }
+        train prior "$PRIOR_STEPS" --init "$REPO/models/checkpoints/prior-small.pt" || { log "prior failed"; return 1; }
         log "prior done: $CACHE/runs/prior"
     else
         local task
         for task in $BASELINES; do
-            local site=""
-            [ "$task" = multi-site ] && site=--site-aware
-            train "baseline-$task" "$BASELINE_STEPS" baseline --preset small --task "${task%-site}" $site \
-                --lr 5e-4 --warmup 50 || { log "baseline-$task failed"; return 1; }
+            train "baseline-$task" "$BASELINE_STEPS" || { log "baseline-$task failed"; return 1; }
             [ -f "$CACHE/models/baselines/baseline-$task.pt" ] || "$BIN/ckm-train" slim \
                 --checkpoint "$CACHE/runs/baseline-$task/checkpoint.pt" --out "$CACHE/models/baselines/baseline-$task.pt" \
                 --half >>"$CACHE/logs/pipeline.log" 2>&1

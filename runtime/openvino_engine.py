@@ -10,7 +10,9 @@ is converted ahead of time, so every package runs on both backends. Precision:
 - fp16 graphs run with an f16 hint where the CPU plugin supports it (else f32). bf16, the
   plugin's default on CPUs with it, was ~2x faster on this project's CPU but moved scores by 1.4%,
   twice ONNX Runtime's fp16 (measured on the shipped prior): a different precision, not this one.
-- int8 graphs (QDQ) run OpenVINO's low-precision kernels (other ops at the plugin's default).
+- int8 graphs (QDQ) run OpenVINO's low-precision kernels, the ops left unquantized at f32 (as
+  ONNX Runtime runs them). Those kernels depend on the CPU: an int8 engine checks itself on a
+  probe when it opens and refuses to run where it disagrees with the QDQ reference (`_check_int8`).
 - `deterministic` forces f32, one thread and `EXECUTION_MODE_HINT = ACCURACY`.
 
 Infer requests are per thread (an OpenVINO request is not thread-safe; compiled models are), and
@@ -55,6 +57,9 @@ class _Saved:
         self.tensors, self.generation, self.owner = tensors, generation, owner
 
 
+INT8_TOLERANCE = 0.25  # relative score error of OpenVINO's int8 kernels against the QDQ reference
+
+
 class OvEngine:
     def __init__(self, package: Package, config: EngineConfig = EngineConfig()):
         reason = unavailable_reason()
@@ -72,6 +77,8 @@ class OvEngine:
         self._local = threading.local()
         self._open = True
         self._compile("score")
+        if config.precision == "int8":
+            self._check_int8()
 
     @property
     def condition_channels(self) -> int:
@@ -81,8 +88,8 @@ class OvEngine:
         props = {"PERFORMANCE_HINT": "LATENCY"}
         if self.config.threads:
             props["INFERENCE_NUM_THREADS"] = self.config.threads
-        if self.config.precision == "fp32" or self.config.deterministic:
-            props["INFERENCE_PRECISION_HINT"] = "f32"
+        if self.config.precision in ("fp32", "int8") or self.config.deterministic:
+            props["INFERENCE_PRECISION_HINT"] = "f32"  # int8: the ops left unquantized, as ONNX Runtime runs them
         elif self.config.precision == "fp16":
             capabilities = self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
             props["INFERENCE_PRECISION_HINT"] = "f16" if "FP16" in capabilities else "f32"
@@ -102,6 +109,37 @@ class OvEngine:
                 if {"forward", "backward"} <= self._compiled.keys():
                     self._link()
             return self._compiled[graph]
+
+    def _check_int8(self) -> None:
+        """OpenVINO's int8 kernels depend on the CPU: on an AMD EPYC (AVX512-VNNI and -BF16; OpenVINO
+        2025.4 and 2026.4, every property tried) the shipped prior's int8 scores were 43% off its
+        fp32 scores, ONNX Runtime's int8 3%. So an int8 engine first scores a fixed probe and
+        compares with the QDQ graph's reference semantics (ONNX Runtime's int8 where installed,
+        else OpenVINO's fp32 graph), refusing to open when they disagree by more than INT8_TOLERANCE."""
+        n = self.package.tile_size
+        x = np.random.default_rng(0).uniform(0.0, 1.0, (2, 2, n, n)).astype(np.float32)
+        t = np.array([0.9, 0.1], np.float32)
+        feeds = network_inputs(x, t, None, self.condition_channels)
+        path = self.package.graph_path("int8", "score")
+        try:
+            import onnxruntime as ort
+
+            ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+            against = "ONNX Runtime's int8"
+        except ImportError:
+            fp32 = self.package.graph_path("fp32", "score")
+            if not fp32.exists():
+                return
+            ref = self._core.compile_model(str(fp32), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feeds)[0]
+            against = "the package's fp32 graph"
+        out = self.score(x, t)
+        self.calls.clear()
+        err = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-12))
+        if not err <= INT8_TOLERANCE:
+            name = self._core.get_property("CPU", "FULL_DEVICE_NAME")
+            raise EngineError(f"OpenVINO's int8 kernels on this CPU ({name}) disagree with {against} by {err:.0%} "
+                              f"on a probe (more than {INT8_TOLERANCE:.0%}): run int8 with the onnxruntime backend, "
+                              "or fp32 / fp16 with openvino")
 
     def _link(self) -> None:
         """Which forward output feeds each backward input (by tensor name; saved_i -> saved_i)."""

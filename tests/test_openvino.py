@@ -1,5 +1,6 @@
 """The OpenVINO engine backend: the same package graphs, the same answers, served over gRPC."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,12 @@ def test_openvino_matches_onnx_runtime_per_precision(tiny_package, tiny_prior):
     x, t, v = _inputs(tiny_prior[3])
     tolerance = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.25}
     for precision in tiny_package.precisions:
+        if precision == "int8":
+            try:  # OpenVINO's int8 kernels are CPU-specific: where they disagree, the engine refuses to open
+                open_engine(tiny_package, EngineConfig(precision=precision, backend="openvino")).close()
+            except EngineError as e:
+                assert re.search(r"int8 kernels on this CPU .* disagree with ONNX Runtime's int8 by \d+%", str(e))
+                continue
         with OrtEngine(tiny_package, EngineConfig(precision=precision)) as ort_engine, \
                 open_engine(tiny_package, EngineConfig(precision=precision, backend="openvino")) as ov_engine:
             assert _rel(ov_engine.score(x, t), ort_engine.score(x, t)) < tolerance[precision], precision
@@ -46,6 +53,16 @@ def test_openvino_matches_onnx_runtime_per_precision(tiny_package, tiny_prior):
             else:
                 assert _rel(vjp, vjp_ref) < tolerance[precision] * 20, precision
             assert dict(ov_engine.calls) == {"score": 1, "forward": 1, "backward": 1}
+
+
+def test_an_int8_engine_that_disagrees_with_the_qdq_reference_refuses_to_open(tiny_package, monkeypatch):
+    from ckm_edge.runtime import openvino_engine
+
+    monkeypatch.setattr(openvino_engine, "INT8_TOLERANCE", 0.0)  # any disagreement at all
+    with pytest.raises(EngineError, match=r"int8 kernels on this CPU \(.+\) disagree with ONNX Runtime's int8 by "
+                                          r"\d+% on a probe .*onnxruntime backend"):
+        open_engine(tiny_package, EngineConfig(precision="int8", backend="openvino"))
+    open_engine(tiny_package, EngineConfig(precision="fp32", backend="openvino")).close()  # other precisions unchecked
 
 
 def test_openvino_refuses_stale_saved_tensors_and_cuda(tiny_package, tiny_prior):
