@@ -115,6 +115,7 @@ snapshot() {  # once both training shards are done: the training mixture's ray-t
     until [ "$(train_missing 0)" = 0 ] && [ "$(train_missing 1)" = 0 ]; do sleep 300; done
     mkdir -p "$CACHE/locks"
     if mkdir "$CACHE/locks/snapshot" 2>/dev/null; then
+        rm -rf "$SNAP.tmp"
         "$BIN/ckm-data" raytrace --out "$RT_TRAIN" --snapshot "$SNAP.tmp" --exclude "$VALIDATION" \
             >>"$CACHE/logs/rt-train.log" 2>&1 && mv "$SNAP.tmp" "$SNAP" && log "snapshot: $SNAP"
         # and every finished tile (the validation tiles with them): what `ckm-bench tune` reads, minus $SNAP
@@ -198,6 +199,8 @@ pgids() { for f in "$CACHE"/lane-*.pid; do [ -f "$f" ] && kill -0 -- "-$(cat "$f
 main() {
 case ${1:-start} in
 start)
+    # a lane stopped while holding a lock (the session ended mid-step) left it: with no lane running, none is held
+    [ -z "$(pgids)" ] && rm -rf "$CACHE/locks"
     for i in 0 1; do
         f=$CACHE/lane-$i.pid
         if [ -f "$f" ] && kill -0 -- "-$(cat "$f")" 2>/dev/null; then echo "lane $i already running"; continue; fi
