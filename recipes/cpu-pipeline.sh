@@ -13,7 +13,8 @@
 # even/odd); its snapshot leaves out the validation tiles of datasets/recipes/rt-train-validation.txt
 # (for `ckm-bench tune`, never trained on; CACHE/rt-train-snap-all holds them too: the release
 # recipe's VALIDATION=CACHE/rt-train-snap-all VALIDATION_EXCLUDE=CACHE/rt-train-snap). The eval split is checked against the committed
-# manifest (datasets/recipes/sionna-rt-eval-64.manifest.json): a rebuild must be byte-identical.
+# manifest (datasets/recipes/sionna-rt-eval-64.manifest.json): byte-identical on the same CPU; on
+# another, the same placements with path-level differences (datasets/recipes/README.md).
 # The training runs wait for the snapshot (both training shards done).
 #
 #   bash recipes/cpu-pipeline.sh            # start (or resume) the lanes
