@@ -220,7 +220,8 @@ pause | resume)
     ;;
 status)
     echo "training build: $(tiles_done "$RT_TRAIN") tiles (shard 0 missing $(train_missing 0), shard 1 missing $(train_missing 1))"
-    echo "eval split: $(tiles_done "$RT_EVAL") of 64 tiles$([ -f "$RT_EVAL/manifest.json" ] && echo ", complete")"
+    if [ -f "$RT_EVAL/manifest.json" ]; then echo "eval split: complete ($RT_EVAL)"
+    else echo "eval split: $(tiles_done "$RT_EVAL") of 64 tiles"; fi
     for run in "$CACHE"/runs/*/; do
         [ -f "$run/log.jsonl" ] && echo "$(basename "$run"): $(tail -n 1 "$run/log.jsonl" | cut -c1-160)"
     done
