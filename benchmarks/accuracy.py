@@ -147,9 +147,9 @@ def baselines(checkpoints: Path, task_names) -> dict:
 
 def _files_digest(directory: Path, pattern: str) -> dict:
     """{file name: SHA-256} of the files matching `pattern` in `directory` (what a journal's header pins)."""
-    import hashlib
+    from ckm_edge.runtime.package import sha256_file
 
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(directory).glob(pattern))}
+    return {p.name: sha256_file(p) for p in sorted(Path(directory).glob(pattern))}
 
 
 def run(package_dir: str | Path, checkpoints: str | Path, held: HeldOut, task_names: tuple[str, ...],
