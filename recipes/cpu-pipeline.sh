@@ -4,9 +4,10 @@
 # build and run resumes exactly) and returns at once, leaving two niced lanes, one pinned per core:
 #
 #   lane 0: ray-traced training tiles (shard 0/2) -> held-out eval split (shard 0/2) -> the six
-#           end-to-end baselines on the prior's mixture
+#           end-to-end baselines on the prior's mixture, in turn
 #   lane 1: ray-traced training tiles (shard 1/2) -> held-out eval split (shard 1/2) -> the site-aware
-#           prior (warm start from models/checkpoints/prior-small.pt)
+#           prior (warm start from models/checkpoints/prior-small.pt) -> the baselines lane 0 has not
+#           started (one queue: a lock per baseline)
 #   then both: the training build grows toward its plan's 1,024 tiles (the next stage's data)
 #
 # The training build traces tiles 0..TRAIN_TILES/2-1 of munich and etoile (the shards split them
@@ -170,6 +171,24 @@ PY
         --log-every 50 >>"$CACHE/logs/$job.log" 2>&1
 }
 
+baselines() {  # the six baselines as one queue both lanes draw from (lane 1 once the prior is done)
+    local task lock
+    mkdir -p "$CACHE/locks"
+    for task in $BASELINES; do
+        [ -f "$CACHE/models/baselines/baseline-$task.pt" ] && continue
+        lock=$CACHE/locks/baseline-$task
+        mkdir "$lock" 2>/dev/null || continue  # the other lane trains it
+        if ! train "baseline-$task" "$BASELINE_STEPS"; then log "lane $1: baseline-$task failed"; rmdir "$lock"; return 1; fi
+        "$BIN/ckm-train" slim --checkpoint "$CACHE/runs/baseline-$task/checkpoint.pt" \
+            --out "$CACHE/models/baselines/baseline-$task.pt" --half >>"$CACHE/logs/pipeline.log" 2>&1
+        rmdir "$lock"
+    done
+    local missing=0
+    for task in $BASELINES; do [ -f "$CACHE/models/baselines/baseline-$task.pt" ] || missing=$((missing + 1)); done
+    [ "$missing" = 0 ] && log "baselines done: $CACHE/models/baselines"
+    return 0
+}
+
 lane() {
     local i=$1
     rt_train "$i" || { log "lane $i: training build failed"; return 1; }
@@ -179,16 +198,8 @@ lane() {
     if [ "$i" = 1 ]; then
         train prior "$PRIOR_STEPS" --init "$REPO/models/checkpoints/prior-small.pt" || { log "prior failed"; return 1; }
         log "prior done: $CACHE/runs/prior"
-    else
-        local task
-        for task in $BASELINES; do
-            train "baseline-$task" "$BASELINE_STEPS" || { log "baseline-$task failed"; return 1; }
-            [ -f "$CACHE/models/baselines/baseline-$task.pt" ] || "$BIN/ckm-train" slim \
-                --checkpoint "$CACHE/runs/baseline-$task/checkpoint.pt" --out "$CACHE/models/baselines/baseline-$task.pt" \
-                --half >>"$CACHE/logs/pipeline.log" 2>&1
-        done
-        log "baselines done: $CACHE/models/baselines"
     fi
+    baselines "$i" || return 1
     # then the training build grows toward its plan (1,024 tiles) on this core: data for the next stage
     log "lane $i: growing the training build"
     "$BIN/ckm-data" raytrace --out "$RT_TRAIN" --train munich etoile --tiles-per-scene 512 --seed 1 \
