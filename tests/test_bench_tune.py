@@ -61,6 +61,30 @@ def test_a_restart_is_searched_within_the_budget_it_spends():
     assert len(seen) == len(measured)
 
 
+def test_the_restarts_prior_weight_is_searched_only_with_a_restart():
+    cfg = tune.TuneConfig(budget=25, rounds=2, starts=(1.0,), lams=(7.0,), restarts=(0.0, 0.1), restart_lams=(15.0, 100.0, 1000.0),
+                          samples=(1,))
+    seen = []
+
+    def evaluate(rec):  # best: restarted at 0.1 with weight 1000
+        seen.append(rec)
+        p = rec.parameters
+        return {"score": abs(p.get("restart", 0.0) - 0.1) + abs(p.get("restart_lam", 100.0) - 1000.0) / 1000}
+
+    best, _ = tune.search(Recommendation("diffpir", 20, 1, {"lam": 7.0, "start": 1.0}), evaluate, cfg, levels=100)
+    assert best.parameters == {"lam": 7.0, "start": 1.0, "restart": 0.1, "restart_steps": 5, "restart_lam": 1000.0}
+    assert (best.steps, best.samples) == (20, 1)
+    # the default weight (100) is the construction without the key: measured once, whichever way it is asked
+    assert {r.parameters.get("restart_lam") for r in seen if "restart" in r.parameters} == {15.0, None, 1000.0}
+    assert all("restart" in r.parameters for r in seen if "restart_lam" in r.parameters)
+
+    # where no restart wins, its weight is never tried
+    seen.clear()
+    best, _ = tune.search(Recommendation("diffpir", 20, 1, {"lam": 7.0, "start": 1.0}),
+                          lambda rec: (seen.append(rec), {"score": rec.parameters.get("restart", 0.0)})[1], cfg, levels=100)
+    assert "restart" not in best.parameters and not any("restart_lam" in r.parameters for r in seen)
+
+
 def test_splits_spend_at_most_the_budget():
     assert tune.splits(25, 1, (1, 2, 3, 4, 5, 8)) == [(25, 1), (12, 2), (8, 3), (6, 4), (5, 5), (3, 8)]
     assert tune.splits(10, 3, (1, 2, 4)) == [(3, 1), (1, 2)]  # 3 evaluations per step: 4 samples do not fit
