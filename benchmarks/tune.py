@@ -18,9 +18,10 @@ configuration under a latency budget:
   fill the warm start begins from); lower is better, 1 = no better than the smooth fill. The same
   seed for every point, so points are compared on the same noise.
 - Search: `rounds` passes over the coordinates (the warm start's level `start`, the prior weight
-  `lam`, DiffPIR's `restart` level (a second pass, its AoA from the smooth fill) and, with a restart,
-  its prior weight `restart_lam`, the steps x samples split of the budget); each pass tries every value of one coordinate with the others
-  held, keeps the best. Each point is measured once.
+  `lam`, DiffPIR's `restart` level (a second pass, its AoA from the smooth fill) and, with a
+  restart, its prior weight `restart_lam`, the steps x samples split of the budget); each pass
+  tries every value of one coordinate with the others held, keeps the best. Each point is
+  measured once.
 
 The result is a manifest "samplers" section (`ckm-export package --samplers FILE` ships it) and a
 table of the package's recommendation against the tuned one.

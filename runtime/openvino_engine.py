@@ -104,7 +104,8 @@ def unsigned_activations(path) -> tuple[bytes, int]:
     for q in (n for n in g.node if n.op_type == "QuantizeLinear"):
         readers = consumers.get(q.output[0], [])
         if (len(q.input) < 3 or q.input[0] in initializers or not signed_zero(q.input[2]) or q.output[0] in outputs
-                or not readers or any(r.op_type != "DequantizeLinear" or len(r.input) < 3 for r in readers)):
+                or not readers or any(r.op_type != "DequantizeLinear" or len(r.input) < 3 or not signed_zero(r.input[2])
+                                      for r in readers)):
             continue
         q.input[2] = U8_ZERO_POINT
         for r in readers:
