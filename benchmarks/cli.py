@@ -305,14 +305,22 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from ckm_edge.runtime.package import load_package
 
     try:
+        grid = {"samples": tuple(args.samples)} if args.samples else {}
         cfg = tune.TuneConfig(budget=args.budget, tasks=tuple(args.tasks), settings=tuple(args.settings), rounds=args.rounds,
-                              seed=args.seed)
+                              seed=args.seed, coordinates=tuple(args.coordinates), **grid)
         val = tune.validation_tiles(args.data, args.tiles, exclude=args.exclude, split=args.split, seed=args.seed)
+        start_from = None
+        if args.samplers:
+            from ckm_edge.runtime.recommend import read_section
+
+            section, kinds = read_section(args.samplers)
+            start_from = {k: section[k] for k in kinds}
     except ValueError as e:
         raise SystemExit(f"ckm-bench tune: {e}") from None
     pkg = load_package(args.package)
     try:
-        out = tune.run(args.package, val, cfg, progress=lambda line: print(line, flush=True), journal=args.journal)
+        out = tune.run(args.package, val, cfg, progress=lambda line: print(line, flush=True), journal=args.journal,
+                       start_from=start_from)
     except ValueError as e:
         raise SystemExit(f"ckm-bench tune: {e}") from None
     text = tune.markdown(out, f"Default constructions of `{pkg.name} {pkg.version}` tuned on validation tiles: {val.description} "
@@ -320,9 +328,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                               f"{cfg.sigma:g}, {cfg.rounds} round(s) of coordinate search.", cfg)
     if args.out:
         Path(args.out).write_text(json.dumps({"samplers": out["samplers"]}, indent=1) + "\n")
-    name = "tune-" + re.sub(r"[^A-Za-z0-9]+", "-", f"{pkg.name}-{pkg.version}")
+    # a tuning at another budget than the default is its own record
+    name = "tune-" + re.sub(r"[^A-Za-z0-9]+", "-", f"{pkg.name}-{pkg.version}") + (
+        f"-budget-{args.budget}" if args.budget != tune.TuneConfig.budget else "")
     command = (f"ckm-bench tune --package {args.package} --data {args.data} --tiles {args.tiles} --budget {args.budget} "
                f"--tasks {' '.join(args.tasks)} --settings {' '.join(args.settings)} --rounds {args.rounds}"
+               + (f" --coordinates {' '.join(args.coordinates)}" if tuple(args.coordinates) != tune.COORDINATES else "")
+               + (f" --samples {' '.join(map(str, args.samples))}" if args.samples else "")
+               + (f" --samplers {args.samplers}" if args.samplers else "")
                + (f" --exclude {' '.join(args.exclude)}" if args.exclude else ""))
     path = report.write_result(name, command, {"config": vars(cfg), "tiles": len(val.tiles), "validation": val.description,
                                                "tile_keys": [list(k) for k in val.keys], **out}, text, results_dir=args.results)
@@ -622,6 +635,13 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr"])
     tu.add_argument("--settings", nargs="+", default=["paper", "site"], choices=["paper", "site"])
     tu.add_argument("--rounds", type=int, default=2)
+    from ckm_edge.benchmarks.tune import COORDINATES
+    tu.add_argument("--coordinates", nargs="+", default=list(COORDINATES), choices=list(COORDINATES),
+                    help="what the search varies (default: all); e.g. `split` alone: how a larger budget is best spent")
+    tu.add_argument("--samples", type=int, nargs="+", metavar="N",
+                    help="the posterior-sample counts the split tries (default 1 2 3 4 5 8)")
+    tu.add_argument("--samplers", metavar="FILE",
+                    help="start from this tuned table (ckm-bench tune --out) instead of the package's recommendations")
     tu.add_argument("--seed", type=int, default=1)
     tu.add_argument("--out", help="write the tuned manifest section here ({\"samplers\": ...}) for ckm-export package --samplers")
     tu.add_argument("--journal", help="JSONL file of the points measured: a run given it again resumes where it stopped")

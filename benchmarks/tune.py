@@ -44,6 +44,7 @@ from ckm_edge.runtime.recommend import SITE, Recommendation, operator_kind
 from ckm_edge.runtime.tasks import DEFAULT_SIGMA, PAPER_TASKS
 
 SETTINGS = ("paper", "site")
+COORDINATES = ("start", "lam", "restart", "restart_lam", "split")  # what the search varies, in this order
 RESTART_KEYS = ("restart", "restart_steps", "restart_lam")  # DiffPIR's restart and what only it reads
 
 
@@ -66,6 +67,8 @@ class TuneConfig:
     rounds: int = 2
     sigma: float = DEFAULT_SIGMA
     seed: int = 1
+    # a subset searches only those (e.g. ("split",): how a larger budget is best spent, the rest held)
+    coordinates: tuple[str, ...] = COORDINATES
 
     def __post_init__(self):
         if self.budget < 2:
@@ -78,6 +81,11 @@ class TuneConfig:
             raise ValueError(f"unknown setting(s) {bad}; known: {', '.join(SETTINGS)}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        bad = [c for c in self.coordinates if c not in COORDINATES]
+        if bad or not self.coordinates:
+            raise ValueError(f"coordinates must be among {', '.join(COORDINATES)}, got {list(self.coordinates)}")
+        if not self.samples or min(self.samples) < 1:
+            raise ValueError(f"samples (the splits tried) must be positive counts, got {list(self.samples)}")
 
 
 @dataclass(frozen=True)
@@ -220,7 +228,7 @@ def search(start: Recommendation, evaluate, cfg: TuneConfig,
         best = min(map(fit, split(start)), key=score)
     for _ in range(cfg.rounds):
         changed = False
-        for coord in ("start", "lam", "restart", "restart_lam", "split"):
+        for coord in (c for c in COORDINATES if c in cfg.coordinates):
             if coord == "split":
                 cands = split(best)
             elif coord == "restart_lam" and not best.parameters.get("restart", 0.0) > 0:
@@ -242,11 +250,13 @@ def search(start: Recommendation, evaluate, cfg: TuneConfig,
 
 
 def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=print,
-        journal: str | Path | None = None) -> dict:
+        journal: str | Path | None = None, start_from: dict | None = None) -> dict:
     """{"samplers": {kind[+site]: recommendation}, "kinds": {kind[+site]: {"tasks", "before", "after", "points"}}}.
     With `journal`, every point measured is appended to that JSONL file and a run given the same
     file again (same package, tiles and search) takes the points it holds instead of measuring
-    them: a stopped tuning resumes where it stopped."""
+    them: a stopped tuning resumes where it stopped. `start_from`: a samplers section (kind ->
+    recommendation, e.g. an earlier tuning's at a smaller budget) the search starts from instead of
+    the package's own, for the kinds it names."""
     from ckm_edge.runtime.construct import ConstructConfig, construct
     from ckm_edge.runtime.engine import EngineConfig, open_engine
     from ckm_edge.runtime.package import load_package
@@ -268,9 +278,10 @@ def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=prin
         for (task, i), (op, y, unobs, building) in probs.items():
             fill = solvers.classical_methods(task, op, y, shape, building if setting == "site" else None)["smooth"]
             base[setting, task, i] = solvers.metrics(fill, tiles[i], unobs)
-    out: dict = {"samplers": {}, "kinds": {}}
+    out: dict = {"samplers": {}, "kinds": {}, "start": "given table" if start_from else "package"}
     header = {"package": package_identity(pkg, EngineConfig().precision), "tile_size": pkg.tile_size, "validation": val.description,
-              "tiles": [list(k) for k in val.keys], "config": vars(cfg)}
+              "tiles": [list(k) for k in val.keys], "config": vars(cfg), **({"from": start_from} if start_from else {})}
+    table = {**pkg.manifest, "samplers": {**(pkg.manifest.get("samplers") or {}), **(start_from or {})}}
     done = Journal(journal, header, "tune")
     with open_engine(pkg, EngineConfig()) as engine:
 
@@ -303,7 +314,7 @@ def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=prin
         for kind, kind_tasks in kinds_of(cfg.tasks).items():
             for setting in cfg.settings:
                 name = kind + (SITE if setting == "site" else "")
-                start = recommend(pkg.manifest, probs[kind_tasks[0], 0][0], site=setting == "site")
+                start = recommend(table, probs[kind_tasks[0], 0][0], site=setting == "site")
                 best, measured = search(start, lambda rec, n=name, s=setting, t=kind_tasks: evaluate(rec, n, s, t), cfg,
                                         levels=len(pkg.schedule()))
                 out["samplers"][name] = best.to_dict()
@@ -314,13 +325,14 @@ def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=prin
 
 def markdown(result: dict, description: str, cfg: TuneConfig) -> str:
     lines = [description, "",
-             f"Per operator kind and setting: the package's recommendation and the tuned one (at most {cfg.budget} network "
-             "evaluations per construction); score = mean RMSE ratio to the smooth fill over the four metrics (lower is "
+             f"Per operator kind and setting: the search's start ({result.get('start', 'package')}) and the tuned construction "
+             f"(at most {cfg.budget} network evaluations per construction; searched: {', '.join(cfg.coordinates)}); "
+             "score = mean RMSE ratio to the smooth fill over the four metrics (lower is "
              "better, 1 = the smooth fill); gain RMSE (dB) all / unobserved cells, AoA-sine RMSE all cells; seconds per map.",
              "", "| kind | tasks | construction | score | gain all | gain unobs. | AoA all | s/map |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for name, k in result["kinds"].items():
-        for label, p in (("package", k["before"]), ("tuned", k["after"])):
+        for label, p in ((result.get("start", "package"), k["before"]), ("tuned", k["after"])):
             params = ", ".join(f"{q}={v:g}" for q, v in sorted(p["parameters"].items()))
             lines.append(f"| {name} | {', '.join(k['tasks'])} | {label}: {p['sampler']} {p['steps']} x {p['samples']} "
                          f"({params}) | {p['score']:.4f} | {p['gain_all']:.2f} | "

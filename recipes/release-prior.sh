@@ -5,15 +5,18 @@
 #      (`ckm-bench tune`: a training-city dataset minus the tiles training read; never HELD);
 #   3. the package (fp32, fp16, INT8 calibrated on CALIBRATION's training split; accuracy record on
 #      HELD's eval split) with the tuned table (`ckm-export package --samplers`);
-#   4. `ckm-bench accuracy` on the held-out split against the end-to-end baselines in BASELINES and
-#      classical interpolation — run once, on the candidate; nothing is chosen from it: with the
-#      shipped defaults (at most 25 network evaluations per map, the 2 s CPU target), and with the
-#      same table at SAMPLES_X times the posterior samples (the same evaluations per sample, within
-#      the issue's 100, batched: the quality an edge GPU affords);
+#   4. how WIDE_BUDGET (100: the issue's limit, what an edge GPU affords) network evaluations per map
+#      are best spent: from the tuned table, the steps x samples split searched on the same validation
+#      tiles (`ckm-bench tune --coordinates split`, WIDE_SAMPLES the sample counts tried), the
+#      parameters held; then `ckm-bench accuracy` on the held-out split against the end-to-end
+#      baselines in BASELINES and classical interpolation — run once, on the candidate; nothing is
+#      chosen from it: with the shipped defaults (at most 25 network evaluations per map, the 2 s
+#      CPU target), and with the WIDE_BUDGET table;
 #   5. the model card: samples next to held-out tiles, sample statistics against the held-out split (unconditional and
 #      each given a held-out site; beside them the ray-traced training data's own distance to it), the training
 #      history of RUNS.
-# RESULTS.md gets tune-<package>, accuracy-<HELD> and accuracy-<HELD>-samples-x4; the card goes to CARD.
+# RESULTS.md gets tune-<package>, tune-<package>-budget-<WIDE_BUDGET>, accuracy-<HELD> and
+# accuracy-<HELD>-samplers-<WIDE_BUDGET>; the card goes to CARD.
 # Resumable (a release is hours on a 2-core CPU): run the same command again and it skips the steps
 # WORK records as done; the tune and both accuracy runs resume from their journals in WORK.
 #
@@ -22,7 +25,7 @@
 #   VALIDATION=$C/rt-train-snap-all VALIDATION_EXCLUDE=$C/rt-train-snap CALIBRATION=$C/rt-train-snap HELD=$C/rt-eval \
 #   BASELINES=$C/models/baselines bash recipes/release-prior.sh
 # Also: RESULTS (records' directory), TUNE_ARGS (extra `ckm-bench tune` arguments), TILES, VAL_TILES,
-# SAMPLES_X, STATS_SAMPLES, NAME, OUT, CARD, BIN.
+# WIDE_BUDGET, WIDE_SAMPLES, STATS_SAMPLES, NAME, OUT, CARD, BIN.
 set -euo pipefail
 : "${VERSION:?}" "${CHECKPOINT:?}" "${VALIDATION:?}" "${CALIBRATION:?}" "${HELD:?}" "${BASELINES:?}"
 NAME=${NAME:-ckm-prior}
@@ -65,18 +68,21 @@ if ! done_ package; then
     du -sh "$OUT"
 fi
 
-log "4. accuracy on the held-out split, once (resumes from its journals)"
+WIDE=${WIDE_BUDGET:-100}
+if ! done_ "tune-$WIDE"; then
+    log "4a. the split of $WIDE network evaluations per map, from the tuned table, on validation tiles"
+    # shellcheck disable=SC2086
+    "$BIN/ckm-bench" --results "$RESULTS" tune --package "$WORK/fp32" --data "$VALIDATION" --exclude ${VALIDATION_EXCLUDE:-} \
+        --tiles "${VAL_TILES:-12}" --budget "$WIDE" --coordinates split --samples ${WIDE_SAMPLES:-2 4 8 12} --rounds 1 \
+        --samplers "$WORK/samplers.json" --out "$WORK/samplers-$WIDE.json" --journal "$WORK/tune-$WIDE-journal.jsonl"
+    touch "$WORK/.done-tune-$WIDE"
+fi
+
+log "4b. accuracy on the held-out split, once (resumes from its journals)"
 "$BIN/ckm-bench" --results "$RESULTS" accuracy --data "$HELD" --tiles "$TILES" --package "$OUT" --checkpoints "$BASELINES" \
     --journal "$WORK/accuracy-journal.jsonl"
-"$BIN/python" - "$WORK/samplers.json" "${SAMPLES_X:-4}" > "$WORK/samples-x${SAMPLES_X:-4}.json" <<'PY'
-import json, sys
-doc = json.load(open(sys.argv[1]))
-for rec in doc["samplers"].values():
-    rec["samples"] = min(64, rec["samples"] * int(sys.argv[2]))
-print(json.dumps({"samplers": doc["samplers"]}, indent=1))
-PY
 "$BIN/ckm-bench" --results "$RESULTS" accuracy --data "$HELD" --tiles "$TILES" --package "$OUT" --checkpoints "$BASELINES" \
-    --samplers "$WORK/samples-x${SAMPLES_X:-4}.json" --journal "$WORK/accuracy-x${SAMPLES_X:-4}-journal.jsonl"
+    --samplers "$WORK/samplers-$WIDE.json" --journal "$WORK/accuracy-$WIDE-journal.jsonl"
 
 log "5. the model card"
 # shellcheck disable=SC2086

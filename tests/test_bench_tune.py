@@ -85,6 +85,19 @@ def test_the_restarts_prior_weight_is_searched_only_with_a_restart():
     assert "restart" not in best.parameters and not any("restart_lam" in r.parameters for r in seen)
 
 
+def test_a_search_of_some_coordinates_holds_the_others():
+    cfg = tune.TuneConfig(budget=12, rounds=2, starts=(0.1, 0.4), lams=(3.0, 15.0), samples=(1, 2, 3), coordinates=("lam",))
+    seen = []
+
+    def evaluate(rec):
+        seen.append(rec)
+        return {"score": rec.parameters["start"] + abs(rec.parameters["lam"] - 15.0) + rec.samples}
+
+    best, _ = tune.search(Recommendation("diffpir", 4, 3, {"lam": 7.0, "start": 0.4}), evaluate, cfg)
+    assert (best.parameters, best.steps, best.samples) == ({"lam": 15.0, "start": 0.4}, 4, 3)
+    assert {r.parameters["start"] for r in seen} == {0.4} and {(r.steps, r.samples) for r in seen} == {(4, 3)}
+
+
 def test_splits_spend_at_most_the_budget():
     assert tune.splits(25, 1, (1, 2, 3, 4, 5, 8)) == [(25, 1), (12, 2), (8, 3), (6, 4), (5, 5), (3, 8)]
     assert tune.splits(10, 3, (1, 2, 4)) == [(3, 1), (1, 2)]  # 3 evaluations per step: 4 samples do not fit
@@ -158,6 +171,33 @@ def test_tune_on_the_tiny_package_then_ship_the_section(tiny_package, tiny_prior
     assert tuned == sorted(out["samplers"])
     assert {k: merged[k] for k in out["samplers"]} == out["samplers"]
     assert merged["jtqr"] == BUILTIN["jtqr"].to_dict()  # not tuned: the built-in one stays
+
+
+def test_a_larger_budget_is_spent_from_a_tuned_table_searching_the_split_only(tiny_package, tmp_path):
+    """`ckm-bench tune --budget N --samplers TABLE --coordinates split`: how the release finds its
+    constructions at four times the shipped budget, the tuned parameters held."""
+    from ckm_edge.benchmarks import cli as bench_cli
+
+    small_dataset(tmp_path / "val", {"train": 2}, region=5, seed=3)
+    table = tmp_path / "tuned.json"
+    given = {"sampler": "diffpir", "steps": 2, "samples": 1, "parameters": {"lam": 15.0, "start": 0.3}}
+    table.write_text(json.dumps({"samplers": {"downsample": given}}))
+    rc = bench_cli.main(["--results", str(tmp_path / "res"), "tune", "--package", str(tiny_package.root),
+                         "--data", str(tmp_path / "val"), "--tiles", "1", "--budget", "8", "--tasks", "sr2",
+                         "--settings", "paper", "--rounds", "1", "--coordinates", "split", "--samples", "1", "2", "4",
+                         "--samplers", str(table), "--out", str(tmp_path / "tuned-8.json")])
+    assert rc == 0
+    record = json.loads((tmp_path / "res" / "tune-tiny-1-0-0-budget-8.json").read_text())  # its own record
+    assert "--coordinates split --samples 1 2 4 --samplers" in record["command"]
+    k = record["results"]["kinds"]["downsample"]
+    assert k["before"]["steps"] == 2 and k["before"]["samples"] == 1  # the search began at the given table
+    assert {(p["steps"], p["samples"]) for p in k["points"]} == {(2, 1), (8, 1), (4, 2), (2, 4)}
+    assert all(p["parameters"] == given["parameters"] for p in k["points"])  # only the split varied
+    best = json.loads((tmp_path / "tuned-8.json").read_text())["samplers"]["downsample"]
+    assert best["steps"] * best["samples"] <= 8 and "given table" in record["markdown"]
+
+    with pytest.raises(ValueError, match="coordinates must be among"):
+        tune.TuneConfig(coordinates=("steps",))
 
 
 def test_an_exported_package_ships_its_tuned_constructions(tiny_site_package):
