@@ -206,6 +206,22 @@ lane() {
         --device cpu --shard "$i/2" >>"$CACHE/logs/rt-train.log" 2>&1
 }
 
+# With autogroups (kernel.sched_autogroup_enabled) a process's nice orders it only within its
+# session's group, and each lane is its own session: the group itself is set to nice 19, so the
+# lanes yield the CPU to interactive work (tests, experiments) as `nice` alone does without them.
+nice_group() {
+    local pid=$1 try
+    [ -w "/proc/$pid/autogroup" ] || return 0
+    for try in 1 2 3 4 5 6 7 8 9 10; do
+        # only once the lane runs in its own session: never the caller's group
+        if [ "$(cut -d' ' -f1 "/proc/$pid/autogroup" 2>/dev/null)" != "$(cut -d' ' -f1 /proc/$$/autogroup)" ]; then
+            echo 19 >"/proc/$pid/autogroup" 2>/dev/null
+            return 0
+        fi
+        sleep 0.2
+    done
+}
+
 pgids() { for f in "$CACHE"/lane-*.pid; do [ -f "$f" ] && kill -0 -- "-$(cat "$f")" 2>/dev/null && cat "$f"; done; }
 
 main() {
@@ -219,6 +235,7 @@ start)
         # its own session (a process group to pause), one core, one thread, lowest priority
         OMP_NUM_THREADS=1 setsid nice -n 19 taskset -c "$i" bash "$0" lane "$i" >>"$CACHE/logs/pipeline.log" 2>&1 &
         echo $! >"$CACHE/lane-$i.pid"
+        nice_group $!
     done
     log "started lanes (cache $CACHE)"
     echo "lanes started; log: $CACHE/logs/pipeline.log"
