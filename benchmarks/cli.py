@@ -635,11 +635,11 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr"])
     tu.add_argument("--settings", nargs="+", default=["paper", "site"], choices=["paper", "site"])
     tu.add_argument("--rounds", type=int, default=2)
-    from ckm_edge.benchmarks.tune import COORDINATES
+    from ckm_edge.benchmarks.tune import COORDINATES, TuneConfig
     tu.add_argument("--coordinates", nargs="+", default=list(COORDINATES), choices=list(COORDINATES),
                     help="what the search varies (default: all); e.g. `split` alone: how a larger budget is best spent")
     tu.add_argument("--samples", type=int, nargs="+", metavar="N",
-                    help="the posterior-sample counts the split tries (default 1 2 3 4 5 8)")
+                    help=f"the posterior-sample counts the split tries (default {' '.join(map(str, TuneConfig.samples))})")
     tu.add_argument("--samplers", metavar="FILE",
                     help="start from this tuned table (ckm-bench tune --out) instead of the package's recommendations")
     tu.add_argument("--seed", type=int, default=1)
