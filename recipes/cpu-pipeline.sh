@@ -6,8 +6,10 @@
 #   lane 0: ray-traced training tiles (shard 0/2) -> held-out eval split (shard 0/2) -> the six
 #           end-to-end baselines on the prior's mixture, in turn
 #   lane 1: ray-traced training tiles (shard 1/2) -> held-out eval split (shard 1/2) -> the site-aware
-#           prior (warm start from models/checkpoints/prior-small.pt) -> the baselines lane 0 has not
-#           started (one queue: a lock per baseline)
+#           prior (warm start from models/checkpoints/prior-small.pt) -> the release's steps that need
+#           no baselines (recipes/release-prior.sh UNTIL=wide: tune, package, the 100-evaluation split)
+#           -> the baselines lane 0 has not started (one queue: a lock per baseline) -> once all six
+#           are there, the rest of the release (accuracy on the held-out split, the model card)
 #   then both: the training build grows toward its plan's 1,024 tiles (the next stage's data)
 #
 # The training build traces tiles 0..TRAIN_TILES/2-1 of munich and etoile (the shards split them
@@ -23,7 +25,9 @@
 #   bash recipes/cpu-pipeline.sh pause      # SIGSTOP both lanes (timing, the test suite) ... resume
 #
 # Environment: CACHE (/root/ckm-cache: data, runs, logs, models; nothing in the work tree),
-# TRAIN_TILES (56), PRIOR_STEPS (30000), BASELINE_STEPS (6000), BIN (.venv/bin).
+# TRAIN_TILES (56), PRIOR_STEPS (30000), BASELINE_STEPS (6000), BIN (.venv/bin), RELEASE (1.0.0: the
+# version the release steps build; empty: none). The release writes the package, the RESULTS records
+# and the model card into this work tree (its log: CACHE/logs/release.log), for a person to commit.
 # A lent GPU trains the same mixture in minutes instead: recipes/gpu-train.sh (docs/training.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +37,7 @@ PRIOR_STEPS=${PRIOR_STEPS:-30000}
 BASELINE_STEPS=${BASELINE_STEPS:-6000}
 BIN=$(realpath "${BIN:-.venv/bin}")
 BASELINES=${BASELINES:-multi multi-site ipbox iprandom sr2 jtqr}
+RELEASE=${RELEASE-1.0.0}
 REPO=$PWD
 RT_TRAIN=$CACHE/rt-train
 RT_EVAL=$CACHE/rt-eval
@@ -183,10 +188,21 @@ baselines() {  # the six baselines as one queue both lanes draw from (lane 1 onc
             --out "$CACHE/models/baselines/baseline-$task.pt" --half >>"$CACHE/logs/pipeline.log" 2>&1
         rmdir "$lock"
     done
-    local missing=0
-    for task in $BASELINES; do [ -f "$CACHE/models/baselines/baseline-$task.pt" ] || missing=$((missing + 1)); done
-    [ "$missing" = 0 ] && log "baselines done: $CACHE/models/baselines"
+    [ "$(baselines_missing)" = 0 ] && log "baselines done: $CACHE/models/baselines"
     return 0
+}
+
+baselines_missing() {
+    local task n=0
+    for task in $BASELINES; do [ -f "$CACHE/models/baselines/baseline-$task.pt" ] || n=$((n + 1)); done
+    echo "$n"
+}
+
+release() {  # [UNTIL=wide] release: recipes/release-prior.sh on the prior of CACHE/runs/prior (resumes)
+    VERSION=$RELEASE CHECKPOINT=$CACHE/runs/prior/checkpoint.pt RUNS=$CACHE/runs/prior \
+        WORK=$CACHE/release-$RELEASE VALIDATION=$CACHE/rt-train-snap-all VALIDATION_EXCLUDE=$SNAP \
+        CALIBRATION=$SNAP HELD=$RT_EVAL BASELINES=$CACHE/models/baselines BIN=$BIN \
+        bash recipes/release-prior.sh >>"$CACHE/logs/release.log" 2>&1
 }
 
 lane() {
@@ -198,8 +214,17 @@ lane() {
     if [ "$i" = 1 ]; then
         train prior "$PRIOR_STEPS" --init "$REPO/models/checkpoints/prior-small.pt" || { log "prior failed"; return 1; }
         log "prior done: $CACHE/runs/prior"
+        if [ -n "$RELEASE" ]; then
+            UNTIL=wide release || { log "release $RELEASE: the steps before accuracy failed (CACHE/logs/release.log)"; return 1; }
+            log "release $RELEASE: tuned and packaged; accuracy waits for the baselines"
+        fi
     fi
     baselines "$i" || return 1
+    if [ "$i" = 1 ] && [ -n "$RELEASE" ]; then
+        until [ "$(baselines_missing)" = 0 ]; do sleep 120; done
+        release || { log "release $RELEASE failed (CACHE/logs/release.log)"; return 1; }
+        log "release $RELEASE done: the package, RESULTS records and model card are in $REPO (to commit)"
+    fi
     # then the training build grows toward its plan (1,024 tiles) on this core: data for the next stage
     log "lane $i: growing the training build"
     "$BIN/ckm-data" raytrace --out "$RT_TRAIN" --train munich etoile --tiles-per-scene 512 --seed 1 \
