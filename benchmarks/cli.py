@@ -13,11 +13,14 @@ and benchmarks/RESULTS.md under the working directory; `ckm-bench --results DIR 
     ckm-bench tune [--package DIR] [--data DIR --exclude TRAINED ...] [--budget 25] [--out samplers.json]
     ckm-bench adapt [--device cuda] [--counts 16 64 256]     (site adapters vs fine-tuning)
     ckm-bench gpu [--device cuda] [--batches 1 8 32 128 256 512] [--step-counts 20 50 100 200 500 1000]
+    ckm-bench report [--notes NAME]     (RESULTS.md again, e.g. after writing a record's notes; --notes:
+                                         start NAME.notes.md, headed with the record it explains)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -512,6 +515,30 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    results_dir = Path(args.results)
+    if args.notes:
+        record = results_dir / f"{args.notes}.json"
+        if not record.is_file():
+            known = sorted(p.stem for p in results_dir.glob("*.json"))
+            print(f"--notes {args.notes}: no record {record} (records: {', '.join(known) or 'none'})", file=sys.stderr)
+            return 2
+        notes = report.notes_path(results_dir, args.notes)
+        if notes.exists():
+            print(f"{notes} exists: edit it (its header names the record it was written for)", file=sys.stderr)
+            return 2
+        date = json.loads(record.read_text())["date"]
+        notes.write_text(f"<!-- record: {date} -->\n<!-- why a target was missed, what the numbers mean (shown in RESULTS.md once written) -->\n")
+        print(f"notes: {notes} (edit it, then run `ckm-bench report` again)")
+    try:
+        out = report.regenerate(results_dir, report.results_md(results_dir))
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(f"report: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=report.DEFAULT_RESULTS_DIR,
@@ -682,6 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--time-budget", type=float, default=float("inf"),
                     help="seconds; steps-curve runs that would end later are skipped (and reported missing)")
     gp.set_defaults(func=_cmd_gpu)
+    rp = sub.add_parser("report", help="regenerate RESULTS.md from the records (and their hand-written notes)")
+    rp.add_argument("--notes", metavar="NAME", help="start the notes file of record NAME (headed with its date)")
+    rp.set_defaults(func=_cmd_report)
     return parser
 
 

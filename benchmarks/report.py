@@ -5,12 +5,19 @@ regenerates the whole file (beside the results directory) from all the JSONs pre
 section under the machine that produced it, so numbers from different machines never share a
 table. The directory is the user's (`ckm-bench --results DIR`, default `benchmarks/results` under
 the working directory: the repository's own when run from its root), never the installed package.
+
+What a command cannot write — why a target was missed, what a number means for the product — goes
+in a notes file beside the record, `<name>.notes.md`, written by a person and shown under the
+record. Its first line names the record it was written for (`<!-- record: DATE -->`, the record's
+date); when the record is measured again the notes are marked as written for the earlier one, so
+an explanation never silently sits under numbers it was not written for.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 from pathlib import Path
 
 from ckm_edge.benchmarks import machine as _machine
@@ -41,6 +48,31 @@ def write_result(name: str, command: str, results: dict, markdown: str, results_
     return path
 
 
+NOTES_HEADER = re.compile(r"\A<!--\s*record:\s*(\S+)\s*-->\s*\n")
+
+
+def notes_path(results_dir: Path, name: str) -> Path:
+    return Path(results_dir) / f"{name}.notes.md"
+
+
+def notes_markdown(results_dir: Path, rec: dict) -> list[str]:
+    """The hand-written notes on one record, as RESULTS.md shows them (none: [])."""
+    path = notes_path(results_dir, rec["benchmark"])
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    m = NOTES_HEADER.match(text)
+    if not m:
+        raise ValueError(f"{path}: its first line must name the record it explains: <!-- record: {rec['date']} -->")
+    body = text[m.end():].strip()
+    if not re.sub(r"<!--.*?-->", "", body, flags=re.S).strip():  # started, not yet written
+        return []
+    if m.group(1) == rec["date"]:
+        return [f"Notes (written by hand on this record, {path.name}):", "", body, ""]
+    return [f"Notes (written by hand on an earlier record of {m.group(1)}; the numbers above were measured "
+            f"again on {rec['date']} and may no longer match them; {path.name}):", "", body, ""]
+
+
 def regenerate(results_dir: Path, out: Path) -> Path:
     records = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
     lines = [
@@ -60,6 +92,7 @@ def regenerate(results_dir: Path, out: Path) -> Path:
             "",
             rec["markdown"],
             "",
+            *notes_markdown(results_dir, rec),
         ]
     out.write_text("\n".join(lines))
     return out

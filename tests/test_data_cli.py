@@ -69,3 +69,33 @@ def test_tile_from_a_dataset_split(tmp_path):
         np.testing.assert_array_equal(z["tx"], split.transmitters()[3])
     bad = _run("tile", "--from", "datasets/sionna-rt-small", "--index", "8", "--out", str(tmp_path / "u.npz"))
     assert bad.returncode == 2 and "has 8 tile(s); --index 8" in bad.stderr and not (tmp_path / "u.npz").exists()
+
+
+def test_results_notes_are_shown_under_their_record_and_marked_when_it_is_measured_again(tmp_path):
+    """A record's hand-written notes (why a target was missed) appear under it in RESULTS.md; measured
+    again, the record's notes are marked as written for the earlier one; the committed notes parse."""
+    from ckm_edge.benchmarks import cli as bench_cli
+
+    results = tmp_path / "results"
+    results_md = tmp_path / "RESULTS.md"
+    assert bench_cli.main(["--results", str(results), "report", "--notes", "procedural-generator"]) == 2  # no record
+    report.write_result("procedural-generator", "ckm-bench procedural", {"tiles": 1}, "| 1 |", results_dir=results)
+    assert bench_cli.main(["--results", str(results), "report", "--notes", "procedural-generator"]) == 0
+    notes = results / "procedural-generator.notes.md"
+    assert "Notes" not in results_md.read_text()  # started, nothing written yet
+    assert bench_cli.main(["--results", str(results), "report", "--notes", "procedural-generator"]) == 2  # never overwritten
+    notes.write_text(notes.read_text().splitlines()[0] + "\nThe target was missed because of X.\n")
+    assert bench_cli.main(["--results", str(results), "report"]) == 0
+    text = results_md.read_text()
+    assert "written by hand on this record" in text and "missed because of X" in text
+    record = json.loads((results / "procedural-generator.json").read_text())
+    record["date"] = "2099-01-01T00:00:00+00:00"  # measured again
+    (results / "procedural-generator.json").write_text(json.dumps(record))
+    report.regenerate(results, results_md)
+    assert "on an earlier record of" in results_md.read_text() and "missed because of X" in results_md.read_text()
+    notes.write_text("no header\n")
+    assert bench_cli.main(["--results", str(results), "report"]) == 2  # a clear error, RESULTS.md left as it was
+    assert "missed because of X" in results_md.read_text()
+    for committed in Path("benchmarks/results").glob("*.notes.md"):  # the repository's own parse
+        stem = committed.name.removesuffix(".notes.md")
+        report.notes_markdown(committed.parent, json.loads((committed.parent / f"{stem}.json").read_text()))
