@@ -9,7 +9,8 @@
 #           prior (warm start from models/checkpoints/prior-small.pt) -> the release's steps that need
 #           no baselines (recipes/release-prior.sh UNTIL=wide: tune, package, the 100-evaluation split)
 #           -> the baselines lane 0 has not started (one queue: a lock per baseline) -> once all six
-#           are there, the rest of the release (accuracy on the held-out split, the model card)
+#           are there, the rest of the release: accuracy on the held-out split (lane 0 runs the
+#           100-evaluation run beside it), the model card
 #   then both: the training build grows toward its plan's 1,024 tiles (the next stage's data)
 #
 # The training build traces tiles 0..TRAIN_TILES/2-1 of munich and etoile (the shards split them
@@ -220,10 +221,23 @@ lane() {
         fi
     fi
     baselines "$i" || return 1
-    if [ "$i" = 1 ] && [ -n "$RELEASE" ]; then
-        until [ "$(baselines_missing)" = 0 ]; do sleep 120; done
-        release || { log "release $RELEASE failed (CACHE/logs/release.log)"; return 1; }
-        log "release $RELEASE done: the package, RESULTS records and model card are in $REPO (to commit)"
+    if [ -n "$RELEASE" ]; then
+        # step 4b's two accuracy runs side by side: lane 0 the 100-evaluation one (lock: one journal),
+        # lane 1 the defaults', then the model card (after the other run, whichever lane ran it)
+        local work=$CACHE/release-$RELEASE lock=$CACHE/locks/accuracy-wide
+        until [ "$(baselines_missing)" = 0 ] && [ -f "$work/.done-tune-100" ]; do sleep 120; done
+        if [ "$i" = 0 ]; then
+            if [ ! -f "$work/.done-accuracy-wide" ] && mkdir "$lock" 2>/dev/null; then
+                ONLY=accuracy-wide release || log "release $RELEASE: the 100-evaluation accuracy run failed (CACHE/logs/release.log)"
+                rmdir "$lock"
+            fi
+        else
+            ONLY=accuracy release || { log "release $RELEASE: the accuracy run failed (CACHE/logs/release.log)"; return 1; }
+            until mkdir "$lock" 2>/dev/null; do sleep 120; done  # lane 0's run finished (or never started)
+            release || { rmdir "$lock"; log "release $RELEASE failed (CACHE/logs/release.log)"; return 1; }
+            rmdir "$lock"
+            log "release $RELEASE done: the package, RESULTS records and model card are in $REPO (to commit)"
+        fi
     fi
     # then the training build grows toward its plan (1,024 tiles) on this core: data for the next stage
     log "lane $i: growing the training build"

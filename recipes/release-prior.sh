@@ -26,10 +26,12 @@
 #   BASELINES=$C/models/baselines bash recipes/release-prior.sh
 # Also: RESULTS (records' directory), TUNE_ARGS (extra `ckm-bench tune` arguments), TILES, VAL_TILES,
 # WIDE_BUDGET, WIDE_SAMPLES, STATS_SAMPLES, NAME, OUT, CARD, BIN; UNTIL=wide stops after step 4a
-# (what needs no baselines: recipes/cpu-pipeline.sh runs it while the baselines still train).
+# (what needs no baselines: recipes/cpu-pipeline.sh runs it while the baselines still train);
+# ONLY=accuracy | accuracy-wide runs that one of step 4b's two runs (earlier steps done first).
 set -euo pipefail
 : "${VERSION:?}" "${CHECKPOINT:?}" "${VALIDATION:?}" "${CALIBRATION:?}" "${HELD:?}" "${BASELINES:?}"
 case ${UNTIL:-} in "" | wide) ;; *) echo "UNTIL=$UNTIL: only 'wide' (stop after step 4a) is known"; exit 2 ;; esac
+case ${ONLY:-} in "" | accuracy | accuracy-wide) ;; *) echo "ONLY=$ONLY: 'accuracy' or 'accuracy-wide' (one run of step 4b)"; exit 2 ;; esac
 NAME=${NAME:-ckm-prior}
 OUT=${OUT:-models/repository/$NAME/$VERSION}
 CARD=${CARD:-docs/model-card}
@@ -81,14 +83,21 @@ if ! done_ "tune-$WIDE"; then
 fi
 [ "${UNTIL:-}" = wide ] && { log "stopped after step 4a (UNTIL=wide)"; exit 0; }
 
-if ! done_ accuracy; then
-    log "4b. accuracy on the held-out split, once (resumes from its journals)"
+# 4b: two runs, each its own step (ONLY=accuracy or ONLY=accuracy-wide runs just that one: the two
+# can run side by side, one per core, from two calls; never the same one twice at once: one journal)
+if [ "${ONLY:-accuracy}" = accuracy ] && ! done_ accuracy; then
+    log "4b. accuracy on the held-out split, once, the shipped defaults (resumes from its journal)"
     "$BIN/ckm-bench" --results "$RESULTS" accuracy --data "$HELD" --tiles "$TILES" --package "$OUT" --checkpoints "$BASELINES" \
         --journal "$WORK/accuracy-journal.jsonl"
-    "$BIN/ckm-bench" --results "$RESULTS" accuracy --data "$HELD" --tiles "$TILES" --package "$OUT" --checkpoints "$BASELINES" \
-        --samplers "$WORK/samplers-$WIDE.json" --journal "$WORK/accuracy-$WIDE-journal.jsonl"
     touch "$WORK/.done-accuracy"
 fi
+if [ "${ONLY:-accuracy-wide}" = accuracy-wide ] && ! done_ accuracy-wide; then
+    log "4b. accuracy on the held-out split, once, the $WIDE-evaluation table (resumes from its journal)"
+    "$BIN/ckm-bench" --results "$RESULTS" accuracy --data "$HELD" --tiles "$TILES" --package "$OUT" --checkpoints "$BASELINES" \
+        --samplers "$WORK/samplers-$WIDE.json" --journal "$WORK/accuracy-$WIDE-journal.jsonl"
+    touch "$WORK/.done-accuracy-wide"
+fi
+[ -n "${ONLY:-}" ] && exit 0
 
 done_ card && exit 0
 log "5. the model card"
