@@ -528,7 +528,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
             print(f"{notes} exists: edit it (its header names the record it was written for)", file=sys.stderr)
             return 2
         date = json.loads(record.read_text())["date"]
-        notes.write_text(f"<!-- record: {date} -->\n<!-- why a target was missed, what the numbers mean (shown in RESULTS.md once written) -->\n")
+        todo = "<!-- why a target was missed, what the numbers mean (shown in RESULTS.md once written) -->"
+        notes.write_text(f"<!-- record: {date} -->\n{todo}\n")
         print(f"notes: {notes} (edit it, then run `ckm-bench report` again)")
     try:
         out = report.regenerate(results_dir, report.results_md(results_dir))
