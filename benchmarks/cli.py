@@ -20,7 +20,6 @@ and benchmarks/RESULTS.md under the working directory; `ckm-bench --results DIR 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -517,21 +516,10 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     results_dir = Path(args.results)
-    if args.notes:
-        record = results_dir / f"{args.notes}.json"
-        if not record.is_file():
-            known = sorted(p.stem for p in results_dir.glob("*.json"))
-            print(f"--notes {args.notes}: no record {record} (records: {', '.join(known) or 'none'})", file=sys.stderr)
-            return 2
-        notes = report.notes_path(results_dir, args.notes)
-        if notes.exists():
-            print(f"{notes} exists: edit it (its header names the record it was written for)", file=sys.stderr)
-            return 2
-        date = json.loads(record.read_text())["date"]
-        todo = "<!-- why a target was missed, what the numbers mean (shown in RESULTS.md once written) -->"
-        notes.write_text(f"<!-- record: {date} -->\n{todo}\n")
-        print(f"notes: {notes} (edit it, then run `ckm-bench report` again)")
     try:
+        if args.notes:
+            notes = report.start_notes(results_dir, args.notes)
+            print(f"notes: {notes} (edit it, then run `ckm-bench report` again)")
         out = report.regenerate(results_dir, report.results_md(results_dir))
     except ValueError as e:
         print(e, file=sys.stderr)

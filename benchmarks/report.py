@@ -55,6 +55,21 @@ def notes_path(results_dir: Path, name: str) -> Path:
     return Path(results_dir) / f"{name}.notes.md"
 
 
+def start_notes(results_dir: Path, name: str) -> Path:
+    """Start record `name`'s notes file, headed with the record's date (refuses to overwrite)."""
+    record = Path(results_dir) / f"{name}.json"
+    if not record.is_file():
+        known = sorted(p.stem for p in Path(results_dir).glob("*.json"))
+        raise ValueError(f"--notes {name}: no record {record} (records: {', '.join(known) or 'none'})")
+    notes = notes_path(results_dir, name)
+    if notes.exists():
+        raise ValueError(f"{notes} exists: edit it (its header names the record it was written for)")
+    date = json.loads(record.read_text())["date"]
+    todo = "<!-- why a target was missed, what the numbers mean (shown in RESULTS.md once written) -->"
+    notes.write_text(f"<!-- record: {date} -->\n{todo}\n")
+    return notes
+
+
 def notes_markdown(results_dir: Path, rec: dict) -> list[str]:
     """The hand-written notes on one record, as RESULTS.md shows them (none: [])."""
     path = notes_path(results_dir, rec["benchmark"])

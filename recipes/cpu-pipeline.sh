@@ -225,7 +225,7 @@ lane() {
         # step 4b's two accuracy runs side by side: lane 0 the 100-evaluation one (lock: one journal),
         # lane 1 the defaults', then the model card (after the other run, whichever lane ran it)
         local work=$CACHE/release-$RELEASE lock=$CACHE/locks/accuracy-wide
-        until [ "$(baselines_missing)" = 0 ] && [ -f "$work/.done-tune-100" ]; do sleep 120; done
+        until [ "$(baselines_missing)" = 0 ] && [ -f "$work/.done-tune-${WIDE_BUDGET:-100}" ]; do sleep 120; done
         if [ "$i" = 0 ]; then
             if [ ! -f "$work/.done-accuracy-wide" ] && mkdir "$lock" 2>/dev/null; then
                 ONLY=accuracy-wide release || log "release $RELEASE: the 100-evaluation accuracy run failed (CACHE/logs/release.log)"
