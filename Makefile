@@ -14,13 +14,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $@
 
-PACKAGE := models/repository/ckm-prior/0.2.1
+PACKAGE := models/repository/ckm-prior/1.0.0
 
-# The main job: the edge server starts on the shipped default package; a held-out procedural
-# tile, observed through each task's operator, is constructed over gRPC.
+# The main job: the edge server starts on the shipped default package; a ray-traced tile of a
+# held-out city (florence), observed through each task's operator, is constructed over gRPC from
+# the observation alone and again given the site (building layout, base station).
 demo: $(STAMP)
 	$(BIN)/ckm-export verify $(PACKAGE)
-	$(BIN)/ckm-data tile --out demo-out/truth.npz
+	$(BIN)/ckm-data tile --from datasets/sionna-rt-small --split eval --index 0 --out demo-out/truth.npz
 	$(BIN)/ckm-edge demo --repository models/repository --truth demo-out/truth.npz --out demo-out
 
 test: $(STAMP) raytrace-setup

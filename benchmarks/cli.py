@@ -26,7 +26,7 @@ from pathlib import Path
 from ckm_edge.benchmarks import report
 from ckm_edge.runtime import defaults
 
-DEFAULT_PACKAGE = "models/repository/ckm-prior/0.2.1"  # the embedded default model
+DEFAULT_PACKAGE = "models/repository/ckm-prior/1.0.0"  # the embedded default model
 DEFAULT_CHECKPOINT = "models/checkpoints/prior-small.pt"  # its PyTorch weights
 
 

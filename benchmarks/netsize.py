@@ -6,8 +6,8 @@ Per U-Net (a preset, or a trained checkpoint named `label=path`):
 - parameters, and FLOPs per score evaluation of one 128 x 128 tile (torch.utils.flop_counter;
   a multiply-add counts 2);
 - the fp32 score graph's size on disk, and the package size estimated from the parameters at the
-  shipped package's measured ratio (ckm-prior 0.2.1: 20.5 MiB of fp32, fp16 and int8 graphs for
-  1.52 M parameters, 14.1 bytes per parameter: the backward graphs keep transposed weights too);
+  shipped package's measured ratio (ckm-prior 1.0.0: 20.6 MiB of fp32, fp16 and int8 graphs for
+  1.53 M parameters, 14.1 bytes per parameter: the backward graphs keep transposed weights too);
 - ONNX Runtime CPU latency of one score evaluation at batch 1 and 4 (median of `repeats` after a
   warm-up) on this machine: what a DiffPIR step costs at the edge;
 - for trained checkpoints, accuracy: gain RMSE (all and unobserved cells) of the default
@@ -30,7 +30,7 @@ import numpy as np
 
 from ckm_edge.runtime.tasks import PAPER_TASKS
 
-PACKAGE_BYTES_PER_PARAMETER = 14.1  # measured on ckm-prior 0.2.1 (fp32, fp16, int8 graphs)
+PACKAGE_BYTES_PER_PARAMETER = 14.1  # measured on ckm-prior 1.0.0 (fp32, fp16, int8 graphs)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
     ckm-export package --checkpoint models/prior-small.pt --data data/proc --out packages/ckm-prior/0.1.0
     ckm-export package ... --samplers samplers.json    (default constructions tuned for it: ckm-bench tune --out)
-    ckm-export adapter --adapter runs/adapter-site/adapter.pt --base-package models/repository/ckm-prior/0.2.1 \
+    ckm-export adapter --adapter runs/adapter-site/adapter.pt --base-package models/repository/ckm-prior/1.0.0 \
                        --out models/repository/site-a/1.0.0          (a site adapter as an add-on package)
     ckm-export inspect packages/ckm-prior/0.1.0
     ckm-export verify  packages/ckm-prior/0.1.0 [--trusted-key key.pub]     (exit 1 if bad)

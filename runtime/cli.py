@@ -1,6 +1,6 @@
 """`ckm-edge`: the edge runtime's command line (no PyTorch).
 
-    ckm-edge construct --package models/repository/ckm-prior/0.2.1 --truth tile.npz --task ipbox --out out/
+    ckm-edge construct --package models/repository/ckm-prior/1.0.0 --truth tile.npz --task ipbox --out out/
     ckm-edge construct --package ... --observation obs.npz --sampler diffpir --param lam=30 --steps 10 --samples 4
     ckm-edge construct --server 127.0.0.1:50051 --truth tile.npz --task trajectory --site
 
@@ -108,7 +108,8 @@ def _observation(args, tile_size: int):
 
 def cmd_construct(args) -> int:
     if args.server:
-        return _construct_remote(args)
+        _construct_remote(args)
+        return 0
     if not args.package:
         raise ValueError("give --package (local construction) or --server host:port")
     trusted = [read_public_key(k) for k in args.trusted_key] if args.trusted_key else None
@@ -175,8 +176,8 @@ def _describe(cfg) -> dict:
     return {"name": spec_for(cfg).name, **{p["name"]: getattr(cfg, p["name"]) for p in spec_for(cfg).parameters()}}
 
 
-def _construct_remote(args) -> int:
-    """The same construction, sent to an edge server over gRPC."""
+def _construct_remote(args) -> dict:
+    """The same construction, sent to an edge server over gRPC; prints and returns its report."""
     import grpc
 
     from ckm_edge.runtime.client import EdgeClient
@@ -211,7 +212,7 @@ def _construct_remote(args) -> int:
         report["gain_rmse_db"] = round(float(codec.gain_rmse_db(result.map, truth)), 3)
         report["aoa_sine_rmse"] = round(float(codec.aoa_sine_rmse(result.map, truth)), 4)
     print(json.dumps(report) if args.json else "\n".join(f"{k:>16}: {v}" for k, v in report.items()))
-    return 0
+    return report
 
 
 def cmd_serve(args) -> int:
@@ -255,24 +256,37 @@ def cmd_serve(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The main job end to end: an edge server on the repository, one gRPC construction per task."""
+    """The main job end to end: an edge server on the repository, one gRPC construction per task in
+    the paper's setting (the observation alone) and one per site task given the site (its building
+    layout and base station, as a base station knows them), then the gain RMSE of each side by side."""
     from ckm_edge.runtime.server import ServerConfig, create_server
 
+    site_tasks = list(args.tasks) if args.site_tasks is None else args.site_tasks
+    unknown = sorted(set(site_tasks) - set(args.tasks))
+    if unknown:
+        raise ValueError(f"--site-tasks {' '.join(unknown)}: not among --tasks ({' '.join(args.tasks)})")
     edge = create_server(ServerConfig(repository=args.repository, port=0, poll_seconds=0, engine_threads=args.threads)).start()
     print(f"edge server on 127.0.0.1:{edge.port} serving {[m.key for m in edge.repository.models()]}", flush=True)
+    reports = {}
     try:
-        for task in args.tasks:
+        for task, site in [(t, False) for t in args.tasks] + [(t, True) for t in site_tasks]:
             ns = argparse.Namespace(
                 server=f"127.0.0.1:{edge.port}", token=None, root_certs=None, model=None, model_version=None,
                 truth=args.truth, observation=None, task=task, sigma=args.sigma, seed=args.seed,
                 steps=args.steps, samples=args.samples, sampler=args.sampler, param=args.param, zeta=None,
-                corrector_steps=None, jacobian_free=False, no_clip_denoised=False, site=task in args.site_tasks,
-                precision="fp32", timeout=None, out=Path(args.out) / task, json=True, adapter=args.adapter,
-                adapter_version=None)
-            _construct_remote(ns)
+                corrector_steps=None, jacobian_free=False, no_clip_denoised=False, site=site,
+                precision="fp32", timeout=None, out=Path(args.out) / (f"{task}-site" if site else task), json=True,
+                adapter=args.adapter, adapter_version=None)
+            reports[task, site] = _construct_remote(ns)
     finally:
         edge.stop(0)
-    print(f"figures: {args.out}/<task>/construction.png")
+    print("\ngain RMSE dB / AoA-sine RMSE of each construction (all cells):")
+    print(f"{'task':>12}  {'observation alone':>18}  {'given the site':>18}")
+    for task in args.tasks:
+        cells = [reports.get((task, site)) for site in (False, True)]
+        print(f"{task:>12}  " + "  ".join(f"{'-':>18}" if r is None else
+                                        f"{r['gain_rmse_db']:>9.2f} / {r['aoa_sine_rmse']:.4f}" for r in cells))
+    print(f"figures: {args.out}/<task>[-site]/construction.png")
     return 0
 
 
@@ -364,8 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--repository", type=Path, default=Path("models/repository"))
     d.add_argument("--truth", type=Path, required=True, help="npz with `pixels` (ckm-data tile)")
     d.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr", "jtqr", "trajectory"])
-    d.add_argument("--site-tasks", nargs="*", default=["trajectory"],
-                   help="tasks whose requests carry the site's building layout (default: trajectory)")
+    d.add_argument("--site-tasks", nargs="*", default=None,
+                   help="tasks also constructed given the site: the truth tile's building layout and its base "
+                        "station when the file has one (default: all of --tasks; none: give the flag alone)")
     _sampler_arguments(d)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=0)

@@ -269,7 +269,18 @@ def test_ckm_edge_demo_serves_the_repository_with_and_without_an_adapter(tiny_ad
     for extra, adapter in (([], None), (["--adapter", "site-a"], "site-a 1.0.0")):
         assert cli.main(["demo", "--repository", str(repo), "--truth", str(tmp_path / "truth.npz"), "--tasks", "ipbox", "sr",
                          "--steps", "2", "--samples", "1", "--out", str(tmp_path / "demo")] + extra) == 0
-        reports = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-        assert [r["task"] for r in reports] == ["ipbox", "sr2"]
+        out = capsys.readouterr().out
+        reports = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        # each task observed alone, then given the site (the truth tile's building layout)
+        assert [(r["task"], r["site"]) for r in reports] == [
+            ("ipbox", False), ("sr2", False), ("ipbox", True), ("sr2", True)]
         assert all(r.get("adapter") == adapter and r["model"] == "tiny 1.0.0" for r in reports)
+        table = out[out.index("gain RMSE dB / AoA-sine RMSE"):].splitlines()
+        assert [line.split()[0] for line in table[2:4]] == ["ipbox", "sr"]
+        assert f"{reports[1]['gain_rmse_db']:.2f} / " in table[3] and f"{reports[3]['gain_rmse_db']:.2f} / " in table[3]
         assert (tmp_path / "demo" / "sr" / "construction.png").is_file()
+        assert (tmp_path / "demo" / "sr-site" / "construction.png").is_file()
+    # a site task that is not a task is refused by name
+    assert cli.main(["demo", "--repository", str(repo), "--truth", str(tmp_path / "truth.npz"), "--tasks", "ipbox",
+                     "--site-tasks", "jtqr", "--out", str(tmp_path / "demo")]) == 2
+    assert "--site-tasks jtqr: not among --tasks (ipbox)" in capsys.readouterr().err

@@ -4,7 +4,7 @@
     ckm-train baseline --data data/proc --out runs/e2e-ipbox --task ipbox
     ckm-train baseline --data data/proc --out runs/e2e-multi --task multi
     ckm-train slim --checkpoint runs/prior/checkpoint.pt --out models/prior.pt
-    ckm-train adapter --base-package models/repository/ckm-prior/0.2.1 --site-data data/site --generic-data data/proc \
+    ckm-train adapter --base-package models/repository/ckm-prior/1.0.0 --site-data data/site --generic-data data/proc \
                       --out runs/adapter-site          (a site adapter: reference + proxy small models, lambda(t))
     torchrun --nproc_per_node 8 -m ckm_edge.training.cli prior --data ... --preset base   # multi-GPU
 
