@@ -565,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS)
     ld.add_argument("--max-batch", type=int, default=8)
     ld.add_argument("--max-queue-delay-ms", type=float, default=5.0)
-    ld.add_argument("--threads", type=int, default=0, help="engine threads (0 = ONNX Runtime default)")
+    ld.add_argument("--threads", type=int, default=0, help="engine threads (0 = one per CPU this process may run on)")
     ld.set_defaults(func=_cmd_load)
     rt = sub.add_parser("raytrace", help="seconds per ray-traced tile (Sionna RT) on this machine's CPU or GPU")
     rt.add_argument("--scene", default="munich")

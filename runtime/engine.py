@@ -19,6 +19,7 @@ Calls are counted per kind (`calls`), which the tests use to check the cost of a
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +67,7 @@ BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 class EngineConfig:
     precision: str = "fp32"
     device: str = "cpu"  # "cpu" or "cuda"
-    threads: int = 0  # intra-op threads for the CPU provider; 0 = ONNX Runtime's default
+    threads: int = 0  # intra-op threads for the CPU provider; 0 = the CPUs this process may run on (cpu_threads)
     device_id: int = 0
     # One thread, sequential execution and ONNX Runtime's deterministic kernels: the same inputs
     # give bitwise-identical outputs run after run (multi-threaded reductions may not).
@@ -91,6 +92,21 @@ class EngineConfig:
             raise EngineError(f"arena must be 'all', 'score' or 'none', got {self.arena!r}")
         if self.threads < 0:
             raise EngineError(f"threads must be >= 0, got {self.threads}")
+
+    def cpu_threads(self) -> int:
+        """Intra-op threads for a CPU engine: the configured number, else one per CPU this process
+        may run on. ONNX Runtime's own default is one per core of the machine, each worker pinned to
+        its core: a process confined to fewer cores (taskset, a container's cpuset) would keep
+        waiting on workers pinned where other work runs."""
+        return self.threads or available_cpus()
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity API on this OS
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -133,8 +149,7 @@ class OrtEngine:
         ort = self._ort
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        if self.config.threads:
-            opts.intra_op_num_threads = self.config.threads
+        opts.intra_op_num_threads = self.config.cpu_threads()
         if self.config.deterministic:
             opts.intra_op_num_threads = opts.inter_op_num_threads = 1
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

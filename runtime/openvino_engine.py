@@ -142,8 +142,7 @@ class OvEngine:
 
     def _properties(self) -> dict:
         props = {"PERFORMANCE_HINT": "LATENCY"}
-        if self.config.threads:
-            props["INFERENCE_NUM_THREADS"] = self.config.threads
+        props["INFERENCE_NUM_THREADS"] = self.config.cpu_threads()
         if self.config.precision in ("fp32", "int8") or self.config.deterministic:
             props["INFERENCE_PRECISION_HINT"] = "f32"  # int8: the ops left unquantized, as ONNX Runtime runs them
         elif self.config.precision == "fp16":

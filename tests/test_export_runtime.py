@@ -1,6 +1,7 @@
 """Export and the torch-free runtime: VJP graphs vs autograd, precision variants, packages, DPS parity."""
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -222,6 +223,26 @@ def test_engine_errors_are_clear(tiny_package):
             eng.score(np.zeros((1, 3, 32, 32), np.float32), np.zeros(1, np.float32))
     with pytest.raises(EngineError, match="device must be"):
         EngineConfig(device="tpu")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity API on this OS")
+def test_engine_threads_default_to_the_cpus_the_process_may_run_on(tiny_package, tiny_prior):
+    """A process confined to one core (taskset, a cpuset) gets one intra-op thread, not one per
+    core of the machine pinned where other work runs; an explicit count is kept."""
+    x, t = tiny_prior[3][:2] * 0.8 + 0.1, np.array([0.3, 0.7], np.float32)
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})
+        assert EngineConfig().cpu_threads() == 1 and EngineConfig(threads=3).cpu_threads() == 3
+        with open_engine(tiny_package, EngineConfig()) as eng:
+            assert eng._session("score").get_session_options().intra_op_num_threads == 1
+            confined = eng.score(x, t)
+    finally:
+        os.sched_setaffinity(0, before)
+    with open_engine(tiny_package, EngineConfig()) as eng:
+        assert eng._session("score").get_session_options().intra_op_num_threads == len(before)
+        free = eng.score(x, t)
+    assert np.abs(confined - free).max() <= 1e-5 * np.abs(free).max()  # the same network either way
 
 
 def test_polygraphy_loads_and_runs_every_graph(tiny_package, tiny_prior):
