@@ -255,8 +255,10 @@ def verdicts(results: dict) -> list[str]:
         against = "every classical method" + "".join(
             f", the {'site-aware ' if setting == 'site' else ''}{LEARNED[m]} model" for m in learned)
         absent = [m for m in ("single", "multi") if m not in learned]
-        lines.append(f"- {setting} setting: the foundation beats {against} on every metric for {', '.join(met) or 'no task'}"
-                     + (f"; not for {', '.join(missed)}" if missed else "") + "."
+        verdict = (f"the foundation beats {against} on every metric for {', '.join(met)}"
+                   + (f"; not for {', '.join(missed)}" if missed else "") if met
+                   else f"on no task does the foundation beat {against} on every metric: {', '.join(missed)}")
+        lines.append(f"- {setting} setting: {verdict}."
                      + (f" No {'site-aware ' if setting == 'site' else ''}{' or '.join(LEARNED[m] for m in absent)} "
                         "checkpoint was given, so that comparison is missing." if absent else ""))
     return lines

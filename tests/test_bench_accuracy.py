@@ -166,8 +166,8 @@ def test_verdicts_name_every_metric_a_method_wins():
                             "end-to-end model on every metric for sr2; not for ipbox (idw aoa_all 0.05 <= 0.1; "
                             "idw aoa_unobs 0.1 <= 0.2).")  # trajectory is not a paper task
     assert "No multi-configuration end-to-end checkpoint was given" in paper
-    assert site.startswith("- site setting: the foundation beats every classical method, the site-aware "
-                           "single-configuration end-to-end model on every metric for no task; not for ipbox "
+    assert site.startswith("- site setting: on no task does the foundation beat every classical method, the site-aware "
+                           "single-configuration end-to-end model on every metric: ipbox "
                            "(single gain_all 2 <= 3; single aoa_all 0.1 <= 0.1; single gain_unobs 4 <= 6; "
                            "single aoa_unobs 0.2 <= 0.2).")
 
