@@ -293,13 +293,29 @@ def test_model_card_sample_statistics_against_the_held_out_split(tiny_prior, tmp
     # --site-stats: one sample per held-out tile given its site; the layout is exact, so the
     # building fractions agree by construction and the radio statistics are the test
     # --reference: a training dataset's own distance to the held-out split, beside the samples'
+    # the held-out tiles' base stations: the site-conditioned samples are given them, so their gain's
+    # fall-off with distance is compared too (unconditional samples have no base station)
+    assert "falloff_mean_abs_db" not in result["distance"] and "fall-off" not in text
+    tx = np.column_stack([np.linspace(4, 28, len(evl)), np.full(len(evl), 16.0), np.full(len(evl), 12.0)])
+    with DatasetWriter(tmp_path / "held-tx", "procedural", 32, 2.0, 3.5e9) as w:
+        w.add("eval", "held", evl, tx)
     with DatasetWriter(tmp_path / "ref", "procedural", 32, 2.0, 3.5e9) as w:
         w.add("train", "ref", evl[:3])
-    rc = model_card.main(["--checkpoint", str(tmp_path / "prior.pt"), "--data", str(tmp_path / "held"), "--out",
+    rc = model_card.main(["--checkpoint", str(tmp_path / "prior.pt"), "--data", str(tmp_path / "held-tx"), "--out",
                           str(tmp_path / "card2"), "--count", "2", "--steps", "5", "--stats-samples", "8", "--site-stats",
                           "--reference", str(tmp_path / "ref")])
     site = json.loads((tmp_path / "card2" / "sample-stats-site.json").read_text())
     assert site["distance"]["building_fraction"] == pytest.approx(0.0, abs=1e-9)
+    given = Dataset(tmp_path / "card2" / "prior-samples-site").split("eval")
+    np.testing.assert_allclose(given.transmitters(), tx[: len(given)])  # stored with the samples they were given to
+    mine = statistics.tile_statistics(given.take(np.arange(len(given))), given.transmitters(), 2.0)
+    held_tx = statistics.dataset_statistics(tmp_path / "held-tx", "eval")
+    bands = [abs(a - b) for a, b in zip(mine["falloff"]["median_gain_db"], held_tx["falloff"]["median_gain_db"])
+             if a is not None and b is not None]
+    assert site["distance"]["falloff_mean_abs_db"] == pytest.approx(np.mean(bands))
+    assert "falloff_mean_abs_db" not in site["references"][0]["distance"]  # the reference has no transmitters
+    assert "| gain fall-off with distance (mean abs. difference of band medians, dB) |" in (
+        tmp_path / "card2" / "sample-stats-site.md").read_text()
     ref = statistics.dataset_statistics(tmp_path / "ref", "train")
     assert site["references"][0]["distance"]["building_fraction"] == pytest.approx(
         abs(ref["building_fraction"]["mean"] - held["building_fraction"]["mean"]))
