@@ -26,9 +26,10 @@
 #   bash recipes/cpu-pipeline.sh pause      # SIGSTOP both lanes (timing, the test suite) ... resume
 #
 # Environment: CACHE (/root/ckm-cache: data, runs, logs, models; nothing in the work tree),
-# TRAIN_TILES (56), PRIOR_STEPS (30000), BASELINE_STEPS (6000), BIN (.venv/bin), RELEASE (1.0.0: the
-# version the release steps build; empty: none). The release writes the package, the RESULTS records
-# and the model card into this work tree (its log: CACHE/logs/release.log), for a person to commit.
+# TRAIN_TILES (56), PRIOR_STEPS (30000), BASELINE_STEPS (6000), BIN (.venv/bin), RELEASE (the version
+# the release steps build, e.g. 1.1.0; empty, the default since 1.0.0 shipped: none). The release
+# writes the package, the RESULTS records and the model card into this work tree (its log:
+# CACHE/logs/release.log), for a person to commit.
 # A lent GPU trains the same mixture in minutes instead: recipes/gpu-train.sh (docs/training.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +39,7 @@ PRIOR_STEPS=${PRIOR_STEPS:-30000}
 BASELINE_STEPS=${BASELINE_STEPS:-6000}
 BIN=$(realpath "${BIN:-.venv/bin}")
 BASELINES=${BASELINES:-multi multi-site ipbox iprandom sr2 jtqr}
-RELEASE=${RELEASE-1.0.0}
+RELEASE=${RELEASE-}  # 1.0.0 shipped (models/repository/ckm-prior/1.0.0); a released version is never rebuilt
 REPO=$PWD
 RT_TRAIN=$CACHE/rt-train
 RT_EVAL=$CACHE/rt-eval
