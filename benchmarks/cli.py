@@ -152,7 +152,7 @@ def _cmd_latency(args: argparse.Namespace) -> int:
 
 
 def _latency_backends(args: argparse.Namespace, pkg, tile) -> None:
-    """ONNX Runtime (as is, and without spinning threads) and OpenVINO per precision, same run."""
+    """ONNX Runtime (its default: the score graph's workers spin; every graph's; none) and OpenVINO per precision, same run."""
     import numpy as np
 
     from ckm_edge.benchmarks import latency

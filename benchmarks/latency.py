@@ -149,7 +149,8 @@ def machine_gflops(seconds: float = 1.0) -> float:
 
 BACKEND_VARIANTS = {
     # label: EngineConfig overrides
-    "ONNX Runtime": {"backend": "onnxruntime"},
+    "ONNX Runtime": {"backend": "onnxruntime"},  # the runtime's default: only the score graph's workers spin
+    "ONNX Runtime, spinning": {"backend": "onnxruntime", "spinning": True},
     "ONNX Runtime, no spinning": {"backend": "onnxruntime", "spinning": False},
     "OpenVINO": {"backend": "openvino"},
 }

@@ -81,7 +81,14 @@ class EngineConfig:
     backend: str = "onnxruntime"
     # ONNX Runtime's intra-op worker threads spin while waiting for work: lower latency on an
     # otherwise idle machine, wasted cores next to other work (ckm-bench latency measures both).
-    spinning: bool = True
+    # None (auto): the score graph's workers spin, the forward-with-saves and backward graphs'
+    # do not — a guided step runs the two back to back, and the first one's spinning workers took
+    # the cores from the second's (fp32 guided step 177 -> 98 ms on the project's 2-core CPU,
+    # RESULTS latency-backends-cpu; score-only constructions unchanged). True / False: every graph.
+    spinning: bool | None = None
+
+    def spins(self, graph: str) -> bool:
+        return graph == "score" if self.spinning is None else self.spinning
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -155,7 +162,7 @@ class OrtEngine:
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             opts.use_deterministic_compute = True
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if not self.config.spinning:
+        if not self.config.spins(graph):
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.enable_cpu_mem_arena = self.config.arena == "all" or (self.config.arena == "score" and graph == "score")
         return opts

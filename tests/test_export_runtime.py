@@ -245,6 +245,21 @@ def test_engine_threads_default_to_the_cpus_the_process_may_run_on(tiny_package,
     assert np.abs(confined - free).max() <= 1e-5 * np.abs(free).max()  # the same network either way
 
 
+def test_only_the_score_graphs_workers_spin_by_default(tiny_package):
+    """A guided step runs the forward and backward graphs back to back: their workers must not spin
+    (the first one's took the cores from the second's); score-only samplers keep spinning workers."""
+    def spin(eng, graph):  # the session's setting; "" where it keeps ONNX Runtime's default (spinning)
+        try:
+            return eng._session(graph).get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # never set
+            return ""
+    with open_engine(tiny_package, EngineConfig()) as eng:
+        assert [spin(eng, g) for g in ("score", "forward", "backward")] == ["", "0", "0"]  # "": ORT's default, spinning
+    for forced, expect in ((True, ["", "", ""]), (False, ["0", "0", "0"])):
+        with open_engine(tiny_package, EngineConfig(spinning=forced)) as eng:
+            assert [spin(eng, g) for g in ("score", "forward", "backward")] == expect
+
+
 def test_polygraphy_loads_and_runs_every_graph(tiny_package, tiny_prior):
     """NVIDIA's Polygraphy (the TensorRT toolkit) reads and runs each graph through ONNX Runtime,
     fed with realistic inputs: a noisy tile, its time, and the fp32 forward's saved tensors."""
