@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 
+from ckm_edge.runtime.engine import available_cpus
 from ckm_edge.runtime.package import installed_versions
 
 _LIBRARIES = ("numpy", "onnxruntime", "onnxruntime-gpu", "torch", "onnx", "grpcio", "tensorrt")
@@ -42,7 +43,7 @@ def describe() -> dict:
         pass
     return {
         "cpu": _cpu_model(),
-        "cores": len(os.sched_getaffinity(0)),
+        "cores": available_cpus(),
         "memory_gib": mem_gib,
         "gpus": _gpu_names(),
         "os": platform.platform(),

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import time
 
+from ckm_edge.runtime.engine import available_cpus
 from ckm_edge.training import procedural
 
 TARGET_S = 60.0
 
 
 def run(tiles: int = 1000, workers: int | None = None, seed: int = 0) -> tuple[dict, str]:
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or available_cpus()
     cfg = procedural.ProceduralConfig()
     start = time.perf_counter()
     pixels, _ = procedural.generate_region(cfg, "train", 0, tiles, seed=seed, workers=workers)

@@ -83,7 +83,7 @@ class EngineConfig:
     # otherwise idle machine, wasted cores next to other work (ckm-bench latency measures both).
     # None (auto): the score graph's workers spin, the forward-with-saves and backward graphs'
     # do not — a guided step runs the two back to back, and the first one's spinning workers took
-    # the cores from the second's (fp32 guided step 177 -> 98 ms on the project's 2-core CPU,
+    # the cores from the second's (fp32 guided step 177 -> 112 ms on the project's 2-core CPU,
     # RESULTS latency-backends-cpu; score-only constructions unchanged). True / False: every graph.
     spinning: bool | None = None
 
