@@ -108,6 +108,12 @@ class Baseline:
     model: object
     tasks: tuple[str, ...]
     site_aware: bool
+    encoding: object = None  # runtime.condition.Encoding of a site-aware one
+
+    def condition(self, layout: np.ndarray, bs: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+        """The (1, channels, H, W) condition of one site in this model's encoding."""
+        return condition.site_condition(layout[None], None if bs is None else bs[None], shape, batch=1,
+                                        encoding=self.encoding)
 
     def __call__(self, inputs: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
         import torch
@@ -124,11 +130,13 @@ def load_baseline(path: Path, site_aware: bool) -> Baseline | None:
     from ckm_edge.training.checkpoint import load_model
 
     model, meta = load_model(path)
-    has_site = bool((meta.get("unet") or {}).get("cond_channels", 0))
+    channels = int((meta.get("unet") or {}).get("cond_channels", 0))
+    has_site = bool(channels)
     if has_site != site_aware:
         raise ValueError(f"{path} is {'a site-aware' if has_site else 'an unconditional'} baseline; "
                          f"expected {'a site-aware' if site_aware else 'an unconditional'} one under that name")
-    return Baseline(model.float().eval(), tuple(meta["tasks"]), has_site)
+    return Baseline(model.float().eval(), tuple(meta["tasks"]), has_site,
+                    condition.Encoding.for_channels(channels) if has_site else None)
 
 
 def baselines(checkpoints: Path, task_names) -> dict:
@@ -221,13 +229,10 @@ def _one_map(engine, pkg, manifest: dict, nets: dict, cfg: AccuracyConfig, shape
         result = construct(engine, pkg.schedule(), op, y, shape, ConstructConfig(steps, samples, cfg.seed, sampler=sampler),
                            sigma=cfg.sigma, site=site)
         rows["foundation"] = {**solvers.metrics(result.mean, x, unobs), "seconds": time.perf_counter() - t0}
-        cond = None
-        if site is not None:
-            cond = condition.site_condition(layout[None], None if bs is None else bs[None], shape[1:], batch=1)
         for kind in ("single", "multi"):
             net = nets.get((setting, kind, task))
             if net is not None:
-                pred = net(inputs, cond)[0]
+                pred = net(inputs, None if site is None else net.condition(layout, bs, shape[1:]))[0]
                 if site is not None:
                     pred = Site(layout[None]).project(pred[None])[0]
                 # the construction's own finish (no-path cells the observation proves), for a fair comparison

@@ -106,7 +106,9 @@ def condition_section(channels: int) -> dict:
     the graphs' extra input and the encoding the runtime must build it with."""
     if not channels:
         return {}
-    return {"condition": {"input": onnx_export.CONDITION_INPUT, "channels": channels, "encoding": condition.ENCODING}}
+    section = condition.Encoding.for_channels(channels).section()
+    assert section["input"] == onnx_export.CONDITION_INPUT
+    return {"condition": section}
 
 
 def share_weights(graphs: list[Path], weights: Path, min_bytes: int = 1024) -> None:

@@ -43,8 +43,7 @@ def calibration_inputs(tiles: np.ndarray, schedule: Schedule, rng: np.random.Gen
     quantization ranges cover the unconditional and the site-aware settings alike."""
     from ckm_edge.runtime import codec, condition
 
-    if condition_channels not in (0, condition.CHANNELS):
-        raise ValueError(f"a site-aware graph takes {condition.CHANNELS} condition channels, not {condition_channels}")
+    encoding = condition.Encoding.for_channels(condition_channels) if condition_channels else None
     feeds = []
     for tile in tiles:
         i = np.array([rng.integers(len(schedule))])
@@ -57,7 +56,7 @@ def calibration_inputs(tiles: np.ndarray, schedule: Schedule, rng: np.random.Gen
             bs = None
             if rng.random() < 0.5:
                 bs = np.array([rng.uniform(-0.25, 1.25) * h, rng.uniform(-0.25, 1.25) * w, rng.uniform(10, 40)])
-            feed["cond"] = condition.site_condition(building, bs, (h, w), batch=1)
+            feed["cond"] = condition.site_condition(building, bs, (h, w), batch=1, encoding=encoding)
         feeds.append(feed)
     return feeds
 

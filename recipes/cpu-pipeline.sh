@@ -1,62 +1,72 @@
 #!/bin/bash
-# Issue 16's long-running compute on this project's 2-core CPU, as one resumable command: run it at
-# the start of every session; it picks up where CACHE stands (every step skips what is done, every
-# build and run resumes exactly) and returns at once, leaving two niced lanes, one pinned per core:
+# The long-running compute on this project's 2-core CPU, as one resumable command: run it at the
+# start of every session; it picks up where CACHE stands (every step skips what is done, every
+# build and run resumes exactly) and returns at once, leaving two niced lanes, one pinned per core.
 #
-#   lane 0: ray-traced training tiles (shard 0/2) -> held-out eval split (shard 0/2) -> the six
-#           end-to-end baselines on the prior's mixture, in turn
-#   lane 1: ray-traced training tiles (shard 1/2) -> held-out eval split (shard 1/2) -> the site-aware
-#           prior (warm start from models/checkpoints/prior-small.pt) -> the release's steps that need
-#           no baselines (recipes/release-prior.sh UNTIL=wide: tune, package, the 100-evaluation split)
-#           -> the baselines lane 0 has not started (one queue: a lock per baseline) -> once all six
-#           are there, the rest of the release: accuracy on the held-out split (lane 0 runs the
-#           100-evaluation run beside it), the model card
-#   then both: the training build grows toward its plan's 1,024 tiles (the next stage's data)
+# Issue 33 (ckm-prior 2.0), STAGE=data (the default until 2.0's training recipe lands):
+#   both lanes: generated city scenes (`ckm-data cities`, seconds) -> the cities build: ray-traced
+#           tiles of CITIES generated cities plus munich and etoile, TILES_PER_SCENE each (shard i/2;
+#           round-robin over scenes, so a build stopped part way covers every city) -> the held-out
+#           eval split (shard i/2) -> the training and all-tiles snapshots once both shards are done
+#   STAGE=train adds issue 16's stages on that data: the site-aware prior, the six end-to-end
+#           baselines (one queue, a lock each) and, with RELEASE set, the release steps.
 #
-# The training build traces tiles 0..TRAIN_TILES/2-1 of munich and etoile (the shards split them
-# even/odd); its snapshot leaves out the validation tiles of datasets/recipes/rt-train-validation.txt
-# (for `ckm-bench tune`, never trained on; CACHE/rt-train-snap-all holds them too: the release
-# recipe's VALIDATION=CACHE/rt-train-snap-all VALIDATION_EXCLUDE=CACHE/rt-train-snap). The eval split is checked against the committed
-# manifest (datasets/recipes/sionna-rt-eval-64.manifest.json): byte-identical on the same CPU; on
-# another, the same placements with path-level differences (datasets/recipes/README.md).
-# The training runs wait for the snapshot (both training shards done).
+# The cities build: tile TILES_PER_SCENE-1 of every scene is held back for validation
+# (datasets/recipes/rt-cities-validation.txt; never trained on) and left out of the training
+# snapshot CACHE/rt-cities-snap; CACHE/rt-cities-snap-all holds them too (what `ckm-bench tune`
+# reads, minus the training snapshot). Solver: Sionna's defaults of the shipped builds except
+# --samples-per-src 30000 (docs/raytrace.md: ray-tracing cost). The eval split is checked against
+# the committed manifest (datasets/recipes/sionna-rt-eval-64.manifest.json): byte-identical on the
+# same CPU; on another, the same placements with path-level differences (datasets/recipes/README.md).
 #
 #   bash recipes/cpu-pipeline.sh            # start (or resume) the lanes
 #   bash recipes/cpu-pipeline.sh status     # what is done, what runs
 #   bash recipes/cpu-pipeline.sh pause      # SIGSTOP both lanes (timing, the test suite) ... resume
 #
-# Environment: CACHE (/root/ckm-cache: data, runs, logs, models; nothing in the work tree),
-# TRAIN_TILES (56), PRIOR_STEPS (30000), BASELINE_STEPS (6000), BIN (.venv/bin), RELEASE (the version
-# the release steps build, e.g. 1.1.0; empty, the default since 1.0.0 shipped: none). The release
-# writes the package, the RESULTS records and the model card into this work tree (its log:
-# CACHE/logs/release.log), for a person to commit.
+# Environment: CACHE (/root/ckm-cache: data, runs, logs, models; nothing in the work tree), STAGE
+# (data), CITIES (24), CITY_SEED (33), TILES_PER_SCENE (25), RT_SAMPLES (30000), PRIOR_STEPS (30000),
+# BASELINE_STEPS (6000), BIN (.venv/bin), RELEASE (the version the release steps build; empty: none).
+# The release writes the package, the RESULTS records and the model card into this work tree (its
+# log: CACHE/logs/release.log), for a person to commit.
 # A lent GPU trains the same mixture in minutes instead: recipes/gpu-train.sh (docs/training.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${CACHE:-/root/ckm-cache}
-TRAIN_TILES=${TRAIN_TILES:-56}
+STAGE=${STAGE:-data}
+CITIES=${CITIES:-24}
+CITY_SEED=${CITY_SEED:-33}
+TILES_PER_SCENE=${TILES_PER_SCENE:-25}
+RT_SAMPLES=${RT_SAMPLES:-30000}
 PRIOR_STEPS=${PRIOR_STEPS:-30000}
 BASELINE_STEPS=${BASELINE_STEPS:-6000}
 BIN=$(realpath "${BIN:-.venv/bin}")
 BASELINES=${BASELINES:-multi multi-site ipbox iprandom sr2 jtqr}
 RELEASE=${RELEASE-}  # 1.0.0 shipped (models/repository/ckm-prior/1.0.0); a released version is never rebuilt
 REPO=$PWD
-RT_TRAIN=$CACHE/rt-train
+CITY_DIR=$CACHE/cities
+RT_TRAIN=$CACHE/rt-cities
 RT_EVAL=$CACHE/rt-eval
-SNAP=$CACHE/rt-train-snap
+SNAP=$CACHE/rt-cities-snap
 PROC=$CACHE/data/proc-calibrated
-VALIDATION=$REPO/datasets/recipes/rt-train-validation.txt
+VALIDATION=$REPO/datasets/recipes/rt-cities-validation.txt
 EVAL_MANIFEST=$REPO/datasets/recipes/sionna-rt-eval-64.manifest.json
 mkdir -p "$CACHE/logs" "$CACHE/runs" "$CACHE/models/baselines"
 log() { echo "[$(date '+%F %T')] $*" >>"$CACHE/logs/pipeline.log"; }
 
 tiles_done() { ls "$1/.raytrace/tiles" 2>/dev/null | grep -c '\.npz$'; }
-# this shard's tiles of the first TRAIN_TILES/2 of each scene that are still missing
+scenes() {  # the cities build's training scenes, in plan order
+    local i
+    for ((i = 0; i < CITIES; i++)); do printf '%s ' "$CITY_DIR/gencity-$(printf %03d "$i")/gencity-$(printf %03d "$i").xml"; done
+    echo munich etoile
+}
+# this shard's tiles of the cities build still missing (the plan's jobs k = scene * TILES + tile, k % 2 == shard)
 train_missing() {
-    local shard=$1 n=0 i scene
-    for ((i = shard; i < TRAIN_TILES / 2; i += 2)); do
-        for scene in munich etoile; do
-            [ -f "$RT_TRAIN/.raytrace/tiles/$scene-$(printf %05d "$i").npz" ] || n=$((n + 1))
+    local shard=$1 n=0 k=0 t scene region
+    for scene in $(scenes); do
+        region=$(basename "$scene" .xml)
+        for ((t = 0; t < TILES_PER_SCENE; t++)); do
+            if [ $((k % 2)) = "$shard" ] && [ ! -f "$RT_TRAIN/.raytrace/tiles/$region-$(printf %05d "$t").npz" ]; then n=$((n + 1)); fi
+            k=$((k + 1))
         done
     done
     echo "$n"
@@ -86,16 +96,29 @@ build_until() {  # what-missing shard command...
     [ "$("$what" "$shard")" = 0 ]
 }
 
-rt_train() {  # shard i: munich/etoile tiles i, i+2, ... below TRAIN_TILES/2 (the plan's round-robin order)
+cities() {  # the generated scenes (a pure function of CITY_SEED and the index; kept when already written)
+    [ -f "$CITY_DIR/gencity-$(printf %03d $((CITIES - 1)))/city.json" ] && return 0
+    mkdir -p "$CACHE/locks"
+    if mkdir "$CACHE/locks/cities" 2>/dev/null; then
+        "$BIN/ckm-data" cities --out "$CITY_DIR" --count "$CITIES" --seed "$CITY_SEED" >>"$CACHE/logs/cities.log" 2>&1
+        rmdir "$CACHE/locks/cities"
+    else
+        until [ -f "$CITY_DIR/gencity-$(printf %03d $((CITIES - 1)))/city.json" ]; do sleep 5; done
+    fi
+}
+
+rt_train() {  # shard i of the cities build
     local missing
+    cities || { log "lane $1: the city scenes failed (CACHE/logs/cities.log)"; return 1; }
     missing=$(train_missing "$1")
     [ "$missing" = 0 ] && return 0
-    log "lane $1: training build, $missing tile(s) of this shard to trace"
+    log "lane $1: cities build, $missing tile(s) of this shard to trace"
     build_until train_missing "$1" build_train "$1"
 }
 build_train() {
-    "$BIN/ckm-data" raytrace --out "$RT_TRAIN" --train munich etoile --tiles-per-scene 512 --seed 1 \
-        --device cpu --shard "$1/2" --limit "$(train_missing "$1")" >>"$CACHE/logs/rt-train.log" 2>&1
+    # shellcheck disable=SC2046
+    "$BIN/ckm-data" raytrace --out "$RT_TRAIN" --train $(scenes) --tiles-per-scene "$TILES_PER_SCENE" --seed 1 \
+        --samples-per-src "$RT_SAMPLES" --device cpu --shard "$1/2" --no-assemble >>"$CACHE/logs/rt-train.log" 2>&1
 }
 
 rt_eval() {
@@ -202,7 +225,7 @@ baselines_missing() {
 
 release() {  # [UNTIL=wide] release: recipes/release-prior.sh on the prior of CACHE/runs/prior (resumes)
     VERSION=$RELEASE CHECKPOINT=$CACHE/runs/prior/checkpoint.pt RUNS=$CACHE/runs/prior \
-        WORK=$CACHE/release-$RELEASE VALIDATION=$CACHE/rt-train-snap-all VALIDATION_EXCLUDE=$SNAP \
+        WORK=$CACHE/release-$RELEASE VALIDATION=$SNAP-all VALIDATION_EXCLUDE=$SNAP \
         CALIBRATION=$SNAP HELD=$RT_EVAL BASELINES=$CACHE/models/baselines BIN=$BIN \
         bash recipes/release-prior.sh >>"$CACHE/logs/release.log" 2>&1
 }
@@ -212,6 +235,7 @@ lane() {
     rt_train "$i" || { log "lane $i: training build failed"; return 1; }
     rt_eval "$i" || { log "lane $i: eval split failed"; return 1; }
     snapshot
+    if [ "$STAGE" = data ]; then log "lane $i: the data stage is done"; return 0; fi
     procedural
     if [ "$i" = 1 ]; then
         train prior "$PRIOR_STEPS" --init "$REPO/models/checkpoints/prior-small.pt" || { log "prior failed"; return 1; }
@@ -240,10 +264,6 @@ lane() {
             log "release $RELEASE done: the package, RESULTS records and model card are in $REPO (to commit)"
         fi
     fi
-    # then the training build grows toward its plan (1,024 tiles) on this core: data for the next stage
-    log "lane $i: growing the training build"
-    "$BIN/ckm-data" raytrace --out "$RT_TRAIN" --train munich etoile --tiles-per-scene 512 --seed 1 \
-        --device cpu --shard "$i/2" >>"$CACHE/logs/rt-train.log" 2>&1
 }
 
 # With autogroups (kernel.sched_autogroup_enabled) a process's nice orders it only within its
@@ -287,7 +307,7 @@ pause | resume)
     echo "$1d: $(pgids | tr '\n' ' ')"
     ;;
 status)
-    echo "training build: $(tiles_done "$RT_TRAIN") tiles (shard 0 missing $(train_missing 0), shard 1 missing $(train_missing 1))"
+    echo "cities build: $(tiles_done "$RT_TRAIN") tiles (shard 0 missing $(train_missing 0), shard 1 missing $(train_missing 1))"
     if [ -f "$RT_EVAL/manifest.json" ]; then echo "eval split: complete ($RT_EVAL)"
     else echo "eval split: $(tiles_done "$RT_EVAL") of 64 tiles"; fi
     for run in "$CACHE"/runs/*/; do

@@ -125,6 +125,10 @@ class ComposedEngine:
         data instead and takes none unless it was built site-aware too."""
         return getattr(self.base, "condition_channels", 0)
 
+    @property
+    def condition_encoding(self):
+        return getattr(self.base, "condition_encoding", None)
+
     def _delta_cond(self, cond):
         return cond if getattr(self.delta, "condition_channels", 0) else None
 

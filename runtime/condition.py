@@ -1,11 +1,13 @@
 """Site condition maps: what a base station knows of its site, as input channels of the prior.
 
-    cond = site_condition(building, bs, (128, 128))   # (B, CHANNELS, H, W) float32
+    cond = site_condition(building, bs, (128, 128))                  # ckm-site/1: (B, 5, H, W)
+    cond = site_condition(building, bs, (128, 128), encoding=SITE_V2)  # ckm-site/2: (B, 8, H, W)
 
 A site-aware prior (issue 16) takes these channels next to the noisy map; the same network serves
 the paper's unconditional setting when they are all zero (it is trained with condition dropout).
 Torch-free: the edge runtime builds the same maps from a request's Site as training does from a
-tile. Channels:
+tile. A package names its encoding in its manifest ("condition": {"encoding", "channels", ...});
+a runtime serves the encodings it implements (`ENCODINGS`). Channels of `ckm-site/1`:
 
 0. building: 1 on building cells (0 when unknown)
 1. building known: 1 everywhere when channel 0 is given, else 0
@@ -15,22 +17,90 @@ tile. Channels:
    whole field then stays below 1 and its gradient points at the station.
 3. BS known: 1 everywhere when channel 2 is given, else 0
 4. BS height: its height above ground in metres / 50, everywhere (0 when unknown)
+
+`ckm-site/2` (issue 33) adds what the geometry alone says of the map (runtime.physics), computed
+at the package's cell size and carrier (its manifest records both):
+
+5. line of sight: the visibility of each cell from the base station over the building layout
+   (soft at shadow edges; 0 on buildings), when both are known, else 0
+6. direct-path AoA: the sine of the azimuth from each cell towards the base station, in the AoA
+   channel's pixel encoding (codec: 0.65 + 0.35 sine, so in [0.3, 1]), when the BS is known, else 0
+7. free-space gain: the line-of-sight path's gain over the 3D distance to a receiver 1.5 m above
+   each cell, in the gain channel's pixel encoding (codec: (dB + 250) / 200, clipped to [0, 1]),
+   when the BS is known, else 0
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-CHANNELS = 5
-# Named in a site-aware package's manifest ("condition": {"encoding": ...}): a runtime builds the
-# condition only for packages whose encoding it implements, so a change of channels or scales
-# must come with a new name.
-ENCODING = "ckm-site/1"
+from ckm_edge.runtime import codec, physics
+
 HEIGHT_SCALE_M = 50.0
 
 
 class ConditionError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """A condition encoding as a package's manifest names it. A change of channels or scales must
+    come with a new name: a runtime builds the condition only for encodings it implements."""
+
+    name: str
+    channels: int
+    cell_size_m: float = 2.0  # the tiles' geometry, for the physics channels (ckm-site/2)
+    carrier_hz: float = 3.5e9
+
+    def section(self) -> dict:
+        """The manifest's "condition" section."""
+        out = {"input": "cond", "channels": self.channels, "encoding": self.name}
+        if self.name != SITE_V1.name:
+            out.update(cell_size_m=self.cell_size_m, carrier_hz=self.carrier_hz)
+        return out
+
+    @classmethod
+    def from_section(cls, section) -> Encoding:
+        """The encoding of a manifest's "condition" section; ConditionError names what is wrong."""
+        if not isinstance(section, dict):
+            raise ConditionError("manifest condition must be an object with input, channels and encoding")
+        name = section.get("encoding")
+        if name not in ENCODINGS:
+            raise ConditionError(f"manifest condition encoding is {name!r}; this runtime builds "
+                                 f"{', '.join(map(repr, ENCODINGS))} (upgrade ckm-edge to serve this package)")
+        channels = ENCODINGS[name].channels
+        if section.get("channels") != channels or section.get("input") != "cond":
+            raise ConditionError(f"manifest condition must name the input 'cond' with {channels} channels for "
+                                 f"{name}, got {section.get('input')!r} with {section.get('channels')!r}")
+        if name == SITE_V1.name:
+            return ENCODINGS[name]
+        try:
+            cell, carrier = float(section["cell_size_m"]), float(section["carrier_hz"])
+        except (KeyError, TypeError, ValueError):
+            raise ConditionError(f"manifest condition {name} must give cell_size_m and carrier_hz as numbers") from None
+        if not (cell > 0 and carrier > 0):
+            raise ConditionError(f"manifest condition cell_size_m and carrier_hz must be positive, got {cell}, {carrier}")
+        return cls(name, channels, cell, carrier)
+
+    @classmethod
+    def for_channels(cls, channels: int) -> Encoding:
+        """The encoding (at the default tile geometry) of a network taking `channels` condition maps."""
+        for enc in ENCODINGS.values():
+            if enc.channels == channels:
+                return enc
+        raise ConditionError(f"no condition encoding takes {channels} condition channels (known: "
+                             + ", ".join(f"{e.name}: {e.channels}" for e in ENCODINGS.values()) + ")")
+
+
+SITE_V1 = Encoding("ckm-site/1", 5)
+SITE_V2 = Encoding("ckm-site/2", 8)
+ENCODINGS = {e.name: e for e in (SITE_V1, SITE_V2)}
+# ckm-site/1's names, kept for the code that knows only it
+CHANNELS = SITE_V1.channels
+ENCODING = SITE_V1.name
 
 
 def bs_proximity(bs_rc: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -44,10 +114,13 @@ def bs_proximity(bs_rc: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def site_condition(building: np.ndarray | None, bs: np.ndarray | None, shape: tuple[int, int],
-                   batch: int | None = None) -> np.ndarray:
+                   batch: int | None = None, *, encoding: Encoding = SITE_V1,
+                   visibility: np.ndarray | None = None) -> np.ndarray:
     """Condition channels for a batch. `building`: (B, H, W) or (H, W) bool, or None (unknown);
     `bs`: (B, 3) or (3,) row, col (cells), height (m), or None (unknown); rows of `bs` that hold
-    NaN are unknown too (mixed batches)."""
+    NaN are unknown too (mixed batches). `visibility` (B, H, W), ckm-site/2 only: the line of
+    sight computed beforehand (training computes it on the whole tile before cropping); by
+    default it is computed here from the layout."""
     h, w = shape
     if building is not None:
         building = np.asarray(building, bool)
@@ -60,7 +133,7 @@ def site_condition(building: np.ndarray | None, bs: np.ndarray | None, shape: tu
             raise ConditionError(f"base station must be (row, col, height) per map, got shape {bs.shape}")
         bs = bs.reshape(-1, 3)
     b = batch or max(1, 0 if building is None else len(building), 0 if bs is None else len(bs))
-    cond = np.zeros((b, CHANNELS, h, w), np.float32)
+    cond = np.zeros((b, encoding.channels, h, w), np.float32)
     if building is not None:
         if len(building) not in (1, b):
             raise ConditionError(f"{len(building)} building maps for a batch of {b}")
@@ -75,7 +148,30 @@ def site_condition(building: np.ndarray | None, bs: np.ndarray | None, shape: tu
             cond[known, 2] = bs_proximity(bs[known, :2], shape)
             cond[known, 3] = 1.0
             cond[known, 4] = (bs[known, 2] / HEIGHT_SCALE_M)[:, None, None]
+        if encoding.name == SITE_V2.name:
+            _physics_channels(cond, building, bs, known, encoding, visibility)
     return cond
+
+
+def _physics_channels(cond: np.ndarray, building: np.ndarray | None, bs: np.ndarray, known: np.ndarray,
+                      encoding: Encoding, visibility: np.ndarray | None) -> None:
+    """Channels 5-7 of ckm-site/2, in place, for the rows whose base station is known."""
+    h, w = cond.shape[-2:]
+    if visibility is not None:
+        visibility = np.asarray(visibility, np.float32)
+        if visibility.shape[-2:] != (h, w) or len(visibility.reshape(-1, h, w)) not in (1, len(cond)):
+            raise ConditionError(f"visibility has shape {visibility.shape}, the maps are {(len(cond), h, w)}")
+        visibility = visibility.reshape(-1, h, w)
+    for k in np.flatnonzero(known):
+        if building is not None:
+            if visibility is not None:
+                cond[k, 5] = visibility[k if len(visibility) > 1 else 0]
+            else:
+                cond[k, 5] = physics.los_visibility(building[k if len(building) > 1 else 0], bs[k],
+                                                    cell_size_m=encoding.cell_size_m)
+        cond[k, 6] = codec.AOA_OFFSET + codec.AOA_SCALE * physics.direct_aoa_sine(bs[k], (h, w))
+        gain = physics.free_space_gain_db(bs[k], (h, w), cell_size_m=encoding.cell_size_m, carrier_hz=encoding.carrier_hz)
+        cond[k, 7] = np.clip((gain - codec.GAIN_DB_MIN) / codec.GAIN_DB_SPAN, 0.0, 1.0)
 
 
 def dropout(cond: np.ndarray, rng: np.random.Generator, p_building: float, p_bs: float) -> np.ndarray:
@@ -84,6 +180,10 @@ def dropout(cond: np.ndarray, rng: np.random.Generator, p_building: float, p_bs:
     the unconditional, building-only, BS-only and full settings)."""
     out = cond.copy()
     b = len(cond)
-    out[rng.random(b) < p_building, 0:2] = 0.0
-    out[rng.random(b) < p_bs, 2:5] = 0.0
+    no_building = rng.random(b) < p_building
+    no_bs = rng.random(b) < p_bs
+    out[no_building, 0:2] = 0.0
+    out[no_bs, 2:] = 0.0  # ckm-site/2's physics channels all need the station
+    if cond.shape[1] > SITE_V1.channels:
+        out[no_building, 5] = 0.0  # line of sight needs the layout too
     return out

@@ -187,6 +187,10 @@ class OrtEngine:
     def condition_channels(self) -> int:
         return self.package.condition_channels
 
+    @property
+    def condition_encoding(self):
+        return self.package.condition_encoding
+
     def score(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
         self.calls["score"] += 1
         return self._run("score", network_inputs(x, t, cond, self.condition_channels))[0]

@@ -140,6 +140,10 @@ class OvEngine:
     def condition_channels(self) -> int:
         return self.package.condition_channels
 
+    @property
+    def condition_encoding(self):
+        return self.package.condition_encoding
+
     def _properties(self) -> dict:
         props = {"PERFORMANCE_HINT": "LATENCY"}
         props["INFERENCE_NUM_THREADS"] = self.config.cpu_threads()

@@ -90,6 +90,14 @@ class Package:
         return int(self.manifest.get("condition", {}).get("channels", 0))
 
     @property
+    def condition_encoding(self):
+        """The site condition's encoding (runtime.condition.Encoding); None for an unconditional prior."""
+        from ckm_edge.runtime import condition
+
+        section = self.manifest.get("condition")
+        return None if section is None else condition.Encoding.from_section(section)
+
+    @property
     def precisions(self) -> list[str]:
         return sorted(self.manifest["graphs"], key=PRECISIONS.index)
 
@@ -147,14 +155,10 @@ def validate_manifest(manifest: dict) -> None:
 def _validate_condition(section) -> None:
     from ckm_edge.runtime import condition
 
-    if not isinstance(section, dict):
-        raise PackageError("manifest condition must be an object with input, channels and encoding")
-    if section.get("encoding") != condition.ENCODING:
-        raise PackageError(f"manifest condition encoding is {section.get('encoding')!r}; this runtime builds "
-                           f"{condition.ENCODING!r} (upgrade ckm-edge to serve this package)")
-    if section.get("channels") != condition.CHANNELS or section.get("input") != "cond":
-        raise PackageError(f"manifest condition must name the input 'cond' with {condition.CHANNELS} channels for "
-                           f"{condition.ENCODING}, got {section.get('input')!r} with {section.get('channels')!r}")
+    try:
+        condition.Encoding.from_section(section)
+    except condition.ConditionError as e:
+        raise PackageError(str(e)) from None
 
 
 def _verify_signature(manifest_bytes: bytes, sig_path: Path, trusted_keys: list[bytes]) -> str:

@@ -74,13 +74,16 @@ class _Conditioned:
 def conditioned(engine, observations: Observations):
     """`engine` told each row's site when it is a site-aware prior (runtime.condition) and some row
     has one; rows without a site get the unconditional zeros. Otherwise `engine` itself."""
+    from ckm_edge.runtime.condition import Encoding
+
     channels = getattr(engine, "condition_channels", 0)
     sites = [(sl, obs.site) for sl, obs in observations.groups if obs.site is not None]
     if not channels or not sites:
         return engine
+    encoding = getattr(engine, "condition_encoding", None) or Encoding.for_channels(channels)
     cond = np.zeros((observations.rows, channels) + observations.shape[1:], np.float32)
     for sl, site in sites:
-        cond[sl] = site.condition(observations.shape, sl.stop - sl.start)
+        cond[sl] = site.condition(observations.shape, sl.stop - sl.start, encoding)
     return _Conditioned(engine, cond)
 
 

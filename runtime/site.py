@@ -111,9 +111,11 @@ class Site:
         return np.broadcast_to(~(self.building if self.building.ndim == 3 else self.building[None]),
                                (shape[0],) + tuple(shape[-2:]))
 
-    def condition(self, shape: tuple[int, ...], rows: int) -> np.ndarray:
-        """(rows, runtime.condition.CHANNELS, H, W): what a site-aware prior is told of this site."""
-        from ckm_edge.runtime.condition import site_condition
+    def condition(self, shape: tuple[int, ...], rows: int, encoding=None) -> np.ndarray:
+        """(rows, encoding.channels, H, W): what a site-aware prior is told of this site, in the
+        prior's encoding (runtime.condition.Encoding; ckm-site/1 by default)."""
+        from ckm_edge.runtime.condition import SITE_V1, site_condition
 
         self.check((rows,) + tuple(shape[-3:]))
-        return site_condition(self.building, self.base_station, tuple(shape[-2:]), batch=rows)
+        return site_condition(self.building, self.base_station, tuple(shape[-2:]), batch=rows,
+                              encoding=encoding or SITE_V1)

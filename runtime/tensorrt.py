@@ -105,6 +105,7 @@ class TrtEngine:
 
         self.calls = Counter()
         self.condition_channels = package.condition_channels
+        self.condition_encoding = package.condition_encoding
         paths = dict(zip(GRAPHS, build_engines(package, precision, max_batch=max_batch)))
         self._runners = {g: TrtRunner(EngineFromBytes(BytesFromPath(str(p)))) for g, p in paths.items()}
         for runner in self._runners.values():

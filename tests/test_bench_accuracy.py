@@ -20,7 +20,7 @@ def _baseline_file(path, task_names, site_aware: bool, seed: int):
     """An end-to-end checkpoint as `ckm-train baseline` saves it (untrained: the table must show it)."""
     torch.manual_seed(seed)
     unet = dataclasses.replace(PRESETS["tiny"], in_channels=3, time_conditional=False,
-                               cond_channels=condition.CHANNELS if site_aware else 0)
+                               cond_channels=condition.SITE_V2.channels if site_aware else 0)
     net = EndToEndModel(unet)
     torch.save({"format": "ckm-model", "meta": {"kind": "baseline", "unet": unet.to_dict(), "tasks": list(task_names)},
                 "weights": net.state_dict()}, path)
@@ -55,7 +55,8 @@ def test_accuracy_compares_every_method_in_both_settings(tiny_site_package, tmp_
     shape = held.tiles.shape[1:]
     idw = solvers.classical_methods("ipbox", op, y, shape, building)["idw"]
     assert res["site"]["ipbox"]["idw"][1] == solvers.metrics(idw, held.tiles[1], unobs)
-    cond = condition.site_condition(building[None], tx[1][None], shape[1:], batch=1)
+    cond = condition.site_condition(building[None], tx[1][None], shape[1:], batch=1,
+                                    encoding=condition.SITE_V2)
     with torch.no_grad():
         pred = site_net(torch.from_numpy(observation_inputs(op, y, (1,) + shape, with_mask=True)), torch.from_numpy(cond))
     pred = Site(building[None]).project(np.clip(pred.numpy(), 0, 1))[0]

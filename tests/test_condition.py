@@ -57,7 +57,7 @@ def test_crops_and_flips_move_the_transmitters_with_the_map():
     """After a crop and mirrors, line-of-sight cells still point at the moved transmitter."""
     tile = procedural.generate_tile(np.random.default_rng(3), procedural.ProceduralConfig(tile_size=64))
     x, tx = np.repeat(tile.pixels[None], 8, 0), np.repeat(tile.tx[None], 8, 0)
-    out, tx2 = augment(x, np.random.default_rng(1), crop=40, flips=True, tx=tx)
+    out, tx2, _ = augment(x, np.random.default_rng(1), crop=40, flips=True, tx=tx)
 
     def los(p, t):
         rows, cols = np.mgrid[0 : p.shape[1], 0 : p.shape[2]] + 0.5
@@ -80,8 +80,8 @@ def test_training_a_site_aware_prior_uses_the_tiles_own_site(tmp_path):
     objective = objectives.ScoreMatching(schedule)
     original = objective.condition
 
-    def spy(m, x0, tx, rng):
-        cond = original(m, x0, tx, rng)
+    def spy(m, x0, tx, rng, visibility=None):
+        cond = original(m, x0, tx, rng, visibility)
         seen.append((tx is not None, cond))
         return cond
 

@@ -121,9 +121,9 @@ def test_openvino_takes_the_site_condition(tiny_site_package):
     pkg, _, tiles, tx = tiny_site_package
     x = tiles[:2]
     t = np.array([0.5, 0.1], np.float32)
-    cond = condition.site_condition(tiles[:2, 0] == 0, tx[:2], (32, 32))
+    cond = condition.site_condition(tiles[:2, 0] == 0, tx[:2], (32, 32), encoding=pkg.condition_encoding)
     with OrtEngine(pkg) as ort_engine, open_engine(pkg, EngineConfig(backend="openvino")) as ov_engine:
-        assert ov_engine.condition_channels == condition.CHANNELS
+        assert ov_engine.condition_channels == pkg.condition_channels
         assert _rel(ov_engine.score(x, t, cond), ort_engine.score(x, t, cond)) < 1e-4
 
 

@@ -38,10 +38,13 @@ def test_warm_start_widens_the_stem_and_keeps_the_function(tiny_prior):
 
 def test_site_aware_package_declares_its_condition(tiny_site_package):
     pkg, ckpt, _, _ = tiny_site_package
-    assert pkg.condition_channels == condition.CHANNELS
-    assert pkg.manifest["condition"] == {"input": "cond", "channels": condition.CHANNELS, "encoding": condition.ENCODING}
+    # `ckm-train --site-aware` trains ckm-site/2 (the physics channels) by default
+    assert pkg.condition_channels == condition.SITE_V2.channels
+    assert pkg.manifest["condition"] == {"input": "cond", "channels": condition.SITE_V2.channels,
+                                         "encoding": "ckm-site/2", "cell_size_m": 2.0, "carrier_hz": 3.5e9}
+    assert pkg.condition_encoding == condition.SITE_V2
     model, meta = load_model(ckpt)
-    assert meta["unet"]["cond_channels"] == condition.CHANNELS and meta["init"]["widened"] == ["net.stem.weight"]
+    assert meta["unet"]["cond_channels"] == condition.SITE_V2.channels and meta["init"]["widened"] == ["net.stem.weight"]
     # training moved the condition weights off zero: the model uses the site
     assert model.net.stem.weight[:, 2:].abs().max() > 0
 
@@ -67,7 +70,7 @@ def test_engine_matches_pytorch_with_and_without_the_condition(tiny_site_package
     rng = np.random.default_rng(0)
     x = (tiles + 0.1 * rng.standard_normal(tiles.shape)).astype(np.float32)
     t = np.array([0.8, 0.4, 0.1, 0.02], np.float32)
-    cond = condition.site_condition(tiles[:, 0] == 0, tx, (32, 32))
+    cond = condition.site_condition(tiles[:, 0] == 0, tx, (32, 32), encoding=pkg.condition_encoding)
     with torch.no_grad():
         ref = model(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(cond)).numpy()
         ref0 = model(torch.from_numpy(x), torch.from_numpy(t)).numpy()
@@ -99,7 +102,7 @@ def test_vjp_is_with_respect_to_x_only(tiny_site_package):
     model = model.float().eval()
     x = tiles[:2].copy()
     t = np.array([0.5, 0.2], np.float32)
-    cond = condition.site_condition(tiles[:2, 0] == 0, tx[:2], (32, 32))
+    cond = condition.site_condition(tiles[:2, 0] == 0, tx[:2], (32, 32), encoding=pkg.condition_encoding)
     v = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
     xt = torch.from_numpy(x).requires_grad_(True)
     (ref,) = torch.autograd.grad(model(xt, torch.from_numpy(t), torch.from_numpy(cond)), xt, torch.from_numpy(v))
@@ -207,13 +210,14 @@ def test_bad_base_stations_are_invalid_argument(site_server, tiny_site_package, 
     assert field in err.value.details()
 
 
-def test_int8_calibration_feeds_carry_the_condition():
+@pytest.mark.parametrize("encoding", [condition.SITE_V1, condition.SITE_V2], ids=lambda e: e.name)
+def test_int8_calibration_feeds_carry_the_condition(encoding):
     from ckm_edge.export import precision
     from ckm_edge.runtime.schedule import Schedule
 
     tiles = np.random.default_rng(0).random((6, 2, 16, 16)).astype(np.float32)
-    feeds = precision.calibration_inputs(tiles, Schedule.vp(100), np.random.default_rng(0), condition.CHANNELS)
-    assert all(f["cond"].shape == (1, condition.CHANNELS, 16, 16) for f in feeds)
+    feeds = precision.calibration_inputs(tiles, Schedule.vp(100), np.random.default_rng(0), encoding.channels)
+    assert all(f["cond"].shape == (1, encoding.channels, 16, 16) for f in feeds)
     assert any(f["cond"].max() > 0 for f in feeds) and any(f["cond"].max() == 0 for f in feeds)
     with pytest.raises(ValueError, match="condition channels"):
         precision.calibration_inputs(tiles, Schedule.vp(100), np.random.default_rng(0), 3)

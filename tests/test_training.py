@@ -139,7 +139,7 @@ def test_baseline_objective_learns(small_dataset, tmp_path):
 def test_flip_augmentation_respects_the_aoa_encoding(small_dataset):
     x = small_dataset.split("train").take(np.arange(4))
     rng = np.random.default_rng(0)
-    out, tx = augment(x, rng, crop=32, flips=True)
+    out, tx, _ = augment(x, rng, crop=32, flips=True)
     assert out.shape == (4, 2, 32, 32) and tx is None
     codec.check_pixels(out)
     outdoor = out[:, 1] >= codec.BUILDING_THRESHOLD

@@ -132,7 +132,7 @@ def cmd_baseline(args) -> int:
 def _cond_channels(args) -> int:
     from ckm_edge.runtime import condition
 
-    return condition.CHANNELS if args.site_aware else 0
+    return condition.ENCODINGS[args.condition].channels if args.site_aware else 0
 
 
 def _run(trainer: Trainer, args) -> int:
@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--site-aware", action="store_true",
                         help="condition on the site (building layout, base station; runtime.condition), with "
                              "condition dropout for a prior so it also serves the unconditional setting")
+    common.add_argument("--condition", choices=("ckm-site/1", "ckm-site/2"), default="ckm-site/2",
+                        help="with --site-aware: the condition's encoding (runtime.condition); ckm-site/2 adds the "
+                             "physics channels (line of sight, direct-path AoA, free-space gain)")
 
     prior = sub.add_parser("prior", parents=[common], help="the foundation score prior (Algorithm 1)")
     prior.add_argument("--sde", choices=("vp", "ve"), default="vp")

@@ -9,6 +9,7 @@
     ckm-data raytrace --out data/rt --train munich etoile --eval florence --tiles-per-scene 64 [--shard 0/8]
     ckm-data raytrace --out data/rt --snapshot data/rt-so-far [--exclude held-back.txt]   (tiles kept for validation)
     ckm-data raytrace --out data/rt --merge gpu-build   (tiles a GPU traced: ... --exclude tiles.txt --device cuda)
+    ckm-data cities --out data/cities --count 24 --seed 33   (generated 3D city scenes to ray-trace)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ckm_edge.runtime import codec
-from ckm_edge.training import ckmimagenet, preview, procedural, raytrace
+from ckm_edge.training import cityscene, ckmimagenet, preview, procedural, raytrace
 from ckm_edge.training.dataset import Dataset, DatasetError, DatasetWriter
 
 
@@ -196,12 +197,21 @@ def cmd_raytrace(args: argparse.Namespace) -> int:
     scenes = tuple((s, "train") for s in args.train) + tuple((s, "eval") for s in args.eval)
     plan = raytrace.BuildPlan(scenes, args.tiles_per_scene, args.seed, cfg)
     summary = raytrace.build(args.out, plan, shard=args.shard, device=args.device, limit=args.limit,
-                             exclude=_tile_names(args.exclude))
+                             exclude=_tile_names(args.exclude), assemble_when_done=not args.no_assemble)
     done = "dataset assembled: " + summary["manifest"] if summary["manifest"] else (
         f"{summary['remaining']} tile(s) of the plan still to build (other shards, or rerun to resume)"
     )
     elsewhere = f", {summary['excluded']} built elsewhere (--exclude)" if summary["excluded"] else ""
     print(f"built {summary['built']} tile(s), {summary['skipped']} already there{elsewhere}; {done}")
+    return 0
+
+
+def cmd_cities(args: argparse.Namespace) -> int:
+    """Generated 3D city scenes (Mitsuba XML + PLY meshes) for `ckm-data raytrace --train`."""
+    paths = cityscene.build_cities(args.out, args.count, seed=args.seed, start=args.start, extent_m=args.extent)
+    for path in paths:
+        city = cityscene.load_city(path.parent)
+        print(f"{path}  {city.style.family}, {len(city.boxes)} building boxes")
     return 0
 
 
@@ -339,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--samples-per-src", type=_positive_int, default=100_000, help="rays shot per transmitter")
     rt.add_argument("--diffraction", action=argparse.BooleanOptionalAction, default=True)
     rt.add_argument("--edge-diffraction", action=argparse.BooleanOptionalAction, default=False)
+    rt.add_argument("--no-assemble", action="store_true",
+                    help="keep the finished tiles as parts when the plan completes (snapshot subsets of them)")
     rt.add_argument("--check", action="store_true", help="only check that the backend (sionna-rt, LLVM) is usable")
     rt.add_argument("--snapshot", type=Path, metavar="DEST",
                     help="write the tiles OUT's build has finished so far as a dataset in DEST (a new directory) "
@@ -373,6 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "~/.local/share/ckm-edge/procedural_presets.json; read by every command)")
     cal.add_argument("--preview", type=int, default=0, metavar="N", help="preview.png with N tiles per source")
     cal.set_defaults(func=cmd_calibrate)
+
+    cit = sub.add_parser("cities", help="generated 3D city scenes (Mitsuba XML) to ray-trace as training regions")
+    cit.add_argument("--out", type=Path, required=True, help="one folder per city: <name>/<name>.xml, meshes/, city.json")
+    cit.add_argument("--count", type=_positive_int, default=24)
+    cit.add_argument("--start", type=int, default=0, help="index of the first city (cities are a function of seed and index)")
+    cit.add_argument("--seed", type=int, default=0)
+    cit.add_argument("--extent", type=float, default=640.0, help="side of each city's square, metres")
+    cit.set_defaults(func=cmd_cities)
 
     demo = sub.add_parser("demo", help="generate, round-trip and preview a few tiles")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))

@@ -41,11 +41,12 @@ def prior_samples(model, schedule: Schedule, count: int, size: int, steps: int, 
     unconditional, or with `site` = (building (count, H, W) bool, base stations (count, 3) or None)
     sample i of site i: a site-aware prior conditions on it, and the layout is then exact (the
     runtime's site setting: buildings 0, outdoor AoA in its range)."""
-    from ckm_edge.runtime.condition import site_condition
+    from ckm_edge.runtime.condition import Encoding, site_condition
     from ckm_edge.runtime.site import Site
 
     short = schedule.respace(steps)
     conditional = site is not None and getattr(model, "cond_channels", 0) > 0
+    encoding = Encoding.for_channels(model.cond_channels) if conditional else None
     out = []
     for start in range(0, count, batch):
         n = min(batch, count - start)
@@ -53,7 +54,7 @@ def prior_samples(model, schedule: Schedule, count: int, size: int, steps: int, 
         if conditional:
             building, bs = site
             cond = torch.from_numpy(site_condition(building[start:start + n], None if bs is None else bs[start:start + n],
-                                                   (size, size), batch=n)).float()
+                                                   (size, size), batch=n, encoding=encoding)).float()
             score = lambda x, t, c=cond: model(x, t, c)  # noqa: E731
         with torch.no_grad():
             x = dps_sample(score, short, None, None, shape=(n, 2, size, size), rng=np.random.default_rng([seed, start]),

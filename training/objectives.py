@@ -32,16 +32,17 @@ class ScoreMatching:
     p_drop_building: float = 0.3
     p_drop_bs: float = 0.3
 
-    def condition(self, model, x0: torch.Tensor, tx: np.ndarray | None, rng: np.random.Generator) -> torch.Tensor | None:
+    def condition(self, model, x0: torch.Tensor, tx: np.ndarray | None, rng: np.random.Generator,
+                  visibility: np.ndarray | None = None) -> torch.Tensor | None:
         if not getattr(model, "cond_channels", 0):
             return None
-        pixels = x0.detach().float().cpu().numpy()
-        cond = condition.site_condition(codec.building_mask(pixels), tx, pixels.shape[-2:], len(pixels))
+        cond = tile_condition(model, x0, tx, visibility)
         cond = condition.dropout(cond, rng, self.p_drop_building, self.p_drop_bs)
         return torch.from_numpy(cond).to(x0.device)
 
-    def __call__(self, model, x0: torch.Tensor, rng: np.random.Generator, tx: np.ndarray | None = None) -> torch.Tensor:
-        cond = self.condition(_unwrap(model), x0, tx, rng)
+    def __call__(self, model, x0: torch.Tensor, rng: np.random.Generator, tx: np.ndarray | None = None,
+                 visibility: np.ndarray | None = None) -> torch.Tensor:
+        cond = self.condition(_unwrap(model), x0, tx, rng, visibility)
         b = x0.shape[0]
         i = rng.integers(0, len(self.schedule), size=b)
         z = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32)).to(x0.device)
@@ -90,7 +91,8 @@ class EndToEnd:
     task_names: tuple[str, ...]
     sigma: float = tasks.DEFAULT_SIGMA
 
-    def __call__(self, model, x0: torch.Tensor, rng: np.random.Generator, tx: np.ndarray | None = None) -> torch.Tensor:
+    def __call__(self, model, x0: torch.Tensor, rng: np.random.Generator, tx: np.ndarray | None = None,
+                 visibility: np.ndarray | None = None) -> torch.Tensor:
         x_np = x0.detach().cpu().numpy()
         task = self.task_names[int(rng.integers(len(self.task_names)))]
         op = tasks.make_operator(task, rng, x_np)
@@ -98,5 +100,15 @@ class EndToEnd:
         inputs = torch.from_numpy(observation_inputs(op, y, x_np.shape, with_mask=True)).to(x0.device)
         if not getattr(_unwrap(model), "cond_channels", 0):
             return F.mse_loss(model(inputs), x0)
-        cond = condition.site_condition(codec.building_mask(x_np), tx, x_np.shape[-2:], len(x_np))
+        cond = tile_condition(_unwrap(model), x0, tx, visibility)
         return F.mse_loss(model(inputs, torch.from_numpy(cond).to(x0.device)), x0)
+
+
+def tile_condition(model, x0: torch.Tensor, tx: np.ndarray | None, visibility: np.ndarray | None) -> np.ndarray:
+    """The condition a site-aware `model` is told of training tiles: their own building cells and,
+    where the data records it, their transmitter, in the encoding of the model's channel count
+    (ckm-site/2's line of sight as computed on the whole tile when `visibility` is given)."""
+    pixels = x0.detach().float().cpu().numpy()
+    encoding = condition.Encoding.for_channels(int(model.cond_channels))
+    return condition.site_condition(codec.building_mask(pixels), tx, pixels.shape[-2:], len(pixels),
+                                    encoding=encoding, visibility=visibility)

@@ -675,8 +675,10 @@ def build(
     progress: Callable[[str], None] | None = None,
     limit: int | None = None,
     exclude: frozenset[str] = frozenset(),
+    assemble_when_done: bool = True,
 ) -> dict:
-    """Build this shard's missing tiles of `plan` into `out`; assemble the dataset when all exist.
+    """Build this shard's missing tiles of `plan` into `out`; assemble the dataset when all exist
+    (unless `assemble_when_done` is False: the parts stay, for snapshots of subsets).
 
     Returns a summary: tiles built now, skipped (already there), excluded (named in `exclude`, such
     as "munich-00012": tiles another machine's build of the same plan has finished; `merge` brings
@@ -729,7 +731,7 @@ def build(
     remaining = [j for j in plan.jobs() if not _part_path(out, j[0].region, j[2]).exists()]
     summary = {"built": built, "skipped": skipped, "excluded": excluded, "remaining": len(remaining), "device": used,
                "manifest": None}
-    if not remaining:
+    if not remaining and assemble_when_done:
         manifest = assemble(out, plan)
         summary["manifest"] = str(manifest) if manifest else None
     return summary

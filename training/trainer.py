@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ckm_edge.runtime import codec
 from ckm_edge.training import augment as flipping
 from ckm_edge.training.dataset import Split
 
@@ -69,6 +70,10 @@ class DataStream:
         self.order = self.rng.permutation(len(split))
         self.position = 0
         self._tx = None  # the split's transmitters, read on first use (False: it has none)
+        # ckm-site/2 priors see the line of sight over the whole tile, computed before the crop
+        # (runtime.condition: `visibility`); set by the trainer for such a model
+        self.visibility = False
+        self._vis: dict[int, np.ndarray] = {}
 
     def state(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "order": self.order.tolist(), "position": self.position}
@@ -78,9 +83,11 @@ class DataStream:
         self.order = np.asarray(state["order"])
         self.position = state["position"]
 
-    def next(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """This rank's share of the next global batch, (B / world, 2, crop, crop), and its
-        transmitters (B / world, 3) moved with the crop and flips (None when the split has none)."""
+    def next(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """This rank's share of the next global batch, (B / world, 2, crop, crop), its
+        transmitters (B / world, 3) moved with the crop and flips (None when the split has none)
+        and, when `visibility` is set, each tile's line of sight computed on the whole tile and
+        cropped and flipped with it (B / world, crop, crop; None otherwise)."""
         b = self.cfg.batch_size
         if self.position + b > len(self.order):
             self.order, self.position = self.rng.permutation(len(self.split)), 0
@@ -91,23 +98,55 @@ class DataStream:
             known = self.split.transmitters()
             self._tx = False if known is None else known
         tx = None if self._tx is False else self._tx[idx]
-        x, tx = augment(x, self.rng, self.cfg.crop, self.cfg.flips, tx)
-        return x[self.rank :: self.world], None if tx is None else tx[self.rank :: self.world]
+        vis = None
+        if self.visibility and tx is not None:
+            vis = np.stack([self._visibility(int(i), x[k], tx[k]) for k, i in enumerate(idx)])
+        x, tx, vis = augment(x, self.rng, self.cfg.crop, self.cfg.flips, tx, vis)
+        part = slice(self.rank, None, self.world)
+        return x[part], None if tx is None else tx[part], None if vis is None else vis[part]
+
+    def _visibility(self, index: int, tile: np.ndarray, tx: np.ndarray) -> np.ndarray:
+        if index not in self._vis:
+            self._vis[index] = tile_visibility(tile, tx)
+        return self._vis[index]
+
+
+def wants_visibility(model: nn.Module) -> bool:
+    """Whether `model` takes ckm-site/2's condition, whose line of sight is computed per whole tile."""
+    from ckm_edge.runtime.condition import SITE_V2
+
+    return int(getattr(model, "cond_channels", 0) or 0) == SITE_V2.channels
+
+
+def tile_visibility(tile: np.ndarray, tx: np.ndarray) -> np.ndarray:
+    """A whole tile's line of sight from its transmitter over its building cells (runtime.physics),
+    zeros when the transmitter is unknown (NaN)."""
+    from ckm_edge.runtime import physics
+
+    if not np.isfinite(tx).all():
+        return np.zeros(tile.shape[-2:], np.float32)
+    return physics.los_visibility(codec.building_mask(tile), tx)
 
 
 def augment(x: np.ndarray, rng: np.random.Generator, crop: int | None, flips: bool,
-            tx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+            tx: np.ndarray | None = None, maps: np.ndarray | None = None,
+            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Random crop and mirrors (training.augment: a left-right mirror keeps the AoA sine, an
-    up-down mirror negates it), with the transmitters moved to match."""
+    up-down mirror negates it), with the transmitters moved to match and `maps` (B, H, W) of
+    per-cell scalars (e.g. line of sight) cropped and mirrored with the cells."""
     b, _, h, w = x.shape
     out = np.empty((b, 2, crop or h, crop or w), np.float32)
     tx_out = None if tx is None else np.array(tx, np.float32, copy=True)
+    maps_out = None if maps is None else np.empty((b, crop or h, crop or w), np.float32)
     for k in range(b):
         tile = x[k]
         t = None if tx_out is None else tx_out[k]
+        m = None if maps is None else maps[k]
         if crop:
             r, c = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
             tile = tile[:, r : r + crop, c : c + crop]
+            if m is not None:
+                m = m[r : r + crop, c : c + crop]
             if t is not None:
                 t[:2] -= (r, c)
         flip_cols = flips and rng.random() < 0.5
@@ -118,7 +157,9 @@ def augment(x: np.ndarray, rng: np.random.Generator, crop: int | None, flips: bo
         out[k] = tile
         if t is not None:
             tx_out[k] = t
-    return out, tx_out
+        if m is not None:
+            maps_out[k] = m[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+    return out, tx_out, maps_out
 
 
 class EMA:
@@ -179,6 +220,7 @@ class Trainer:
         warm = max(self.cfg.warmup, 1)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
         self.data = DataStream(self.train, self.cfg, self.rank, self.world)
+        self.data.visibility = wants_visibility(self.model)
         self.obj_rng = np.random.default_rng([self.cfg.seed, 0x0B7, self.rank])
         self.step = 0
         self.path = self.out / "checkpoint.pt"
@@ -230,11 +272,11 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def _train_step(self) -> float:
-        x, tx = self.data.next()
+        x, tx, vis = self.data.next()
         x = torch.from_numpy(x).to(self.device)
         self.net.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = self.objective(self.net, x, self.obj_rng, tx)
+            loss = self.objective(self.net, x, self.obj_rng, tx, **({} if vis is None else {"visibility": vis}))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; stopping before the checkpoint is spoiled")
         self.opt.zero_grad(set_to_none=True)
@@ -258,10 +300,15 @@ class Trainer:
         for start in range(0, n, self.cfg.batch_size):
             idx = np.arange(start, min(start + self.cfg.batch_size, n))
             x = self.eval.take(idx)
+            tx = None if tx_all is None else tx_all[idx]
+            extra = {}
+            if self.data.visibility and tx is not None:
+                extra["visibility"] = np.stack([tile_visibility(tile, t) for tile, t in zip(x, tx)])
             if self.cfg.crop:  # the top-left crop: transmitters keep their coordinates
                 x = x[:, :, : self.cfg.crop, : self.cfg.crop]
-            tx = None if tx_all is None else tx_all[idx]
-            losses.append(float(self.objective(self.ema.model, torch.from_numpy(x).to(self.device), rng, tx)))
+                if extra:
+                    extra["visibility"] = extra["visibility"][:, : self.cfg.crop, : self.cfg.crop]
+            losses.append(float(self.objective(self.ema.model, torch.from_numpy(x).to(self.device), rng, tx, **extra)))
         return float(np.mean(losses))
 
     def _log(self, record: dict) -> None:
