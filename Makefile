@@ -38,6 +38,7 @@ test-slow: $(STAMP)
 # on a GPU machine: ckm-bench gpu --time-budget 280 (~5 min on an H100), ckm-bench adapt (~8 min on an H100).
 bench: $(STAMP)
 	$(BIN)/ckm-bench procedural
+	$(BIN)/ckm-bench physics
 	$(BIN)/ckm-bench latency
 	$(BIN)/ckm-bench memory
 	$(BIN)/ckm-bench load --clients 1 2 4 8 16 --duration 20

@@ -234,6 +234,18 @@ def _cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_physics(args: argparse.Namespace) -> int:
+    from ckm_edge.benchmarks import physics as bench_physics
+
+    results, markdown = bench_physics.run(args.data, tuple(args.splits), args.repeats, args.limit)
+    command = f"ckm-bench physics --data {args.data} --splits {' '.join(args.splits)} --repeats {args.repeats}" + (
+        f" --limit {args.limit}" if args.limit else "")
+    path = report.write_result("physics-cpu", command, results, markdown, results_dir=args.results)
+    print(markdown)
+    print(f"results: {path}; report: {report.results_md(args.results)}")
+    return 0
+
+
 def _cmd_raytrace(args: argparse.Namespace) -> int:
     from ckm_edge.benchmarks import raytrace as bench_raytrace
     from ckm_edge.training.raytrace import HELD_OUT_SCENES, RaytraceError
@@ -567,6 +579,13 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--max-queue-delay-ms", type=float, default=5.0)
     ld.add_argument("--threads", type=int, default=0, help="engine threads (0 = one per CPU this process may run on)")
     ld.set_defaults(func=_cmd_load)
+    ph = sub.add_parser("physics", help="ckm-site/2's physics channels: milliseconds per map, and their agreement with "
+                                        "ray-traced tiles in line-of-sight cells")
+    ph.add_argument("--data", type=Path, default=Path("datasets/sionna-rt-small"), help="a ray-traced dataset")
+    ph.add_argument("--splits", nargs="+", default=["train", "eval"])
+    ph.add_argument("--repeats", type=int, default=5)
+    ph.add_argument("--limit", type=int, default=None, help="at most this many tiles per split")
+    ph.set_defaults(func=_cmd_physics)
     rt = sub.add_parser("raytrace", help="seconds per ray-traced tile (Sionna RT) on this machine's CPU or GPU")
     rt.add_argument("--scene", default="munich")
     rt.add_argument("--tiles", type=int, default=2)

@@ -24,7 +24,7 @@
 #   bash recipes/cpu-pipeline.sh pause      # SIGSTOP both lanes (timing, the test suite) ... resume
 #
 # Environment: CACHE (/root/ckm-cache: data, runs, logs, models; nothing in the work tree), STAGE
-# (data), CITIES (24), CITY_SEED (33), TILES_PER_SCENE (25), RT_SAMPLES (30000), PRIOR_STEPS (30000),
+# (data), the plan's CITIES (24), CITY_SEED (33), TILES_PER_SCENE (25), RT_SAMPLES (30000) (recipes/cities-plan.sh), PRIOR_STEPS (30000),
 # BASELINE_STEPS (6000), BIN (.venv/bin), RELEASE (the version the release steps build; empty: none).
 # The release writes the package, the RESULTS records and the model card into this work tree (its
 # log: CACHE/logs/release.log), for a person to commit.
@@ -33,17 +33,15 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${CACHE:-/root/ckm-cache}
 STAGE=${STAGE:-data}
-CITIES=${CITIES:-24}
-CITY_SEED=${CITY_SEED:-33}
-TILES_PER_SCENE=${TILES_PER_SCENE:-25}
-RT_SAMPLES=${RT_SAMPLES:-30000}
+CITY_DIR=${CITY_DIR:-${CACHE:-/root/ckm-cache}/cities}
+# shellcheck source=recipes/cities-plan.sh
+. recipes/cities-plan.sh
 PRIOR_STEPS=${PRIOR_STEPS:-30000}
 BASELINE_STEPS=${BASELINE_STEPS:-6000}
 BIN=$(realpath "${BIN:-.venv/bin}")
 BASELINES=${BASELINES:-multi multi-site ipbox iprandom sr2 jtqr}
 RELEASE=${RELEASE-}  # 1.0.0 shipped (models/repository/ckm-prior/1.0.0); a released version is never rebuilt
 REPO=$PWD
-CITY_DIR=$CACHE/cities
 RT_TRAIN=$CACHE/rt-cities
 RT_EVAL=$CACHE/rt-eval
 SNAP=$CACHE/rt-cities-snap
@@ -54,15 +52,10 @@ mkdir -p "$CACHE/logs" "$CACHE/runs" "$CACHE/models/baselines"
 log() { echo "[$(date '+%F %T')] $*" >>"$CACHE/logs/pipeline.log"; }
 
 tiles_done() { ls "$1/.raytrace/tiles" 2>/dev/null | grep -c '\.npz$'; }
-scenes() {  # the cities build's training scenes, in plan order
-    local i
-    for ((i = 0; i < CITIES; i++)); do printf '%s ' "$CITY_DIR/gencity-$(printf %03d "$i")/gencity-$(printf %03d "$i").xml"; done
-    echo munich etoile
-}
 # this shard's tiles of the cities build still missing (the plan's jobs k = scene * TILES + tile, k % 2 == shard)
 train_missing() {
     local shard=$1 n=0 k=0 t scene region
-    for scene in $(scenes); do
+    for scene in $(city_scenes); do
         region=$(basename "$scene" .xml)
         for ((t = 0; t < TILES_PER_SCENE; t++)); do
             if [ $((k % 2)) = "$shard" ] && [ ! -f "$RT_TRAIN/.raytrace/tiles/$region-$(printf %05d "$t").npz" ]; then n=$((n + 1)); fi
@@ -117,8 +110,8 @@ rt_train() {  # shard i of the cities build
 }
 build_train() {
     # shellcheck disable=SC2046
-    "$BIN/ckm-data" raytrace --out "$RT_TRAIN" --train $(scenes) --tiles-per-scene "$TILES_PER_SCENE" --seed 1 \
-        --samples-per-src "$RT_SAMPLES" --device cpu --shard "$1/2" --no-assemble >>"$CACHE/logs/rt-train.log" 2>&1
+    "$BIN/ckm-data" raytrace --out "$RT_TRAIN" $(city_plan) --device cpu --shard "$1/2" --no-assemble \
+        >>"$CACHE/logs/rt-train.log" 2>&1
 }
 
 rt_eval() {

@@ -213,3 +213,20 @@ def test_training_crops_keep_the_whole_tiles_line_of_sight():
     cond = condition.site_condition(codec.building_mask(out), tx2, (64, 64), 4, encoding=condition.SITE_V2,
                                     visibility=vis2)
     np.testing.assert_array_equal(cond[:, 5], vis2)
+
+
+def test_physics_benchmark_writes_its_record(tmp_path):
+    import json
+
+    from ckm_edge.benchmarks.cli import main as bench_main
+
+    data = ROOT / "datasets" / "sionna-rt-small"
+    assert bench_main(["--results", str(tmp_path / "results"), "physics", "--data", str(data), "--limit", "2", "--repeats", "1"]) == 0
+    record = json.loads((tmp_path / "results" / "physics-cpu.json").read_text())
+    res = record["results"]
+    assert res["tiles"] == 4 and len(res["per_tile"]) == 4
+    assert all(0 < res["timing_ms"][k]["median"] <= res["timing_ms"][k]["max"] for k in res["timing_ms"])
+    assert res["timing_ms"]["condition"]["median"] >= res["timing_ms"]["line_of_sight"]["median"]
+    inside = res["summary"].get("station in the tile")
+    assert inside is not None and inside["aoa_rmse_los"] < 0.05 < inside["traced_aoa_spread"]
+    assert "physics-cpu" in (tmp_path / "RESULTS.md").read_text()
