@@ -103,6 +103,7 @@ def test_the_ray_tracer_sees_the_city_as_described(tmp_path):
     heights = cityscene.height_map(city, placement.centre_xy, cfg.tile_size, cfg.cell_size_m)
     assert np.array_equal(building.reshape(24, 24), heights > 0)
     tile = raytrace.trace_tile(traced, placement, seed=3)
+    np.testing.assert_allclose(tile.surface_z, heights, atol=1e-3)  # roofs over the flat ground at z = 0
     bs = tile.tx.astype(np.float64)
     seen = physics.los_visibility(heights > 0, bs, heights=heights, cell_size_m=4.0) == 1.0
     maps = codec.decode(tile.pixels)
@@ -122,10 +123,24 @@ def test_a_build_of_generated_cities_keeps_its_parts_with_no_assemble(tmp_path):
             "--tile-size", "12", "--cell-size", "4", "--samples-per-src", "5000", "--max-depth", "1", "--no-diffraction"]
     assert data_main(args + ["--no-assemble"]) == 0
     assert not (tmp_path / "rt" / "manifest.json").exists()
-    assert [p.name for p in (tmp_path / "rt" / ".raytrace" / "tiles").glob("*.npz")] == ["gencity-004-00000.npz"]
+    part = tmp_path / "rt" / ".raytrace" / "tiles" / "gencity-004-00000.npz"
+    assert [p.name for p in part.parent.glob("*.npz")] == [part.name]
+    # a part traced before surface heights were kept gets them back from its recorded placement
+    with np.load(part) as z:
+        saved = {k: z[k] for k in z.files}
+    np.savez(part, **{k: v for k, v in saved.items() if k != "surface_z"})
+    assert data_main(["raytrace", "--out", str(tmp_path / "rt"), "--backfill-surface", "--device", "cpu"]) == 0
+    with np.load(part) as z:
+        np.testing.assert_array_equal(z["surface_z"], saved["surface_z"])
+        np.testing.assert_array_equal(z["pixels"], saved["pixels"])
     assert data_main(["raytrace", "--out", str(tmp_path / "rt"), "--snapshot", str(tmp_path / "snap")]) == 0
     snap = Dataset(tmp_path / "snap")
     assert snap.manifest["splits"]["train"]["regions"] == ["gencity-004"]
     assert len(snap.split("train")) == 1
+    # the tile's building heights come with it: the city's boxes under its cells
+    centre = np.array(snap.manifest["provenance"]["tiles"][0]["tile_centre_m"])
+    city = cityscene.load_city(tmp_path / "cities" / "gencity-004")
+    np.testing.assert_allclose(snap.split("train").heights(np.array([0]))[0], cityscene.height_map(city, centre, 12, 4.0),
+                               rtol=2e-3, atol=1e-3)
     assert data_main(args) == 0  # without the flag, the complete plan is assembled
     assert (tmp_path / "rt" / "manifest.json").exists()

@@ -83,3 +83,41 @@ def test_bad_input_is_refused_and_nothing_is_overwritten(tmp_path, proc_tiles):
         Dataset(tmp_path / "other")
     with pytest.raises(DatasetError, match="split 'test' not in"):
         Dataset(tmp_path / "ds").split("test")
+
+
+def test_building_heights_round_trip_where_known(tmp_path, proc_tiles):
+    from ckm_edge.runtime import codec
+    from ckm_edge.training.dataset import Mixture
+
+    pixels, tx = proc_tiles
+    heights = np.where(codec.building_mask(pixels), np.linspace(3, 60, len(pixels))[:, None, None], 0.0)
+    with DatasetWriter(tmp_path / "ds", "sionna-rt", 128, 2.0, 3.5e9, shard_size=3) as w:
+        w.add("train", "city-a", pixels[:5], tx[:5], heights[:5])
+        w.add("train", "city-b", pixels[5:6], tx[5:6])  # a source that records none
+        with pytest.raises(DatasetError, match="heights"):
+            w.add("eval", "city-c", pixels[6:], tx[6:], -heights[6:] - 1)
+    train = Dataset(tmp_path / "ds").split("train")
+    assert train.has_heights
+    got = train.heights(np.array([4, 0, 5]))
+    np.testing.assert_allclose(got[:2], heights[[4, 0]], rtol=1e-3)  # float16 on disk
+    assert np.isnan(got[2]).all()
+    shards = Dataset(tmp_path / "ds").manifest["splits"]["train"]["shards"]
+    assert [bool(s.get("height_file")) for s in shards] == [True, True, False]
+    mix = Mixture([(train, 2)])
+    np.testing.assert_array_equal(mix.heights(np.array([6, 0])), train.heights(np.array([0, 0])))
+
+
+def test_heights_from_a_ray_traced_surface():
+    from ckm_edge.runtime import codec
+    from ckm_edge.training.raytrace import building_heights
+
+    gain = np.full((16, 16), -100.0)
+    building = np.zeros((16, 16), bool)
+    building[4:8, 4:10] = True
+    pixels = codec.encode(np.where(building, np.nan, gain), np.where(building, np.nan, 0.0), building)
+    slope = np.arange(16)[None, :] * 0.5 * np.ones((16, 1))  # terrain rising to the east
+    surface = slope + np.where(building, 12.0, 0.0)
+    h = building_heights(surface, pixels)
+    assert (h[~building] == 0).all()
+    np.testing.assert_allclose(h[building], 12.0, atol=1.6)  # the ground beside it, within the slope of a few cells
+    assert abs(h[building].mean() - 12.0) < 0.3

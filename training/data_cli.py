@@ -174,6 +174,10 @@ def cmd_raytrace(args: argparse.Namespace) -> int:
         summary = raytrace.snapshot(args.out, args.snapshot, exclude=_tile_names(args.exclude))
         print(f"wrote {summary['tiles']} of {summary['planned']} planned tile(s) to {summary['manifest']}")
         return 0
+    if args.backfill_surface:
+        summary = raytrace.backfill_surface(args.out, device=args.device)
+        print(f"gave {summary['filled']} finished tile(s) their surface heights ({summary['kept']} had them)")
+        return 0
     if args.merge:
         summary = raytrace.merge(args.out, args.merge)
         print(f"merged {summary['copied']} tile(s) from {args.merge} ({summary['kept']} already here); "
@@ -349,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--samples-per-src", type=_positive_int, default=100_000, help="rays shot per transmitter")
     rt.add_argument("--diffraction", action=argparse.BooleanOptionalAction, default=True)
     rt.add_argument("--edge-diffraction", action=argparse.BooleanOptionalAction, default=False)
+    rt.add_argument("--backfill-surface", action="store_true",
+                    help="give the build's finished tiles that lack them their surface heights (roofs and ground; "
+                         "no paths are solved)")
     rt.add_argument("--no-assemble", action="store_true",
                     help="keep the finished tiles as parts when the plan completes (snapshot subsets of them)")
     rt.add_argument("--check", action="store_true", help="only check that the backend (sionna-rt, LLVM) is usable")

@@ -49,6 +49,7 @@ class _Shard:
     count: int
     sha256: str
     tx_file: str | None = None
+    height_file: str | None = None  # (count, H, W) float16 building heights, metres (0 outdoors)
 
 
 @dataclass
@@ -83,8 +84,10 @@ class DatasetWriter:
         if exc_type is None:
             self.close()
 
-    def add(self, split: str, region: str, pixels: np.ndarray, tx: np.ndarray | None = None) -> None:
-        """Append tiles (B, 2, H, W) (or one (2, H, W)) of `region` to `split`."""
+    def add(self, split: str, region: str, pixels: np.ndarray, tx: np.ndarray | None = None,
+            heights: np.ndarray | None = None) -> None:
+        """Append tiles (B, 2, H, W) (or one (2, H, W)) of `region` to `split`, with their
+        transmitters (B, 3) and building heights (B, H, W) in metres (0 outdoors) when known."""
         if split not in SPLITS:
             raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
         if not _REGION_RE.match(region):
@@ -101,19 +104,25 @@ class DatasetWriter:
             tx = np.asarray(tx, dtype=np.float32).reshape(-1, 3)
             if len(tx) != len(pixels):
                 raise DatasetError(f"{len(tx)} transmitter rows for {len(pixels)} tiles")
-        buf = self._pending.setdefault((split, region), ([], []))
+        if heights is not None:
+            heights = np.asarray(heights, dtype=np.float32).reshape(-1, self.tile_size, self.tile_size)
+            if len(heights) != len(pixels) or not np.isfinite(heights).all() or (heights < 0).any():
+                raise DatasetError(f"building heights must be {len(pixels)} finite, non-negative (H, W) maps")
+        buf = self._pending.setdefault((split, region), ([], [], []))
         buf[0].append(pixels)
         buf[1].append(tx)
+        buf[2].append(heights)
         if sum(len(p) for p in buf[0]) >= self.shard_size:
             self._flush(split, region)
 
     def _flush(self, split: str, region: str, final: bool = False) -> None:
         """Write the pending tiles of (split, region) as full shards (and the rest if `final`)."""
-        maps, txs = self._pending.pop((split, region), ([], []))
+        maps, txs, hs = self._pending.pop((split, region), ([], [], []))
         if not maps:
             return
         maps = np.concatenate(maps)
         txs = np.concatenate(txs) if all(t is not None for t in txs) else None
+        hs = np.concatenate(hs) if all(h is not None for h in hs) else None
         end = len(maps) if final else len(maps) // self.shard_size * self.shard_size
         (self.root / split).mkdir(exist_ok=True)
         for start in range(0, end, self.shard_size):
@@ -125,10 +134,15 @@ class DatasetWriter:
             if txs is not None:
                 tx_file = f"{stem}.tx.npy"
                 np.save(self.root / tx_file, txs[start:stop])
+            height_file = None
+            if hs is not None:
+                height_file = f"{stem}.height.npy"
+                np.save(self.root / height_file, hs[start:stop].astype(np.float16))
             sha = sha256_file(self.root / f"{stem}.npy")
-            self._shards[split].append(_Shard(f"{stem}.npy", region, stop - start, sha, tx_file))
+            self._shards[split].append(_Shard(f"{stem}.npy", region, stop - start, sha, tx_file, height_file))
         if end < len(maps):
-            self._pending[(split, region)] = ([maps[end:]], [None if txs is None else txs[end:]])
+            self._pending[(split, region)] = ([maps[end:]], [None if txs is None else txs[end:]],
+                                              [None if hs is None else hs[end:]])
 
     def close(self) -> Path:
         for split, region in list(self._pending):
@@ -138,7 +152,7 @@ class DatasetWriter:
             splits[split] = {
                 "regions": sorted({s.region for s in shards}),
                 "count": sum(s.count for s in shards),
-                "shards": [vars(s) for s in shards],
+                "shards": [{k: v for k, v in vars(s).items() if k != "height_file" or v} for s in shards],
             }
         manifest = {
             "format": FORMAT,
@@ -177,6 +191,7 @@ class Split:
         self._shards = info["shards"]
         self._root = root
         self._arrays: list[np.ndarray | None] = [None] * len(self._shards)
+        self._heights: list[np.ndarray | None] = [None] * len(self._shards)
         self._offsets = np.cumsum([0] + [s["count"] for s in self._shards])
 
     def __len__(self) -> int:
@@ -197,6 +212,28 @@ class Split:
     def take(self, indices: np.ndarray) -> np.ndarray:
         """Tiles at `indices` as one (B, 2, H, W) float32 array."""
         return np.stack([self[int(i)] for i in indices]).astype(np.float32)
+
+    @property
+    def has_heights(self) -> bool:
+        """Whether any shard records building heights."""
+        return any(s.get("height_file") for s in self._shards)
+
+    def heights(self, indices: np.ndarray) -> np.ndarray:
+        """(B, H, W) float32 building heights in metres (0 outdoors) of the tiles at `indices`; NaN
+        maps for tiles whose shard records none."""
+        out = []
+        for index in np.asarray(indices).reshape(-1):
+            index = int(index) % len(self)
+            shard = int(np.searchsorted(self._offsets, index, side="right") - 1)
+            name = self._shards[shard].get("height_file")
+            if not name:
+                size = self[index].shape[-1]
+                out.append(np.full((size, size), np.nan, np.float32))
+                continue
+            if self._heights[shard] is None:
+                self._heights[shard] = np.load(self._root / name, mmap_mode="r")
+            out.append(np.asarray(self._heights[shard][index - self._offsets[shard]], np.float32))
+        return np.stack(out)
 
     def region_indices(self, region: str) -> np.ndarray:
         """Indices of the tiles of one region."""
@@ -338,6 +375,14 @@ class Mixture:
 
     def take(self, indices: np.ndarray) -> np.ndarray:
         return np.stack([self[int(i)] for i in indices]).astype(np.float32)
+
+    @property
+    def has_heights(self) -> bool:
+        return any(s.has_heights for s, _ in self.parts)
+
+    def heights(self, indices: np.ndarray) -> np.ndarray:
+        """(B, H, W) building heights (NaN maps where a part records none), as Split.heights."""
+        return np.stack([split.heights(np.array([i]))[0] for split, i in map(self._locate, map(int, indices))])
 
     def transmitters(self) -> np.ndarray | None:
         parts = [(s.transmitters(), r) for s, r in self.parts]

@@ -351,6 +351,18 @@ class TracedScene:
         The first surface hit from above decides: a ground object means outdoor at that height;
         any other object means building; no hit means outdoor at the scene's lowest z.
         """
+        valid, z, on_ground = self._from_above(xy)
+        building = valid & ~on_ground
+        ground_z = np.where(valid & on_ground, z, self.lo[2])
+        return building, ground_z
+
+    def surface(self, xy: np.ndarray) -> np.ndarray:
+        """(N,) z of the first surface a vertical ray from above meets at points (N, 2): a roof on a
+        building cell, the ground elsewhere (the scene's lowest z where nothing is hit)."""
+        valid, z, _ = self._from_above(xy)
+        return np.where(valid, z, self.lo[2])
+
+    def _from_above(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mi = self.mi
         import drjit as dr
 
@@ -363,9 +375,7 @@ class TracedScene:
         z = np.array(si.p.z, dtype=np.float64).reshape(-1)
         shape_id = np.array(dr.reinterpret_array(mi.UInt32, si.shape), dtype=np.uint64).reshape(-1)
         on_ground = np.isin(shape_id, np.array(list(self.ground.values()), dtype=np.uint64))
-        building = valid & ~on_ground
-        ground_z = np.where(valid & on_ground, z, self.lo[2])
-        return building, ground_z
+        return valid, z, on_ground
 
     def solve(self, tx_xyz: np.ndarray, rx_xyz: np.ndarray, *, seed: int = 42) -> dict:
         """Sionna's paths from one transmitter to receivers (N, 3) -> per-path numpy arrays.
@@ -426,6 +436,27 @@ class TracedScene:
 
         return {k: np.concatenate([pad(p[k], fill) for p in parts]) for k, fill in
                 (("a", 0), ("tau", 0.0), ("phi_r", 0.0), ("valid", False))}
+
+
+def building_heights(surface_z: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """(H, W) building heights in metres (0 outdoors) of a tile from its `surface_z`: each building
+    cell's roof above the ground of the nearest outdoor cells (filled in ring by ring from the
+    outdoor cells around it, so terrain under a building is the terrain beside it)."""
+    building = codec.building_mask(pixels)
+    z = np.asarray(surface_z, np.float64)
+    if not building.any() or building.all():
+        return np.zeros(building.shape, np.float32)
+    ground = np.where(building, np.nan, z)
+    known = ~building
+    while not known.all():
+        pad = np.pad(np.where(known, ground, 0.0), 1)
+        cnt = np.pad(known.astype(np.float64), 1)
+        total = pad[:-2, 1:-1] + pad[2:, 1:-1] + pad[1:-1, :-2] + pad[1:-1, 2:]
+        n = cnt[:-2, 1:-1] + cnt[2:, 1:-1] + cnt[1:-1, :-2] + cnt[1:-1, 2:]
+        new = ~known & (n > 0)
+        ground[new] = total[new] / n[new]
+        known = known | new
+    return np.where(building, np.maximum(z - ground, 0.0), 0.0).astype(np.float32)
 
 
 def combine_paths(paths: dict, carrier_hz: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -518,6 +549,10 @@ class RaytracedTile:
     pixels: np.ndarray  # (2, H, W) codec pixels
     tx: np.ndarray  # (3,) row, col (cells), height above ground (m)
     meta: dict
+    # (H, W) float32 scene z (m) of the first surface from above at each cell centre: roofs on
+    # building cells, the ground elsewhere; with the BS's ground z (meta bs_m[2] - bs_height_m) it
+    # gives building heights (runtime.physics takes them). Kept in the build's tile parts.
+    surface_z: np.ndarray | None = None
 
 
 def trace_tile(traced: TracedScene, placement: Placement, *, seed: int = 42) -> RaytracedTile:
@@ -544,6 +579,7 @@ def trace_tile(traced: TracedScene, placement: Placement, *, seed: int = 42) -> 
     rc = scene_to_cell(placement.bs_xyz[:2], placement.centre_xy, cfg)
     tx = np.array([rc[0], rc[1], placement.bs_height_m], dtype=np.float32)
     outdoor_gain = gain_db[~building]
+    surface_z = traced.surface(xy).reshape(n, n).astype(np.float32)
     meta = {
         "tile_centre_m": placement.centre_xy.tolist(),
         "bs_m": placement.bs_xyz.tolist(),
@@ -559,7 +595,7 @@ def trace_tile(traced: TracedScene, placement: Placement, *, seed: int = 42) -> 
         "solver_seed": seed,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    return RaytracedTile(pixels, tx, meta)
+    return RaytracedTile(pixels, tx, meta, surface_z)
 
 
 # --- Builds: plan, shards, resume, assembly ----------------------------------------------------
@@ -718,7 +754,7 @@ def build(
         path = _part_path(out, spec.region, i)
         tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
         np.savez(tmp, pixels=tile.pixels, tx=tile.tx, meta=json.dumps(meta), scene=json.dumps(traced.describe()),
-                 tx_convention=np.array("cell-corner"))
+                 tx_convention=np.array("cell-corner"), surface_z=tile.surface_z)
         os.replace(tmp, path)
         built += 1
         elapsed = time.perf_counter() - start
@@ -785,6 +821,42 @@ def snapshot(build_dir: Path, dest: Path, exclude: frozenset[str] = frozenset())
         extra["snapshot_of"]["left_out"] = sorted({_part_path(build_dir, j[0].region, j[2]).stem for j in finished} & set(exclude))
     _write_dataset(dest, build_dir, plan, done, extra)
     return {"tiles": len(done), "planned": len(plan.jobs()), "manifest": str(dest / "manifest.json")}
+
+
+def backfill_surface(build_dir: Path, device: str = "auto") -> dict:
+    """Give the finished tile parts of a build that lack `surface_z` (traced before it was kept)
+    their surface heights: vertical rays through the tile's cells at the placement its meta records,
+    in the scene its plan names (checked to be the same file by its SHA-256). Cheap: no paths are
+    solved. Returns {"filled": n, "kept": n}."""
+    build_dir = Path(build_dir)
+    plan = _build_plan(build_dir)
+    todo = []
+    kept = 0
+    for spec, _, i in plan.jobs():
+        path = _part_path(build_dir, spec.region, i)
+        if not path.exists():
+            continue
+        with np.load(path) as z:
+            if "surface_z" in z.files:
+                kept += 1
+                continue
+        todo.append((spec, path))
+    if todo:
+        rt, _ = load_backend(device)
+        scenes: dict[str, TracedScene] = {}
+        for spec, path in todo:
+            traced = scenes.get(spec.region) or scenes.setdefault(spec.region, TracedScene(rt, spec, plan.config))
+            with np.load(path) as z:
+                parts = {k: z[k] for k in z.files}
+            if json.loads(str(parts["scene"]))["xml_sha256"] != traced.xml_sha256:
+                raise DatasetError(f"{path} was traced in another version of scene {spec.region!r}; not filling it in")
+            centre = np.array(json.loads(str(parts["meta"]))["tile_centre_m"], dtype=np.float64)
+            n = plan.config.tile_size
+            parts["surface_z"] = traced.surface(cell_centres(centre, plan.config)).reshape(n, n).astype(np.float32)
+            tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
+            np.savez(tmp, **parts)
+            os.replace(tmp, path)
+    return {"filled": len(todo), "kept": kept}
 
 
 def _check_in_plan(build_dir: Path, plan: BuildPlan, names: frozenset[str]) -> None:
@@ -855,7 +927,8 @@ def _write_dataset(dest: Path, build_dir: Path, plan: BuildPlan, jobs: list, ext
             tx = z["tx"].copy()
             if "tx_convention" not in z.files:  # a part traced before the cell-corner convention
                 tx[:2] += 0.5
-            by_region.setdefault((split, spec.region), []).append((z["pixels"], tx))
+            heights = building_heights(z["surface_z"], z["pixels"]) if "surface_z" in z.files else None
+            by_region.setdefault((split, spec.region), []).append((z["pixels"], tx, heights))
             tiles_meta.append(json.loads(str(z["meta"])))
             scenes.setdefault(spec.region, {"region": spec.region, "split": split, **json.loads(str(z["scene"]))})
     cfg = plan.config
@@ -872,4 +945,6 @@ def _write_dataset(dest: Path, build_dir: Path, plan: BuildPlan, jobs: list, ext
     }
     with DatasetWriter(dest, "sionna-rt", cfg.tile_size, cfg.cell_size_m, cfg.carrier_hz, provenance) as writer:
         for (split, region), rows in by_region.items():
-            writer.add(split, region, np.stack([p for p, _ in rows]), np.stack([t for _, t in rows]))
+            # heights when every tile of the region has them (parts traced before surface_z have none)
+            heights = np.stack([h for _, _, h in rows]) if all(h is not None for _, _, h in rows) else None
+            writer.add(split, region, np.stack([p for p, _, _ in rows]), np.stack([t for _, t, _ in rows]), heights)
