@@ -194,8 +194,13 @@ def site_from_proto(msg, shape: tuple[int, ...]):
     if building is None and bs is None:
         raise InvalidArgument("site: give its building map, its base_station, or both (leave site unset when "
                               "neither is known)")
+    heights = None
+    if msg.HasField("building_height"):
+        if msg.building_height.dtype not in (pb.DATA_TYPE_FLOAT32, pb.DATA_TYPE_FLOAT64):
+            raise InvalidArgument("site.building_height.dtype must be FLOAT32 or FLOAT64 (metres)")
+        heights = to_numpy(msg.building_height, "site.building_height")
     try:
-        site = Site(building, bs)
+        site = Site(building, bs, heights)
         site.check(tuple(shape))
     except SiteError as e:
         raise InvalidArgument(f"site.{e.part}: {e}" if e.part else f"site: {e}") from None
@@ -212,4 +217,10 @@ def site_to_proto(site):
         if len(bs) != 1:
             raise ValueError(f"a request carries one base station, got {len(bs)}")
         msg.base_station.row, msg.base_station.col, msg.base_station.height_m = (float(v) for v in bs[0])
+    if site.building_height is not None:
+        heights = np.asarray(site.building_height, np.float32)
+        heights = heights[0] if heights.ndim == 3 and len(heights) == 1 else heights
+        if heights.ndim != 2:
+            raise ValueError(f"a request carries one (H, W) map of building heights, got shape {heights.shape}")
+        msg.building_height.CopyFrom(from_numpy(heights))
     return msg

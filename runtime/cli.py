@@ -69,7 +69,8 @@ def _sampler_choice(args) -> tuple[str | None, dict]:
 def _site(args, truth, data) -> Site | None:
     """The site: with --site the building layout (the truth's, or the observation file's
     `building`); with --base-station, or with --site the file's `base_station` (a truth tile's
-    transmitter `tx`, as `ckm-data tile` writes it), the serving base station."""
+    transmitter `tx`, as `ckm-data tile` writes it), the serving base station; with --site also the
+    file's `building_height` (metres) where it has one."""
     bs = np.asarray(args.base_station, float) if getattr(args, "base_station", None) else None
     for key in ("base_station", "tx"):
         if args.site and bs is None and data is not None and key in data:
@@ -82,7 +83,10 @@ def _site(args, truth, data) -> Site | None:
             raise ValueError(f"--site needs --truth or a `building` array in {args.observation}")
         else:
             building = np.asarray(data["building"]).astype(bool)
-    return None if building is None and bs is None else Site(building, bs)
+    heights = None
+    if args.site and data is not None and "building_height" in data and not np.isnan(data["building_height"]).all():
+        heights = np.asarray(data["building_height"], float)
+    return None if building is None and bs is None else Site(building, bs, heights)
 
 
 def _observation(args, tile_size: int):

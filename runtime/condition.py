@@ -19,15 +19,18 @@ a runtime serves the encodings it implements (`ENCODINGS`). Channels of `ckm-sit
 4. BS height: its height above ground in metres / 50, everywhere (0 when unknown)
 
 `ckm-site/2` (issue 33) adds what the geometry alone says of the map (runtime.physics), computed
-at the package's cell size and carrier (its manifest records both):
+at the package's cell size and carrier (its manifest records both), and the buildings' heights:
 
 5. line of sight: the visibility of each cell from the base station over the building layout
-   (soft at shadow edges; 0 on buildings), when both are known, else 0
+   (soft at shadow edges; 0 on buildings), over the roofs when the heights are known (a station
+   above a roof sees past it), when the layout and the station are known, else 0
 6. direct-path AoA: the sine of the azimuth from each cell towards the base station, in the AoA
    channel's pixel encoding (codec: 0.65 + 0.35 sine, so in [0.3, 1]), when the BS is known, else 0
 7. free-space gain: the line-of-sight path's gain over the 3D distance to a receiver 1.5 m above
    each cell, in the gain channel's pixel encoding (codec: (dB + 250) / 200, clipped to [0, 1]),
    when the BS is known, else 0
+8. building heights: metres above ground / 50 on building cells, when known (0 elsewhere)
+9. heights known: 1 everywhere when channel 8 is given, else 0
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ class Encoding:
 
 
 SITE_V1 = Encoding("ckm-site/1", 5)
-SITE_V2 = Encoding("ckm-site/2", 8)
+SITE_V2 = Encoding("ckm-site/2", 10)
 ENCODINGS = {e.name: e for e in (SITE_V1, SITE_V2)}
 # ckm-site/1's names, kept for the code that knows only it
 CHANNELS = SITE_V1.channels
@@ -115,12 +118,13 @@ def bs_proximity(bs_rc: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def site_condition(building: np.ndarray | None, bs: np.ndarray | None, shape: tuple[int, int],
                    batch: int | None = None, *, encoding: Encoding = SITE_V1,
-                   visibility: np.ndarray | None = None) -> np.ndarray:
+                   visibility: np.ndarray | None = None, heights: np.ndarray | None = None) -> np.ndarray:
     """Condition channels for a batch. `building`: (B, H, W) or (H, W) bool, or None (unknown);
     `bs`: (B, 3) or (3,) row, col (cells), height (m), or None (unknown); rows of `bs` that hold
-    NaN are unknown too (mixed batches). `visibility` (B, H, W), ckm-site/2 only: the line of
-    sight computed beforehand (training computes it on the whole tile before cropping); by
-    default it is computed here from the layout."""
+    NaN are unknown too (mixed batches). ckm-site/2 only: `heights` (B, H, W) or (H, W) building
+    heights in metres (0 outdoors; maps holding NaN are unknown), used with the layout;
+    `visibility` (B, H, W): the line of sight computed beforehand (training computes it on the
+    whole tile before cropping), by default computed here from the layout (and heights)."""
     h, w = shape
     if building is not None:
         building = np.asarray(building, bool)
@@ -148,13 +152,31 @@ def site_condition(building: np.ndarray | None, bs: np.ndarray | None, shape: tu
             cond[known, 2] = bs_proximity(bs[known, :2], shape)
             cond[known, 3] = 1.0
             cond[known, 4] = (bs[known, 2] / HEIGHT_SCALE_M)[:, None, None]
-        if encoding.name == SITE_V2.name:
-            _physics_channels(cond, building, bs, known, encoding, visibility)
+    if encoding.name != SITE_V2.name:
+        return cond
+    rows_heights = [None] * b
+    if heights is not None and building is not None:
+        heights = np.asarray(heights, np.float64)
+        if heights.shape[-2:] != (h, w) or heights.ndim not in (2, 3) or len(heights.reshape(-1, h, w)) not in (1, b):
+            raise ConditionError(f"building heights have shape {heights.shape}, the maps are {(b, h, w)}")
+        heights = heights.reshape(-1, h, w)
+        for k in range(b):
+            hk = heights[k if len(heights) > 1 else 0]
+            if np.isnan(hk).all():
+                continue
+            if not np.isfinite(hk).all() or (hk < 0).any():
+                raise ConditionError("building heights must be finite and >= 0 (NaN maps for unknown)")
+            rows_heights[k] = hk
+            bk = building[k if len(building) > 1 else 0]
+            cond[k, 8] = np.where(bk, hk, 0.0) / HEIGHT_SCALE_M
+            cond[k, 9] = 1.0
+    if bs is not None:
+        _physics_channels(cond, building, bs, known, encoding, visibility, rows_heights)
     return cond
 
 
 def _physics_channels(cond: np.ndarray, building: np.ndarray | None, bs: np.ndarray, known: np.ndarray,
-                      encoding: Encoding, visibility: np.ndarray | None) -> None:
+                      encoding: Encoding, visibility: np.ndarray | None, heights: list) -> None:
     """Channels 5-7 of ckm-site/2, in place, for the rows whose base station is known."""
     h, w = cond.shape[-2:]
     if visibility is not None:
@@ -168,22 +190,35 @@ def _physics_channels(cond: np.ndarray, building: np.ndarray | None, bs: np.ndar
                 cond[k, 5] = visibility[k if len(visibility) > 1 else 0]
             else:
                 cond[k, 5] = physics.los_visibility(building[k if len(building) > 1 else 0], bs[k],
-                                                    cell_size_m=encoding.cell_size_m)
+                                                    heights=heights[k], cell_size_m=encoding.cell_size_m)
         cond[k, 6] = codec.AOA_OFFSET + codec.AOA_SCALE * physics.direct_aoa_sine(bs[k], (h, w))
         gain = physics.free_space_gain_db(bs[k], (h, w), cell_size_m=encoding.cell_size_m, carrier_hz=encoding.carrier_hz)
         cond[k, 7] = np.clip((gain - codec.GAIN_DB_MIN) / codec.GAIN_DB_SPAN, 0.0, 1.0)
 
 
-def dropout(cond: np.ndarray, rng: np.random.Generator, p_building: float, p_bs: float) -> np.ndarray:
+def dropout(cond: np.ndarray, rng: np.random.Generator, p_building: float, p_bs: float, p_heights: float = 0.0,
+            flat_visibility: np.ndarray | None = None) -> np.ndarray:
     """Condition dropout for training: each map forgets its building layout with probability
     p_building and its base station with probability p_bs, independently (so one network learns
-    the unconditional, building-only, BS-only and full settings)."""
+    the unconditional, building-only, BS-only and full settings). ckm-site/2: the physics channels
+    go with the station, the line of sight also with the layout, the heights with the layout or,
+    with probability p_heights, alone; a map that keeps its layout but forgets its heights then
+    sees the line of sight over the bare layout, `flat_visibility` (B, H, W), when given."""
     out = cond.copy()
     b = len(cond)
     no_building = rng.random(b) < p_building
     no_bs = rng.random(b) < p_bs
+    if cond.shape[1] == SITE_V1.channels:
+        out[no_building, 0:2] = 0.0
+        out[no_bs, 2:5] = 0.0
+        return out
+    no_heights = (rng.random(b) < p_heights) & (cond[:, 9, 0, 0] > 0)
+    if flat_visibility is not None:
+        flat = np.asarray(flat_visibility, np.float32).reshape(b, *cond.shape[-2:])
+        swap = no_heights & ~no_building & ~no_bs
+        out[swap, 5] = flat[swap]
+    out[no_heights | no_building, 8:10] = 0.0
     out[no_building, 0:2] = 0.0
-    out[no_bs, 2:] = 0.0  # ckm-site/2's physics channels all need the station
-    if cond.shape[1] > SITE_V1.channels:
-        out[no_building, 5] = 0.0  # line of sight needs the layout too
+    out[no_building, 5] = 0.0
+    out[no_bs, 2:8] = 0.0
     return out

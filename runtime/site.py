@@ -7,6 +7,7 @@ as an extra, exact observation:
 
     site = Site(building)              (H, W) or (B, H, W) bool, True = building
     site = Site(building, base_station=(row, col, height_m))   the BS too (may lie outside the tile)
+    site = Site(building, bs, building_height=heights)          and the buildings' heights (metres)
     x = site.project(x)                buildings -> 0; outdoor AoA clipped into [0.3, 1]
     cond = site.condition(shape, rows) the condition maps of a site-aware prior (runtime.condition)
 
@@ -45,6 +46,9 @@ class Site:
     # (3,) or (B, 3): row, col (cells, continuous, cell (i, j) spans [i, i+1) x [j, j+1)) and
     # height above ground (m) of the serving base station; None = unknown
     base_station: np.ndarray | None = None
+    # shaped like `building`: building heights above ground (m), finite and >= 0; None = unknown.
+    # A ckm-site/2 prior sees them (and the line of sight over the roofs); nothing else uses them.
+    building_height: np.ndarray | None = None
 
     def __post_init__(self):
         if self.building is None and self.base_station is None:
@@ -67,6 +71,16 @@ class Site:
                 raise SiteError(f"a base station's height must be in ({lo:g}, {hi:g}] m, got {bs[..., 2].tolist()}",
                                 "base_station")
             object.__setattr__(self, "base_station", bs)
+        if self.building_height is not None:
+            if self.building is None:
+                raise SiteError("a site's building heights need its building map", "building_height")
+            hgt = np.asarray(self.building_height, np.float64)
+            if hgt.shape != self.building.shape:
+                raise SiteError(f"a site's building heights must be shaped like its building map {self.building.shape}, "
+                                f"got {hgt.shape}", "building_height")
+            if not np.isfinite(hgt).all() or (hgt < 0).any():
+                raise SiteError("a site's building heights must be finite and >= 0 metres", "building_height")
+            object.__setattr__(self, "building_height", np.where(self.building, hgt, 0.0))
 
     @classmethod
     def from_pixels(cls, pixels: np.ndarray) -> Site:
@@ -118,4 +132,4 @@ class Site:
 
         self.check((rows,) + tuple(shape[-3:]))
         return site_condition(self.building, self.base_station, tuple(shape[-2:]), batch=rows,
-                              encoding=encoding or SITE_V1)
+                              encoding=encoding or SITE_V1, heights=self.building_height)

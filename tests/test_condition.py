@@ -80,8 +80,8 @@ def test_training_a_site_aware_prior_uses_the_tiles_own_site(tmp_path):
     objective = objectives.ScoreMatching(schedule)
     original = objective.condition
 
-    def spy(m, x0, tx, rng, visibility=None):
-        cond = original(m, x0, tx, rng, visibility)
+    def spy(m, x0, tx, rng, **site):
+        cond = original(m, x0, tx, rng, **site)
         seen.append((tx is not None, cond))
         return cond
 

@@ -210,6 +210,46 @@ def test_bad_base_stations_are_invalid_argument(site_server, tiny_site_package, 
     assert field in err.value.details()
 
 
+def test_grpc_building_heights_reach_a_ckm_site_2_prior(site_server, tiny_site_package):
+    """Heights as an outside client sends them (FLOAT32 metres): the model sees them and the line of
+    sight over the roofs; the construction matches the local one with the same Site; bad heights
+    are INVALID_ARGUMENT naming site.building_height."""
+    pkg, _, tiles, tx = tiny_site_package
+    truth, op, y, site = _task(tiles, tx, 1)
+    heights = np.where(site.building, 12.0, 0.0).astype(np.float32)
+    bs = api.pb.BaseStation(row=float(tx[1, 0]), col=float(tx[1, 1]), height_m=float(tx[1, 2]))
+    msg = api.pb.Site(building=api.from_numpy(site.building.astype(np.uint8)), base_station=bs,
+                      building_height=api.from_numpy(heights))
+    resp = site_server.Construct(_request("tiny-site", truth, op, y, msg))
+    with_heights = Site(site.building, tx[1], heights)
+    assert pkg.condition_encoding == condition.SITE_V2
+    cond = with_heights.condition((1, 2, 32, 32), 1, pkg.condition_encoding)
+    assert (cond[0, 9] == 1).all() and np.allclose(cond[0, 8], heights / 50.0)
+    from ckm_edge.runtime.sampler import config_from_params
+
+    sampler = config_from_params("diffpir", dict(resp.sampler_parameters))
+    with OrtEngine(pkg) as engine:
+        local = construct(engine, pkg.schedule(), op, y, truth.shape[1:],
+                          ConstructConfig(steps=6, samples=2, seed=4, sampler=sampler), sigma=0.01, site=with_heights)
+        flat = construct(engine, pkg.schedule(), op, y, truth.shape[1:],
+                         ConstructConfig(steps=6, samples=2, seed=4, sampler=sampler), sigma=0.01, site=site)
+    got = api.to_numpy(resp.map, "map", finite=False)
+    assert np.abs(got - local.mean).max() < 1e-4 and np.abs(got - flat.mean).max() > 1e-5
+    for tensor, text in ((api.from_numpy(-heights - 1), "finite and >= 0"),
+                         (api.from_numpy(heights[:8]), "shaped like its building map"),
+                         (api.from_numpy(site.building.astype(np.uint8)), "FLOAT32 or FLOAT64")):
+        bad = api.pb.Site(building=msg.building, base_station=bs, building_height=tensor)
+        with pytest.raises(grpc.RpcError) as err:
+            site_server.Construct(_request("tiny-site", truth, op, y, bad))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "site.building_height" in err.value.details() and text in err.value.details()
+    only_heights = api.pb.Site(base_station=bs, building_height=api.from_numpy(heights))
+    with pytest.raises(grpc.RpcError) as err:
+        site_server.Construct(_request("tiny-site", truth, op, y, only_heights))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "need its building map" in err.value.details()
+    assert api.site_from_proto(api.site_to_proto(with_heights), (2, 32, 32)).building_height.tolist() == heights.tolist()
+
+
 @pytest.mark.parametrize("encoding", [condition.SITE_V1, condition.SITE_V2], ids=lambda e: e.name)
 def test_int8_calibration_feeds_carry_the_condition(encoding):
     from ckm_edge.export import precision

@@ -105,6 +105,10 @@ def cmd_tile(args: argparse.Namespace) -> int:
             raise DatasetError(f"{args.source} split {args.split!r} has {len(split)} tile(s); --index {args.index} is not one")
         tx = split.transmitters()
         extra = {} if tx is None else {"tx": tx[args.index]}
+        if split.has_heights:
+            heights = split.heights(np.array([args.index]))[0]
+            if not np.isnan(heights).all():
+                extra["building_height"] = heights
         args.out.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(args.out, pixels=split[args.index], **extra)
         where = "" if tx is None else f", base station at {[round(float(v), 1) for v in tx[args.index]]}"

@@ -31,18 +31,20 @@ class ScoreMatching:
     # these probabilities so that one network also serves the unconditional setting.
     p_drop_building: float = 0.3
     p_drop_bs: float = 0.3
+    p_drop_heights: float = 0.5  # ckm-site/2: of the maps that keep their layout, those that forget its heights
 
     def condition(self, model, x0: torch.Tensor, tx: np.ndarray | None, rng: np.random.Generator,
-                  visibility: np.ndarray | None = None) -> torch.Tensor | None:
+                  **site: np.ndarray) -> torch.Tensor | None:
         if not getattr(model, "cond_channels", 0):
             return None
-        cond = tile_condition(model, x0, tx, visibility)
-        cond = condition.dropout(cond, rng, self.p_drop_building, self.p_drop_bs)
+        cond = tile_condition(model, x0, tx, **site)
+        cond = condition.dropout(cond, rng, self.p_drop_building, self.p_drop_bs, self.p_drop_heights,
+                                 flat_visibility=site.get("visibility"))
         return torch.from_numpy(cond).to(x0.device)
 
     def __call__(self, model, x0: torch.Tensor, rng: np.random.Generator, tx: np.ndarray | None = None,
-                 visibility: np.ndarray | None = None) -> torch.Tensor:
-        cond = self.condition(_unwrap(model), x0, tx, rng, visibility)
+                 **site: np.ndarray) -> torch.Tensor:
+        cond = self.condition(_unwrap(model), x0, tx, rng, **site)
         b = x0.shape[0]
         i = rng.integers(0, len(self.schedule), size=b)
         z = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32)).to(x0.device)
@@ -92,7 +94,7 @@ class EndToEnd:
     sigma: float = tasks.DEFAULT_SIGMA
 
     def __call__(self, model, x0: torch.Tensor, rng: np.random.Generator, tx: np.ndarray | None = None,
-                 visibility: np.ndarray | None = None) -> torch.Tensor:
+                 **site: np.ndarray) -> torch.Tensor:
         x_np = x0.detach().cpu().numpy()
         task = self.task_names[int(rng.integers(len(self.task_names)))]
         op = tasks.make_operator(task, rng, x_np)
@@ -100,15 +102,20 @@ class EndToEnd:
         inputs = torch.from_numpy(observation_inputs(op, y, x_np.shape, with_mask=True)).to(x0.device)
         if not getattr(_unwrap(model), "cond_channels", 0):
             return F.mse_loss(model(inputs), x0)
-        cond = tile_condition(_unwrap(model), x0, tx, visibility)
+        cond = tile_condition(_unwrap(model), x0, tx, **site)
         return F.mse_loss(model(inputs, torch.from_numpy(cond).to(x0.device)), x0)
 
 
-def tile_condition(model, x0: torch.Tensor, tx: np.ndarray | None, visibility: np.ndarray | None) -> np.ndarray:
+def tile_condition(model, x0: torch.Tensor, tx: np.ndarray | None, visibility: np.ndarray | None = None,
+                   visibility_heights: np.ndarray | None = None, heights: np.ndarray | None = None) -> np.ndarray:
     """The condition a site-aware `model` is told of training tiles: their own building cells and,
-    where the data records it, their transmitter, in the encoding of the model's channel count
-    (ckm-site/2's line of sight as computed on the whole tile when `visibility` is given)."""
+    where the data records them, their transmitter and building heights, in the encoding of the
+    model's channel count. ckm-site/2's line of sight is the whole tile's when given (trainer.site_maps:
+    over the roofs where the heights are known, else over the layout)."""
     pixels = x0.detach().float().cpu().numpy()
     encoding = condition.Encoding.for_channels(int(model.cond_channels))
+    if visibility is not None and visibility_heights is not None:
+        unknown = np.isnan(visibility_heights).all(axis=(-2, -1), keepdims=True)
+        visibility = np.where(unknown, visibility, visibility_heights)
     return condition.site_condition(codec.building_mask(pixels), tx, pixels.shape[-2:], len(pixels),
-                                    encoding=encoding, visibility=visibility)
+                                    encoding=encoding, visibility=visibility, heights=heights)

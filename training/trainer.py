@@ -70,10 +70,11 @@ class DataStream:
         self.order = self.rng.permutation(len(split))
         self.position = 0
         self._tx = None  # the split's transmitters, read on first use (False: it has none)
-        # ckm-site/2 priors see the line of sight over the whole tile, computed before the crop
-        # (runtime.condition: `visibility`); set by the trainer for such a model
+        # ckm-site/2 models see the line of sight over the whole tile, computed before the crop
+        # (runtime.condition: `visibility`), and the buildings' heights where the data records
+        # them; set by the trainer for such a model
         self.visibility = False
-        self._vis: dict[int, np.ndarray] = {}
+        self._site: dict[int, np.ndarray] = {}
 
     def state(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "order": self.order.tolist(), "position": self.position}
@@ -83,11 +84,12 @@ class DataStream:
         self.order = np.asarray(state["order"])
         self.position = state["position"]
 
-    def next(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def next(self) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
         """This rank's share of the next global batch, (B / world, 2, crop, crop), its
         transmitters (B / world, 3) moved with the crop and flips (None when the split has none)
-        and, when `visibility` is set, each tile's line of sight computed on the whole tile and
-        cropped and flipped with it (B / world, crop, crop; None otherwise)."""
+        and, when `visibility` is set, the site maps of each tile (`site_maps`), cropped and
+        flipped with it: {"visibility", "visibility_heights", "heights"}, each (B / world, crop,
+        crop) (None otherwise)."""
         b = self.cfg.batch_size
         if self.position + b > len(self.order):
             self.order, self.position = self.rng.permutation(len(self.split)), 0
@@ -98,17 +100,19 @@ class DataStream:
             known = self.split.transmitters()
             self._tx = False if known is None else known
         tx = None if self._tx is False else self._tx[idx]
-        vis = None
+        maps = None
         if self.visibility and tx is not None:
-            vis = np.stack([self._visibility(int(i), x[k], tx[k]) for k, i in enumerate(idx)])
-        x, tx, vis = augment(x, self.rng, self.cfg.crop, self.cfg.flips, tx, vis)
+            maps = np.stack([self._site_maps(int(i), x[k], tx[k]) for k, i in enumerate(idx)])
+        x, tx, maps = augment(x, self.rng, self.cfg.crop, self.cfg.flips, tx, maps)
         part = slice(self.rank, None, self.world)
-        return x[part], None if tx is None else tx[part], None if vis is None else vis[part]
+        extra = None if maps is None else dict(zip(SITE_MAPS, np.moveaxis(maps[part], 1, 0)))
+        return x[part], None if tx is None else tx[part], extra
 
-    def _visibility(self, index: int, tile: np.ndarray, tx: np.ndarray) -> np.ndarray:
-        if index not in self._vis:
-            self._vis[index] = tile_visibility(tile, tx)
-        return self._vis[index]
+    def _site_maps(self, index: int, tile: np.ndarray, tx: np.ndarray) -> np.ndarray:
+        if index not in self._site:
+            heights = self.split.heights(np.array([index]))[0] if getattr(self.split, "has_heights", False) else None
+            self._site[index] = site_maps(tile, tx, heights)
+        return self._site[index]
 
 
 def wants_visibility(model: nn.Module) -> bool:
@@ -118,26 +122,41 @@ def wants_visibility(model: nn.Module) -> bool:
     return int(getattr(model, "cond_channels", 0) or 0) == SITE_V2.channels
 
 
-def tile_visibility(tile: np.ndarray, tx: np.ndarray) -> np.ndarray:
-    """A whole tile's line of sight from its transmitter over its building cells (runtime.physics),
-    zeros when the transmitter is unknown (NaN)."""
+SITE_MAPS = ("visibility", "visibility_heights", "heights")
+
+
+def site_maps(tile: np.ndarray, tx: np.ndarray, heights: np.ndarray | None = None) -> np.ndarray:
+    """(3, H, W) what a ckm-site/2 model is told of a whole tile beyond its layout (SITE_MAPS): the
+    line of sight from its transmitter over the layout, over the roofs, and the buildings' heights
+    (runtime.physics); the last two NaN where the heights are unknown, the first zeros where the
+    transmitter is."""
     from ckm_edge.runtime import physics
 
+    shape = tile.shape[-2:]
+    out = np.full((3,) + shape, np.nan, np.float32)
+    building = codec.building_mask(tile)
+    known = heights is not None and not np.isnan(heights).all()
+    if known:
+        out[2] = np.where(building, heights, 0.0)
     if not np.isfinite(tx).all():
-        return np.zeros(tile.shape[-2:], np.float32)
-    return physics.los_visibility(codec.building_mask(tile), tx)
+        out[0] = 0.0
+        return out
+    out[0] = physics.los_visibility(building, tx)
+    if known:
+        out[1] = physics.los_visibility(building, tx, heights=out[2])
+    return out
 
 
 def augment(x: np.ndarray, rng: np.random.Generator, crop: int | None, flips: bool,
             tx: np.ndarray | None = None, maps: np.ndarray | None = None,
             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Random crop and mirrors (training.augment: a left-right mirror keeps the AoA sine, an
-    up-down mirror negates it), with the transmitters moved to match and `maps` (B, H, W) of
+    up-down mirror negates it), with the transmitters moved to match and `maps` (B, ..., H, W) of
     per-cell scalars (e.g. line of sight) cropped and mirrored with the cells."""
     b, _, h, w = x.shape
     out = np.empty((b, 2, crop or h, crop or w), np.float32)
     tx_out = None if tx is None else np.array(tx, np.float32, copy=True)
-    maps_out = None if maps is None else np.empty((b, crop or h, crop or w), np.float32)
+    maps_out = None if maps is None else np.empty(maps.shape[:-2] + (crop or h, crop or w), np.float32)
     for k in range(b):
         tile = x[k]
         t = None if tx_out is None else tx_out[k]
@@ -146,7 +165,7 @@ def augment(x: np.ndarray, rng: np.random.Generator, crop: int | None, flips: bo
             r, c = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
             tile = tile[:, r : r + crop, c : c + crop]
             if m is not None:
-                m = m[r : r + crop, c : c + crop]
+                m = m[..., r : r + crop, c : c + crop]
             if t is not None:
                 t[:2] -= (r, c)
         flip_cols = flips and rng.random() < 0.5
@@ -158,7 +177,7 @@ def augment(x: np.ndarray, rng: np.random.Generator, crop: int | None, flips: bo
         if t is not None:
             tx_out[k] = t
         if m is not None:
-            maps_out[k] = m[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+            maps_out[k] = m[..., ::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
     return out, tx_out, maps_out
 
 
@@ -272,11 +291,11 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def _train_step(self) -> float:
-        x, tx, vis = self.data.next()
+        x, tx, extra = self.data.next()
         x = torch.from_numpy(x).to(self.device)
         self.net.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = self.objective(self.net, x, self.obj_rng, tx, **({} if vis is None else {"visibility": vis}))
+            loss = self.objective(self.net, x, self.obj_rng, tx, **(extra or {}))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; stopping before the checkpoint is spoiled")
         self.opt.zero_grad(set_to_none=True)
@@ -303,11 +322,12 @@ class Trainer:
             tx = None if tx_all is None else tx_all[idx]
             extra = {}
             if self.data.visibility and tx is not None:
-                extra["visibility"] = np.stack([tile_visibility(tile, t) for tile, t in zip(x, tx)])
+                heights = self.eval.heights(idx) if getattr(self.eval, "has_heights", False) else [None] * len(x)
+                maps = np.stack([site_maps(tile, t, hk) for tile, t, hk in zip(x, tx, heights)])
+                extra = dict(zip(SITE_MAPS, np.moveaxis(maps, 1, 0)))
             if self.cfg.crop:  # the top-left crop: transmitters keep their coordinates
                 x = x[:, :, : self.cfg.crop, : self.cfg.crop]
-                if extra:
-                    extra["visibility"] = extra["visibility"][:, : self.cfg.crop, : self.cfg.crop]
+                extra = {k: v[:, : self.cfg.crop, : self.cfg.crop] for k, v in extra.items()}
             losses.append(float(self.objective(self.ema.model, torch.from_numpy(x).to(self.device), rng, tx, **extra)))
         return float(np.mean(losses))
 

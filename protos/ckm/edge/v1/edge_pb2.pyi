@@ -119,12 +119,14 @@ class NamedOperator(_message.Message):
     def __init__(self, name: _Optional[str] = ..., numbers: _Optional[_Mapping[str, float]] = ..., maps: _Optional[_Mapping[str, Tensor]] = ..., operators: _Optional[_Iterable[_Union[Operator, _Mapping]]] = ...) -> None: ...
 
 class Site(_message.Message):
-    __slots__ = ("building", "base_station")
+    __slots__ = ("building", "base_station", "building_height")
     BUILDING_FIELD_NUMBER: _ClassVar[int]
     BASE_STATION_FIELD_NUMBER: _ClassVar[int]
+    BUILDING_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     building: Tensor
     base_station: BaseStation
-    def __init__(self, building: _Optional[_Union[Tensor, _Mapping]] = ..., base_station: _Optional[_Union[BaseStation, _Mapping]] = ...) -> None: ...
+    building_height: Tensor
+    def __init__(self, building: _Optional[_Union[Tensor, _Mapping]] = ..., base_station: _Optional[_Union[BaseStation, _Mapping]] = ..., building_height: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class BaseStation(_message.Message):
     __slots__ = ("row", "col", "height_m")
