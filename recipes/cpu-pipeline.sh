@@ -166,7 +166,7 @@ procedural() {
     fi
 }
 
-mixture() { echo "$PROC $SNAP:30 $REPO/datasets/sionna-rt-small:30"; }  # ~58 % ray-traced samples
+mixture() { echo "$PROC $SNAP:3 $REPO/datasets/sionna-rt-small:30"; }  # ~67 % ray-traced samples with the 624-tile cities snapshot
 
 args_for() {  # job -> ckm-train arguments (the data, run directory and schedule come from train)
     case $1 in

@@ -37,8 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ckm_edge.runtime import codec
-
-SPEED_OF_LIGHT = 299_792_458.0
+from ckm_edge.runtime.physics import SPEED_OF_LIGHT
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ class DataStream:
         # ckm-site/2 models see the line of sight over the whole tile, computed before the crop
         # (runtime.condition: `visibility`), and the buildings' heights where the data records
         # them; set by the trainer for such a model
-        self.visibility = False
+        self.site_maps = False
         self._site: dict[int, np.ndarray] = {}
 
     def state(self) -> dict:
@@ -87,7 +87,7 @@ class DataStream:
     def next(self) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
         """This rank's share of the next global batch, (B / world, 2, crop, crop), its
         transmitters (B / world, 3) moved with the crop and flips (None when the split has none)
-        and, when `visibility` is set, the site maps of each tile (`site_maps`), cropped and
+        and, when `site_maps` is set, the site maps of each tile (`site_maps`), cropped and
         flipped with it: {"visibility", "visibility_heights", "heights"}, each (B / world, crop,
         crop) (None otherwise)."""
         b = self.cfg.batch_size
@@ -101,7 +101,7 @@ class DataStream:
             self._tx = False if known is None else known
         tx = None if self._tx is False else self._tx[idx]
         maps = None
-        if self.visibility and tx is not None:
+        if self.site_maps and tx is not None:
             maps = np.stack([self._site_maps(int(i), x[k], tx[k]) for k, i in enumerate(idx)])
         x, tx, maps = augment(x, self.rng, self.cfg.crop, self.cfg.flips, tx, maps)
         part = slice(self.rank, None, self.world)
@@ -115,7 +115,7 @@ class DataStream:
         return self._site[index]
 
 
-def wants_visibility(model: nn.Module) -> bool:
+def wants_site_maps(model: nn.Module) -> bool:
     """Whether `model` takes ckm-site/2's condition, whose line of sight is computed per whole tile."""
     from ckm_edge.runtime.condition import SITE_V2
 
@@ -239,7 +239,7 @@ class Trainer:
         warm = max(self.cfg.warmup, 1)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
         self.data = DataStream(self.train, self.cfg, self.rank, self.world)
-        self.data.visibility = wants_visibility(self.model)
+        self.data.site_maps = wants_site_maps(self.model)
         self.obj_rng = np.random.default_rng([self.cfg.seed, 0x0B7, self.rank])
         self.step = 0
         self.path = self.out / "checkpoint.pt"
@@ -321,7 +321,7 @@ class Trainer:
             x = self.eval.take(idx)
             tx = None if tx_all is None else tx_all[idx]
             extra = {}
-            if self.data.visibility and tx is not None:
+            if self.data.site_maps and tx is not None:
                 heights = self.eval.heights(idx) if getattr(self.eval, "has_heights", False) else [None] * len(x)
                 maps = np.stack([site_maps(tile, t, hk) for tile, t, hk in zip(x, tx, heights)])
                 extra = dict(zip(SITE_MAPS, np.moveaxis(maps, 1, 0)))
