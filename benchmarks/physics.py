@@ -49,7 +49,9 @@ def run(data: Path, splits: tuple[str, ...] = ("train", "eval"), repeats: int = 
             building = codec.building_mask(px)
             shape = building.shape
             maps = codec.decode(px)
-            vis = physics.los_visibility(building, bs, cell_size_m=cell)
+            heights = sp.heights(np.array([k]))[0] if sp.has_heights else None
+            heights = None if heights is None or np.isnan(heights).all() else heights
+            vis = physics.los_visibility(building, bs, heights=heights, cell_size_m=cell)
             sine = physics.direct_aoa_sine(bs, shape)
             free = physics.free_space_gain_db(bs, shape, cell_size_m=cell, carrier_hz=carrier)
             reached = ~building & (maps.gain_db > codec.PATH_GAIN_DB_MIN)
@@ -58,12 +60,15 @@ def run(data: Path, splits: tuple[str, ...] = ("train", "eval"), repeats: int = 
                 "split": split,
                 "index": k,
                 "bs_in_tile": bool(0 <= bs[0] < shape[0] and 0 <= bs[1] < shape[1]),
+                "heights": heights is not None,
                 "ms": {
-                    "line_of_sight": _timed(repeats, physics.los_visibility, building, bs, cell_size_m=cell),
+                    "line_of_sight": _timed(repeats, physics.los_visibility, building, bs, heights=heights,
+                                            cell_size_m=cell),
                     "direct_aoa": _timed(repeats, physics.direct_aoa_sine, bs, shape),
                     "free_space": _timed(repeats, physics.free_space_gain_db, bs, shape, cell_size_m=cell,
                                          carrier_hz=carrier),
-                    "condition": _timed(repeats, condition.site_condition, building, bs, shape, encoding=encoding),
+                    "condition": _timed(repeats, condition.site_condition, building, bs, shape, encoding=encoding,
+                                        heights=heights),
                 },
                 "los_cells": int(los.sum()),
                 "outdoor_cells": int((~building).sum()),
@@ -119,7 +124,7 @@ def markdown(results: dict) -> str:
         "|---|---:|---:|---:|",
     ]
     names = {"line_of_sight": "line of sight", "direct_aoa": "direct-path AoA sine", "free_space": "free-space gain",
-             "condition": "the whole ckm-site/2 condition (8 channels)"}
+             "condition": f"the whole ckm-site/2 condition ({condition.SITE_V2.channels} channels)"}
     for key, label in names.items():
         lines.append(f"| {label} | {t[key]['median']:.2f} | {t[key]['p95']:.2f} | {t[key]['max']:.2f} |")
     lines += ["", verdict, "",
@@ -132,7 +137,9 @@ def markdown(results: dict) -> str:
             f"{s['gain_minus_free_space_los_db']:+.1f} ({s['gain_rms_vs_free_space_los_db']:.1f})"
         hidden = "-" if s["gain_minus_free_space_hidden_db"] is None else f"{s['gain_minus_free_space_hidden_db']:+.1f}"
         lines.append(f"| {name} | {s['tiles']} | {100 * s['los_fraction']:.1f} % | {aoa} | {gain} | {hidden} |")
-    lines += ["", "Line of sight is over the 2D layout (the tiles record no building heights); beyond the tile "
-              "nothing is known and a ray is taken to be clear, which is why tiles whose station stands outside "
-              "agree less."]
+    with_heights = sum(t["heights"] for t in results["per_tile"])
+    over = (f"over the roofs on the {with_heights} tiles that record building heights, over the 2D layout on the rest"
+            if with_heights else "over the 2D layout (the tiles record no building heights)")
+    lines += ["", f"Line of sight is {over}; beyond the tile nothing is known and a ray is taken to be clear, which "
+              "is why tiles whose station stands outside agree less."]
     return "\n".join(lines)
