@@ -8,8 +8,8 @@
 #           tiles of CITIES generated cities plus munich and etoile, TILES_PER_SCENE each (shard i/2;
 #           round-robin over scenes, so a build stopped part way covers every city) -> the held-out
 #           eval split (shard i/2) -> the training and all-tiles snapshots once both shards are done
-#   STAGE=train adds issue 16's stages on that data: the site-aware prior, the six end-to-end
-#           baselines (one queue, a lock each) and, with RELEASE set, the release steps.
+#   STAGE=train adds issue 16's stages on that data: the site-aware prior (ckm-site/2), the ten
+#           end-to-end baselines (one queue, a lock each) and, with RELEASE set, the release steps.
 #
 # The cities build: tile TILES_PER_SCENE-1 of every scene is held back for validation
 # (datasets/recipes/rt-cities-validation.txt; never trained on) and left out of the training
@@ -39,7 +39,9 @@ CITY_DIR=${CITY_DIR:-${CACHE:-/root/ckm-cache}/cities}
 PRIOR_STEPS=${PRIOR_STEPS:-30000}
 BASELINE_STEPS=${BASELINE_STEPS:-6000}
 BIN=$(realpath "${BIN:-.venv/bin}")
-BASELINES=${BASELINES:-multi multi-site ipbox iprandom sr2 jtqr}
+# the end-to-end baselines: single- and multi-configuration, each also site-aware (issue 33: a
+# single-configuration site-aware model per task, with the same ckm-site/2 condition as the prior)
+BASELINES=${BASELINES:-multi multi-site ipbox iprandom sr2 jtqr ipbox-site iprandom-site sr2-site jtqr-site}
 RELEASE=${RELEASE-}  # 1.0.0 shipped (models/repository/ckm-prior/1.0.0); a released version is never rebuilt
 REPO=$PWD
 RT_TRAIN=$CACHE/rt-cities
@@ -171,7 +173,7 @@ mixture() { echo "$PROC $SNAP:3 $REPO/datasets/sionna-rt-small:30"; }  # ~67 % r
 args_for() {  # job -> ckm-train arguments (the data, run directory and schedule come from train)
     case $1 in
         prior) echo "prior --preset small --site-aware --lr 2e-4 --warmup 200" ;;
-        baseline-multi-site) echo "baseline --preset small --task multi --site-aware --lr 5e-4 --warmup 50" ;;
+        baseline-*-site) local task=${1#baseline-}; echo "baseline --preset small --task ${task%-site} --site-aware --lr 5e-4 --warmup 50" ;;
         baseline-*) echo "baseline --preset small --task ${1#baseline-} --lr 5e-4 --warmup 50" ;;
         *) return 1 ;;
     esac

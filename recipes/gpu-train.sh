@@ -11,7 +11,7 @@
 #
 # Run from the repository root on the device machine (the device tool: carry [".carry"]):
 #   MINUTES=7 bash recipes/gpu-train.sh
-# Environment: MINUTES (training wall time, default 7), JOBS (default: the prior and six baselines),
+# Environment: MINUTES (training wall time, default 7), JOBS (default: the prior and ten baselines),
 # TILES_PER_REGION / REGIONS (procedural data: default 128 x 9), RT_REPEAT (how often each ray-traced
 # tile is seen per epoch: default 30), OUT (where results go).
 # Resume: a run directory carried back in .carry/runs/<job> (checkpoint.pt) continues exactly;
@@ -27,7 +27,7 @@ OUT=${OUT:-/tmp/ckm-out}
 REGIONS=${REGIONS:-9}
 RT_REPEAT=${RT_REPEAT:-30}  # with 9 x 128 procedural tiles: about 58 % ray-traced samples, as the CPU run's stage 3
 TILES_PER_REGION=${TILES_PER_REGION:-128}
-JOBS=${JOBS:-prior baseline-ipbox baseline-iprandom baseline-sr2 baseline-jtqr baseline-multi baseline-multi-site}
+JOBS=${JOBS:-prior baseline-ipbox baseline-iprandom baseline-sr2 baseline-jtqr baseline-multi baseline-multi-site baseline-ipbox-site baseline-iprandom-site baseline-sr2-site baseline-jtqr-site}
 # the network-size curve (ckm-bench netsize LABEL=CHECKPOINT): curve-tiny curve-small curve-medium,
 # each site-aware and from scratch, so that only the size differs
 WORK=/tmp/ckm-work
@@ -58,7 +58,7 @@ args_for() {
     case $1 in
         prior) echo "prior --preset small --site-aware" ;;
         curve-*) echo "prior --preset ${1#curve-} --site-aware" ;;
-        baseline-multi-site) echo "baseline --preset small --task multi --site-aware" ;;
+        baseline-*-site) local task=${1#baseline-}; echo "baseline --preset small --task ${task%-site} --site-aware" ;;
         baseline-*) echo "baseline --preset small --task ${1#baseline-}" ;;
         *) return 1 ;;
     esac
