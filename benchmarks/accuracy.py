@@ -72,6 +72,12 @@ class HeldOut:
     tiles: np.ndarray  # (N, 2, H, W)
     transmitters: np.ndarray | None  # (N, 3) row, col (cells), height (m); None when not recorded
     description: str
+    heights: np.ndarray | None = None  # (N, H, W) building heights (m), NaN maps where not recorded
+
+    def site(self, i: int, layout: np.ndarray):
+        """What a base station knows of tile i's site: `layout`, and its station and building
+        heights where the data records them (runtime.site.Site, one map)."""
+        return solvers.site_of(layout, self.transmitters, self.heights, i)
 
 
 def load_held_out(source: str, count: int, seed: int = 0) -> HeldOut:
@@ -91,8 +97,9 @@ def load_held_out(source: str, count: int, seed: int = 0) -> HeldOut:
     split = ds.split("eval")
     n = min(count, len(split))
     tx = split.transmitters()
+    heights = split.heights(np.arange(n)) if split.has_heights else None
     return HeldOut(split.take(np.arange(n)), None if tx is None else tx[:n],
-                   f"{ds.manifest['source']} `{source}` eval split ({', '.join(split.regions)})")
+                   f"{ds.manifest['source']} `{source}` eval split ({', '.join(split.regions)})", heights)
 
 
 def load_tiles(source: str, count: int, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -110,10 +117,9 @@ class Baseline:
     site_aware: bool
     encoding: object = None  # runtime.condition.Encoding of a site-aware one
 
-    def condition(self, layout: np.ndarray, bs: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
-        """The (1, channels, H, W) condition of one site in this model's encoding."""
-        return condition.site_condition(layout[None], None if bs is None else bs[None], shape, batch=1,
-                                        encoding=self.encoding)
+    def condition(self, site, shape: tuple[int, int]) -> np.ndarray:
+        """The (1, channels, H, W) condition of one site (runtime.site.Site) in this model's encoding."""
+        return site.condition((1, 2) + tuple(shape), 1, self.encoding)
 
     def __call__(self, inputs: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
         import torch
@@ -210,13 +216,12 @@ def _one_map(engine, pkg, manifest: dict, nets: dict, cfg: AccuracyConfig, shape
     from ckm_edge.training.objectives import observation_inputs
 
     x = held.tiles[i]
-    bs = None if held.transmitters is None else held.transmitters[i]
     inputs = observation_inputs(op, y, (1,) + shape, with_mask=True)
     out: dict = {"rows": {}, "used": {}}
     for setting in SETTINGS:
         rows = out["rows"][setting] = {}
         layout = building if setting == "site" else None
-        site = None if layout is None else Site(layout[None], None if bs is None else bs[None])
+        site = None if layout is None else held.site(i, layout)
         sampler, steps, samples = resolve(manifest, op, site=site is not None)
         name = spec_for(sampler).name
         nfe = sum(spec_for(sampler).evaluations(sampler, steps).values())
@@ -232,7 +237,7 @@ def _one_map(engine, pkg, manifest: dict, nets: dict, cfg: AccuracyConfig, shape
         for kind in ("single", "multi"):
             net = nets.get((setting, kind, task))
             if net is not None:
-                pred = net(inputs, None if site is None else net.condition(layout, bs, shape[1:]))[0]
+                pred = net(inputs, None if site is None else net.condition(site, shape[1:]))[0]
                 if site is not None:
                     pred = Site(layout[None]).project(pred[None])[0]
                 # the construction's own finish (no-path cells the observation proves), for a fair comparison

@@ -286,7 +286,7 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
             val = tune.validation_tiles(args.data, args.tiles, exclude=args.exclude, seed=args.seed)
         except ValueError as e:
             raise SystemExit(f"ckm-bench accuracy: {e}") from None
-        held, which = accuracy.HeldOut(val.tiles, val.transmitters, val.description), "validation tiles"
+        held, which = accuracy.HeldOut(val.tiles, val.transmitters, val.description, val.heights), "validation tiles"
     else:
         held, which = accuracy.load_held_out(args.data, args.tiles, seed=args.seed), "region-held-out tiles"
     pkg = load_package(args.package)

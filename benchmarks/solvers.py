@@ -46,6 +46,16 @@ class SolverBenchConfig:
     seed: int = 0
 
 
+def site_of(layout: np.ndarray, transmitters: np.ndarray | None, heights: np.ndarray | None, i: int):
+    """What a base station knows of tile i's site (runtime.site.Site, one map): `layout`, and its
+    station and building heights where the data records them (left unknown where not)."""
+    from ckm_edge.runtime.site import Site
+
+    bs = None if transmitters is None else transmitters[i][None]
+    h = None if heights is None or np.isnan(heights[i]).all() else heights[i][None]
+    return Site(layout[None], bs, h)
+
+
 def metrics(pred: np.ndarray, truth: np.ndarray, unobserved: np.ndarray) -> dict:
     """The four RMSEs of one map (2, H, W) against the truth; unobserved (2, H, W) bool."""
     p, t = np.clip(pred, 0.0, 1.0)[None], truth[None]

@@ -94,6 +94,7 @@ class Validation:
     transmitters: np.ndarray | None  # (N, 3) or None
     description: str
     keys: list = field(default_factory=list)  # (region, index) per tile, where known
+    heights: np.ndarray | None = None  # (N, H, W) building heights (m), NaN maps where not recorded
 
 
 def tile_keys(data) -> list[tuple[str, int]]:
@@ -145,7 +146,8 @@ def validation_tiles(source: str, count: int, exclude: list[str] | tuple[str, ..
     regions = sorted({k[0] for k in picked})
     return Validation(tr.take(np.array(rows)), None if tx is None else tx[rows],
                       f"{len(rows)} tiles of `{source}` ({', '.join(regions)}) not in "
-                      + (", ".join(f"`{e}`" for e in exclude) if exclude else "any excluded dataset"), picked)
+                      + (", ".join(f"`{e}`" for e in exclude) if exclude else "any excluded dataset"), picked,
+                      tr.heights(np.array(rows)) if tr.has_heights else None)
 
 
 def kinds_of(task_names) -> dict[str, list[str]]:
@@ -262,7 +264,6 @@ def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=prin
     from ckm_edge.runtime.package import load_package
     from ckm_edge.runtime.recommend import recommend
     from ckm_edge.runtime.sampler import config_from_params
-    from ckm_edge.runtime.site import Site
 
     pkg = load_package(package_dir)
     tiles = val.tiles
@@ -271,8 +272,7 @@ def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=prin
     shape = (2, pkg.tile_size, pkg.tile_size)
     probs = solvers.problems(tiles, cfg.tasks, cfg.sigma, cfg.seed)
     # what a site request carries per tile: the layout and, where recorded, the base station
-    sites = {i: Site(codec.building_mask(x)[None], None if val.transmitters is None else val.transmitters[i][None])
-             for i, x in enumerate(tiles)}
+    sites = {i: solvers.site_of(codec.building_mask(x), val.transmitters, val.heights, i) for i, x in enumerate(tiles)}
     base = {}  # the smooth fill's RMSEs: the yardstick of every point
     for setting in cfg.settings:
         for (task, i), (op, y, unobs, building) in probs.items():

@@ -191,3 +191,21 @@ def test_sweep_rows_and_best_zeta(tiny_package):
     # zeta = 0 is the unconditional prior: it must not match the observation better than guidance.
     unguided, guided = rows[0]["gain_db"], rows[1]["gain_db"]
     assert guided <= unguided + 1e-6
+
+
+def test_held_out_sites_carry_the_recorded_heights():
+    """The site setting gives every method what the data records of the site: the layout, the station
+    and the building heights (where known); a site-aware baseline is told them in its own encoding."""
+    tiles = np.zeros((2, 2, 16, 16), np.float32)
+    tiles[:, 0] = 0.5
+    tiles[:, 1] = 0.65
+    tiles[:, :, 4:8, 4:8] = 0.0  # a building
+    layout = tiles[0, 0] == 0
+    heights = np.stack([np.where(layout, 20.0, 0.0), np.full((16, 16), np.nan)])
+    held = accuracy.HeldOut(tiles, np.array([[2.5, 2.5, 25.0], [2.5, 2.5, 25.0]]), "two tiles", heights)
+    with_h, without = held.site(0, layout), held.site(1, layout)
+    assert with_h.building_height is not None and without.building_height is None
+    net = accuracy.Baseline(None, ("ipbox",), True, condition.SITE_V2)
+    cond = net.condition(with_h, (16, 16))
+    assert cond.shape == (1, 10, 16, 16) and (cond[0, 9] == 1).all() and cond[0, 8].max() == 20.0 / 50.0
+    assert (net.condition(without, (16, 16))[0, 8:] == 0).all()
