@@ -382,6 +382,6 @@ def test_recipes_are_valid_shell_and_name_real_commands():
             known = {o for a in choices[sub]._actions for o in a.option_strings}
             assert {a for a in argv if a.startswith("--")} <= known, f"{recipe}: {tool} {sub}: unknown option"
         for job in re.findall(r'echo "((?:prior|baseline) [^"]*)"', text):
-            argv = job.replace("${1#curve-}", "small").replace("${1#baseline-}", "ipbox").split()
+            argv = job.replace("${1#curve-}", "small").replace("${1#baseline-}", "ipbox").replace("${task%-site}", "ipbox").split()
             args = parsers["ckm_edge.training.cli"].parse_args(argv + ["--data", "d", "--out", "o"])
             assert args.command in ("prior", "baseline"), job
