@@ -1,7 +1,7 @@
 """Site condition maps: what a base station knows of its site, as input channels of the prior.
 
     cond = site_condition(building, bs, (128, 128))                  # ckm-site/1: (B, 5, H, W)
-    cond = site_condition(building, bs, (128, 128), encoding=SITE_V2)  # ckm-site/2: (B, 8, H, W)
+    cond = site_condition(building, bs, (128, 128), encoding=SITE_V2)  # ckm-site/2: (B, 10, H, W)
 
 A site-aware prior (issue 16) takes these channels next to the noisy map; the same network serves
 the paper's unconditional setting when they are all zero (it is trained with condition dropout).
