@@ -32,9 +32,6 @@ from ckm_edge.runtime.recommend import resolve
 from ckm_edge.runtime.sampler import SAMPLERS, SamplerError
 from ckm_edge.runtime.site import Site
 
-TASK_ALIASES = {"ipbox": "ipbox", "iprandom": "iprandom", "sr": "sr2", "sr2": "sr2", "jtqr": "jtqr",
-                "trajectory": "trajectory"}
-
 
 def _load_npz(path: Path, key: str) -> np.lib.npyio.NpzFile:
     try:
@@ -96,9 +93,9 @@ def _observation(args, tile_size: int):
         truth = codec.check_pixels(truth_file["pixels"], name=f"{args.truth}:pixels")
         if truth.shape != (2, tile_size, tile_size):
             raise ValueError(f"{args.truth}:pixels has shape {truth.shape}, the package expects (2, {tile_size}, {tile_size})")
-        task = TASK_ALIASES.get(args.task.lower()) if args.task else None
+        task = tasks.ALIASES.get(args.task.lower()) if args.task else None
         if task is None:
-            raise ValueError(f"--task must be one of {sorted(TASK_ALIASES)} with --truth, got {args.task!r}")
+            raise ValueError(f"--task must be one of {sorted(tasks.ALIASES)} with --truth, got {args.task!r}")
         rng = np.random.default_rng([args.seed, 0x0B5])
         op = tasks.make_operator(task, rng, truth[None])
         y = tasks.observe(op, truth[None], rng, args.sigma)[0]

@@ -32,7 +32,7 @@ def test_construct_from_a_truth_tile(tiny_package, tmp_path):
 
 def test_construct_from_an_observation_file(tiny_package, tmp_path):
     x = np.full((1, 2, 32, 32), 0.6, np.float32)
-    op = operators.Compose((operators.Mask(operators.box_mask(np.random.default_rng(0), (32, 32), (4, 8))), operators.jtqr()))
+    op = operators.Compose((operators.Mask(tasks.box_mask(np.random.default_rng(0), (32, 32), (4, 8))), operators.jtqr()))
     y = tasks.observe(op, x, np.random.default_rng(1))[0]
     np.savez(tmp_path / "obs.npz", y=y, operator=json.dumps(op.to_spec()))
     out = _run("ckm-edge", "construct", "--package", tiny_package.root, "--observation", tmp_path / "obs.npz",

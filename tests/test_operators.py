@@ -15,11 +15,11 @@ def _x(rng, low=0.35, high=0.95):
 
 def _smooth_cases():
     rng = np.random.default_rng(1)
-    masks = np.stack([operators.box_mask(rng, (16, 16), (3, 8)) for _ in range(2)])
+    masks = np.stack([tasks.box_mask(rng, (16, 16), (3, 8)) for _ in range(2)])
     return {
         "identity": operators.Identity(),
         "mask": operators.Mask(masks),
-        "shared-mask": operators.Mask(operators.random_mask(rng, (16, 16), (0.2, 0.3))),
+        "shared-mask": operators.Mask(tasks.random_mask(rng, (16, 16), (0.2, 0.3))),
         "downsample2": operators.Downsample(2),
         "downsample4": operators.Downsample(4),
         "truncate": operators.Truncate(0.2, 0.7),
@@ -120,7 +120,7 @@ def test_a_gain_saturated_below_the_weakest_real_path_is_no_path():
 
 def test_specs_round_trip_and_errors_name_the_problem():
     rng = np.random.default_rng(6)
-    op = operators.Compose((operators.Mask(operators.box_mask(rng, (8, 8), (2, 4))), operators.jtqr()))
+    op = operators.Compose((operators.Mask(tasks.box_mask(rng, (8, 8), (2, 4))), operators.jtqr()))
     again = operators.from_spec(op.to_spec())
     x = rng.uniform(0.3, 1.0, (1, 2, 8, 8))
     np.testing.assert_array_equal(again.forward(x), op.forward(x))
@@ -143,10 +143,10 @@ def test_specs_round_trip_and_errors_name_the_problem():
 def test_mask_generators_follow_the_paper_ranges():
     rng = np.random.default_rng(7)
     for _ in range(50):
-        m = operators.box_mask(rng, (128, 128))
+        m = tasks.box_mask(rng, (128, 128))
         rows, cols = np.where(~m)
         assert 5 <= np.ptp(rows) + 1 <= 50 and 5 <= np.ptp(cols) + 1 <= 50
-        r = operators.random_mask(rng, (128, 128))
+        r = tasks.random_mask(rng, (128, 128))
         assert 0.0015 - 1e-4 <= (~r).mean() <= 0.1526 + 1e-4
 
 
@@ -191,7 +191,7 @@ def _lbfgs(op, z, y, lam, linear=True):
 
 def _linear_cases():
     rng = np.random.default_rng(11)
-    masks = np.stack([operators.box_mask(rng, (8, 8), (2, 5)) for _ in range(2)])
+    masks = np.stack([tasks.box_mask(rng, (8, 8), (2, 5)) for _ in range(2)])
     return {
         "identity": operators.Identity(),
         "mask": operators.Mask(masks),

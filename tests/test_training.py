@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ckm_edge.runtime import codec, operators
+from ckm_edge.runtime import codec, operators, tasks
 from ckm_edge.runtime.schedule import Schedule
 from ckm_edge.training import objectives, procedural
 from ckm_edge.training.dataset import Dataset, DatasetWriter
@@ -184,7 +184,7 @@ def test_reference_dps_pulls_observed_cells_to_the_observation():
     schedule = Schedule.vp(1000).respace(100)
     score = GaussianScore(schedule, 0.5, 0.1)
     rng = np.random.default_rng(1)
-    mask = operators.random_mask(rng, (32, 32), (0.5, 0.5))
+    mask = tasks.random_mask(rng, (32, 32), (0.5, 0.5))
     op = operators.Mask(mask)
     truth = np.full((2, 2, 32, 32), 0.8, np.float32)
     y = torch.from_numpy(op.forward(truth).astype(np.float32))

@@ -1,0 +1,147 @@
+"""Combinators: each channel through its own operator (PerChannel), a chain (Compose), and the
+paper's JTQR task operator built from them (eq. 32)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ckm_edge.runtime.operators.base import Operator, OperatorError, check_lam, check_x
+from ckm_edge.runtime.operators.nonlinear import QuantizeAoA, Truncate
+from ckm_edge.runtime.operators.registry import register_operator
+from ckm_edge.runtime.operators.solvers import box_refine, cg_prox
+
+
+def _freeze_operators(combinator: Operator, message: str) -> None:
+    """Store a combinator's operators as a tuple; refuse an empty list or a non-operator."""
+    object.__setattr__(combinator, "operators", tuple(combinator.operators))
+    if not combinator.operators or not all(isinstance(o, Operator) for o in combinator.operators):
+        raise OperatorError(message)
+
+
+@register_operator
+@dataclass(frozen=True)
+class PerChannel(Operator):
+    """Channel c of x through operators[c] (each sees (B, 1, H, W)); outputs stacked on channels."""
+
+    operators: tuple
+    name = "per_channel"
+
+    def __post_init__(self):
+        _freeze_operators(self, "per_channel needs one operator per channel")
+
+    def forward(self, x):
+        x = check_x(x, len(self.operators))
+        outs = [op.forward(x[:, c : c + 1]) for c, op in enumerate(self.operators)]
+        if len({o.shape for o in outs}) != 1:
+            raise OperatorError(f"per-channel outputs differ in shape: {[o.shape for o in outs]}")
+        return np.concatenate(outs, axis=1)
+
+    def vjp(self, x, v):
+        x = check_x(x, len(self.operators))
+        return np.concatenate(
+            [op.vjp(x[:, c : c + 1], v[:, c : c + 1]) for c, op in enumerate(self.operators)], axis=1
+        )
+
+    @property
+    def linear(self):
+        return all(o.linear for o in self.operators)
+
+    @property
+    def exact_prox(self):
+        return all(o.exact_prox for o in self.operators)
+
+    @property
+    def box_feasible(self):
+        return all(o.box_feasible for o in self.operators)
+
+    def known_buildings(self):
+        return next((b for b in (o.known_buildings() for o in self.operators) if b is not None), None)
+
+    def known_no_path(self, y):
+        """The gain channel's operator decides (a no-path cell is one in every channel)."""
+        return self.operators[0].known_no_path(np.asarray(y)[:, :1])
+
+    def measured(self, y):
+        return np.concatenate([op.measured(np.asarray(y)[:, c : c + 1]) for c, op in enumerate(self.operators)], axis=1)
+
+    def prox(self, z, y, lam):
+        """Channel by channel; a building layout that one channel's operator knows (JTQR's quantizer)
+        also zeroes the other channels there — buildings are 0 in every channel (codec)."""
+        z = check_x(z, len(self.operators))
+        x = np.concatenate([op.prox(z[:, c : c + 1], y[:, c : c + 1], lam) for c, op in enumerate(self.operators)],
+                           axis=1)
+        building = self.known_buildings()
+        if building is not None:
+            x = np.where((building if building.ndim == 3 else building[None])[:, None], 0.0, x).astype(x.dtype)
+        return x
+
+    def output_shape(self, shape):
+        b, _, h, w = self.operators[0].output_shape((shape[0], 1) + tuple(shape[2:]))
+        return (b, len(self.operators), h, w)
+
+
+@register_operator
+@dataclass(frozen=True)
+class Compose(Operator):
+    """A_n(...A_1(x)): the VJP runs the chain rule backwards through the saved intermediates."""
+
+    operators: tuple
+    name = "compose"
+
+    def __post_init__(self):
+        _freeze_operators(self, "compose needs at least one operator")
+
+    def forward(self, x):
+        for op in self.operators:
+            x = op.forward(x)
+        return x
+
+    def vjp(self, x, v):
+        inputs = []
+        for op in self.operators:
+            inputs.append(x)
+            x = op.forward(x)
+        for op, xin in zip(reversed(self.operators), reversed(inputs)):
+            v = op.vjp(xin, v)
+        return v
+
+    @property
+    def linear(self):
+        return all(o.linear for o in self.operators)
+
+    @property
+    def exact_prox(self):
+        return self.linear or len(self.operators) == 1 and self.operators[0].exact_prox
+
+    @property
+    def box_feasible(self):
+        return len(self.operators) == 1 and self.operators[0].box_feasible
+
+    def known_buildings(self):
+        return self.operators[0].known_buildings() if len(self.operators) == 1 else None
+
+    def known_no_path(self, y):
+        return self.operators[0].known_no_path(y) if len(self.operators) == 1 else None
+
+    def measured(self, y):
+        return self.operators[-1].measured(y)
+
+    def prox(self, z, y, lam):
+        if len(self.operators) == 1:
+            return self.operators[0].prox(z, y, lam)
+        if self.linear:
+            lam = check_lam(lam)
+            return box_refine(self, check_x(z), y, lam, cg_prox(self, z, y, lam))
+        return super().prox(z, y, lam)
+
+    def output_shape(self, shape):
+        for op in self.operators:
+            shape = op.output_shape(shape)
+        return shape
+
+
+def jtqr(low: float = 0.2, high: float = 0.7, sectors: int = 24, building: np.ndarray | None = None) -> PerChannel:
+    """Joint truncation (gain) and AoA quantization (eq. 32), the paper's JTQR task."""
+    return PerChannel((Truncate(low, high), QuantizeAoA(sectors, building)))
