@@ -182,8 +182,9 @@ def operator_to_proto(op: operators.Operator):
     return msg
 
 
-def site_from_proto(msg, shape: tuple[int, ...]):
-    """A Site message -> runtime.site.Site for maps of `shape` (C, H, W); errors name the field."""
+def site_from_proto(msg, shape: tuple[int, ...] | None = None):
+    """A Site message -> runtime.site.Site; errors name the field. With `shape` (C, H, W) it is also
+    checked against the maps (the server leaves that to runtime.executor.plan, once)."""
     from ckm_edge.runtime.site import Site, SiteError
 
     building = binary_map(msg.building, "site.building") if msg.HasField("building") else None
@@ -201,7 +202,8 @@ def site_from_proto(msg, shape: tuple[int, ...]):
         heights = to_numpy(msg.building_height, "site.building_height")
     try:
         site = Site(building, bs, heights)
-        site.check(tuple(shape))
+        if shape is not None:
+            site.check(tuple(shape))
     except SiteError as e:
         raise InvalidArgument(f"site.{e.part}: {e}" if e.part else f"site: {e}") from None
     return site

@@ -1,19 +1,21 @@
 """Dynamic batching for the edge server: per-key queues, fair across keys, FIFO within one. No gRPC.
 
-    scheduler = Scheduler(SchedulerConfig(max_batch=8, max_queue_delay_ms=5, max_queue=64))
-    scheduler.submit(job)          # QueueFull when max_queue jobs wait, TooLarge past the memory budget
-    job.done.wait(); job.result    # (samples, C, H, W) pixels, or job.error
+    batcher = Batcher(BatcherConfig(max_batch=8, max_queue_delay_ms=5, max_queue=64))
+    pending = Pending(executor.plan(...), row_bytes)
+    batcher.submit(pending)                # QueueFull when max_queue wait, TooLarge past the memory budget
+    pending.done.wait(); pending.result    # runtime.executor.Result, or pending.error
 
-Jobs that can share one `runtime.sampler.sample` call (same model, adapter, precision, steps and
-sampler config: `Job.key`) wait in one FIFO queue per key, as Triton's dynamic batcher keeps one
-scheduler per model. A batch worker serves the keys round robin, so a stream of one kind of request
+It only forms batches and honours deadlines: each batch runs through `runtime.executor.execute`,
+the one construction path. Jobs that can share one sampler run (`executor.Job.key`) wait in one
+FIFO queue per key, as Triton's dynamic batcher keeps one
+queue per model. A batch worker serves the keys round robin, so a stream of one kind of request
 cannot starve another; within a key jobs leave in arrival order. A batch holds the oldest job of its
 key and then the next ones of the same key while they fit (`max_batch` rows, and `memory_budget`
-bytes at `job.row_bytes` per row), waiting at most `max_queue_delay_ms` after that oldest job
+bytes at `Pending.row_bytes` per row), waiting at most `max_queue_delay_ms` after that oldest job
 arrived for more to come. Nothing is ever put back into a queue, so a worker never blocks on a
 full queue and nothing is reordered.
 
-Between sampling steps the batch checks its jobs' `alive()`; when every job of a batch has gone
+Between sampling steps the executor checks its jobs' `alive()`; when every job of a batch has gone
 (cancelled, past its deadline) the batch stops and its jobs end with `Cancelled`.
 """
 
@@ -23,20 +25,16 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from ckm_edge.runtime.adapter import ComposedEngine
+from ckm_edge.runtime import executor
 from ckm_edge.runtime.memory import release_free_memory
-from ckm_edge.runtime.sampler import Observation, Observations, StepInfo, respaced, sample, spec_for
 
-log = logging.getLogger("ckm.edge.scheduler")
+log = logging.getLogger("ckm.edge.batcher")
 
 
 class QueueFull(OverflowError):
-    """The scheduler holds max_queue jobs already; the client may retry later."""
+    """The batcher holds max_queue jobs already; the client may retry later."""
 
 
 class TooLarge(ValueError):
@@ -48,63 +46,52 @@ class Cancelled(Exception):
 
 
 class ShuttingDown(Exception):
-    """The scheduler stopped before the job ran."""
+    """The batcher stopped before the job ran."""
 
 
-def _always() -> bool:
-    return True
+@dataclass(eq=False)
+class Pending:
+    """A planned job (runtime.executor.plan) in the batcher: its queue bookkeeping and outcome."""
 
-
-@dataclass
-class Job:
-    """One construction request, validated: everything a batch needs, nothing of the transport."""
-
-    model: object  # runtime.repository.LoadedModel
-    precision: str
-    steps: int
-    sampler: object  # a registered sampler's frozen config
-    op: object
-    y: np.ndarray  # (1, C, H', W')
-    samples: int
-    seed: int
-    sigma: float = 0.0  # observation noise, pixels
-    site: object = None  # runtime.site.Site
-    adapter: object = None  # a site adapter (LoadedModel) composed with the model
-    adapter_lambda: object = None
-    alive: Callable[[], bool] = _always
-    on_step: Callable[[int, int, float], None] | None = None  # (steps done, total, mean residual of its rows)
-    progress_interval: int = 1
+    job: executor.Job
     row_bytes: int = 0  # estimated engine memory per posterior sample (0 = not limited)
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     finished: float = 0.0
     done: threading.Event = field(default_factory=threading.Event)
-    result: np.ndarray | None = None
+    result: executor.Result | None = None
     error: BaseException | None = None
 
     @property
+    def samples(self) -> int:
+        return self.job.samples
+
+    @property
     def key(self) -> tuple:
-        return (id(self.model), id(self.adapter), self.precision, self.steps, self.sampler)
+        return self.job.key
+
+    def alive(self) -> bool:
+        return self.job.alive()
 
     def finish(self, result=None, error: BaseException | None = None) -> None:
         self.result, self.error, self.finished = result, error, time.perf_counter()
         self.done.set()
 
 
-class SchedulerMetrics:
-    """What the scheduler reports; the server's Prometheus metrics implement it. No-ops here."""
+class BatcherMetrics:
+    """What the batcher reports; the server's Prometheus metrics implement it. No-ops here."""
 
     def queued(self, jobs: int) -> None: ...
 
-    def batch_started(self, jobs: list[Job], rows: int, memory_bytes: int) -> None: ...
+    def batch_started(self, jobs: list[Pending], rows: int, memory_bytes: int) -> None: ...
 
-    def batch_finished(self, jobs: list[Job], rows: int, memory_bytes: int, seconds: float) -> None: ...
+    def batch_finished(self, jobs: list[Pending], rows: int, memory_bytes: int, seconds: float) -> None: ...
 
     def abandoned(self) -> None: ...
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
+class BatcherConfig:
     max_batch: int = 8  # posterior-sample rows per engine batch
     max_queue_delay_ms: float = 5.0  # longest the oldest job of a key waits for others to join its batch
     max_queue: int = 64  # jobs waiting, all keys together
@@ -118,10 +105,10 @@ class SchedulerConfig:
             raise ValueError("max_queue_delay_ms and memory_budget must be >= 0")
 
 
-class Scheduler:
-    def __init__(self, cfg: SchedulerConfig = SchedulerConfig(), metrics: SchedulerMetrics | None = None):
-        self.cfg, self.metrics = cfg, metrics or SchedulerMetrics()
-        self._queues: dict[tuple, deque[Job]] = {}  # insertion order = round-robin order
+class Batcher:
+    def __init__(self, cfg: BatcherConfig = BatcherConfig(), metrics: BatcherMetrics | None = None):
+        self.cfg, self.metrics = cfg, metrics or BatcherMetrics()
+        self._queues: dict[tuple, deque[Pending]] = {}  # insertion order = round-robin order
         self._count = 0
         self._cond = threading.Condition()
         self._stopped = False
@@ -137,7 +124,7 @@ class Scheduler:
             return self.cfg.max_batch
         return max(0, min(self.cfg.max_batch, self.cfg.memory_budget // row_bytes))
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Pending) -> None:
         cap = self.rows_for(job.row_bytes)
         if job.samples > cap:
             need = job.samples * job.row_bytes / 2**20
@@ -170,7 +157,7 @@ class Scheduler:
             t.join(timeout=timeout)
 
     # -- batching --------------------------------------------------------------------------------
-    def _take(self) -> tuple[list[Job], int] | None:
+    def _take(self) -> tuple[list[Pending], int] | None:
         """The next batch (see module doc), or None when stopping or idle for a while."""
         with self._cond:
             while not self._count:
@@ -215,49 +202,22 @@ class Scheduler:
             if batch:
                 self._run(batch, rows)
 
-    def _run(self, batch: list[Job], rows: int) -> None:
-        first = batch[0]
-        n = first.model.package.tile_size
-        groups, rngs, owner = [], [], []
-        memory = rows * first.row_bytes
+    def _run(self, batch: list[Pending], rows: int) -> None:
+        memory = rows * batch[0].row_bytes
         start = time.perf_counter()
-        for j, job in enumerate(batch):
-            job.started = start
-            groups.append((slice(len(rngs), len(rngs) + job.samples), Observation(job.op, job.y, job.sigma, job.site)))
-            for s in range(job.samples):
-                rngs.append(np.random.default_rng([job.seed, s]))
-                owner.append(j)
-        rows_of = [[i for i, o in enumerate(owner) if o == j] for j in range(len(batch))]
-        total = spec_for(first.sampler).steps_run(first.sampler, first.steps)  # a restart's steps too
+        for pending in batch:
+            pending.started = start
         self.metrics.batch_started(batch, rows, memory)
-
-        def step(info: StepInfo) -> None:
-            if not any(job.alive() for job in batch):
-                raise Cancelled("every request of the batch was cancelled or ran past its deadline")
-            done = total - info.k
-            for j, job in enumerate(batch):
-                if job.on_step is not None and (done % job.progress_interval == 0 or info.k == 0):
-                    job.on_step(done, total, float(info.residual[rows_of[j]].mean()))
-
-        x = None
         try:
-            engine = first.model.engine(first.precision)
-            if first.adapter is not None:  # s = s_model + lambda(t) (s_proxy - s_reference)
-                engine = ComposedEngine(engine, first.adapter.engine(first.precision), first.adapter_lambda)
-            schedule = respaced(first.model.package.schedule(), first.steps, first.sampler)
-            obs = Observations((2, n, n), len(rngs), groups)
-            x = obs.finish(sample(engine, schedule, obs, rngs, first.sampler, step))  # as runtime.construct.finish
-            results = [x[r] for r in rows_of]
-        except Cancelled as e:
+            outcome = [(r, None) for r in executor.execute([p.job for p in batch])]
+        except executor.Stopped as e:
             self.metrics.abandoned()
-            outcome = [(None, e)] * len(batch)
+            outcome = [(None, Cancelled(str(e)))] * len(batch)
         except Exception as e:  # the engine failed: every job of the batch gets the error
             log.exception("batch failed")
             outcome = [(None, e)] * len(batch)
-        else:
-            outcome = [(r, None) for r in results]
         self.metrics.batch_finished(batch, rows, memory, time.perf_counter() - start)
-        for job, (result, error) in zip(batch, outcome):
-            job.finish(result, error)
-        del x, outcome
+        for pending, (result, error) in zip(batch, outcome):
+            pending.finish(result, error)
+        del outcome
         release_free_memory()

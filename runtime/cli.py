@@ -27,9 +27,10 @@ import numpy as np
 from ckm_edge.runtime import codec, defaults, figures, operators, tasks
 from ckm_edge.runtime.construct import ConstructConfig, construct
 from ckm_edge.runtime.engine import BACKENDS, EngineConfig, EngineError, open_engine
+from ckm_edge.runtime.executor import RESPACINGS
 from ckm_edge.runtime.package import PackageError, load_package, read_public_key
-from ckm_edge.runtime.recommend import resolve
-from ckm_edge.runtime.sampler import SAMPLERS, SamplerError
+from ckm_edge.runtime.recommend import resolve, with_dps_shorthand
+from ckm_edge.runtime.sampler import SAMPLERS, SamplerError, config_from_params
 from ckm_edge.runtime.site import Site
 
 
@@ -54,13 +55,15 @@ def _sampler_choice(args) -> tuple[str | None, dict]:
             params[key] = float(value)
         except ValueError:
             raise ValueError(f"--param {key}: {value!r} is not a number (switches are 0 or 1)") from None
-    legacy = {k: v for k, v in (("zeta", args.zeta), ("corrector_steps", args.corrector_steps)) if v is not None}
+    shorthand = {k: v for k, v in (("zeta", args.zeta), ("corrector_steps", args.corrector_steps)) if v is not None}
     if args.jacobian_free:
-        legacy["jacobian_free"] = 1.0
-    name = args.sampler or ("dps" if legacy else None)
-    if legacy and name != "dps":
-        raise ValueError(f"--{', --'.join(k.replace('_', '-') for k in legacy)} belong(s) to the dps sampler, not {name!r}")
-    return name, {**legacy, **params}
+        shorthand["jacobian_free"] = 1.0
+    name, params = with_dps_shorthand(args.sampler, params, shorthand, named=lambda k: "--" + k.replace("_", "-"))
+    if args.no_clip_denoised:
+        if name != "dps":
+            raise ValueError("--no-clip-denoised belongs to the dps sampler")
+        params["clip_denoised"] = 0.0
+    return name, params
 
 
 def _site(args, truth, data) -> Site | None:
@@ -117,26 +120,23 @@ def cmd_construct(args) -> int:
     pkg = load_package(args.package, trusted)
     truth, op, y, task, site = _observation(args, pkg.tile_size)
     name, params = _sampler_choice(args)
-    if args.no_clip_denoised:
-        if name != "dps":
-            raise ValueError("--no-clip-denoised belongs to the dps sampler")
-        params["clip_denoised"] = 0.0
     sampler, steps, samples = resolve(pkg.manifest, op, name, params, args.steps, args.samples,
                                       site is not None and site.building is not None)
-    cfg = ConstructConfig(steps=steps, samples=samples, seed=args.seed, sampler=sampler)
+    cfg = ConstructConfig(steps=steps, samples=samples, seed=args.seed, sampler=sampler, respacing=args.respacing)
     start = time.perf_counter()
     engine_cfg = EngineConfig(precision=args.precision, device=args.device, threads=args.threads, backend=args.backend)
     with contextlib.ExitStack() as stack:
         engine = stack.enter_context(open_engine(pkg, engine_cfg))
-        if args.adapter:  # compose a site adapter package with the model
-            from ckm_edge.runtime.adapter import ComposedEngine, check_base
+        adapter = lam = None
+        if args.adapter:  # a site adapter package, composed with the model by the executor
+            from ckm_edge.runtime.adapter import check_base
 
             adapter_pkg = load_package(args.adapter, trusted)
             lam = check_base(adapter_pkg, pkg)
-            engine = ComposedEngine(engine, stack.enter_context(open_engine(adapter_pkg, engine_cfg)), lam)
+            adapter = stack.enter_context(open_engine(adapter_pkg, engine_cfg))
         result = construct(engine, pkg.schedule(), op, y, (2, pkg.tile_size, pkg.tile_size), cfg, sigma=args.sigma,
-                           site=site)
-        calls = dict(engine.calls)
+                           site=site, adapter=adapter, adapter_lambda=lam)
+        calls = dict(engine.calls)  # the model's network calls (a composed adapter's are as many)
     wall = time.perf_counter() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,13 +187,14 @@ def _construct_remote(args) -> dict:
         meta = client.metadata(args.model or "", args.model_version or "")
         truth, op, y, task, site = _observation(args, meta.tile_size)
         name, params = _sampler_choice(args)
-        if args.no_clip_denoised:
-            raise ValueError("--no-clip-denoised is local only (the server always clips)")
+        if name == "dps":  # the API's DPS runs no corrector unless asked; this command's runs its default
+            params.setdefault("corrector_steps", float(config_from_params("dps").corrector_steps))
         start = time.perf_counter()
         try:
             result = client.construct(y, op, model=meta.name, version=meta.version, sampler=name or "",
                                       sampler_parameters=params, steps=args.steps or 0, samples=args.samples or 0,
                                       seed=args.seed, noise_sigma=args.sigma, site=site, precision=args.precision,
+                                      respacing=args.respacing,
                                       timeout=args.timeout, adapter=str(args.adapter or ""),
                                       adapter_version=args.adapter_version or "")
         except grpc.RpcError as e:
@@ -275,7 +276,7 @@ def cmd_demo(args) -> int:
                 server=f"127.0.0.1:{edge.port}", token=None, root_certs=None, model=None, model_version=None,
                 truth=args.truth, observation=None, task=task, sigma=args.sigma, seed=args.seed,
                 steps=args.steps, samples=args.samples, sampler=args.sampler, param=args.param, zeta=None,
-                corrector_steps=None, jacobian_free=False, no_clip_denoised=False, site=site,
+                corrector_steps=None, jacobian_free=False, no_clip_denoised=False, respacing="ddpm", site=site,
                 precision="fp32", timeout=None, out=Path(args.out) / (f"{task}-site" if site else task), json=True,
                 adapter=args.adapter, adapter_version=None)
             reports[task, site] = _construct_remote(ns)
@@ -333,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--corrector-steps", type=int, default=None, help="dps: Langevin steps per step (selects dps)")
     c.add_argument("--jacobian-free", action="store_true", help="dps: skip the backward graph (selects dps)")
     c.add_argument("--no-clip-denoised", action="store_true",
-                   help="local dps only: the paper's unclipped predictor (x0_hat not clipped to [0, 1] in the ancestral step)")
+                   help="dps: the paper's unclipped predictor (x0_hat not clipped to [0, 1] in the ancestral step)")
+    c.add_argument("--respacing", default="ddpm", choices=RESPACINGS,
+                   help="which of the model's noise levels the steps keep (ddpm: exact ancestral steps; ddim)")
     c.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS)
     c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     c.add_argument("--backend", default=defaults.BACKEND, choices=BACKENDS,

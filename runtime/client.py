@@ -58,17 +58,17 @@ class EdgeClient:
                 sampler_parameters: dict | None = None, steps: int = 0, samples: int = 0, seed: int = 0,
                 noise_sigma: float = defaults.NOISE_SIGMA, site=None, physical: bool = False,
                 precision: str = "fp32", adapter: str = "", adapter_version: str = "", zeta: float | None = None,
-                corrector_steps: int = 0, jacobian_free: bool = False):
+                corrector_steps: int = 0, jacobian_free: bool = False, respacing: str = ""):
         """A ConstructRequest. `sampler` "" and steps/samples 0 take the model's recommendation for
         the operator; `site` is a runtime.site.Site (building layout and/or base station) or just the
-        (H, W) building layout (bool or 0/1). zeta, corrector_steps and
-        jacobian_free are the API's DPS-only shorthands."""
+        (H, W) building layout (bool or 0/1). zeta, corrector_steps and jacobian_free are the API's
+        DPS-only shorthands; `respacing` "" is the server's default ("ddpm")."""
         req = pb.ConstructRequest(
             model_name=model, model_version=version, observation=api.from_numpy(np.asarray(y, np.float32)),
             operator=api.operator_to_proto(op), noise_sigma=noise_sigma, steps=steps, corrector_steps=corrector_steps,
             samples=samples, seed=seed, precision=_PRECISION[precision], jacobian_free=jacobian_free,
             output_units=pb.OUTPUT_UNITS_PHYSICAL if physical else pb.OUTPUT_UNITS_PIXELS,
-            adapter_name=adapter, adapter_version=adapter_version, sampler=sampler,
+            adapter_name=adapter, adapter_version=adapter_version, sampler=sampler, respacing=respacing,
             sampler_parameters={k: float(v) for k, v in (sampler_parameters or {}).items()})
         if zeta is not None:
             req.zeta = zeta

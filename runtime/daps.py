@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ckm_edge.runtime.sampler import StepInfo, check_params, noise, param, prior_start, register
+from ckm_edge.runtime.observations import noise
+from ckm_edge.runtime.sampler import StepInfo, Steps, check_params, param, prior_start, register
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class DAPSConfig:
 @register("daps", DAPSConfig, default_steps=20, evaluations=lambda cfg, steps: {"score": steps},
           summary="DAPS: decoupled annealing; each step draws a clean map from N(denoised, r_t^2) x p(y|x) by "
                   "perturb-and-MAP over the operator's proximal step, then noises it afresh; no network Jacobian")
-def daps(engine, schedule, obs, rngs, cfg: DAPSConfig, callback=None) -> np.ndarray:
+def daps(engine, schedule, obs, rngs, cfg: DAPSConfig) -> Steps:
     b, shape = obs.rows, obs.shape
     x = prior_start(schedule, rngs, shape)
     for k in reversed(range(len(schedule))):
@@ -51,7 +52,6 @@ def daps(engine, schedule, obs, rngs, cfg: DAPSConfig, callback=None) -> np.ndar
             x0 = obs.prox(x0, 1.0 / r**2, rngs, spread=r)
         else:  # the last step: fit y to within its noise (the discrepancy principle)
             x0 = obs.fit_to_noise(x0)
-        if callback is not None:
-            callback(StepInfo(k, x0, residual))
+        yield StepInfo(k, x0, residual)
         x = schedule.renoise(k, x, x0, noise(rngs, shape) if k > 0 else 0.0, 1.0)  # (4)
     return x

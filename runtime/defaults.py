@@ -15,3 +15,8 @@ DPS_STEPS = 50  # DPS steps of the accuracy records and benchmarks (the paper's 
 CORRECTOR_STEPS = 1  # M, Langevin corrector steps per DPS step in the PyTorch reference
 NOISE_SIGMA = 0.01  # measurement noise standard deviation, pixels
 TILE_SIZE = 128  # cells per side of a CKM tile
+
+# Limits of one construction, wherever it is asked for (runtime.executor, the server, recommendations)
+MAX_STEPS = 2000  # respaced sampling steps
+MAX_SAMPLES = 64  # posterior samples
+OBSERVATION_RANGE = (-1.0, 2.0)  # pixels: the codec's [0, 1] widened for noise

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ckm_edge.runtime.codec import CHANNELS
-from ckm_edge.runtime.sampler import StepInfo, check_params, noise, param, prior_start, register, restart_schedule, warm_start
+from ckm_edge.runtime.observations import noise
+from ckm_edge.runtime.sampler import StepInfo, Steps, check_params, param, prior_start, register, restart_schedule, warm_start
 
 AOA = CHANNELS.index("aoa_sine")
 
@@ -69,24 +70,23 @@ def _restarts(cfg: DiffPIRConfig) -> int:
           steps_run=lambda cfg, steps: steps + _restarts(cfg),
           summary="DiffPIR: Tweedie denoiser, the operator's closed-form/exact proximal data step (noise-aware), "
                   "re-noising; one score evaluation per step, no network Jacobian")
-def diffpir(engine, schedule, obs, rngs, cfg: DiffPIRConfig, callback=None) -> np.ndarray:
+def diffpir(engine, schedule, obs, rngs, cfg: DiffPIRConfig) -> Steps:
     # the smooth fill, once: the warm start's and the restart's
     fill = obs.initial_estimate() if cfg.start < 1.0 or cfg.restart > 0 else None
     x = prior_start(schedule, rngs, obs.shape) if cfg.start >= 1.0 else warm_start(schedule, obs, rngs, fill)
     if cfg.restart <= 0:
-        return _chain(engine, schedule, obs, rngs, cfg, x, callback)
+        return (yield from _chain(engine, schedule, obs, rngs, cfg, x))
     again = restart_schedule(schedule, cfg)
-    x = obs.finish(_chain(engine, schedule, obs, rngs, cfg, x, callback, offset=len(again)))  # no-path cells pinned
+    x = obs.finish((yield from _chain(engine, schedule, obs, rngs, cfg, x, offset=len(again))))  # no-path cells pinned
     x[:, AOA] = fill[:, AOA]
     z = noise(rngs, obs.shape)
     x = again.perturb(x, z, np.full(obs.rows, len(again) - 1)).astype(np.float32)
-    return _chain(engine, again, obs, rngs, cfg, x, callback, lam=cfg.restart_lam)
+    return (yield from _chain(engine, again, obs, rngs, cfg, x, lam=cfg.restart_lam))
 
 
-def _chain(engine, schedule, obs, rngs, cfg: DiffPIRConfig, x, callback, offset: int = 0,
-           lam: float | None = None) -> np.ndarray:
+def _chain(engine, schedule, obs, rngs, cfg: DiffPIRConfig, x, offset: int = 0, lam: float | None = None) -> Steps:
     """Steps (1)-(4) from x over `schedule` with prior weight `lam` (default cfg.lam); the
-    callback's step indices count down to `offset`."""
+    steps' indices count down to `offset`."""
     lam = cfg.lam if lam is None else lam
     b, shape = obs.rows, obs.shape
     for k in reversed(range(len(schedule))):
@@ -97,7 +97,6 @@ def _chain(engine, schedule, obs, rngs, cfg: DiffPIRConfig, x, callback, offset:
             x0 = obs.prox(x0, lam / schedule.noise_to_signal(k) ** 2)
         else:  # the last step: fit y to within its noise (the discrepancy principle)
             x0 = obs.fit_to_noise(x0)
-        if callback is not None:
-            callback(StepInfo(k + offset, x0, residual))
+        yield StepInfo(k + offset, x0, residual)
         x = schedule.renoise(k, x, x0, noise(rngs, shape) if k > 0 else 0.0, cfg.stochasticity)  # (4)
     return x

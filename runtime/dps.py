@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ckm_edge.runtime import defaults
-from ckm_edge.runtime.sampler import StepInfo, _norm, check_params, noise, param, prior_start, register
+from ckm_edge.runtime.observations import noise, row_norm
+from ckm_edge.runtime.sampler import StepInfo, Steps, check_params, param, prior_start, register
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def _evaluations(cfg: DPSConfig, steps: int) -> dict:
 @register("dps", DPSConfig, default_steps=100, evaluations=_evaluations,
           summary="diffusion posterior sampling (paper Algorithm 2): predictor-corrector with a normalized gradient "
                   "step through the network's Jacobian; any differentiable operator")
-def dps(engine, schedule, obs, rngs, cfg: DPSConfig, callback=None) -> np.ndarray:
+def dps(engine, schedule, obs, rngs, cfg: DPSConfig) -> Steps:
     b, shape = obs.rows, obs.shape
     x = prior_start(schedule, rngs, shape)  # x_N, (B, C, H, W)
     guided = obs.guided and cfg.zeta > 0
@@ -83,7 +84,7 @@ def dps(engine, schedule, obs, rngs, cfg: DPSConfig, callback=None) -> np.ndarra
             for _ in range(cfg.corrector_steps):  # Langevin corrector
                 s_c = engine.score(x_next, t_prev)
                 z = noise(rngs, shape)
-                eps = 2 * alpha * (cfg.snr * _norm(z) / np.maximum(_norm(s_c), 1e-12)) ** 2
+                eps = 2 * alpha * (cfg.snr * row_norm(z) / np.maximum(row_norm(s_c), 1e-12)) ** 2
                 x_next = x_next + eps.astype(np.float32) * s_c + np.sqrt(2 * eps).astype(np.float32) * z
         if guided:
             g0 = obs.norm_grad(x0_hat, rs, residual)  # d||r|| / d x0_hat
@@ -91,7 +92,6 @@ def dps(engine, schedule, obs, rngs, cfg: DPSConfig, callback=None) -> np.ndarra
             if not cfg.jacobian_free:
                 g = g + bs * engine.backward(saved, g0.astype(np.float32))  # J_s^T through the network
             x_next = x_next - cfg.zeta * g.astype(np.float32)  # normalized observation step
-        if callback is not None:
-            callback(StepInfo(k, x0_hat, residual))
+        yield StepInfo(k, x0_hat, residual)
         x = x_next.astype(np.float32)
     return obs.project_site(x)

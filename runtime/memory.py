@@ -2,7 +2,7 @@
 
     per_row = row_bytes(package, "fp32", vjp=False)   # bytes one more posterior sample costs
 
-The edge server bounds a batch's memory by rows x this number (runtime.scheduler). Each measurement
+The edge server bounds a batch's memory by rows x this number (runtime.batcher). Each measurement
 runs `python -m ckm_edge.runtime.memory PACKAGE PRECISION PATH` in a child process that imports only the
 torch-free runtime, runs two steps of a sampler on batches of 1 and 3 rows and reports the growth
 of its peak resident set per extra row: the engine's arena, the activations (and, for the VJP
@@ -110,23 +110,24 @@ def _peak_bytes() -> int:
 def child(root: str, precision: str, path: str, backend: str = "onnxruntime") -> dict:
     import numpy as np
 
+    from ckm_edge.runtime import executor
     from ckm_edge.runtime.daps import DAPSConfig  # noqa: F401  (registers every sampler)
     from ckm_edge.runtime.diffpir import DiffPIRConfig
     from ckm_edge.runtime.dps import DPSConfig
     from ckm_edge.runtime.engine import EngineConfig, open_engine
     from ckm_edge.runtime.operators import Identity
     from ckm_edge.runtime.package import load_package
-    from ckm_edge.runtime.sampler import Observations, respaced, sample
 
     pkg = load_package(root)
     n = pkg.tile_size
     cfg = DPSConfig(corrector_steps=1) if path == "vjp" else DiffPIRConfig()
     peaks = {}
     with open_engine(pkg, EngineConfig(precision=precision, threads=1, backend=backend)) as engine:
+        model = executor.Opened(engine, pkg.schedule())
         for batch in (1, 3):
-            y = np.full((batch, 2, n, n), 0.5, np.float32)
-            sample(engine, respaced(pkg.schedule(), 2, cfg), Observations.of(Identity(), y, (2, n, n), batch, 0.01),
-                   [np.random.default_rng(b) for b in range(batch)], cfg)
+            y = np.full((2, n, n), 0.5, np.float32)
+            job = executor.plan(model, Identity(), y, (2, n, n), executor.ConstructConfig(2, batch, sampler=cfg), sigma=0.01)
+            executor.execute([job])
             peaks[batch] = _peak_bytes()
     floor = 4 * 2 * n * n * 4  # a few copies of the map itself
     return {"row_bytes": max(floor, (peaks[3] - peaks[1]) // 2), "peaks": peaks, "path": path}

@@ -5,7 +5,7 @@ refused before a handler ran: `ckm_rejected_requests_total{reason}` (auth, size,
 memory); `ckm_inflight_requests{method}`. Per model, only once a request resolved one (never an empty
 label): `ckm_model_requests_total{model,version,code}`. The batcher: `ckm_queue_depth`,
 `ckm_queue_wait_seconds` and `ckm_compute_seconds` (per job), `ckm_batch_rows`,
-`ckm_batch_memory_bytes` (the scheduler's estimate for the batches running now) next to
+`ckm_batch_memory_bytes` (the batcher's estimate for the batches running now) next to
 `ckm_batch_memory_budget_bytes`, `ckm_abandoned_batches_total`. Plus the standard `process_*`
 (resident memory, CPU, file descriptors), `python_gc_*` and `python_info` collectors.
 """
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import threading
 
-from ckm_edge.runtime.scheduler import Job, SchedulerMetrics
+from ckm_edge.runtime.batcher import BatcherMetrics, Pending
 
 _SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
-class Metrics(SchedulerMetrics):
+class Metrics(BatcherMetrics):
     def __init__(self, memory_budget: int = 0, registry=None):
         from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram
         from prometheus_client.gc_collector import GCCollector
@@ -64,11 +64,11 @@ class Metrics(SchedulerMetrics):
         server, _ = start_http_server(port, addr=host, registry=self.registry)
         return server.server_port
 
-    # -- SchedulerMetrics ------------------------------------------------------------------------
+    # -- BatcherMetrics --------------------------------------------------------------------------
     def queued(self, jobs: int) -> None:
         self.queue_depth.set(jobs)
 
-    def batch_started(self, jobs: list[Job], rows: int, memory_bytes: int) -> None:
+    def batch_started(self, jobs: list[Pending], rows: int, memory_bytes: int) -> None:
         self.batch_rows.observe(rows)
         for job in jobs:
             self.queue_wait.observe(job.started - job.enqueued)
@@ -76,7 +76,7 @@ class Metrics(SchedulerMetrics):
             self._memory += memory_bytes
             self.batch_memory.set(self._memory)
 
-    def batch_finished(self, jobs: list[Job], rows: int, memory_bytes: int, seconds: float) -> None:
+    def batch_finished(self, jobs: list[Pending], rows: int, memory_bytes: int, seconds: float) -> None:
         for _ in jobs:
             self.compute.observe(seconds)
         with self._lock:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ckm_edge.runtime import operators
+from ckm_edge.runtime import defaults, operators
 from ckm_edge.runtime.sampler import SamplerError, config_from_params, spec
 
 OPERATOR_KINDS = ("mask", "downsample", "jtqr", "*")
@@ -35,9 +35,10 @@ class Recommendation:
     def __post_init__(self):
         spec(self.sampler)
         config_from_params(self.sampler, self.parameters)  # refuses unknown or out-of-range parameters
-        if not (isinstance(self.steps, int) and 1 <= self.steps <= 2000 and isinstance(self.samples, int)
-                and 1 <= self.samples <= 64):
-            raise SamplerError(f"a recommendation needs steps in [1, 2000] and samples in [1, 64], got {self.steps}, {self.samples}")
+        if not (isinstance(self.steps, int) and 1 <= self.steps <= defaults.MAX_STEPS and isinstance(self.samples, int)
+                and 1 <= self.samples <= defaults.MAX_SAMPLES):
+            raise SamplerError(f"a recommendation needs steps in [1, {defaults.MAX_STEPS}] and samples in "
+                               f"[1, {defaults.MAX_SAMPLES}], got {self.steps}, {self.samples}")
 
     def to_dict(self) -> dict:
         return {"sampler": self.sampler, "steps": self.steps, "samples": self.samples, "parameters": dict(self.parameters)}
@@ -97,6 +98,24 @@ def recommend(manifest: dict | None, op: operators.Operator, site: bool = False)
     kind = operator_kind(op)
     keys = (kind + SITE, kind, "*" + SITE, "*") if site else (kind, "*")
     return next(recs[k] for k in keys if k in recs)
+
+
+def with_dps_shorthand(sampler: str | None, params: dict, shorthand: dict, named=str) -> tuple[str | None, dict]:
+    """The sampler choice with DPS's shorthands (zeta, corrector_steps, jacobian_free: fields of a
+    ConstructRequest, options of `ckm-edge construct`) folded into its parameters: they select
+    "dps" when no sampler is named, belong to no other sampler, and may not repeat a parameter.
+    `named` spells a shorthand as its caller's user wrote it; a conflict raises SamplerError."""
+    if not shorthand:
+        return sampler, params
+    name = sampler or "dps"
+    given = ", ".join(named(k) for k in shorthand)
+    if name != "dps":
+        raise SamplerError(f"{given}: DPS-only, but the sampler is {name!r}; give its sampler parameters instead")
+    both = sorted(shorthand.keys() & params.keys())
+    if both:
+        raise SamplerError(f"{', '.join(map(named, both))} also given as the sampler parameter of the same name; give it once")
+    config_from_params("dps", shorthand)  # refuses out-of-range values under their own names
+    return name, {**shorthand, **params}
 
 
 def resolve(manifest: dict | None, op: operators.Operator, sampler: str | None = None, params: dict | None = None,

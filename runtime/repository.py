@@ -59,6 +59,10 @@ class LoadedModel:
                 self._engines[precision] = engine
             return self._engines[precision]
 
+    def schedule(self):
+        """The noise schedule the package was trained with (runtime.executor.Model)."""
+        return self.package.schedule()
+
     def row_bytes(self, precision: str, vjp: bool) -> int:
         """Engine memory per posterior sample (runtime.memory: measured once per package, cached)."""
         return memory.row_bytes(self.package, precision, vjp, self.engine_config.backend)

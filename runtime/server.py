@@ -3,7 +3,7 @@
     edge = create_server(ServerConfig(repository="models/repository")).start()
     edge.server.wait_for_termination()
 
-The parts, one module each: runtime.scheduler batches jobs (no gRPC), runtime.servicer validates
+The parts, one module each: runtime.batcher batches jobs (no gRPC; each batch through runtime.executor), runtime.servicer validates
 and converts requests, runtime.metrics holds the Prometheus metrics. This module wires them:
 - standard grpc.health.v1 health; server reflection as grpc.reflection.v1 and v1alpha;
 - optional TLS or mTLS and bearer tokens (RFC 6750 / 7235: the scheme is case-insensitive); with
@@ -27,11 +27,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from ckm_edge.runtime import api
+from ckm_edge.runtime.batcher import Batcher, BatcherConfig
 from ckm_edge.runtime.engine import EngineConfig
 from ckm_edge.runtime.metrics import Metrics
 from ckm_edge.runtime.package import read_public_key
 from ckm_edge.runtime.repository import ModelRepository
-from ckm_edge.runtime.scheduler import Scheduler, SchedulerConfig
 from ckm_edge.runtime.servicer import EdgeServicer, Limits, add_to_server
 
 log = logging.getLogger("ckm.edge.server")
@@ -66,7 +66,7 @@ class ServerConfig:
     trusted_keys: tuple[Path, ...] = ()  # package signature keys; empty = no signature check
 
     def __post_init__(self):
-        SchedulerConfig(self.max_batch, self.max_queue_delay_ms, self.max_queue, self.batch_workers)  # validates
+        BatcherConfig(self.max_batch, self.max_queue_delay_ms, self.max_queue, self.batch_workers)  # validates
         if self.max_batch_memory_mib < 0 or self.max_evaluations < 1:
             raise ValueError("need max_batch_memory_mib >= 0 and max_evaluations >= 1")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -77,8 +77,8 @@ class ServerConfig:
             raise ValueError("bearer tokens must be non-empty and hold no whitespace")
 
     @property
-    def scheduler(self) -> SchedulerConfig:
-        return SchedulerConfig(self.max_batch, self.max_queue_delay_ms, self.max_queue, self.batch_workers,
+    def batcher(self) -> BatcherConfig:
+        return BatcherConfig(self.max_batch, self.max_queue_delay_ms, self.max_queue, self.batch_workers,
                                int(self.max_batch_memory_mib * 2**20))
 
 
@@ -144,7 +144,7 @@ class EdgeServer:
     server: grpc.Server
     port: int
     repository: ModelRepository
-    scheduler: Scheduler
+    batcher: Batcher
     metrics: Metrics
     metrics_port: int | None
     health: health.HealthServicer
@@ -159,7 +159,7 @@ class EdgeServer:
         self._stop.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
-        self.scheduler.stop()
+        self.batcher.stop()
 
     def _watch(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -181,13 +181,13 @@ def create_server(cfg: ServerConfig) -> EdgeServer:
     engine = EngineConfig(device=cfg.device, threads=cfg.engine_threads, deterministic=cfg.deterministic, arena=cfg.arena,
                           backend=cfg.backend)
     repo = ModelRepository(cfg.repository, engine, keys)
-    sched = cfg.scheduler
+    sched = cfg.batcher
     for model in repo.models():
         model.engine("fp32")  # load and warm up before serving
         if sched.memory_budget:
             model.row_bytes("fp32", False)  # measured (or read from the cache) before the first request
     metrics = Metrics(sched.memory_budget)
-    scheduler = Scheduler(sched, metrics)
+    batcher = Batcher(sched, metrics)
     # The transport takes messages up to twice the limit so that the servicer can refuse (and count)
     # those over it; beyond that gRPC itself answers RESOURCE_EXHAUSTED.
     options = [("grpc.max_receive_message_length", 2 * cfg.max_message_bytes),
@@ -196,7 +196,7 @@ def create_server(cfg: ServerConfig) -> EdgeServer:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.rpc_threads), options=options, interceptors=interceptors)
     limits = Limits(max_samples=cfg.max_batch, max_evaluations=cfg.max_evaluations, memory_budget=bool(sched.memory_budget),
                     deterministic=cfg.deterministic)
-    add_to_server(EdgeServicer(repo, scheduler, metrics, limits), server, metrics, cfg.max_message_bytes)
+    add_to_server(EdgeServicer(repo, batcher, metrics, limits), server, metrics, cfg.max_message_bytes)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _enable_reflection(server, (api.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -215,7 +215,7 @@ def create_server(cfg: ServerConfig) -> EdgeServer:
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     metrics_port = metrics.serve(cfg.metrics_host, cfg.metrics_port) if cfg.metrics_port is not None else None
-    edge = EdgeServer(server, port, repo, scheduler, metrics, metrics_port, health_servicer)
+    edge = EdgeServer(server, port, repo, batcher, metrics, metrics_port, health_servicer)
     edge._set_health()
     if cfg.poll_seconds > 0:
         edge._watcher = threading.Thread(target=edge._watch, args=(cfg.poll_seconds,), daemon=True, name="ckm-repo-watch")

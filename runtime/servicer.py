@@ -1,7 +1,9 @@
-"""The ckm.edge.v1.EdgeService servicer: validate and convert, hand jobs to the scheduler, convert back.
+"""The ckm.edge.v1.EdgeService servicer: convert a request into a planned job, hand it to the batcher,
+convert the result back.
 
-It holds no sampling logic (runtime.scheduler runs the batches, runtime.construct's `summarize`
-and `in_physical_units` finish a map, as they do for a local construction). Every client fault is
+It holds no construction logic: runtime.executor plans (checks) the job and runs it in the
+batcher's batches, exactly as it does a local construction; the request's choices meet the
+model's recommendations in runtime.recommend. Every client fault is
 INVALID_ARGUMENT (or NOT_FOUND, RESOURCE_EXHAUSTED) with the field named; a request whose client
 cancelled or whose deadline passed ends CANCELLED or DEADLINE_EXCEEDED, counted as such.
 
@@ -22,17 +24,16 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from ckm_edge.runtime import api, codec, operators, recommend
+from ckm_edge.runtime import api, codec, defaults, executor, operators, recommend
 from ckm_edge.runtime.api import InvalidArgument, pb
-from ckm_edge.runtime.construct import MAX_SAMPLES, MAX_STEPS, check_observation, in_physical_units, summarize
+from ckm_edge.runtime.batcher import Batcher, Cancelled, Pending, QueueFull, ShuttingDown, TooLarge
 from ckm_edge.runtime.engine import EngineError
 from ckm_edge.runtime.metrics import Metrics
 from ckm_edge.runtime.operators import OperatorError
 from ckm_edge.runtime.package import PackageError
 from ckm_edge.runtime.repository import LoadedModel, ModelRepository, adapts
-from ckm_edge.runtime.sampler import SAMPLERS, SamplerError, config_from_params, respaced, spec_for
+from ckm_edge.runtime.sampler import SAMPLERS, SamplerError, spec_for
 from ckm_edge.runtime.schedule import ScheduleError
-from ckm_edge.runtime.scheduler import Cancelled, Job, QueueFull, Scheduler, ShuttingDown, TooLarge
 from ckm_edge.runtime.site import SiteError
 
 log = logging.getLogger("ckm.edge.servicer")
@@ -46,7 +47,7 @@ class Limits:
 
     max_samples: int = 8  # posterior samples (never more than a batch holds)
     max_evaluations: int = 20_000  # network evaluations of one request: samples x per-sample calls
-    memory_budget: bool = True  # measure per-row memory for the scheduler's budget
+    memory_budget: bool = True  # measure per-row memory for the batcher's budget
     deterministic: bool = False  # the server's engines run deterministically (reported back)
 
 
@@ -64,34 +65,34 @@ def _gone(context) -> Status:
 
 
 class EdgeServicer:
-    def __init__(self, repo: ModelRepository, scheduler: Scheduler, metrics: Metrics, limits: Limits = Limits()):
-        self.repo, self.scheduler, self.metrics, self.limits = repo, scheduler, metrics, limits
+    def __init__(self, repo: ModelRepository, batcher: Batcher, metrics: Metrics, limits: Limits = Limits()):
+        self.repo, self.batcher, self.metrics, self.limits = repo, batcher, metrics, limits
 
     # -- RPCs -------------------------------------------------------------------------------------
     def Construct(self, request, context):
         with _Handling(self.metrics, "Construct", context) as handling:
-            job = self._job(request, context)
-            handling.model = job.model
-            self._submit(job)
-            self._wait(job, context)
-            return self._response(job, request)
+            pending = self._pending(request, context)
+            handling.model = pending.job.model
+            self._submit(pending)
+            self._wait(pending, context)
+            return self._response(pending, request)
 
     def ConstructStream(self, request, context):
         with _Handling(self.metrics, "ConstructStream", context) as handling:
             progress: queue.Queue = queue.Queue()
-            job = self._job(request.request, context, request.progress_interval)
-            job.on_step = lambda done, total, residual: progress.put(
+            pending = self._pending(request.request, context, request.progress_interval)
+            pending.job.on_step = lambda done, total, residual: progress.put(
                 pb.Progress(step=done, total_steps=total, residual_norm=residual))
-            handling.model = job.model
-            self._submit(job)
-            while not job.done.is_set() or not progress.empty():
+            handling.model = pending.job.model
+            self._submit(pending)
+            while not pending.done.is_set() or not progress.empty():
                 try:
                     yield pb.ConstructStreamResponse(progress=progress.get(timeout=0.05))
                 except queue.Empty:
                     if not context.is_active():
                         raise _gone(context) from None
-            self._wait(job, context)
-            yield pb.ConstructStreamResponse(result=self._response(job, request.request))
+            self._wait(pending, context)
+            yield pb.ConstructStreamResponse(result=self._response(pending, request.request))
 
     def ListModels(self, request, context):
         with _Handling(self.metrics, "ListModels", context):
@@ -110,7 +111,7 @@ class EdgeServicer:
             return metadata(model, self.limits)
 
     # -- requests -> jobs -------------------------------------------------------------------------
-    def _job(self, req, context, interval: int = 1) -> Job:
+    def _pending(self, req, context, interval: int = 1) -> Pending:
         try:
             model = self.repo.resolve(req.model_name, req.model_version)
         except LookupError as e:
@@ -129,53 +130,49 @@ class EdgeServicer:
             raise InvalidArgument(f"output_units {req.output_units} is not a known OutputUnits value")
         if not (np.isfinite(req.noise_sigma) and 0 <= req.noise_sigma <= 1):
             raise InvalidArgument(f"noise_sigma must be in [0, 1] pixels, got {req.noise_sigma}")
+        if req.respacing not in ("",) + executor.RESPACINGS:
+            raise InvalidArgument(f"respacing must be one of {', '.join(executor.RESPACINGS)} (empty: ddpm), "
+                                  f"got {req.respacing!r}")
         shape = (2, pkg.tile_size, pkg.tile_size)
         if not req.HasField("operator"):
             raise InvalidArgument("operator is required")
         op = api.operator_from_proto(req.operator, "operator", shape)
         if not req.HasField("observation"):
             raise InvalidArgument("observation is required")
-        y = api.to_numpy(req.observation, "observation")
+        y = api.to_numpy(req.observation, "observation").astype(np.float32)
+        site = api.site_from_proto(req.site) if req.HasField("site") else None
+        config = self._config(req, pkg, op, site is not None and site.building is not None)
         try:
-            y = check_observation(op, y.astype(np.float32), shape)
+            job = executor.plan(model, op, y, shape, config, sigma=float(req.noise_sigma), site=site,
+                                precision=precision, adapter=adapter, adapter_lambda=lam)
         except OperatorError as e:
             raise InvalidArgument(f"observation: {e}") from None
-        site = api.site_from_proto(req.site, shape) if req.HasField("site") else None
-        sampler, steps, samples = self._sampler(req, pkg, op, site is not None and site.building is not None)
-        job = Job(model, precision, steps, sampler, op, y, samples, int(req.seed), sigma=float(req.noise_sigma),
-                  site=site, adapter=adapter, adapter_lambda=lam, alive=context.is_active,
-                  progress_interval=max(1, interval))
-        job.row_bytes = self._row_bytes(job)
-        return job
+        except SiteError as e:
+            raise InvalidArgument(f"site.{e.part}: {e}" if e.part else f"site: {e}") from None
+        except ScheduleError as e:
+            raise InvalidArgument(f"steps: {e}") from None
+        job.alive, job.progress_interval = context.is_active, max(1, interval)
+        return Pending(job, self._row_bytes(job))
 
-    def _sampler(self, req, pkg, op, site: bool) -> tuple[object, int, int]:
-        """The sampler config, steps and samples of a request (runtime.recommend.resolve), with the
-        DPS-only legacy fields (zeta, corrector_steps, jacobian_free) as shorthands for "dps"."""
-        legacy = {}
+    def _config(self, req, pkg, op, site: bool) -> executor.ConstructConfig:
+        """The request's sampler config, steps, samples, seed and respacing (runtime.recommend.resolve),
+        with the DPS-only fields (zeta, corrector_steps, jacobian_free) as shorthands for "dps"."""
+        shorthand = {}
         if req.HasField("zeta"):
-            legacy["zeta"] = float(req.zeta)
+            shorthand["zeta"] = float(req.zeta)
         if req.corrector_steps:
-            legacy["corrector_steps"] = int(req.corrector_steps)
+            shorthand["corrector_steps"] = int(req.corrector_steps)
         if req.jacobian_free:
-            legacy["jacobian_free"] = True
-        name = req.sampler or ("dps" if legacy else None)
-        if name is not None and name not in SAMPLERS:
-            raise InvalidArgument(f"sampler: unknown sampler {name!r}; known: {', '.join(sorted(SAMPLERS))}")
-        if legacy and name != "dps":
-            raise InvalidArgument(f"{', '.join(legacy)}: DPS-only field(s), but the sampler is {name!r}; "
-                                  "use sampler_parameters")
-        if legacy:
-            try:
-                config_from_params("dps", legacy)
-            except SamplerError as e:
-                raise InvalidArgument(str(e)) from None
-        params = dict(req.sampler_parameters)
-        if legacy.keys() & params.keys():
-            raise InvalidArgument(f"sampler_parameters: {', '.join(sorted(legacy.keys() & params.keys()))} also given "
-                                  "as the request field of the same name; give it once")
+            shorthand["jacobian_free"] = True
+        if req.sampler and req.sampler not in SAMPLERS:
+            raise InvalidArgument(f"sampler: unknown sampler {req.sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
+        try:
+            name, params = recommend.with_dps_shorthand(req.sampler or None, dict(req.sampler_parameters), shorthand)
+        except SamplerError as e:
+            raise InvalidArgument(str(e)) from None
         if name == "dps":  # the gRPC API's DPS: no corrector unless asked (corrector_steps is 0 when unset)
-            params = {"corrector_steps": 0, **legacy, **params}
-        max_samples = min(MAX_SAMPLES, self.limits.max_samples)
+            params = {"corrector_steps": 0, **params}
+        max_samples = min(defaults.MAX_SAMPLES, self.limits.max_samples)
         try:
             cfg, steps, samples = recommend.resolve(pkg.manifest, op, name, params, req.steps or None,
                                                     req.samples or None, site)
@@ -185,18 +182,14 @@ class EdgeServicer:
             samples = min(samples, max_samples)
         if not 1 <= samples <= max_samples:
             raise InvalidArgument(f"samples must be in [1, {max_samples}], got {req.samples}")
-        n_max = min(MAX_STEPS, len(pkg.schedule()))
+        n_max = min(defaults.MAX_STEPS, len(pkg.schedule()))
         if not 1 <= steps <= n_max:
             raise InvalidArgument(f"steps must be in [1, {n_max}], got {req.steps}")
-        try:
-            respaced(pkg.schedule(), steps, cfg)
-        except ScheduleError as e:
-            raise InvalidArgument(f"steps: {e}") from None
         work = samples * sum(spec_for(cfg).evaluations(cfg, steps).values())
         if work > self.limits.max_evaluations:
             raise InvalidArgument(f"steps: {steps} steps x {samples} samples ask for {work} network evaluations; "
                                   f"this server allows at most {self.limits.max_evaluations} per request")
-        return cfg, steps, samples
+        return executor.ConstructConfig(steps, samples, int(req.seed), req.respacing or "ddpm", cfg)
 
     def _adapter(self, req, model: LoadedModel) -> tuple[LoadedModel | None, object]:
         if not req.adapter_name:
@@ -210,7 +203,7 @@ class EdgeServicer:
         except PackageError as e:
             raise Status(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
 
-    def _row_bytes(self, job: Job) -> int:
+    def _row_bytes(self, job: executor.Job) -> int:
         if not self.limits.memory_budget:
             return 0
         vjp = spec_for(job.sampler).needs_vjp(job.sampler)
@@ -219,9 +212,9 @@ class EdgeServicer:
             total += job.adapter.row_bytes(job.precision, False)
         return total
 
-    def _submit(self, job: Job) -> None:
+    def _submit(self, pending: Pending) -> None:
         try:
-            self.scheduler.submit(job)
+            self.batcher.submit(pending)
         except QueueFull as e:
             self.metrics.rejected.labels("queue_full").inc()
             raise Status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
@@ -229,32 +222,32 @@ class EdgeServicer:
             self.metrics.rejected.labels("memory").inc()
             raise Status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
 
-    def _wait(self, job: Job, context) -> None:
-        while not job.done.wait(timeout=0.05):
+    def _wait(self, pending: Pending, context) -> None:
+        while not pending.done.wait(timeout=0.05):
             if not context.is_active():
                 raise _gone(context)
-        if isinstance(job.error, Cancelled):
+        if isinstance(pending.error, Cancelled):
             raise _gone(context)
-        if isinstance(job.error, ShuttingDown):
-            raise Status(grpc.StatusCode.UNAVAILABLE, str(job.error))
-        if job.error is not None:
-            raise Status(grpc.StatusCode.INTERNAL, f"construction failed: {job.error}")
+        if isinstance(pending.error, ShuttingDown):
+            raise Status(grpc.StatusCode.UNAVAILABLE, str(pending.error))
+        if pending.error is not None:
+            raise Status(grpc.StatusCode.INTERNAL, f"construction failed: {pending.error}")
 
     # -- results -> messages ----------------------------------------------------------------------
-    def _response(self, job: Job, req) -> object:
-        mean, std, residual = summarize(job.result, job.op, job.y)
-        out = mean
+    def _response(self, pending: Pending, req) -> object:
+        job, result = pending.job, pending.result
+        out, std = result.mean, result.std
         if req.output_units == pb.OUTPUT_UNITS_PHYSICAL:
-            out, std = in_physical_units(mean, std)
+            out, std = executor.in_physical_units(out, std)
         pkg = job.model.package
-        resp = pb.ConstructResponse(map=api.from_numpy(out.astype(np.float32)), residual_norm=residual,
-                                    model_name=pkg.name, model_version=pkg.version, steps=job.steps,
-                                    timings=pb.Timings(queue_seconds=job.started - job.enqueued,
-                                                       sampling_seconds=job.finished - job.started,
-                                                       total_seconds=time.perf_counter() - job.enqueued),
+        resp = pb.ConstructResponse(map=api.from_numpy(out.astype(np.float32)), residual_norm=result.residual,
+                                    model_name=pkg.name, model_version=pkg.version, steps=job.config.steps,
+                                    timings=pb.Timings(queue_seconds=pending.started - pending.enqueued,
+                                                       sampling_seconds=pending.finished - pending.started,
+                                                       total_seconds=time.perf_counter() - pending.enqueued),
                                     sampler=spec_for(job.sampler).name, samples=job.samples,
                                     deterministic=self.limits.deterministic,
-                                    site_conditioned=job.site is not None and job.model.package.condition_channels > 0)
+                                    site_conditioned=job.site is not None and pkg.condition_channels > 0)
         if std is not None:
             resp.std.CopyFrom(api.from_numpy(std.astype(np.float32)))
         resp.sampler_parameters.update(sampler_parameters(job.sampler))
@@ -272,12 +265,12 @@ def metadata(model: LoadedModel, limits: Limits) -> object:
         name=pkg.name, version=pkg.version, channels=list(pkg.manifest["channels"]), tile_size=pkg.tile_size,
         operators=list(operators.OPERATORS),
         precisions=pkg.precisions, schedule_json=json.dumps(pkg.manifest["schedule"]),
-        max_steps=min(MAX_STEPS, len(pkg.schedule())), accuracy=accuracy, adapts=adapts(pkg),
+        max_steps=min(defaults.MAX_STEPS, len(pkg.schedule())), accuracy=accuracy, adapts=adapts(pkg),
         samplers=[_sampler_info(s) for s in SAMPLERS.values()],
         recommended=[pb.SamplerRecommendation(operator_kind=kind, sampler=r.sampler, steps=r.steps, samples=r.samples,
                                               parameters={k: float(v) for k, v in r.parameters.items()})
                      for kind, r in pkg.recommendations().items()],
-        max_samples=min(MAX_SAMPLES, limits.max_samples), max_evaluations=limits.max_evaluations,
+        max_samples=min(defaults.MAX_SAMPLES, limits.max_samples), max_evaluations=limits.max_evaluations,
         max_operators=api.MAX_OPERATORS, deterministic=limits.deterministic,
         site_aware=pkg.condition_channels > 0)
 

@@ -8,6 +8,7 @@ as an extra, exact observation:
     site = Site(building)              (H, W) or (B, H, W) bool, True = building
     site = Site(building, base_station=(row, col, height_m))   the BS too (may lie outside the tile)
     site = Site(building, bs, building_height=heights)          and the buildings' heights (metres)
+    site.check(shape)                  refuses a site that does not fit maps of `shape`: once, before use
     x = site.project(x)                buildings -> 0; outdoor AoA clipped into [0.3, 1]
     cond = site.condition(shape, rows) the condition maps of a site-aware prior (runtime.condition)
 
@@ -103,7 +104,6 @@ class Site:
                                 f"(|row|, |col| <= {reach} cells from its centre), got {bs[..., :2].tolist()}", "base_station")
 
     def _building(self, x: np.ndarray) -> np.ndarray:
-        self.check(x.shape)
         b = self.building if self.building.ndim == 3 else self.building[None]
         return b[:, None]  # (B or 1, 1, H, W)
 
@@ -111,7 +111,6 @@ class Site:
         """x (B, 2, H, W) -> the nearest map this site allows (Euclidean, per cell); x itself
         when the building layout is unknown (a base station's position constrains no cell)."""
         if self.building is None:
-            self.check(x.shape)
             return x
         building = self._building(x)
         lo = np.array([0.0, codec.AOA_PIXEL_MIN], x.dtype).reshape(1, 2, 1, 1)
@@ -130,6 +129,5 @@ class Site:
         prior's encoding (runtime.condition.Encoding; ckm-site/1 by default)."""
         from ckm_edge.runtime.condition import SITE_V1, site_condition
 
-        self.check((rows,) + tuple(shape[-3:]))
         return site_condition(self.building, self.base_station, tuple(shape[-2:]), batch=rows,
                               encoding=encoding or SITE_V1, heights=self.building_height)

@@ -144,34 +144,41 @@ def test_bearer_scheme_is_case_insensitive_and_refusals_are_counted(repo, tiny_p
 
 
 # 5. the batcher ---------------------------------------------------------------------------------
-def test_scheduler_is_fifo_within_a_key_and_fair_across_keys(repo, tiny_package, tiny_prior):
+def test_batcher_is_fifo_within_a_key_and_fair_across_keys(repo, tiny_package, tiny_prior):
     """One worker, a backlog of one kind of job, then one job of another kind: the other kind runs
     next (not after the backlog), and each kind leaves in arrival order."""
+    from ckm_edge.runtime import executor
+    from ckm_edge.runtime.batcher import Batcher, BatcherConfig, Pending
     from ckm_edge.runtime.diffpir import DiffPIRConfig
     from ckm_edge.runtime.repository import ModelRepository
-    from ckm_edge.runtime.scheduler import Job, Scheduler, SchedulerConfig
 
     model = ModelRepository(repo).resolve("tiny")
     _, op, y = _observation(tiny_prior)
-    y = y[None]
+
+    def pending(steps, seed, **kw):
+        job = executor.plan(model, op, y, (2, 32, 32), executor.ConstructConfig(steps, 1, seed, sampler=DiffPIRConfig()))
+        for k, v in kw.items():
+            setattr(job, k, v)
+        return Pending(job)
+
     gate = threading.Event()
     order = []
-    scheduler = Scheduler(SchedulerConfig(max_batch=1, max_queue_delay_ms=0, max_queue=16))
+    batcher = Batcher(BatcherConfig(max_batch=1, max_queue_delay_ms=0, max_queue=16))
     try:
-        blocker = Job(model, "fp32", 2, DiffPIRConfig(), op, y, 1, 0, on_step=lambda *a: gate.wait(10))
-        scheduler.submit(blocker)
+        blocker = pending(2, 0, on_step=lambda *a: gate.wait(10))
+        batcher.submit(blocker)
         time.sleep(0.2)  # the worker is inside the blocker's batch
-        jobs = [Job(model, "fp32", 2, DiffPIRConfig(), op, y, 1, i) for i in range(4)]
-        jobs.append(Job(model, "fp32", 3, DiffPIRConfig(), op, y, 1, 99))  # another key: 3 steps
-        jobs.append(Job(model, "fp32", 2, DiffPIRConfig(), op, y, 1, 4))
-        for job in jobs:
-            job.on_step = lambda done, total, r, job=job: order.append(job.seed) if done == total else None
-            scheduler.submit(job)
+        jobs = [pending(2, i) for i in range(4)]
+        jobs.append(pending(3, 99))  # another key: 3 steps
+        jobs.append(pending(2, 4))
+        for p in jobs:
+            p.job.on_step = lambda done, total, r, seed=p.job.config.seed: order.append(seed) if done == total else None
+            batcher.submit(p)
         gate.set()
-        for job in [blocker] + jobs:
-            assert job.done.wait(60) and job.error is None
+        for p in [blocker] + jobs:
+            assert p.done.wait(60) and p.error is None
     finally:
-        scheduler.stop()
+        batcher.stop()
     assert order.index(99) <= 1  # not starved behind the backlog of the other key
     assert [s for s in order if s != 99] == [0, 1, 2, 3, 4]  # FIFO within a key
 

@@ -159,7 +159,7 @@ class Operator(_message.Message):
     def __init__(self, mask: _Optional[_Union[MaskOperator, _Mapping]] = ..., downsample: _Optional[_Union[DownsampleOperator, _Mapping]] = ..., truncate: _Optional[_Union[TruncateOperator, _Mapping]] = ..., quantize_aoa: _Optional[_Union[QuantizeAoaOperator, _Mapping]] = ..., per_channel: _Optional[_Union[PerChannelOperator, _Mapping]] = ..., compose: _Optional[_Union[ComposeOperator, _Mapping]] = ..., identity: _Optional[_Union[IdentityOperator, _Mapping]] = ..., named: _Optional[_Union[NamedOperator, _Mapping]] = ...) -> None: ...
 
 class ConstructRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "observation", "operator", "noise_sigma", "zeta", "steps", "corrector_steps", "samples", "seed", "output_units", "precision", "jacobian_free", "adapter_name", "adapter_version", "sampler", "sampler_parameters", "site")
+    __slots__ = ("model_name", "model_version", "observation", "operator", "noise_sigma", "zeta", "steps", "corrector_steps", "samples", "seed", "output_units", "precision", "jacobian_free", "adapter_name", "adapter_version", "sampler", "sampler_parameters", "site", "respacing")
     class SamplerParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +185,7 @@ class ConstructRequest(_message.Message):
     SAMPLER_FIELD_NUMBER: _ClassVar[int]
     SAMPLER_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
+    RESPACING_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     observation: Tensor
@@ -203,7 +204,8 @@ class ConstructRequest(_message.Message):
     sampler: str
     sampler_parameters: _containers.ScalarMap[str, float]
     site: Site
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., observation: _Optional[_Union[Tensor, _Mapping]] = ..., operator: _Optional[_Union[Operator, _Mapping]] = ..., noise_sigma: _Optional[float] = ..., zeta: _Optional[float] = ..., steps: _Optional[int] = ..., corrector_steps: _Optional[int] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., output_units: _Optional[_Union[OutputUnits, str]] = ..., precision: _Optional[_Union[Precision, str]] = ..., jacobian_free: _Optional[bool] = ..., adapter_name: _Optional[str] = ..., adapter_version: _Optional[str] = ..., sampler: _Optional[str] = ..., sampler_parameters: _Optional[_Mapping[str, float]] = ..., site: _Optional[_Union[Site, _Mapping]] = ...) -> None: ...
+    respacing: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., observation: _Optional[_Union[Tensor, _Mapping]] = ..., operator: _Optional[_Union[Operator, _Mapping]] = ..., noise_sigma: _Optional[float] = ..., zeta: _Optional[float] = ..., steps: _Optional[int] = ..., corrector_steps: _Optional[int] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., output_units: _Optional[_Union[OutputUnits, str]] = ..., precision: _Optional[_Union[Precision, str]] = ..., jacobian_free: _Optional[bool] = ..., adapter_name: _Optional[str] = ..., adapter_version: _Optional[str] = ..., sampler: _Optional[str] = ..., sampler_parameters: _Optional[_Mapping[str, float]] = ..., site: _Optional[_Union[Site, _Mapping]] = ..., respacing: _Optional[str] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("queue_seconds", "sampling_seconds", "total_seconds")

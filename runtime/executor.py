@@ -1,0 +1,233 @@
+"""One construction path, without a transport: jobs in, results out.
+
+    job = plan(model, op, y, ConstructConfig(samples=4), sigma=0.01, site=site)   # every check, once
+    [result] = execute([job])              # Result: mean, std, samples, residual, steps, timings
+
+`plan` validates one construction — the observation against the operator, the site against the
+tile, the sampler's steps against the package's schedule (respacing included) — and fixes its
+schedule; `execute` runs a batch of planned jobs that share a `Job.key` (same network, precision,
+schedule and sampler config) as one sampler run: it composes the engine with the job's site
+adapter, seeds each job's posterior samples from its seed (`default_rng([seed, s])`, so a job
+gives the same maps alone or batched with others), drives the sampler's steps (runtime.sampler),
+reporting progress to each job between steps and stopping when no job of the batch is still
+wanted, and finishes and summarizes each job's samples. `runtime.construct.construct` (the CLI,
+the benchmarks), the server's batcher (runtime.batcher) and the memory probe all run through here,
+so a construction setting means the same everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from ckm_edge.runtime import codec, defaults, operators
+from ckm_edge.runtime.diffpir import DiffPIRConfig
+from ckm_edge.runtime.observations import Observation, Observations
+from ckm_edge.runtime.sampler import respaced, spec_for, start
+from ckm_edge.runtime.schedule import Schedule
+from ckm_edge.runtime.site import Site
+
+RESPACINGS = ("ddpm", "ddim")  # runtime.schedule.Schedule.respace's methods
+
+
+@dataclass(frozen=True)
+class ConstructConfig:
+    """What one construction chooses: the sampler and its config, steps, posterior samples, seed."""
+
+    steps: int | None = None  # respaced sampling steps (<= the package's N); None: the sampler's default
+    samples: int = 1  # posterior samples; > 1 gives a per-cell standard deviation
+    seed: int = 0
+    respacing: str = "ddpm"  # which of the package's N steps are kept (RESPACINGS)
+    sampler: object = field(default_factory=DiffPIRConfig)  # a registered sampler's config
+
+    def __post_init__(self):
+        spec_for(self.sampler)  # refuses a config that is not a registered sampler's
+        if self.steps is None:
+            object.__setattr__(self, "steps", spec_for(self.sampler).default_steps)
+        if not 1 <= self.steps <= defaults.MAX_STEPS:
+            raise ValueError(f"steps must be in [1, {defaults.MAX_STEPS}], got {self.steps}")
+        if not 1 <= self.samples <= defaults.MAX_SAMPLES:
+            raise ValueError(f"samples must be in [1, {defaults.MAX_SAMPLES}], got {self.samples}")
+        if self.respacing not in RESPACINGS:
+            raise ValueError(f"respacing must be one of {', '.join(RESPACINGS)}, got {self.respacing!r}")
+
+
+class Model(Protocol):
+    """A network a job runs on: runtime.repository.LoadedModel, or `Opened` (an engine in hand)."""
+
+    def engine(self, precision: str): ...
+    def schedule(self) -> Schedule: ...
+
+
+@dataclass(frozen=True, eq=False)
+class Opened:
+    """An engine already open, with the schedule it was trained with (one precision: its own)."""
+
+    opened: object
+    full_schedule: Schedule
+
+    def engine(self, precision: str):
+        return self.opened
+
+    def schedule(self) -> Schedule:
+        return self.full_schedule
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclass(eq=False)
+class Job:
+    """One planned construction (`plan`): everything a batch needs, nothing of the transport."""
+
+    model: Model
+    op: operators.Operator
+    y: np.ndarray  # (1, C', H', W'), checked against op
+    shape: tuple[int, int, int]  # (C, H, W) of one map
+    config: ConstructConfig
+    schedule: Schedule  # the respaced schedule the sampler runs
+    sigma: float = 0.0  # observation noise, pixels
+    site: Site | None = None  # checked against shape
+    precision: str = defaults.PRECISION
+    adapter: Model | None = None  # a site adapter composed with the model
+    adapter_lambda: object = None  # its lambda(t) (runtime.adapter.LambdaTable)
+    alive: Callable[[], bool] = _always  # False once nobody waits for the result (cancelled, deadline)
+    on_step: Callable[[int, int, float], None] | None = None  # (steps done, total, mean residual of its rows)
+    progress_interval: int = 1
+
+    @property
+    def samples(self) -> int:
+        return self.config.samples
+
+    @property
+    def sampler(self):
+        return self.config.sampler
+
+    @property
+    def steps(self) -> int:
+        return len(self.schedule)
+
+    @property
+    def key(self) -> tuple:
+        """Jobs of one key can share one sampler run."""
+        c = self.config
+        return (id(self.model), id(self.adapter), self.precision, c.steps, c.respacing, c.sampler, self.shape)
+
+    def observation(self) -> Observation:
+        return Observation(self.op, self.y, self.sigma, self.site)
+
+
+def check_observation(op: operators.Operator, y: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """y must be finite, within OBSERVATION_RANGE and shaped like A(x) for one map of `shape`
+    ((C', H', W'), or with a leading 1); returns (1, ...) float32."""
+    y = np.asarray(y, dtype=np.float32)
+    try:  # a probe run catches masks and building layouts that do not fit the tile
+        expect = op.forward(np.zeros((1,) + tuple(shape), np.float32)).shape
+    except (operators.OperatorError, ValueError) as e:
+        raise operators.OperatorError(f"the operator does not fit a {tuple(shape)} map: {e}") from None
+    if y.shape not in (expect, expect[1:]):
+        raise operators.OperatorError(f"observation has shape {list(y.shape)}; the operator produces "
+                                      f"{list(expect[1:])} for one map (a leading 1 is allowed)")
+    y = y.reshape(expect)
+    if not np.isfinite(y).all():
+        raise operators.OperatorError(f"observation has {int((~np.isfinite(y)).sum())} non-finite value(s)")
+    lo, hi = defaults.OBSERVATION_RANGE
+    if y.min() < lo or y.max() > hi:
+        raise operators.OperatorError(f"observation values must lie in [{lo:g}, {hi:g}] pixels (the codec's [0, 1] "
+                                      f"plus noise), got min {y.min():g}, max {y.max():g}")
+    return y
+
+
+def plan(model: Model, op: operators.Operator, y: np.ndarray, shape: tuple[int, int, int],
+         config: ConstructConfig = ConstructConfig(), *, sigma: float = 0.0, site: Site | None = None,
+         precision: str = defaults.PRECISION, adapter: Model | None = None, adapter_lambda=None) -> Job:
+    """A checked job: raises OperatorError (the operator or observation), SiteError (the site) or
+    ScheduleError (steps and respacing against the package's schedule) naming what is wrong."""
+    shape = tuple(shape)
+    y = check_observation(op, y, shape)
+    if site is not None:
+        site.check((config.samples,) + shape)
+    schedule = respaced(model.schedule(), config.steps, config.sampler, config.respacing)
+    return Job(model, op, y, shape, config, schedule, float(sigma), site, precision, adapter, adapter_lambda)
+
+
+@dataclass
+class Result:
+    mean: np.ndarray  # (C, H, W) pixels, clipped to [0, 1]
+    std: np.ndarray | None  # (C, H, W) per-cell standard deviation over samples (None for one sample)
+    samples: np.ndarray  # (S, C, H, W)
+    residual: float  # ||y - A(mean)||, pixels
+    steps: int
+    timings: dict  # seconds per stage of the batch it ran in
+
+
+class Stopped(Exception):
+    """No job of the batch was still wanted (cancelled, past its deadline); the run stopped between steps."""
+
+
+def engine_of(job: Job):
+    """The job's network: its model's engine, plus its site adapter's (s = s_model + lambda(t) d)."""
+    engine = job.model.engine(job.precision)
+    if job.adapter is not None:
+        from ckm_edge.runtime.adapter import ComposedEngine
+
+        engine = ComposedEngine(engine, job.adapter.engine(job.precision), job.adapter_lambda)
+    return engine
+
+
+def execute(jobs: Sequence[Job]) -> list[Result]:
+    """Run jobs of one key as one batch (module doc). Raises Stopped when, between two steps, no job
+    is alive any more; any other error is the batch's."""
+    first = jobs[0]
+    if any(job.key != first.key for job in jobs):
+        raise ValueError("a batch runs jobs of one key only (model, adapter, precision, steps, respacing, sampler)")
+    t0 = time.perf_counter()
+    groups, rngs, rows_of = [], [], []
+    for job in jobs:
+        rows = slice(len(rngs), len(rngs) + job.samples)
+        groups.append((rows, job.observation()))
+        rows_of.append(rows)
+        rngs.extend(np.random.default_rng([job.config.seed, s]) for s in range(job.samples))
+    obs = Observations(first.shape, len(rngs), groups, check_sites=False)  # plan checked them
+    run = start(engine_of(first), first.schedule, obs, rngs, first.sampler)
+    t1 = time.perf_counter()
+    for info in run:
+        done = run.taken
+        for job, rows in zip(jobs, rows_of):
+            if job.on_step is not None and (done % job.progress_interval == 0 or info.k == 0):
+                job.on_step(done, run.total, float(info.residual[rows].mean()) if info.residual is not None else 0.0)
+        if info.k > 0 and not any(job.alive() for job in jobs):
+            raise Stopped("every request of the batch was cancelled or ran past its deadline")
+    t2 = time.perf_counter()
+    x = obs.finish(run.result)
+    out = []
+    for job, rows in zip(jobs, rows_of):
+        mean, std, residual = summarize(x[rows], job.op, job.y)
+        out.append(Result(mean, std, x[rows], residual, job.steps, {}))
+    timings = {"prepare_s": t1 - t0, "sampling_s": t2 - t1, "finish_s": time.perf_counter() - t2}
+    for r in out:
+        r.timings = dict(timings)
+    return out
+
+
+def summarize(x: np.ndarray, op: operators.Operator, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Posterior samples (S, C, H, W) of one observation -> their mean, per-cell standard deviation
+    (None for one sample) and the residual ||y - A(mean)|| in pixels."""
+    mean = x.mean(axis=0)
+    std = x.std(axis=0) if len(x) > 1 else None
+    residual = float(np.sqrt(((y[0] - op.forward(mean[None])[0]) ** 2).sum()))
+    return mean, std, residual
+
+
+def in_physical_units(mean: np.ndarray, std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A map in pixels -> (2, H, W) gain dB and AoA sine (building cells NaN); std scaled to match."""
+    phys = codec.decode(mean, clip=True)
+    out = np.stack([phys.gain_db, phys.aoa_sine])
+    if std is not None:
+        std = std * np.array([codec.GAIN_RMSE_FACTOR, codec.AOA_RMSE_FACTOR], np.float32)[:, None, None]
+    return out, std
