@@ -13,23 +13,30 @@ from ckm_edge.runtime.operators.registry import register_operator
 from ckm_edge.runtime.operators.solvers import box_refine, cg_prox
 
 
-def _freeze_operators(combinator: Operator, message: str) -> None:
-    """Store a combinator's operators as a tuple; refuse an empty list or a non-operator."""
-    object.__setattr__(combinator, "operators", tuple(combinator.operators))
-    if not combinator.operators or not all(isinstance(o, Operator) for o in combinator.operators):
-        raise OperatorError(message)
+@dataclass(frozen=True)
+class Combinator(Operator):
+    """An operator over sub-operators, stored as a non-empty tuple; linear when all of them are."""
+
+    operators: tuple
+    needs = "at least one operator"  # what an empty list or a non-operator is told
+
+    def __post_init__(self):
+        object.__setattr__(self, "operators", tuple(self.operators))
+        if not self.operators or not all(isinstance(o, Operator) for o in self.operators):
+            raise OperatorError(f"{self.name} needs {self.needs}")
+
+    @property
+    def linear(self):
+        return all(o.linear for o in self.operators)
 
 
 @register_operator
 @dataclass(frozen=True)
-class PerChannel(Operator):
+class PerChannel(Combinator):
     """Channel c of x through operators[c] (each sees (B, 1, H, W)); outputs stacked on channels."""
 
-    operators: tuple
     name = "per_channel"
-
-    def __post_init__(self):
-        _freeze_operators(self, "per_channel needs one operator per channel")
+    needs = "one operator per channel"
 
     def forward(self, x):
         x = check_x(x, len(self.operators))
@@ -43,10 +50,6 @@ class PerChannel(Operator):
         return np.concatenate(
             [op.vjp(x[:, c : c + 1], v[:, c : c + 1]) for c, op in enumerate(self.operators)], axis=1
         )
-
-    @property
-    def linear(self):
-        return all(o.linear for o in self.operators)
 
     @property
     def exact_prox(self):
@@ -84,14 +87,10 @@ class PerChannel(Operator):
 
 @register_operator
 @dataclass(frozen=True)
-class Compose(Operator):
+class Compose(Combinator):
     """A_n(...A_1(x)): the VJP runs the chain rule backwards through the saved intermediates."""
 
-    operators: tuple
     name = "compose"
-
-    def __post_init__(self):
-        _freeze_operators(self, "compose needs at least one operator")
 
     def forward(self, x):
         for op in self.operators:
@@ -106,10 +105,6 @@ class Compose(Operator):
         for op, xin in zip(reversed(self.operators), reversed(inputs)):
             v = op.vjp(xin, v)
         return v
-
-    @property
-    def linear(self):
-        return all(o.linear for o in self.operators)
 
     @property
     def exact_prox(self):
