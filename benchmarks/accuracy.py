@@ -34,7 +34,6 @@ import numpy as np
 
 from ckm_edge.benchmarks import solvers
 from ckm_edge.benchmarks.journal import Journal, package_identity
-from ckm_edge.benchmarks.solvers import METRICS, mean_metrics
 from ckm_edge.runtime import condition, tasks
 from ckm_edge.runtime.tasks import PAPER_TASKS
 
@@ -51,8 +50,6 @@ PAPER = {
         "multi": {"ipbox": 0.519, "iprandom": 0.413, "sr2": 0.180, "jtqr": 0.053},
     },
 }
-LEARNED = {"foundation": "foundation prior (ours)", "single": "single-configuration end-to-end",
-           "multi": "multi-configuration end-to-end"}
 SETTINGS = ("paper", "site")
 
 
@@ -168,7 +165,8 @@ def _files_digest(directory: Path, pattern: str) -> dict:
 
 def run(package_dir: str | Path, checkpoints: str | Path, held: HeldOut, task_names: tuple[str, ...],
         cfg: AccuracyConfig, progress=print, journal: str | Path | None = None) -> dict:
-    """{"results": {setting: {task: {method: [per-map metrics (+ seconds)]}}}, "constructions": {...}}.
+    """{"results": {setting: {task: {method: [per-map metrics (+ seconds)]}}}, "constructions": {...},
+    "verdicts": verdicts(results), ...}.
 
     With `journal` (benchmarks.journal), every finished (task, tile) is appended to that JSONL file
     and a run given it again (same package, tiles, baselines and configuration) takes them from it:
@@ -202,7 +200,7 @@ def run(package_dir: str | Path, checkpoints: str | Path, held: HeldOut, task_na
                      f"(paper), {results['site'][task]['foundation'][-1]['gain_all']:.2f} dB (site)")
     constructions = {f"{s}/{t}": v for (s, t), v in used.items()}
     return {"results": results, "constructions": constructions, "site_aware_prior": bool(pkg.condition_channels),
-            "base_station_known": held.transmitters is not None}
+            "base_station_known": held.transmitters is not None, "verdicts": verdicts(results)}
 
 
 def _one_map(engine, pkg, manifest: dict, nets: dict, cfg: AccuracyConfig, shape, held: HeldOut, task: str, i: int,
@@ -248,66 +246,17 @@ def _one_map(engine, pkg, manifest: dict, nets: dict, cfg: AccuracyConfig, shape
     return out
 
 
-def verdicts(results: dict) -> list[str]:
+def verdicts(results: dict) -> dict:
     """Per setting and paper task: does the foundation beat every other method (end-to-end and
-    classical) on every metric (gain and AoA sine, all and unobserved cells)? The issue's target."""
-    lines = []
+    classical) on every metric (gain and AoA sine, all and unobserved cells)? The issue's target.
+    {setting: {"tasks": [{"task", "lost": solvers.beaten_by(...)}], "learned": the end-to-end kinds
+    compared, "absent": those no checkpoint was given for}}."""
+    out = {}
     for setting in SETTINGS:
-        met, missed = [], []
-        for task, rows in results[setting].items():
-            if task not in PAPER_TASKS or "foundation" not in rows:
-                continue
-            ours = mean_metrics(rows["foundation"])
-            lost = [f"{m} {k} {v[k]:.3g} <= {ours[k]:.3g}" for m, v in ((m, mean_metrics(r)) for m, r in rows.items() if m != "foundation")
-                    for k in METRICS if v.get(k) is not None and ours.get(k) is not None and v[k] <= ours[k]]
-            (missed if lost else met).append(task + (f" ({'; '.join(lost)})" if lost else ""))
-        learned = [m for m in ("single", "multi") if any(m in rows for rows in results[setting].values())]
-        against = "every classical method" + "".join(
-            f", the {'site-aware ' if setting == 'site' else ''}{LEARNED[m]} model" for m in learned)
-        absent = [m for m in ("single", "multi") if m not in learned]
-        verdict = (f"the foundation beats {against} on every metric for {', '.join(met)}"
-                   + (f"; not for {', '.join(missed)}" if missed else "") if met
-                   else f"on no task does the foundation beat {against} on every metric: {', '.join(missed)}")
-        lines.append(f"- {setting} setting: {verdict}."
-                     + (f" No {'site-aware ' if setting == 'site' else ''}{' or '.join(LEARNED[m] for m in absent)} "
-                        "checkpoint was given, so that comparison is missing." if absent else ""))
-    return lines
-
-
-def markdown(out: dict, description: str, cfg: AccuracyConfig) -> str:
-    results = out["results"]
-    text = [description, ""]
-    titles = {"paper": "Paper setting (the observation only)",
-              "site": "Site setting (plus the building layout" + (" and the base station's position and height" if
-                                                                   out.get("base_station_known") else "")
-              + "; the end-to-end rows are the site-aware models, the classical methods get the layout"
-              + (", the prior is site-aware and conditions on the site" if out.get("site_aware_prior") else
-                 ", the prior is unconditional and uses the layout as an observation") + ")"}
-    order = {"foundation": 0, "single": 1, "multi": 2}
-    for setting in SETTINGS:
-        text += [f"**{titles[setting]}**: gain RMSE (dB) / AoA-sine RMSE, all cells | unobserved cells; mean over maps, "
-                 "lower is better.", "", "| task | method | gain all | AoA all | gain unobs. | AoA unobs. | s/map |",
-                 "|---|---|---:|---:|---:|---:|---:|"]
-        site_aware = "site-aware " if setting == "site" else ""
-        for task, rows in results[setting].items():
-            text += solvers.table_rows(
-                task, rows, lambda m: (site_aware if m in ("single", "multi") else "") + LEARNED.get(m, f"classical: {m}"),  # noqa: B023
-                lambda m: (order.get(m, 3), m))
-        text.append("")
-    text += ["Verdicts:", *verdicts(results), ""]
-    used = out["constructions"]
-    whose = ("the package's defaults, runtime.recommend" if cfg.samplers is None else
-             "a samplers table given to the benchmark (`--samplers`) in place of the package's defaults")
-    text += [f"Foundation constructions ({whose}): " + "; ".join(
-        f"{key}: {u['sampler']} {u['steps']} steps x {u['samples']} samples ({u['nfe']} evaluations per sample)"
-        for key, u in used.items()) + f"; {cfg.precision}, noise sigma {cfg.sigma:g}.", ""]
-    paper_tasks = [t for t in results["paper"] if t in PAPER_TASKS]
-    if paper_tasks:
-        text += ["For orientation, the paper's Tables II/III (CKMImageNet, fully trained models, all cells, gain dB / "
-                 "AoA sine); only the ordering of methods compares, not the values:", "",
-                 "| method | " + " | ".join(paper_tasks) + " |", "|---|" + "---:|" * len(paper_tasks)]
-        for m in ("foundation", "single", "multi"):
-            text.append(f"| paper: {LEARNED[m]} | " + " | ".join(
-                f"{PAPER['gain_db'][m][t]:.2f} / {PAPER['aoa_sine'][m][t]:.3f}" for t in paper_tasks) + " |")
-        text.append("")
-    return "\n".join(text)
+        by_task = results[setting]
+        learned = [m for m in ("single", "multi") if any(m in rows for rows in by_task.values())]
+        out[setting] = {"tasks": [{"task": task, "lost": solvers.beaten_by(rows["foundation"], {
+                                       m: v for m, v in rows.items() if m != "foundation"})}
+                                  for task, rows in by_task.items() if task in PAPER_TASKS and "foundation" in rows],
+                        "learned": learned, "absent": [m for m in ("single", "multi") if m not in learned]}
+    return out

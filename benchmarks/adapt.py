@@ -74,8 +74,9 @@ def generic_tiles(cfg: AdaptBenchConfig, tile_size: int, workers: int = 1) -> np
 
 def run(large, meta: dict, cfg: AdaptBenchConfig, work: Path, device: str = "cpu", workers: int = 1,
         progress=print, on_result=None) -> dict:
-    """Train, fit and score every method; returns JSON-able results. `on_result(results)` is called
-    after every method, so a run stopped early still leaves what it measured."""
+    """Train, fit and score every method; returns JSON-able results with their `summary`.
+    `on_result(results)` is called after every method, so a run stopped early still leaves what it
+    measured."""
     import torch
 
     from ckm_edge.runtime.adapter import ComposedEngine, LambdaTable
@@ -108,6 +109,7 @@ def run(large, meta: dict, cfg: AdaptBenchConfig, work: Path, device: str = "cpu
 
     def add(row: dict) -> None:
         results["methods"].append(row)
+        results["summary"] = summary(results)
         if on_result is not None:
             on_result(results)
 
@@ -145,67 +147,29 @@ def run(large, meta: dict, cfg: AdaptBenchConfig, work: Path, device: str = "cpu
     return results
 
 
-LABELS = {"foundation": "Foundation alone", "lasco": "+ adapter, LASCO (lambda = 1)",
-          "elastic": "+ adapter, elastic LASCO (fitted lambda(t))", "finetune": "Full fine-tuning of the foundation"}
-
-
-def markdown(results: dict, package: str, device_name: str) -> str:
-    cfg = results["config"]
-    task_names = cfg["tasks"]
-    lines = [
-        f"Site adaptation of `{package}` on **{device_name}**. Site: procedural `{cfg['site_preset']}` preset, evaluation "
-        f"region {cfg['site_region']} (unseen layout and propagation statistics; the prior was trained on `v1` training "
-        f"regions); N of its unlabeled maps for adaptation, {cfg['test_tiles']} other maps of the site held out for scoring. "
-        f"Runtime sampler, {cfg['steps']} steps, zeta {cfg['zeta']:g}, M = 1, fp32; gain RMSE dB / AoA-sine RMSE, mean "
-        "over the held-out maps (lower is better).",
-        "",
-        "| method | N | " + " | ".join(task_names) + " | training s | parameters trained |",
-        "|---|---:|" + "---:|" * len(task_names) + "---:|---:|",
-    ]
-    base = next(m for m in results["methods"] if m["method"] == "foundation")
-    for m in results["methods"]:
-        cells = []
-        for t in task_names:
-            r = m["rmse"][t]
-            aoa = r.get("aoa_sine")
-            cells.append(f"{r['gain_db']:.2f} / " + (f"{aoa:.3f}" if aoa is not None and np.isfinite(aoa) else "—"))
-        n = m["n"] or "-"
-        secs = m["cost"].get("seconds")
-        lines.append(f"| {LABELS[m['method']]} | {n} | " + " | ".join(cells) + " | "
-                     + (f"{secs:.0f}" if secs is not None else "not recorded") + f" | {m['cost']['parameters_trained']:,} |")
-    if not results.get("complete", True):
-        last = results["methods"][-1]
-        lines += ["", f"Incomplete run: {len(results['methods'])} of {1 + 3 * len(cfg['counts'])} rows; it stopped after "
-                      f"{LABELS[last['method']].lower()}" + (f" at N = {last['n']}" if last["n"] else "")
-                  + (f", {results['stopped']}" if results.get("stopped") else "") + "."]
-    ref = results.get("reference_cost", {})
-    lines += ["", f"The adapter's reference model ({ref.get('parameters_trained', 0):,} parameters, "
-                  f"{ref.get('steps', 0)} steps on {cfg['generic_tiles']} shared maps) took {ref.get('seconds', 0):.0f} s once; "
-                  f"every site reuses it. The foundation has {results['large_parameters']:,} parameters. Proxy and "
-                  f"fine-tuning both ran {cfg['proxy_steps']} / {cfg['finetune_steps']} optimizer steps of batch "
-                  f"{cfg['batch_size']}."]
-    # Verdict per N: mean gain RMSE over tasks, adapter vs foundation vs fine-tune.
-    mean = lambda m: float(np.mean([m["rmse"][t]["gain_db"] for t in task_names]))
-    verdicts = []
-    for n in cfg["counts"]:
-        rows = {m["method"]: m for m in results["methods"] if m["n"] == n}
+def summary(results: dict) -> dict:
+    """Adapter against foundation against fine-tuning, on the mean gain RMSE over the tasks: per N
+    where all three were measured ("by_n"), the Ns at which an adapter row beats the foundation
+    ("improved_at"), and per task the foundation, the best adapter row and the best fine-tune."""
+    names = results["config"]["tasks"]
+    mean = lambda m: float(np.mean([m["rmse"][t]["gain_db"] for t in names]))
+    methods = results["methods"]
+    base = next(m for m in methods if m["method"] == "foundation")
+    by_n = []
+    for n in results["config"]["counts"]:
+        rows = {m["method"]: m for m in methods if m["n"] == n}
         if {"lasco", "elastic", "finetune"} <= set(rows):
-            best_adapter = min(("lasco", "elastic"), key=lambda k: mean(rows[k]))
-            verdicts.append(f"N = {n}: foundation {mean(base):.2f} dB, best adapter ({best_adapter}) "
-                            f"{mean(rows[best_adapter]):.2f} dB, fine-tune {mean(rows['finetune']):.2f} dB")
-    if verdicts:
-        lines += ["", "Mean gain RMSE over the tasks: " + "; ".join(verdicts) + "."]
-        helped = [n for n in cfg["counts"] if any(mean(m) < mean(base) for m in results["methods"]
-                                                  if m["n"] == n and m["method"] in ("lasco", "elastic"))]
-        lines.append("On the mean, the adapter " + (f"improves on the foundation alone at N = {', '.join(map(str, helped))}."
-                                                    if helped else "does not improve on the foundation alone at any N here."))
-        per_task = []
-        for t in task_names:
-            best = min((m["rmse"][t]["gain_db"] for m in results["methods"] if m["method"] in ("lasco", "elastic")),
-                       default=None)
-            tuned = min((m["rmse"][t]["gain_db"] for m in results["methods"] if m["method"] == "finetune"), default=None)
-            if best is not None:
-                per_task.append(f"{t} {base['rmse'][t]['gain_db']:.2f} -> {best:.2f}"
-                                + (f" (fine-tune {tuned:.2f})" if tuned is not None else ""))
-        lines.append("Per task, foundation -> best adapter row: " + "; ".join(per_task) + " dB.")
-    return "\n".join(lines)
+            best = min(("lasco", "elastic"), key=lambda k: mean(rows[k]))
+            by_n.append({"n": n, "foundation_db": mean(base), "best_adapter": best, "best_adapter_db": mean(rows[best]),
+                         "finetune_db": mean(rows["finetune"])})
+    adapters = [m for m in methods if m["method"] in ("lasco", "elastic")]
+    per_task = {}
+    for t in names:
+        tuned = [m["rmse"][t]["gain_db"] for m in methods if m["method"] == "finetune"]
+        if adapters:
+            per_task[t] = {"foundation_db": base["rmse"][t]["gain_db"],
+                           "best_adapter_db": min(m["rmse"][t]["gain_db"] for m in adapters),
+                           "finetune_db": min(tuned) if tuned else None}
+    return {"by_n": by_n, "improved_at": [n for n in results["config"]["counts"]
+                                          if any(mean(m) < mean(base) for m in adapters if m["n"] == n)],
+            "per_task": per_task}

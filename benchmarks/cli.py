@@ -20,32 +20,47 @@ and benchmarks/RESULTS.md under the working directory; `ckm-bench --results DIR 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
-from ckm_edge.benchmarks import report
+from ckm_edge.benchmarks import render, report
 from ckm_edge.runtime import defaults
 
 DEFAULT_PACKAGE = "models/repository/ckm-prior/1.0.0"  # the embedded default model
 DEFAULT_CHECKPOINT = "models/checkpoints/prior-small.pt"  # its PyTorch weights
 
 
+def _store(args: argparse.Namespace, name: str, kind: str, command: str, results: dict, say: str = "") -> None:
+    """Write the record, regenerate RESULTS.md from every record, print the record's new section."""
+    path = report.write_result(name, kind, command, results, results_dir=args.results)
+    print(render.section(report.read_record(path)))
+    print(f"results: {path}; report: {report.results_md(args.results)}" + say)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text)
+
+
+def _data_slug(data: str) -> str:
+    """A record's name for the tiles it ran on: the dataset directory's name, or 'procedural'."""
+    return _slug(Path(data).name if data != "procedural" else "procedural")
+
+
+def _progress(line: str) -> None:
+    print(line, flush=True)
+
+
 def _cmd_procedural(args: argparse.Namespace) -> int:
     from ckm_edge.benchmarks import procedural
 
-    results, markdown = procedural.run(tiles=args.tiles, workers=args.workers)
+    results = procedural.run(tiles=args.tiles, workers=args.workers)
     command = f"ckm-bench procedural --tiles {args.tiles}" + (f" --workers {args.workers}" if args.workers else "")
-    path = report.write_result("procedural-generator", command, results, markdown, results_dir=args.results)
-    print(markdown)
-    print(f"results: {path}; report: {report.results_md(args.results)}")
+    _store(args, "procedural-generator", "procedural", command, results)
     return 0
 
 
 def _cmd_latency(args: argparse.Namespace) -> int:
-    import collections
-
-    import onnx
-
     from ckm_edge.benchmarks import latency
     from ckm_edge.runtime.engine import EngineConfig, EngineError, open_engine
     from ckm_edge.runtime.package import load_package
@@ -58,115 +73,17 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     except (EngineError, ImportError) as e:
         raise SystemExit(f"ckm-bench latency: the {args.backend} engine on {args.device} cannot run here: {e}") from None
     model, meta = load_model(args.checkpoint)
-    tile, _ = procedural.generate_region(procedural.ProceduralConfig(tile_size=pkg.tile_size), "eval", 0, 1, seed=7)
-    tile = tile[0]
-    steps = args.steps
-    where = {"device": args.device, "backend": args.backend}
-    engine_label = "TensorRT" if args.backend == "tensorrt" else f"ORT {args.device.upper()}"
-    rows, results = [], {"steps_timed": steps, "threads": args.threads or "default", "package": f"{pkg.name} {pkg.version}"}
-    torch_m1 = latency.torch_step(model, meta["schedule"], tile, steps, corrector=1, threads=args.threads, device=args.device)
-    torch_m2 = latency.torch_step(model, meta["schedule"], tile, steps, corrector=2, threads=args.threads, device=args.device)
-    results["torch_reference"] = {"M1_step_s": torch_m1, "M2_paper_step_s": torch_m2}
-    flops = latency.network_flops(model, pkg.tile_size)
-    if args.device == "cuda":
-        import torch
-
-        from ckm_edge.benchmarks.gpu import matmul_rate
-
-        gflops = matmul_rate(torch.device("cuda"), torch.float32) / 1e9
-    else:
-        gflops = latency.machine_gflops()
-    floor_m1 = (2 * flops["forward"] + flops["backward"]) / (gflops * 1e9)
-    results.update(flops=flops, machine_gflops=round(gflops, 1), floor_M1_step_s=floor_m1)
-    rows.append(f"| PyTorch reference, autograd (M=1) | 1 | {torch_m1 * 1e3:.1f} | | | 1.00 | {torch_m1 / floor_m1:.1f}x |")
-    rows.append(f"| PyTorch reference, paper config (M=2: 3 fwd + 1 bwd) | 1 | {torch_m2 * 1e3:.1f} | | | {torch_m1 / torch_m2:.2f} | |")
-    results["runtime"] = {}
-    for precision in pkg.precisions:
-        for batch in args.batches:
-            r = latency.runtime_step(pkg, tile, precision, steps, batch=batch, threads=args.threads, **where)
-            results["runtime"][f"{precision}-b{batch}"] = r
-            per_map = r["step_s"] / batch
-            rows.append(f"| runtime {engine_label} {precision}, guided (M=1) | {batch} | {r['step_s'] * 1e3:.1f} | "
-                        f"{r['engine_s'] * 1e3:.1f} | {r['overhead_s'] * 1e3:.1f} | {torch_m1 / per_map:.2f} | "
-                        f"{per_map / floor_m1:.1f}x |")
-    jf = latency.runtime_step(pkg, tile, "fp32", steps, jacobian_free=True, threads=args.threads, **where)
-    results["runtime"]["fp32-b1-jacobian-free"] = jf
-    rows.append(f"| runtime {engine_label} fp32, Jacobian-free (M=1) | 1 | {jf['step_s'] * 1e3:.1f} | {jf['engine_s'] * 1e3:.1f} | "
-                f"{jf['overhead_s'] * 1e3:.1f} | {torch_m1 / jf['step_s']:.2f} | |")
-    fp32 = results["runtime"]["fp32-b1"]["step_s"]
-    ratio = torch_m1 / fp32
-    results["speedup_fp32_vs_torch"] = ratio
-    target = "met" if ratio >= 2.5 else "MISSED"
-    constructions = latency.construction_times(pkg, tile, threads=args.threads) if args.device == "cpu" else []
-    results["constructions"] = constructions
-    bwd_ops = collections.Counter(n.op_type for n in onnx.load(str(pkg.graph_path("fp32", "backward")),
-                                                               load_external_data=False).graph.node)
-    markdown = "\n".join([
-        f"Per DPS step on `{pkg.name} {pkg.version}` ({pkg.tile_size}x{pkg.tile_size}), {steps} timed steps, "
-        f"IPbox observation. Network: {flops['forward'] / 1e9:.2f} GFLOP forward, {flops['backward'] / 1e9:.2f} GFLOP "
-        f"input-gradient backward; this machine's float32 matmul rate {gflops:.0f} GFLOP/s, so a guided step "
-        f"(2 forwards + 1 backward) cannot take less than {floor_m1 * 1e3:.1f} ms.",
-        "",
-        "| path | batch | ms/step | engine ms | loop ms | speed-up vs PyTorch (per map) | x floor (per map) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        *rows,
-        "",
-        (f"Target: runtime per-step time on CPU at least 2.5x faster than the PyTorch reference: {ratio:.2f}x, {target}."
-         if args.device == "cpu" else f"Runtime vs PyTorch reference on {args.device}, same run: {ratio:.2f}x "
-              "(the 2.5x target is stated for CPUs)."),
-        *([] if ratio >= 2.5 or args.device != "cpu" else [
-            "",
-            "Why: the guided step is engine bound (the loop adds ~2 ms) and runs the same network FLOPs as "
-            "PyTorch's autograd on the same cores, so per-step parity, not 2.5x, is what kernels alone can give; "
-            f"this package's backward graph holds {bwd_ops.get('ConvTranspose', 0)} ConvTranspose and "
-            f"{bwd_ops.get('Conv', 0)} Conv nodes"
-            + (" (exported before stride-1 input gradients became plain convolutions over flipped kernels; "
-               "packages exported now have ConvTranspose only for strided convolutions)"
-               if bwd_ops.get("ConvTranspose", 0) > bwd_ops.get("Conv", 0) else "")
-            + ". A 2.5x per-step ratio on a CPU needs fewer network evaluations per step: the Jacobian-free "
-            f"step, which skips the backward graph, is {torch_m1 / jf['step_s']:.1f}x faster than the reference."]),
-        *([] if not constructions else [
-            "",
-            "Whole constructions, seconds per map, same tile and engine in this run: the paper's DPS (50 steps, M = 1, "
-            "one sample: 150 network evaluations) against the default construction (the package's recommended sampler, "
-            "steps and posterior samples, run as one batch).",
-            "",
-            "| task | DPS, 50 steps (s) | default construction | default (s) | speed-up |",
-            "|---|---:|---|---:|---:|",
-            *[f"| {r['task']} | {r['dps_s']:.2f} | {r['default']} | {r['default_s']:.2f} | {r['dps_s'] / r['default_s']:.1f}x |"
-              for r in constructions],
-            "",
-            "Target: a construction with the default settings in at most 2 s per map on this CPU: "
-            + ("met" if all(r["default_s"] <= 2.0 for r in constructions) else "MISSED") + " ("
-            + ", ".join(f"{r['task']} {r['default_s']:.2f} s" for r in constructions) + ")."]),
-    ])
+    tile = procedural.generate_region(procedural.ProceduralConfig(tile_size=pkg.tile_size), "eval", 0, 1, seed=7)[0][0]
+    results = latency.run(pkg, model, meta, tile, args.steps, tuple(args.batches), args.threads, args.device, args.backend)
     name = "latency-tensorrt" if args.backend == "tensorrt" else f"latency-{args.device}"
-    command = f"ckm-bench latency --steps {steps}" + ("" if args.device == "cpu" else f" --device {args.device}") + (
+    command = f"ckm-bench latency --steps {args.steps}" + ("" if args.device == "cpu" else f" --device {args.device}") + (
         "" if args.backend == "onnxruntime" else f" --backend {args.backend}")
-    path = report.write_result(name, command, results, markdown, results_dir=args.results)
-    print(markdown)
-    print(f"results: {path}")
-    if args.device == "cpu" and args.compare_backends:
-        _latency_backends(args, pkg, tile)
+    _store(args, name, "latency", command, results)
+    if args.device == "cpu" and args.compare_backends:  # ONNX Runtime (spinning or not) and OpenVINO, same run
+        results = latency.backend_comparison(pkg, tile, pkg.precisions, threads=args.threads, repeats=args.repeats)
+        command = "ckm-bench latency" + (f" --threads {args.threads}" if args.threads else "")
+        _store(args, "latency-backends-cpu", "latency-backends", command, results)
     return 0
-
-
-def _latency_backends(args: argparse.Namespace, pkg, tile) -> None:
-    """ONNX Runtime (its default: the score graph's workers spin; every graph's; none) and OpenVINO per precision, same run."""
-    import numpy as np
-
-    from ckm_edge.benchmarks import latency
-    from ckm_edge.runtime import tasks
-    from ckm_edge.runtime.recommend import resolve
-
-    rows = latency.backend_comparison(pkg, tile, pkg.precisions, threads=args.threads, repeats=args.repeats)
-    _, steps, samples = resolve(pkg.manifest, tasks.make_operator("sr2", np.random.default_rng(1), tile[None]))
-    markdown = latency.backend_markdown(rows, pkg, f"{steps} steps x {samples} samples")
-    command = "ckm-bench latency" + (f" --threads {args.threads}" if args.threads else "")
-    path = report.write_result("latency-backends-cpu", command, {"rows": rows, "package": f"{pkg.name} {pkg.version}"},
-                               markdown, results_dir=args.results)
-    print(markdown)
-    print(f"results: {path}; report: {report.results_md(args.results)}")
 
 
 def _cmd_load(args: argparse.Namespace) -> int:
@@ -180,46 +97,31 @@ def _cmd_load(args: argparse.Namespace) -> int:
     if any(c < 1 for c in args.clients) or args.duration <= 0:
         raise SystemExit("ckm-bench load: --clients must be >= 1 and --duration > 0")
     edge = None
-    if args.server:
-        target = args.server
-    else:
+    if not args.server:
         from ckm_edge.runtime.server import ServerConfig, create_server
 
         edge = create_server(ServerConfig(repository=args.repository, port=0, poll_seconds=0, max_batch=args.max_batch,
                                           max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue,
                                           max_batch_memory_mib=args.max_batch_memory_mib,
                                           engine_threads=args.threads)).start()
-        target = f"127.0.0.1:{edge.port}"
+    target = args.server or f"127.0.0.1:{edge.port}"
     try:
         with EdgeClient(target) as client:
             tile_size = client.metadata().tile_size
         tile, _ = procedural.generate_region(procedural.ProceduralConfig(tile_size=tile_size), "eval", 0, 1, seed=7)
         rng = np.random.default_rng(0)
         op = tasks.make_operator(args.task, rng, tile)
-        y = tasks.observe(op, tile, rng)[0]
-        if args.mix == "mixed":
-            kwargs = load.mixed(args.steps or 10)
-            setting = ("mixed settings, each client cycling through: "
-                       + "; ".join(", ".join(f"{k} {v}" for k, v in m.items()) for m in kwargs))
-        else:
-            kwargs = {"steps": args.steps, "precision": args.precision}
-            setting = (f"the recommended sampler, {args.steps or 'recommended'} steps and samples (samples capped at the "
-                       f"max batch), {args.precision}")
-        levels = []
-        for clients in args.clients:
-            level = load.run_level(target, y, op, clients, args.duration, kwargs, edge, retry=not args.no_retry)
-            print(level.row(), flush=True)
-            levels.append(level)
+        settings = load.mixed(args.steps or 10) if args.mix == "mixed" else None
+        kwargs = settings or {"steps": args.steps, "precision": args.precision}
+        levels = load.run(target, tasks.observe(op, tile, rng)[0], op, args.clients, args.duration, kwargs, edge,
+                          retry=not args.no_retry, progress=_progress)
     finally:
         if edge is not None:
             edge.stop(0)
-    where = f"server {args.server}" if args.server else (
-        f"in-process server on `{args.repository}` (max batch {args.max_batch}, max queue delay {args.max_queue_delay_ms} ms, "
-        f"max queue {args.max_queue}, batch memory budget {args.max_batch_memory_mib:g} MiB)")
-    text = load.markdown(levels, f"gRPC Construct load on {where}: task {args.task}, {setting}; {args.duration:g} s per "
-                                 "level, closed-loop clients (each sends its next request when the previous one returns)"
-                                 + ("" if args.no_retry else ", retrying RESOURCE_EXHAUSTED/UNAVAILABLE with exponential "
-                                    "backoff") + ". Peak RSS: the server process (clients included), sampled every 50 ms.")
+    setup = {"server": args.server, "repository": args.repository, "max_queue_delay_ms": args.max_queue_delay_ms,
+             "max_queue": args.max_queue, "max_batch_memory_mib": args.max_batch_memory_mib, "task": args.task,
+             "settings": settings, "steps": args.steps, "precision": args.precision, "duration_s": args.duration,
+             "retry": not args.no_retry}
     command = (f"ckm-bench load --clients {' '.join(map(str, args.clients))} --duration {args.duration:g} --steps {args.steps}"
                + ("" if args.server or args.max_batch == 8 else f" --max-batch {args.max_batch}")
                + ("" if args.mix == "uniform" else f" --mix {args.mix}")
@@ -227,22 +129,17 @@ def _cmd_load(args: argparse.Namespace) -> int:
     # Batched, unbatched and mixed serving are separate sections, so they can be read side by side.
     name = "grpc-load-mixed" if args.mix == "mixed" else (
         "grpc-load" if args.server or args.max_batch > 1 else "grpc-load-no-batching")
-    path = report.write_result(name, command, {"levels": [vars(lv) for lv in levels], "max_batch": args.max_batch,
-                                               "mix": args.mix}, text, results_dir=args.results)
-    print(text)
-    print(f"results: {path}; report: {report.results_md(args.results)}")
+    _store(args, name, "load", command, {"levels": levels, "max_batch": args.max_batch, "mix": args.mix, "setup": setup})
     return 0
 
 
 def _cmd_physics(args: argparse.Namespace) -> int:
     from ckm_edge.benchmarks import physics as bench_physics
 
-    results, markdown = bench_physics.run(args.data, tuple(args.splits), args.repeats, args.limit)
+    results = bench_physics.run(args.data, tuple(args.splits), args.repeats, args.limit)
     command = f"ckm-bench physics --data {args.data} --splits {' '.join(args.splits)} --repeats {args.repeats}" + (
         f" --limit {args.limit}" if args.limit else "")
-    path = report.write_result("physics-cpu", command, results, markdown, results_dir=args.results)
-    print(markdown)
-    print(f"results: {path}; report: {report.results_md(args.results)}")
+    _store(args, "physics-cpu", "physics", command, results)
     return 0
 
 
@@ -253,19 +150,29 @@ def _cmd_raytrace(args: argparse.Namespace) -> int:
     if args.scene in HELD_OUT_SCENES:
         raise SystemExit(f"ckm-bench raytrace: {args.scene!r} is a held-out region; benchmark on a training scene")
     try:
-        results, markdown = bench_raytrace.run(args.scene, args.tiles, args.device)
+        results = bench_raytrace.run(args.scene, args.tiles, args.device)
     except RaytraceError as e:
         raise SystemExit(f"ckm-bench raytrace: {e}") from None
     command = f"ckm-bench raytrace --scene {args.scene} --tiles {args.tiles} --device {args.device}"
-    path = report.write_result(f"raytrace-{results['device']}", command, results, markdown, results_dir=args.results)
-    print(markdown)
-    print(f"results: {path}; report: {report.results_md(args.results)}")
+    _store(args, f"raytrace-{results['device']}", "raytrace", command, results)
     return 0
 
 
-def _cmd_accuracy(args: argparse.Namespace) -> int:
-    import re
+def _held_out(args: argparse.Namespace):
+    """The accuracy benchmark's tiles: validation tiles with --exclude (a training city's tiles that no
+    excluded dataset, what training read, holds), else DATA's held-out eval split."""
+    from ckm_edge.benchmarks import accuracy, tune
 
+    if not args.exclude:
+        return accuracy.load_held_out(args.data, args.tiles, seed=args.seed)
+    try:
+        val = tune.validation_tiles(args.data, args.tiles, exclude=args.exclude, seed=args.seed)
+    except ValueError as e:
+        raise SystemExit(f"ckm-bench accuracy: {e}") from None
+    return accuracy.HeldOut(val.tiles, val.transmitters, val.description, val.heights)
+
+
+def _cmd_accuracy(args: argparse.Namespace) -> int:
     from ckm_edge.benchmarks import accuracy
     from ckm_edge.runtime import tasks
     from ckm_edge.runtime.package import load_package
@@ -279,41 +186,27 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise SystemExit(f"ckm-bench accuracy: {e}") from None
     cfg = accuracy.AccuracyConfig(precision=args.precision, seed=args.seed, max_nfe=args.max_nfe, samplers=samplers)
-    if args.exclude:  # validation tiles: a training city's tiles that no excluded dataset (what training read) holds
-        from ckm_edge.benchmarks import tune
-
-        try:
-            val = tune.validation_tiles(args.data, args.tiles, exclude=args.exclude, seed=args.seed)
-        except ValueError as e:
-            raise SystemExit(f"ckm-bench accuracy: {e}") from None
-        held, which = accuracy.HeldOut(val.tiles, val.transmitters, val.description, val.heights), "validation tiles"
-    else:
-        held, which = accuracy.load_held_out(args.data, args.tiles, seed=args.seed), "region-held-out tiles"
+    held = _held_out(args)
     pkg = load_package(args.package)
     try:
-        out = accuracy.run(args.package, args.checkpoints, held, tuple(args.tasks), cfg,
-                           progress=lambda line: print(line, flush=True), journal=args.journal)
+        out = accuracy.run(args.package, args.checkpoints, held, tuple(args.tasks), cfg, progress=_progress,
+                           journal=args.journal)
     except ValueError as e:
         raise SystemExit(f"ckm-bench accuracy: {e}") from None
-    text = accuracy.markdown(out, f"Construction accuracy on {len(held.tiles)} {which}: {held.description}; "
-                                  f"package `{pkg.name} {pkg.version}`, baselines from `{args.checkpoints}`.", cfg)
-    name = "accuracy-" + re.sub(r"[^A-Za-z0-9]+", "-", Path(args.data).name if args.data != "procedural" else "procedural")
-    name += "-validation" if args.exclude else ""
-    name += "-" + re.sub(r"[^A-Za-z0-9]+", "-", Path(args.samplers).stem) if args.samplers else ""
+    name = "accuracy-" + _data_slug(args.data) + ("-validation" if args.exclude else "") + (
+        "-" + _slug(Path(args.samplers).stem) if args.samplers else "")
     command = (f"ckm-bench accuracy --data {args.data} --tiles {args.tiles} --package {args.package} "
                f"--checkpoints {args.checkpoints} --precision {args.precision} --tasks {' '.join(args.tasks)}"
                + (f" --exclude {' '.join(args.exclude)}" if args.exclude else "")
                + (f" --samplers {args.samplers}" if args.samplers else ""))
-    path = report.write_result(name, command, {"config": vars(cfg), "tiles": len(held.tiles), **out}, text,
-                               results_dir=args.results)
-    print(text)
-    print(f"results: {path}; report: {report.results_md(args.results)}")
+    _store(args, name, "accuracy", command, {
+        "config": vars(cfg), "tiles": len(held.tiles), "data": held.description, "validation": bool(args.exclude),
+        "package": f"{pkg.name} {pkg.version}", "checkpoints": str(args.checkpoints), **out})
     return 0
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     import json
-    import re
 
     from ckm_edge.benchmarks import tune
     from ckm_edge.runtime.package import load_package
@@ -333,28 +226,22 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         raise SystemExit(f"ckm-bench tune: {e}") from None
     pkg = load_package(args.package)
     try:
-        out = tune.run(args.package, val, cfg, progress=lambda line: print(line, flush=True), journal=args.journal,
-                       start_from=start_from)
+        out = tune.run(args.package, val, cfg, progress=_progress, journal=args.journal, start_from=start_from)
     except ValueError as e:
         raise SystemExit(f"ckm-bench tune: {e}") from None
-    text = tune.markdown(out, f"Default constructions of `{pkg.name} {pkg.version}` tuned on validation tiles: {val.description} "
-                              "(never the held-out regions); ONNX Runtime CPU fp32, noise sigma "
-                              f"{cfg.sigma:g}, {cfg.rounds} round(s) of coordinate search.", cfg)
     if args.out:
         Path(args.out).write_text(json.dumps({"samplers": out["samplers"]}, indent=1) + "\n")
     # a tuning at another budget than the default is its own record
-    name = "tune-" + re.sub(r"[^A-Za-z0-9]+", "-", f"{pkg.name}-{pkg.version}") + (
-        f"-budget-{args.budget}" if args.budget != tune.TuneConfig.budget else "")
+    name = "tune-" + _slug(f"{pkg.name}-{pkg.version}") + (f"-budget-{args.budget}" if args.budget != tune.TuneConfig.budget else "")
     command = (f"ckm-bench tune --package {args.package} --data {args.data} --tiles {args.tiles} --budget {args.budget} "
                f"--tasks {' '.join(args.tasks)} --settings {' '.join(args.settings)} --rounds {args.rounds}"
                + (f" --coordinates {' '.join(args.coordinates)}" if tuple(args.coordinates) != tune.COORDINATES else "")
                + (f" --samples {' '.join(map(str, args.samples))}" if args.samples else "")
                + (f" --samplers {args.samplers}" if args.samplers else "")
                + (f" --exclude {' '.join(args.exclude)}" if args.exclude else ""))
-    path = report.write_result(name, command, {"config": vars(cfg), "tiles": len(val.tiles), "validation": val.description,
-                                               "tile_keys": [list(k) for k in val.keys], **out}, text, results_dir=args.results)
-    print(text)
-    print(f"results: {path}; report: {report.results_md(args.results)}" + (f"; samplers section: {args.out}" if args.out else ""))
+    _store(args, name, "tune", command, {"config": vars(cfg), "tiles": len(val.tiles), "validation": val.description,
+                                         "tile_keys": [list(k) for k in val.keys], "package": f"{pkg.name} {pkg.version}",
+                                         **out}, say=f"; samplers section: {args.out}" if args.out else "")
     return 0
 
 
@@ -366,21 +253,17 @@ def _cmd_netsize(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise SystemExit(f"ckm-bench netsize: {e}") from None
     held = accuracy.load_held_out(args.data, args.tiles, seed=args.seed) if any(c.checkpoint for c in candidates) else None
-    rows = netsize.run(candidates, None if held is None else held.tiles, repeats=args.repeats, device=args.device,
-                       progress=lambda line: print(line, flush=True))
-    where = f"; accuracy on {len(held.tiles)} held-out tiles: {held.description}" if held is not None else ""
-    text = netsize.markdown(rows, f"Network size against edge cost (ONNX Runtime CPU, score graph, 128 x 128){where}.")
+    results = netsize.run(candidates, None if held is None else held.tiles, repeats=args.repeats, device=args.device,
+                          progress=_progress)
+    if held is not None:
+        results["held_out"] = {"tiles": len(held.tiles), "data": held.description}
     command = (f"ckm-bench netsize --networks {' '.join(args.networks)} --repeats {args.repeats}"
                + (f" --data {args.data} --tiles {args.tiles}" if held is not None else ""))
-    path = report.write_result("netsize-cpu", command, {"rows": rows}, text, results_dir=args.results)
-    print(text)
-    print(f"results: {path}; report: {report.results_md(args.results)}")
+    _store(args, "netsize-cpu", "netsize", command, results)
     return 0
 
 
 def _cmd_solvers(args: argparse.Namespace) -> int:
-    import re
-
     from ckm_edge.benchmarks import accuracy, solvers
     from ckm_edge.runtime.package import load_package
 
@@ -390,36 +273,27 @@ def _cmd_solvers(args: argparse.Namespace) -> int:
                                     seed=args.seed)
     tiles, description = accuracy.load_tiles(args.data, args.tiles, seed=args.seed)
     pkg = load_package(args.package)
-    results = solvers.run(args.package, tiles, cfg, progress=lambda line: print(line, flush=True))
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(args.data).name if args.data != "procedural" else "procedural")
-    recs = {kind: r.to_dict() for kind, r in pkg.recommendations().items()}
-    text = solvers.markdown(results, f"Samplers and the default construction on {len(tiles)} region-held-out tiles: "
-                                     f"{description}; package `{pkg.name} {pkg.version}`, ONNX Runtime CPU {args.precision}, "
-                                     f"noise sigma {cfg.sigma:g}.", cfg, recs)
-    png = solvers.plot(results["curve"], results["default"], args.results / f"solvers-{slug}.png") \
-        if results["curve"] else None
-    if png is not None:
-        text += f"\n![RMSE vs network evaluations](results/{png.name})"
+    results = solvers.run(args.package, tiles, cfg, progress=_progress)
+    name = f"solvers-{_data_slug(args.data)}"
+    png = solvers.plot(results["curve"], results["default"], args.results / f"{name}.png") if results["curve"] else None
     command = (f"ckm-bench solvers --data {args.data} --tiles {args.tiles} --nfe {' '.join(map(str, args.nfe))} "
                f"--samplers {' '.join(args.samplers)} --curve-samples {args.curve_samples} "
                f"--curve-tasks {' '.join(args.curve_tasks)} --tasks {' '.join(args.tasks)}"
                + (f" --other-precisions {' '.join(args.other_precisions)}" if args.other_precisions else ""))
-    path = report.write_result(f"solvers-{slug}", command, {"config": vars(cfg), "tiles": len(tiles),
-                                                            "recommendations": recs, **results}, text, results_dir=args.results)
-    print(text)
-    print(f"results: {path}; report: {report.results_md(args.results)}")
+    _store(args, name, "solvers", command, {
+        "config": vars(cfg), "tiles": len(tiles), "data": description, "package": f"{pkg.name} {pkg.version}",
+        "recommendations": {kind: r.to_dict() for kind, r in pkg.recommendations().items()},
+        "plot": None if png is None else png.name, **results})
     return 0
 
 
 def _cmd_memory(args: argparse.Namespace) -> int:
     from ckm_edge.benchmarks import memory
 
-    results, text = memory.run(args.package, args.precisions, args.batches, args.steps, tuple(args.samplers))
+    results = memory.run(args.package, args.precisions, args.batches, args.steps, tuple(args.samplers))
     command = (f"ckm-bench memory --package {args.package} --precisions {' '.join(args.precisions)} "
                f"--batches {' '.join(map(str, args.batches))} --samplers {' '.join(args.samplers)}")
-    path = report.write_result("memory-cpu", command, results, text, results_dir=args.results)
-    print(text)
-    print(f"results: {path}; report: {report.results_md(args.results)}")
+    _store(args, "memory-cpu", "memory", command, results)
     return 0
 
 
@@ -432,27 +306,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     points += [sweep.Point(ref_zeta, args.steps[0], p, False) for p in args.precisions if p != "fp32"]
     if args.jacobian_free:
         points.append(sweep.Point(ref_zeta, args.steps[0], "fp32", True))
-    pkg = load_package(args.package)
-    tiles = sweep.validation_tiles(args.tiles, pkg.tile_size, seed=args.seed)
-    rows = sweep.run(args.package, points, tuple(args.tasks), tiles, seed=args.seed,
-                     progress=lambda line: print(line, flush=True))
-    png = sweep.plot(rows, args.results / "sweep-zeta.png")
-    text = sweep.markdown(rows, f"Foundation prior `{pkg.name} {pkg.version}` with the runtime's DPS on {len(tiles)} "
-                                f"validation tiles (procedural regions never used in training), ONNX Runtime CPU; "
-                                f"mean over tiles of gain RMSE (dB) / AoA-sine RMSE.")
-    if png is not None:
-        text += f"\n\n![RMSE vs zeta](results/{png.name})"
+    tiles = sweep.validation_tiles(args.tiles, load_package(args.package).tile_size, seed=args.seed)
+    results = sweep.run(args.package, points, tuple(args.tasks), tiles, seed=args.seed, progress=_progress)
+    png = sweep.plot(results["rows"], args.results / "sweep-zeta.png")
     command = (f"ckm-bench sweep --zetas {' '.join(f'{z:g}' for z in args.zetas)} --steps {' '.join(map(str, args.steps))} "
                f"--precisions {' '.join(args.precisions)} --tiles {args.tiles}" + (" --jacobian-free" if args.jacobian_free else ""))
-    path = report.write_result("sweep-cpu", command, {"rows": rows}, text, results_dir=args.results)
-    print(text)
-    print(f"results: {path}; report: {report.results_md(args.results)}")
+    _store(args, "sweep-cpu", "sweep", command, {**results, "plot": None if png is None else png.name})
     return 0
 
 
 def _cmd_gpu(args: argparse.Namespace) -> int:
-    import re
-
     import torch
 
     from ckm_edge.benchmarks import gpu, sweep
@@ -470,18 +333,14 @@ def _cmd_gpu(args: argparse.Namespace) -> int:
                              step_counts=tuple(args.step_counts), tiles=args.tiles, tasks=tuple(args.tasks),
                              zeta=args.zeta, reference_steps=args.reference_steps, seed=args.seed,
                              time_budget_s=args.time_budget)
-    results = gpu.run(model, meta, tile[0], tiles, cfg, device=args.device, progress=lambda line: print(line, flush=True))
+    results = gpu.run(model, meta, tile[0], tiles, cfg, device=args.device, progress=_progress)
     results["package"] = f"{pkg.name} {pkg.version}"
     if isinstance(results.get("steps_curve"), list) and results["steps_curve"]:
         gpu.plot_steps(results["steps_curve"], args.results / "steps-curve.png")
-    text = gpu.markdown(results, f"{pkg.name} {pkg.version}")
     command = (f"ckm-bench gpu --device {args.device} --steps {args.steps} --batches {' '.join(map(str, args.batches))} "
                f"--precisions {' '.join(args.precisions)} --step-counts {' '.join(map(str, args.step_counts))} "
                f"--tiles {args.tiles}")
-    name = "gpu-" + re.sub(r"[^a-z0-9]+", "-", results["device"].lower()).strip("-")
-    path = report.write_result(name, command, results, text, results_dir=args.results)
-    print(text)
-    print(f"results: {path}; report: {report.results_md(args.results)}")
+    _store(args, "gpu-" + re.sub(r"[^a-z0-9]+", "-", results["device"].lower()).strip("-"), "gpu", command, results)
     return 0
 
 
@@ -506,23 +365,20 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
                                      batch_size=args.batch_size, seed=args.seed)
     except ValueError as e:
         raise SystemExit(f"ckm-bench adapt: {e}") from None
-    device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"
+    about = {"package": f"{pkg.name} {pkg.version}",
+             "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"}
     command = (f"ckm-bench adapt --device {device} --counts {' '.join(map(str, args.counts))} --test-tiles {args.test_tiles} "
                f"--tasks {' '.join(args.tasks)} --steps {args.steps} --reference-steps {args.reference_steps} "
                f"--proxy-steps {args.proxy_steps} --finetune-steps {args.finetune_steps} --batch-size {args.batch_size}")
     name = f"site-adaptation-{'gpu' if device.startswith('cuda') else 'cpu'}"
 
-    def write(results: dict):  # after every method: a run stopped early keeps what it measured
-        text = adapt.markdown(results, f"{pkg.name} {pkg.version}", device_name)
-        return report.write_result(name, command, results, text, results_dir=args.results)
+    def write(results: dict) -> None:  # after every method: a run stopped early keeps what it measured
+        report.write_result(name, "adapt", command, {**results, **about}, results_dir=args.results)
 
     with tempfile.TemporaryDirectory(prefix="ckm-adapt-") as work:
-        results = adapt.run(large, meta, cfg, Path(work), device=device, workers=args.workers,
-                            progress=lambda line: print(line, flush=True), on_result=write)
-    path = write(results)
-    text = adapt.markdown(results, f"{pkg.name} {pkg.version}", device_name)
-    print(text)
-    print(f"results: {path}; report: {report.results_md(args.results)}")
+        results = adapt.run(large, meta, cfg, Path(work), device=device, workers=args.workers, progress=_progress,
+                            on_result=write)
+    _store(args, name, "adapt", command, {**results, **about})
     return 0
 
 

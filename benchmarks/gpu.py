@@ -290,10 +290,6 @@ def fewest_steps_within(rows: list[dict], task: str, tolerance: float = 0.05) ->
     return next(r["steps"] for r in mine if r["gain_db"] <= ref * (1 + tolerance))
 
 
-def _at(rows: list[dict], task: str, steps: int) -> float | None:
-    return next((r["gain_db"] for r in rows if r["task"] == task and r["steps"] == steps), None)
-
-
 def _guarded(results: dict, key: str, fn: Callable[[], object], progress) -> object:
     """Run one section; an exception (out of memory, a missing kernel) is recorded, not fatal."""
     try:
@@ -323,7 +319,8 @@ class GpuBenchConfig:
 
 def run(model: torch.nn.Module, meta: dict, tile: np.ndarray, tiles: np.ndarray, cfg: GpuBenchConfig,
         device: str = "cuda", progress=print) -> dict:
-    """Every section on `device`; returns the JSON-able results (errors recorded per section)."""
+    """Every section on `device`; returns the JSON-able results (errors recorded per section) and
+    their `summary` against the targets."""
     from ckm_edge.benchmarks.latency import _TimedEngine, network_flops
     from ckm_edge.training.reference_dps import DPSConfig, dps_sample
 
@@ -445,105 +442,35 @@ def run(model: torch.nn.Module, meta: dict, tile: np.ndarray, tiles: np.ndarray,
     _guarded(results, "steps_curve", lambda: steps_curve(model, schedule, tiles, cfg.tasks, cfg.step_counts, device,
                                                          zeta=cfg.zeta, seed=cfg.seed, progress=progress,
                                                          deadline=deadline), progress)
+    results["summary"] = summary(results)
     return results
 
 
-def markdown(results: dict, package: str) -> str:
-    """The report section: construction latency/throughput, reference ratios, steps curve."""
-    dev = results["device"]
-    f = results["flops"]
-    step_gflop = (2 * f["forward"] + f["backward"]) / 1e9
-    rates = results.get("matmul_flops", {})
-    lines = [
-        f"Foundation prior `{package}` on **{dev}** through PyTorch {results['torch']} (CUDA graphs), because neither "
-        "of the product's GPU engines can run on the lent machine: it has no TensorRT, and an onnxruntime-gpu wheel "
-        "(~240 MiB) exceeds what a call may carry (64 MiB). The rows below are the same network and the same DPS "
-        "arithmetic as the runtime (checked: the captured loop against the runtime's sampler, same draws, "
-        f"max |diff| {results.get('graph_agreement', {}).get('max_abs_diff', float('nan')):.1e}), "
-        "not ONNX Runtime CUDA or TensorRT numbers.",
-        "",
-        f"Work per guided step (2 forwards + 1 input VJP, M = 1): {step_gflop:.1f} GFLOP per map. "
-        + ("Measured 8192^3 matrix-multiply rate of this card: " + ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in rates.items()) + "."
-           if rates and "error" not in rates else ""),
-        "",
-        f"**Construction** (IPbox, {results['config']['steps']} steps, M = 1, zeta {results['config']['zeta']:g}); batch 1 is a "
-        "timed whole construction, larger batches are the timed CUDA-graph step times the number of steps.",
-        "",
-        "| precision | batch | eager ms/step | graph ms/step | ms per construction | constructions/s | x FLOP floor | peak GPU MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results.get("construction", []):
-        if "error" in r:
-            lines.append(f"| {r['precision']} | {r['batch']} | {r['error'][:60]} | | | | | |")
-            continue
-        floor = r.get("floor_step_s")
-        lines.append(f"| {r['precision']} | {r['batch']} | {r.get('eager_step_s', float('nan')) * 1e3:.2f} | "
-                     f"{r.get('graph_step_s', float('nan')) * 1e3:.2f} | {r['construction_s'] * 1e3:.1f} | "
-                     f"{r['constructions_per_s']:.1f} | "
-                     + (f"{r['graph_step_s'] / floor:.1f}x" if floor and np.isfinite(floor) else "") + " | "
-                     + (f"{r['peak_gpu_mib']:.0f}" if "peak_gpu_mib" in r else "") + " |")
+def summary(results: dict) -> dict:
+    """The targets against what was measured: the fastest batch-1 construction (target: under 25 ms
+    with TensorRT FP16), the best throughput and the most this network allows at the card's
+    measured matrix-multiply peak (target: 1,000 constructions/s), and the fewest steps within 5 %
+    of the steps curve's last (target: equal accuracy in at most 100 steps)."""
+    out: dict = {}
     ok = [r for r in results.get("construction", []) if "error" not in r]
     b1 = [r for r in ok if r["batch"] == 1]
     if b1:
-        best1 = min(b1, key=lambda r: r["construction_s"])
+        fastest = min(b1, key=lambda r: r["construction_s"])
         best = max(ok, key=lambda r: r["constructions_per_s"])
-        floor_rate = max(rates.values()) if rates and "error" not in rates else float("nan")
-        ceiling = floor_rate / (step_gflop * 1e9 * results["config"]["steps"])
-        lines += ["",
-                  f"Target (TensorRT FP16, batch 1, 50 steps, under 25 ms): not measurable here (no TensorRT). The "
-                  f"fastest batch-1 construction through PyTorch CUDA graphs is {best1['construction_s'] * 1e3:.1f} ms "
-                  f"({best1['precision']}): " + ("under" if best1["construction_s"] < 0.025 else "over") + " 25 ms.",
-                  f"Target (above 1,000 constructions per second at the best batch size): best here {best['constructions_per_s']:.0f}/s "
-                  f"({best['precision']}, batch {best['batch']}). A 50-step construction is "
-                  f"{step_gflop * results['config']['steps']:.0f} GFLOP, so "
-                  f"even at this card's measured dense matrix-multiply peak ({floor_rate / 1e12:.0f} TFLOP/s) it cannot exceed "
-                  f"{ceiling:.0f} constructions/s: the target is above what this network allows on one such GPU at 50 guided "
-                  "steps; it needs fewer network evaluations (Jacobian-free steps, fewer steps) or a smaller network."]
-    ref, loop = results.get("reference", {}), results.get("runtime_loop", {})
-    if "M1_step_s" in ref and b1:
-        fp32_b1 = next((r for r in b1 if r["precision"] == "fp32"), None)
-        lines += ["", "**Per step on this GPU, batch 1, fp32** (ratios within this run):", "",
-                  "| path | ms/step | speed-up vs PyTorch reference (M = 1) |", "|---|---:|---:|",
-                  f"| PyTorch reference DPS, autograd, numpy operators (M = 1) | {ref['M1_step_s'] * 1e3:.2f} | 1.00 |",
-                  f"| PyTorch reference DPS, paper config (M = 2: 3 fwd + 1 bwd) | {ref['M2_step_s'] * 1e3:.2f} | "
-                  f"{ref['M1_step_s'] / ref['M2_step_s']:.2f} |"]
-        if "step_s" in loop:
-            lines.append(f"| runtime numpy loop over the network (engine {loop['engine_s'] * 1e3:.2f} ms + "
-                         f"loop {loop['loop_s'] * 1e3:.2f} ms) | "
-                         f"{loop['step_s'] * 1e3:.2f} | {ref['M1_step_s'] / loop['step_s']:.2f} |")
-        if fp32_b1 and "graph_step_s" in fp32_b1:
-            lines.append(f"| whole step on the GPU, one CUDA-graph replay | {fp32_b1['graph_step_s'] * 1e3:.2f} | "
-                         f"{ref['M1_step_s'] / fp32_b1['graph_step_s']:.2f} |")
-        if "step_s" in loop:
-            lines += ["", f"On a GPU the runtime's numpy loop is {loop['loop_s'] / loop['step_s']:.0%} of a step: a GPU engine "
-                          "must keep the loop's arithmetic on the device (as the captured step does) to approach the engine's speed."]
+        rates = results.get("matmul_flops", {})
+        peak = max(rates.values()) if rates and "error" not in rates else float("nan")
+        f = results["flops"]
+        out["fastest_batch1"] = {"precision": fastest["precision"], "construction_s": fastest["construction_s"],
+                                 "target_ms": 25.0, "met": fastest["construction_s"] < 0.025}
+        out["best_throughput"] = {k: best[k] for k in ("precision", "batch", "constructions_per_s")}
+        out["peak_flops"] = peak
+        out["ceiling_constructions_per_s"] = peak / ((2 * f["forward"] + f["backward"]) * results["config"]["steps"])
     curve = results.get("steps_curve")
     if isinstance(curve, list) and curve:
-        counts = sorted({r["steps"] for r in curve})
-        task_names = list(dict.fromkeys(r["task"] for r in curve))
-        lines += ["", "![RMSE vs steps](results/steps-curve.png)", "",
-                  f"**RMSE vs sampling steps** (runtime sampler, fp32 without TF32, zeta {results['config']['zeta']:g}, "
-                      f"{results['config']['tiles']} validation tiles; gain dB / AoA-sine):", "",
-                  "| steps | " + " | ".join(task_names) + " |", "|---:|" + "---:|" * len(task_names)]
-        for n in counts:
-            cells = [next((f"{r['gain_db']:.2f} / {r['aoa_sine']:.3f}" for r in curve if r["task"] == t and r["steps"] == n), "")
-                     for t in task_names]
-            lines.append(f"| {n} | " + " | ".join(cells) + " |")
-        fewest = {t: fewest_steps_within(curve, t) for t in task_names}
-        most = counts[-1]
-        worst = max((v for v in fewest.values() if v is not None), default=None)
-        lines += ["", "Fewest steps within 5% of the " + f"{most}-step gain RMSE: "
-                  + ", ".join(f"{t} {v if v is not None else f'not measured (no {most}-step run within the time budget)'}"
-                              for t, v in fewest.items()) + "."]
+        names = list(dict.fromkeys(r["task"] for r in curve))
+        out["fewest_steps"] = {t: fewest_steps_within(curve, t) for t in names}
+        worst = max((v for v in out["fewest_steps"].values() if v is not None), default=None)
         if worst is not None:
-            evals = 3 * worst
-            verdict = "met" if worst <= 100 else "MISSED"
-            lines.append(f"Target (equal accuracy in at most 100 steps, >= 20x fewer network evaluations than the reference's "
-                         f"2000 x (3 forwards + 1 backward) = 8000): {worst} steps x 3 = {evals} evaluations, "
-                         f"{8000 / evals:.0f}x fewer: {verdict}" + ("" if worst <= 100 else
-                         ": the RMSE still falls beyond 100 steps ("
-                         + ", ".join(f"{t} {_at(curve, t, 100):.2f} dB at 100 steps, {_at(curve, t, n):.2f} at {n}"
-                                     for t in task_names for n in [max(r['steps'] for r in curve if r['task'] == t)]
-                                     if _at(curve, t, 100) is not None and n > 100)
-                         + "), so equal accuracy costs more steps with this prior and zeta") + ".")
-    return "\n".join(lines)
+            out["steps_target"] = {"max_steps": 100, "reference_evaluations": 8000, "steps": worst,
+                                   "evaluations": 3 * worst, "met": worst <= 100}
+    return out

@@ -23,6 +23,9 @@ from ckm_edge.runtime.engine import EngineConfig, open_engine
 from ckm_edge.runtime.package import Package
 from ckm_edge.runtime.sampler import Observations, sample
 
+SPEEDUP_TARGET = 2.5  # the runtime's guided step against the PyTorch reference's, on a CPU
+CONSTRUCTION_TARGET_S = 2.0  # a default construction, seconds per map on this project's CPU
+
 
 class _TimedEngine:
     """Wraps an engine and adds up the time spent inside it."""
@@ -145,6 +148,48 @@ def machine_gflops(seconds: float = 1.0) -> float:
     return 2 * 1024**3 * n / (time.perf_counter() - t0) / 1e9
 
 
+def run(pkg: Package, model, meta: dict, tile: np.ndarray, steps: int = 10, batches=(1, 4), threads: int = 0,
+        device: str = "cpu", backend: str = "onnxruntime") -> dict:
+    """Every per-step measurement of the module docstring in one run, and on a CPU whole
+    constructions (`construction_times`); the targets met as data."""
+    import collections
+
+    import onnx
+
+    where = {"device": device, "backend": backend, "threads": threads}
+    torch_m1 = torch_step(model, meta["schedule"], tile, steps, corrector=1, threads=threads, device=device)
+    torch_m2 = torch_step(model, meta["schedule"], tile, steps, corrector=2, threads=threads, device=device)
+    flops = network_flops(model, pkg.tile_size)
+    gflops = _matmul_gflops(device)
+    runtime = {f"{p}-b{b}": runtime_step(pkg, tile, p, steps, batch=b, **where) for p in pkg.precisions for b in batches}
+    runtime["fp32-b1-jacobian-free"] = runtime_step(pkg, tile, "fp32", steps, jacobian_free=True, **where)
+    ratio = torch_m1 / runtime["fp32-b1"]["step_s"]
+    constructions = construction_times(pkg, tile, threads=threads) if device == "cpu" else []
+    backward = collections.Counter(n.op_type for n in onnx.load(str(pkg.graph_path("fp32", "backward")),
+                                                                load_external_data=False).graph.node)
+    return {"steps_timed": steps, "threads": threads or "default", "package": f"{pkg.name} {pkg.version}",
+            "tile_size": pkg.tile_size, "device": device, "backend": backend,
+            "torch_reference": {"M1_step_s": torch_m1, "M2_paper_step_s": torch_m2}, "flops": flops,
+            "machine_gflops": round(gflops, 1), "floor_M1_step_s": (2 * flops["forward"] + flops["backward"]) / (gflops * 1e9),
+            "runtime": runtime, "speedup_fp32_vs_torch": ratio, "speedup_target": SPEEDUP_TARGET,
+            "target_met": ratio >= SPEEDUP_TARGET if device == "cpu" else None,
+            "backward_ops": {op: backward.get(op, 0) for op in ("ConvTranspose", "Conv")},
+            "constructions": constructions, "construction_target_s": CONSTRUCTION_TARGET_S,
+            "constructions_target_met": all(r["default_s"] <= CONSTRUCTION_TARGET_S for r in constructions) if constructions
+            else None}
+
+
+def _matmul_gflops(device: str) -> float:
+    """The float32 matrix-multiply rate the floor is taken at: the GPU's on cuda, numpy's BLAS on a CPU."""
+    if device != "cuda":
+        return machine_gflops()
+    import torch
+
+    from ckm_edge.benchmarks.gpu import matmul_rate
+
+    return matmul_rate(torch.device("cuda"), torch.float32) / 1e9
+
+
 # --- engine backends side by side -----------------------------------------------------------------
 
 BACKEND_VARIANTS = {
@@ -181,11 +226,12 @@ def _engine_times(engine, one, four, v, repeats: int, build) -> dict:
 
 
 def backend_comparison(pkg: Package, tile: np.ndarray, precisions, variants: dict | None = None, threads: int = 0,
-                       repeats: int = 5, sigma: float = tasks.DEFAULT_SIGMA) -> list[dict]:
+                       repeats: int = 5, sigma: float = tasks.DEFAULT_SIGMA) -> dict:
     """Per precision and engine variant, in one run: one score call at batch 1 and 4, one guided
     DPS step (forward-with-saves + backward + score) at batch 1, the default construction of an SR
     x2 tile (the package's recommendation), and the score's largest deviation from ONNX Runtime
-    FP32 relative to its largest value (what a backend or precision changes in the network)."""
+    FP32 relative to its largest value (what a backend or precision changes in the network); and
+    which variant's construction was fastest per precision."""
     from ckm_edge.runtime.construct import ConstructConfig, construct
     from ckm_edge.runtime.recommend import resolve
 
@@ -219,31 +265,9 @@ def backend_comparison(pkg: Package, tile: np.ndarray, precisions, variants: dic
                 row["score_rel_dev"] = float(np.abs(s - reference).max() / np.abs(reference).max())
                 row.update(_engine_times(engine, (x1, t1), (x4, t4), v, repeats, build))
             rows.append(row)
-    return rows
-
-
-def backend_markdown(rows: list[dict], pkg: Package, construction: str) -> str:
-    """The comparison table, with each variant's speed relative to ONNX Runtime at the same precision."""
-    base = {r["precision"]: r for r in rows if r["engine"] == "ONNX Runtime" and "error" not in r}
-    lines = ["| precision | engine | score b1 ms | score b4 ms | guided step ms | construction s | vs ONNX Runtime "
-             "(construction) | score dev. vs ORT fp32 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['precision']} | {r['engine']} | unavailable: {r['error'][:80]} | | | | | |")
-            continue
-        b = base.get(r["precision"])
-        speed = f"{b['construction_s'] / r['construction_s']:.2f}x" if b else "—"
-        lines.append(f"| {r['precision']} | {r['engine']} | {r['score_b1_ms']:.1f} | {r['score_b4_ms']:.1f} | "
-                     f"{r['guided_step_ms']:.1f} | {r['construction_s']:.2f} | {speed} | {r['score_rel_dev']:.1e} |")
     fastest: dict = {}
     for r in rows:
         if "error" not in r and (r["precision"] not in fastest or r["construction_s"] < fastest[r["precision"]]["construction_s"]):
             fastest[r["precision"]] = r
-    verdict = "; ".join(f"{p}: {r['engine']}" for p, r in fastest.items())
-    return "\n".join([
-        f"Engine backends on `{pkg.name} {pkg.version}`, this CPU, one run: median of repeated calls; construction = "
-        f"the package's default for an SR x2 tile ({construction}). Score deviation: largest |score - ORT fp32 score| "
-        "over the largest |ORT fp32 score| at batch 4, t = 0.3 (OpenVINO runs fp32 graphs with an f32 precision hint, "
-        "fp16 graphs with f16 where the CPU supports it, int8 graphs at the CPU's default precision for the "
-        "unquantized ops).",
-        "", *lines, "", f"Fastest construction per precision: {verdict}."])
+    return {"rows": rows, "package": f"{pkg.name} {pkg.version}", "construction": {"steps": steps, "samples": samples},
+            "fastest": {p: r["engine"] for p, r in fastest.items()}}

@@ -58,12 +58,6 @@ class LoadLevel:
     stalled_s: float = 0.0
     peak_rss_mib: float | None = None
 
-    def row(self) -> str:
-        batch = "" if self.mean_batch_rows is None else f"{self.mean_batch_rows:.2f}"
-        rss = "" if self.peak_rss_mib is None else f"{self.peak_rss_mib:.0f}"
-        return (f"| {self.clients} | {self.requests} | {self.errors} | {self.retries} | {self.throughput_rps:.2f} | "
-                f"{self.p50_s * 1e3:.0f} | {self.p95_s * 1e3:.0f} | {self.p99_s * 1e3:.0f} | {batch} | {rss} |")
-
 
 def _batch_stats(edge) -> tuple[float, float]:
     if edge is None:
@@ -153,12 +147,13 @@ def run_level(target: str, y: np.ndarray, op: Operator, clients: int, duration_s
                      mean_batch, sum(retries), stalled, peak[0] if edge is not None else None)
 
 
-def markdown(levels: list[LoadLevel], description: str) -> str:
-    return "\n".join([
-        description,
-        "",
-        "| clients | requests | errors | retries | throughput (req/s) | p50 ms | p95 ms | p99 ms | mean batch rows "
-        "| peak RSS (MiB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *(level.row() for level in levels),
-    ])
+def run(target: str, y: np.ndarray, op: Operator, clients: list[int], duration_s: float,
+        request_kwargs: dict | list[dict], edge=None, retry: bool = False, progress=print) -> list[dict]:
+    """`run_level` at each count of `clients`, in order: one dict per level."""
+    levels = []
+    for n in clients:
+        level = run_level(target, y, op, n, duration_s, request_kwargs, edge, retry=retry)
+        progress(f"{n} client(s): {level.requests} requests, {level.errors} errors, {level.throughput_rps:.2f} req/s, "
+                 f"p50 {level.p50_s * 1e3:.0f} ms, p99 {level.p99_s * 1e3:.0f} ms")
+        levels.append(vars(level))
+    return levels

@@ -51,7 +51,7 @@ def child(package: str, precision: str, batch: int, steps: int, sampler: str = "
 
 
 def run(package: str, precisions: list[str], batches: list[int], steps: int = 3,
-        samplers: tuple[str, ...] = ("dps",)) -> tuple[dict, str]:
+        samplers: tuple[str, ...] = ("dps",)) -> dict:
     from ckm_edge.runtime.package import load_package
 
     pkg = load_package(package)
@@ -70,23 +70,8 @@ def run(package: str, precisions: list[str], batches: list[int], steps: int = 3,
     for rel, info in pkg.manifest["files"].items():
         p = rel.split("/")[0]
         sizes[p] = sizes.get(p, 0) + info["bytes"]
-    lines = [
-        f"Edge engine memory on `{pkg.name} {pkg.version}` ({pkg.tile_size}x{pkg.tile_size}), ONNX Runtime CPU, "
-        f"each sampler at its recommended settings for IPbox, {steps} steps, batch = posterior samples in one batch; "
-        "each row a fresh process importing only the torch-free runtime.",
-        "",
-        "| sampler | precision | batch | RSS before (MiB) | RSS engine open (MiB) | peak RSS (MiB) | peak - before (MiB) "
-        "| per posterior sample (MiB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-        *[f"| {r['sampler']} | {r['precision']} | {r['batch']} | {r['baseline_mib']:.0f} | {r['after_open_mib']:.0f} | "
-          f"{r['peak_mib']:.0f} | {r['peak_mib'] - r['baseline_mib']:.0f} | "
-          f"{(r['peak_mib'] - r['baseline_mib']) / r['batch']:.0f} |" for r in rows],
-        "",
-        "| precision | package files (MiB) |",
-        "|---|---:|",
-        *[f"| {p} | {b / 2**20:.1f} |" for p, b in sorted(sizes.items())],
-    ]
-    return {"rows": rows, "package_bytes": sizes, "steps": steps, "samplers": list(samplers)}, "\n".join(lines)
+    return {"package": f"{pkg.name} {pkg.version}", "tile_size": pkg.tile_size, "rows": rows, "package_bytes": sizes,
+            "steps": steps, "samplers": list(samplers)}
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import numpy as np
 from ckm_edge.runtime.tasks import PAPER_TASKS
 
 PACKAGE_BYTES_PER_PARAMETER = 14.1  # measured on ckm-prior 1.0.0 (fp32, fp16, int8 graphs)
+PACKAGE_LIMIT_MIB = 25.0  # the shipped prior's package (fp32, fp16 and int8 graphs) at most
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,36 +127,19 @@ def accuracy(model, meta: dict, tiles: np.ndarray, task_names=PAPER_TASKS, sigma
 
 
 def run(candidates: list[Candidate], tiles: np.ndarray | None, repeats: int = 10, device: str = "cpu",
-        progress=print) -> list[dict]:
+        progress=print) -> dict:
+    """A row per candidate (cost; accuracy for trained ones given `tiles`), each saying whether its
+    estimated package is over the shipped prior's limit."""
     rows = []
     size = 128 if tiles is None else tiles.shape[-1]
     for c in candidates:
         model, meta = load(c, size)
         row = {"label": c.label, "checkpoint": None if c.checkpoint is None else str(c.checkpoint),
                "unet": meta.get("unet"), "trained_steps": meta.get("trained_steps"), **cost(model, size, repeats)}
+        row["over_package_limit"] = row["package_mib_estimate"] > PACKAGE_LIMIT_MIB
         if c.checkpoint is not None and tiles is not None:
             row["accuracy"] = accuracy(model, meta, tiles, device=device)
         rows.append(row)
         progress(f"{c.label}: {row['parameters'] / 1e6:.2f} M parameters, {row['gflops_per_eval']:.2f} GFLOP, "
                  f"{row['ort_cpu_ms']['1']:.1f} ms at batch 1")
-    return rows
-
-
-def markdown(rows: list[dict], description: str, package_limit_mib: float = 25.0) -> str:
-    tasks = sorted({t for r in rows for t in r.get("accuracy", {})}, key=list(PAPER_TASKS).index)
-    head = ["network", "parameters", "GFLOP / evaluation", "ORT CPU ms (batch 1)", "ORT CPU ms (batch 4)",
-            "package MiB (est.)", *(f"{t} gain all / unobs. (dB)" for t in tasks)]
-    lines = [description, "", "| " + " | ".join(head) + " |", "|---|---:|---:|---:|---:|---:|" + "---|" * len(tasks)]
-    for r in rows:
-        acc = r.get("accuracy", {})
-        cells = [f"{acc[t]['gain_all']:.2f} / {acc[t]['gain_unobs']:.2f}" if t in acc else "—" for t in tasks]
-        steps = f", {r['trained_steps']:,} steps" if r.get("trained_steps") else (" (untrained)" if not r["checkpoint"] else "")
-        pkg = r["package_mib_estimate"]
-        row = [f"{r['label']}{steps}", f"{r['parameters'] / 1e6:.2f} M", f"{r['gflops_per_eval']:.2f}",
-               f"{r['ort_cpu_ms']['1']:.1f}", f"{r['ort_cpu_ms']['4']:.1f}",
-               f"{pkg:.1f}" + (" (over the limit)" if pkg > package_limit_mib else ""), *cells]
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"A package ships fp32, fp16 and int8 graphs; the limit for the shipped prior is {package_limit_mib:g} MB. "
-              "A default construction costs 15-25 score evaluations per posterior sample (runtime.recommend), "
-              "each at the batch of its posterior samples."]
-    return "\n".join(lines) + "\n"
+    return {"rows": rows, "package_limit_mib": PACKAGE_LIMIT_MIB}

@@ -11,7 +11,7 @@ from ckm_edge.training import raytrace
 
 
 def run(scene: str = "munich", tiles: int = 2, device: str = "auto", seed: int = 100,
-        cfg: raytrace.RaytraceConfig | None = None) -> tuple[dict, str]:
+        cfg: raytrace.RaytraceConfig | None = None) -> dict:
     """Build `tiles` tiles of a training scene in a scratch directory and time them."""
     cfg = cfg or raytrace.RaytraceConfig()
     plan = raytrace.BuildPlan(((scene, "train"),), tiles, seed, cfg)
@@ -22,7 +22,7 @@ def run(scene: str = "munich", tiles: int = 2, device: str = "auto", seed: int =
         manifest = json.loads((Path(tmp) / "ds" / "manifest.json").read_text())
     per_tile = [t["seconds"] for t in manifest["provenance"]["tiles"]]
     receivers = [round((1 - t["building_fraction"]) * cfg.tile_size**2) for t in manifest["provenance"]["tiles"]]
-    results = {
+    return {
         "scene": scene,
         "device": summary["device"],
         "tiles": tiles,
@@ -32,17 +32,3 @@ def run(scene: str = "munich", tiles: int = 2, device: str = "auto", seed: int =
         "config": manifest["provenance"]["config"],
         "versions": manifest["provenance"]["versions"],
     }
-    rate = sum(receivers) / sum(per_tile)
-    rows = "\n".join(
-        f"| {i} | {r} | {s:.1f} | {r / s:.0f} |" for i, (r, s) in enumerate(zip(receivers, per_tile))
-    )
-    markdown = (
-        f"Sionna RT {results['versions'].get('sionna-rt')} on `{summary['device']}`: scene `{scene}`, "
-        f"{cfg.tile_size}x{cfg.tile_size} tiles of {cfg.cell_size_m:g} m, depth {cfg.max_depth}, "
-        f"{cfg.samples_per_src:,} rays per source, diffraction {'on' if cfg.diffraction else 'off'}, "
-        f"{cfg.rx_per_solve} receivers per solver call. Wall time {wall:.0f} s for {tiles} tiles "
-        f"(scene loading and placement included).\n\n"
-        "| tile | outdoor cells (receivers) | seconds | receivers/s |\n|---:|---:|---:|---:|\n"
-        f"{rows}\n\nMean {sum(per_tile) / len(per_tile):.1f} s per tile, {rate:.0f} receivers/s."
-    )
-    return results, markdown

@@ -1,10 +1,12 @@
-"""Benchmark results: one JSON per benchmark in a results directory, and RESULTS.md made from them.
+"""Benchmark results: one JSON record per benchmark in a results directory, and RESULTS.md made from them.
 
-RESULTS.md is never edited by hand: every `ckm-bench` command writes its JSON and then
-regenerates the whole file (beside the results directory) from all the JSONs present, each
-section under the machine that produced it, so numbers from different machines never share a
-table. The directory is the user's (`ckm-bench --results DIR`, default `benchmarks/results` under
-the working directory: the repository's own when run from its root), never the installed package.
+A record holds what a benchmark measured as data (its `kind` names the benchmark; no prose).
+RESULTS.md is never edited by hand: every `ckm-bench` command writes its record and then
+regenerates the whole file (beside the results directory) from all the records present, each
+section rendered from its record's data by benchmarks/render.py under the machine that produced
+it, so numbers from different machines never share a table. The directory is the user's
+(`ckm-bench --results DIR`, default `benchmarks/results` under the working directory: the
+repository's own when run from its root), never the installed package.
 
 What a command cannot write — why a target was missed, what a number means for the product — goes
 in a notes file beside the record, `<name>.notes.md`, written by a person and shown under the
@@ -21,6 +23,7 @@ import re
 from pathlib import Path
 
 from ckm_edge.benchmarks import machine as _machine
+from ckm_edge.benchmarks import render
 
 DEFAULT_RESULTS_DIR = Path("benchmarks") / "results"
 
@@ -30,15 +33,18 @@ def results_md(results_dir: Path) -> Path:
     return Path(results_dir).parent / "RESULTS.md"
 
 
-def write_result(name: str, command: str, results: dict, markdown: str, results_dir: Path) -> Path:
-    """Store one benchmark's numbers (with the machine) and regenerate RESULTS.md beside them."""
+def write_result(name: str, kind: str, command: str, results: dict, results_dir: Path) -> Path:
+    """Store one benchmark's data (with the machine) as record `name` and regenerate RESULTS.md beside it.
+    `kind`: the benchmark, which renders the record (render.SECTIONS)."""
+    if kind not in render.SECTIONS:
+        raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(render.SECTIONS)}")
     record = {
         "benchmark": name,
+        "kind": kind,
         "command": command,
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": _machine.describe(),
         "results": results,
-        "markdown": markdown.strip(),
     }
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -46,6 +52,10 @@ def write_result(name: str, command: str, results: dict, markdown: str, results_
     path.write_text(json.dumps(record, indent=2) + "\n")
     regenerate(results_dir, results_md(results_dir))
     return path
+
+
+def read_record(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 NOTES_HEADER = re.compile(r"\A<!--\s*record:\s*(\S+)\s*-->\s*\n")
@@ -89,7 +99,7 @@ def notes_markdown(results_dir: Path, rec: dict) -> list[str]:
 
 
 def regenerate(results_dir: Path, out: Path) -> Path:
-    records = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    records = [read_record(p) for p in sorted(Path(results_dir).glob("*.json"))]
     lines = [
         "# Benchmark results",
         "",
@@ -105,7 +115,7 @@ def regenerate(results_dir: Path, out: Path) -> Path:
             f"- Command: `{rec['command']}`",
             f"- Date: {rec['date']}",
             "",
-            rec["markdown"],
+            render.section(rec),
             "",
             *notes_markdown(results_dir, rec),
         ]

@@ -112,7 +112,8 @@ def problems(tiles: np.ndarray, task_names, sigma: float, seed: int) -> dict:
 
 
 def run(package_dir, tiles: np.ndarray, cfg: SolverBenchConfig, progress=print) -> dict:
-    """{"default": {setting: {task: {method: [per-map metrics + seconds]}}}, "curve": [rows]}."""
+    """{"default": {setting: {task: {method: [per-map metrics + seconds]}}}, "curve": [rows],
+    "precision": {precision: {task: [per-map metrics + seconds]}}, "verdicts": verdicts(default)}."""
     from ckm_edge.runtime.construct import ConstructConfig, construct
     from ckm_edge.runtime.engine import EngineConfig, open_engine
     from ckm_edge.runtime.package import load_package
@@ -171,7 +172,7 @@ def run(package_dir, tiles: np.ndarray, cfg: SolverBenchConfig, progress=print) 
                                    ConstructConfig(steps, samples, cfg.seed, sampler=sampler), sigma=cfg.sigma)
                 rows[task].append({**metrics(result.mean, tiles[i], unobs), "seconds": time.perf_counter() - t0})
             progress(f"{precision}: " + ", ".join(f"{t} {mean_metrics(r)['gain_all']:.2f} dB" for t, r in rows.items()))
-    return {"default": default, "curve": curve, "precision": by_precision}
+    return {"default": default, "curve": curve, "precision": by_precision, "verdicts": verdicts(default)}
 
 
 def mean_metrics(rows: list[dict]) -> dict:
@@ -182,26 +183,29 @@ def mean_metrics(rows: list[dict]) -> dict:
     return out
 
 
-def verdicts(default: dict) -> list[str]:
-    """Per setting and paper task: does the default construction beat every classical method on
-    every metric? (The issue's target, with trajectory judged against IDW in the site setting.)"""
-    lines = []
+def beaten_by(ours: list[dict], others: dict) -> list[dict]:
+    """Where another method's mean RMSE is at most ours (per-map rows -> means): one entry per
+    (method, metric), {"method", "metric", "theirs", "ours"}; [] when ours is best everywhere."""
+    mine = mean_metrics(ours)
+    means = {m: mean_metrics(v) for m, v in others.items()}
+    return [{"method": m, "metric": k, "theirs": v[k], "ours": mine[k]} for m, v in means.items() for k in METRICS
+            if v.get(k) is not None and mine.get(k) is not None and v[k] <= mine[k]]
+
+
+def verdicts(default: dict) -> dict:
+    """Per setting and task: does the default construction beat every classical method on every
+    metric? (The issue's target, with trajectory judged against IDW, the drive-test baseline.)
+    {setting: [{"task", "against": "idw" | None, "lost": beaten_by(...)}]}."""
+    out = {}
     for setting in SETTINGS:
-        met, missed = [], []
+        out[setting] = []
         for task, rows in default[setting].items():
             if "default" not in rows:
                 continue
-            ours = mean_metrics(rows["default"])
-            others = {m: mean_metrics(v) for m, v in rows.items() if m != "default"}
-            if task == "trajectory":
-                others = {m: v for m, v in others.items() if m == "idw"}
-            lost = [f"{m} {k} {v[k]:.3g} <= {ours[k]:.3g}" for m, v in others.items() for k in METRICS
-                    if v.get(k) is not None and ours.get(k) is not None and v[k] <= ours[k]]
-            name = task + (" (against IDW, the drive-test baseline)" if task == "trajectory" else "")
-            (missed if lost else met).append(name + (f" ({'; '.join(lost)})" if lost else ""))
-        lines.append(f"- {setting} setting: the default construction beats every classical method on every metric "
-                     f"for {', '.join(met) or 'no task'}" + (f"; not for {', '.join(missed)}" if missed else "") + ".")
-    return lines
+            against = "idw" if task == "trajectory" else None
+            others = {m: v for m, v in rows.items() if m != "default" and against in (None, m)}
+            out[setting].append({"task": task, "against": against, "lost": beaten_by(rows["default"], others)})
+    return out
 
 
 def plot(curve: list[dict], default: dict, path) -> object:
@@ -232,65 +236,3 @@ def plot(curve: list[dict], default: dict, path) -> object:
         ax.set_xlabel("network evaluations per sample")
         ax.set_ylabel("gain RMSE, all cells (dB)")
     return save(fig, axes, path, legend_fontsize=7)
-
-
-def table_rows(task: str, rows: dict, label, order) -> list[str]:
-    """One task's table lines, a method per line (sorted by `order(method)`, named by `label(method)`):
-    the four RMSEs, the best of each in bold, and seconds per map where measured."""
-    means = {m: mean_metrics(v) for m, v in rows.items()}
-    best = {k: min((v[k] for v in means.values() if v.get(k) is not None), default=None) for k in METRICS}
-    lines = []
-    for m, v in sorted(means.items(), key=lambda kv: order(kv[0])):
-        cells = []
-        for k, fmt in zip(METRICS, ("{:.2f}", "{:.3f}", "{:.2f}", "{:.3f}")):
-            cell = "—" if v.get(k) is None else fmt.format(v[k])
-            cells.append(f"**{cell}**" if v.get(k) is not None and v[k] == best[k] else cell)
-        secs = f"{v['seconds']:.2f}" if v.get("seconds") is not None else ""
-        lines.append(f"| {task} | {label(m)} | " + " | ".join(cells) + f" | {secs} |")
-    return lines
-
-
-def markdown(results: dict, description: str, cfg: SolverBenchConfig, recommendations: dict) -> str:
-    out = [description, ""]
-    default = results["default"]
-    for setting in SETTINGS:
-        title = ("Paper setting (the observation only)" if setting == "paper"
-                 else "Site setting (the observation and the base station's building layout; classical methods get it too)")
-        out += [f"**{title}**: gain RMSE (dB) / AoA-sine RMSE, all cells | unobserved cells; mean over maps, lower is better.",
-                "", "| task | method | gain all | AoA all | gain unobs. | AoA unobs. | s/map |", "|---|---|---:|---:|---:|---:|---:|"]
-        for task, rows in default[setting].items():
-            out += table_rows(task, rows, lambda m: "default construction" if m == "default" else m,
-                              lambda m: (m != "default", m))
-        out.append("")
-    out += ["Verdicts:", *verdicts(default), ""]
-    out += ["Default construction per operator kind (the package's recommendation; `ckm-edge construct` and the server "
-            "use it when a request names no sampler): " + "; ".join(
-                f"{kind}: {r['sampler']} {r['steps']} steps x {r['samples']} samples "
-                + ", ".join(f"{k}={v:g}" for k, v in r["parameters"].items()) for kind, r in recommendations.items()) + ".", ""]
-    if len(results.get("precision", {})) > 1:
-        base = {t: mean_metrics(r) for t, r in results["precision"][cfg.precision].items()}
-        out += [f"**Precision** (the default construction, paper setting): gain RMSE all cells (dB) and its change "
-                f"against {cfg.precision}; seconds per map.", "",
-                "| precision | " + " | ".join(base) + " |", "|---|" + "---|" * len(base)]
-        for precision, rows in results["precision"].items():
-            cells = []
-            for t, r in rows.items():
-                m = mean_metrics(r)
-                cells.append(f"{m['gain_all']:.2f} ({(m['gain_all'] / base[t]['gain_all'] - 1) * 100:+.1f} %), {m['seconds']:.1f} s")
-            out.append(f"| {precision} | " + " | ".join(cells) + " |")
-        out.append("")
-    if results["curve"]:
-        tasks_c = sorted({r["task"] for r in results["curve"]}, key=list(tasks.TASKS).index)
-        out += [f"**RMSE against network evaluations per posterior sample** (paper setting, {cfg.curve_samples} "
-                "sample(s), gain all cells (dB) / gain unobserved (dB) / seconds per map):", "",
-                "| sampler | NFE | " + " | ".join(tasks_c) + " |", "|---|---:|" + "---|" * len(tasks_c)]
-        for name in cfg.samplers:
-            for nfe in cfg.nfe:
-                cells = []
-                for t in tasks_c:
-                    r = next((r for r in results["curve"] if (r["sampler"], r["task"], r["nfe"]) == (name, t, nfe)), None)
-                    cells.append("—" if r is None else f"{r['gain_all']:.2f} / {r['gain_unobs']:.2f} / {r['seconds']:.1f} "
-                                 f"({r['steps']} st.)")
-                out.append(f"| {name} | {nfe} | " + " | ".join(cells) + " |")
-        out.append("")
-    return "\n".join(out)

@@ -40,7 +40,8 @@ def validation_tiles(count: int, tile_size: int, seed: int = 0) -> np.ndarray:
 
 
 def run(package_dir: str | Path, points: list[Point], task_names: tuple[str, ...], tiles: np.ndarray,
-        seed: int = 0, progress=print) -> list[dict]:
+        seed: int = 0, progress=print) -> dict:
+    """Mean RMSEs and seconds per map of every point and task over `tiles`, and the best zeta per task."""
     from ckm_edge.runtime.construct import ConstructConfig, construct
     from ckm_edge.runtime.dps import DPSConfig
     from ckm_edge.runtime.engine import EngineConfig, open_engine
@@ -71,30 +72,16 @@ def run(package_dir: str | Path, points: list[Point], task_names: tuple[str, ...
                     rows.append({"point": vars(p), "task": task, "gain_db": float(np.mean(gains)),
                                  "aoa_sine": float(np.mean(sines)), "seconds_per_map": float(np.mean(secs))})
                     progress(f"{p.label()} {task}: {rows[-1]['gain_db']:.2f} dB")
-    return rows
+    return {"package": f"{pkg.name} {pkg.version}", "tiles": len(tiles), "rows": rows, "best_zeta": best_zeta(rows)}
 
 
-def markdown(rows: list[dict], description: str) -> str:
-    task_names = list(dict.fromkeys(r["task"] for r in rows))
-    points = list(dict.fromkeys(Point(**r["point"]) for r in rows))
-    lines = [description, "", "| setting | " + " | ".join(f"{t} gain dB / AoA" for t in task_names) + " | s per map |",
-             "|---|" + "---:|" * (len(task_names) + 1)]
-    for p in points:
-        cells, secs = [], []
-        for t in task_names:
-            r = next(r for r in rows if Point(**r["point"]) == p and r["task"] == t)
-            cells.append(f"{r['gain_db']:.2f} / {r['aoa_sine']:.3f}")
-            secs.append(r["seconds_per_map"])
-        lines.append(f"| {p.label()} | " + " | ".join(cells) + f" | {np.mean(secs):.1f} |")
-    zetas = sorted({p.zeta for p in points if p.precision == "fp32" and not p.jacobian_free})
-    if len(zetas) > 1:
-        best = {}
-        for t in task_names:
-            cand = [r for r in rows if r["task"] == t and r["point"]["precision"] == "fp32" and not r["point"]["jacobian_free"]]
-            best[t] = min(cand, key=lambda r: r["gain_db"])["point"]["zeta"]
-        lines += ["", "Best zeta by gain RMSE: " + ", ".join(f"{t} {z:g}" for t, z in best.items())
-                  + " (paper Fig. 11 on CKMImageNet: 13 for IPbox, IPrandom and SR; 10 for JTQR)."]
-    return "\n".join(lines)
+def best_zeta(rows: list[dict]) -> dict:
+    """{task: the zeta of the lowest gain RMSE} over the fp32 guided points; {} when they hold one zeta."""
+    guided = [r for r in rows if r["point"]["precision"] == "fp32" and not r["point"]["jacobian_free"]]
+    if len({r["point"]["zeta"] for r in guided}) < 2:
+        return {}
+    task_names = dict.fromkeys(r["task"] for r in rows)
+    return {t: min((r for r in guided if r["task"] == t), key=lambda r: r["gain_db"])["point"]["zeta"] for t in task_names}
 
 
 def plot(rows: list[dict], path: str | Path) -> Path | None:

@@ -53,15 +53,13 @@ class TuneConfig:
     budget: int = 25  # network evaluations per construction (posterior samples x evaluations per sample)
     tasks: tuple[str, ...] = PAPER_TASKS
     settings: tuple[str, ...] = SETTINGS
-    # starts up to 1 (pure noise) and prior weights up to 3000: on ray-traced JTQR validation tiles
-    # the site-aware prior went from 12.3 dB (start 0.1, lam 15) to 7.6 dB (start 1, lam 1000-3000)
+    # starts up to 1 (pure noise) and prior weights up to 3000: JTQR wants its gain generated from
+    # noise under a strong prior (docs/solvers.md, "Recommendations per operator kind")
     starts: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
     lams: tuple[float, ...] = (3.0, 7.0, 15.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
-    # DiffPIR's restart levels (0 = none; its default restart_steps each): on JTQR validation tiles, 20
-    # steps from noise: gain 5.59 dB / AoA 0.054, with a restart at 0.1 (its AoA from the fill) 5.20 / 0.048
+    # DiffPIR's restart levels (0 = none; its default restart_steps each) and, searched once a restart
+    # is chosen, the restart's own prior weight (docs/solvers.md: what a restart does for JTQR)
     restarts: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
-    # the restart's own prior weight, searched once a restart is chosen (JTQR, the same tiles, restart 0.1:
-    # restart_lam 15: 5.74 dB / 0.046, 100: 5.20 / 0.048, 1000: 5.30 / 0.052)
     restart_lams: tuple[float, ...] = (15.0, 30.0, 100.0, 300.0, 1000.0)
     samples: tuple[int, ...] = (1, 2, 3, 4, 5, 8)  # the splits tried: budget // samples evaluations each
     rounds: int = 2
@@ -322,22 +320,3 @@ def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=prin
                                       "points": list(measured.values())}
     return out
 
-
-def markdown(result: dict, description: str, cfg: TuneConfig) -> str:
-    lines = [description, "",
-             f"Per operator kind and setting: the search's start ({result.get('start', 'package')}) and the tuned construction "
-             f"(at most {cfg.budget} network evaluations per construction; searched: {', '.join(cfg.coordinates)}); "
-             "score = mean RMSE ratio to the smooth fill over the four metrics (lower is "
-             "better, 1 = the smooth fill); gain RMSE (dB) all / unobserved cells, AoA-sine RMSE all cells; seconds per map.",
-             "", "| kind | tasks | construction | score | gain all | gain unobs. | AoA all | s/map |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
-    for name, k in result["kinds"].items():
-        for label, p in ((result.get("start", "package"), k["before"]), ("tuned", k["after"])):
-            params = ", ".join(f"{q}={v:g}" for q, v in sorted(p["parameters"].items()))
-            lines.append(f"| {name} | {', '.join(k['tasks'])} | {label}: {p['sampler']} {p['steps']} x {p['samples']} "
-                         f"({params}) | {p['score']:.4f} | {p['gain_all']:.2f} | "
-                         + ("—" if p.get("gain_unobs") is None else f"{p['gain_unobs']:.2f}")
-                         + f" | {p['aoa_all']:.3f} | {p['seconds']:.2f} |")
-    lines += ["", f"Points measured: {sum(len(k['points']) for k in result['kinds'].values())}. Ship the tuned section with "
-              "`ckm-export package ... --samplers FILE` (FILE: this run's JSON or its `samplers` object)."]
-    return "\n".join(lines)

@@ -235,11 +235,15 @@ def test_site_adaptation_benchmark_reports_every_method_as_it_goes(tiny_prior, t
     assert len(rows["elastic"]["lambda"]["values"]) == 10 and results["reference_cost"]["steps"] == 3
     for m in results["methods"]:
         assert all(np.isfinite(m["rmse"][t]["gain_db"]) for t in cfg.tasks)
-    text = adapt.markdown(results, "tiny 1.0.0", "CPU")
-    assert "| Full fine-tuning of the foundation | 16 |" in text and "Mean gain RMSE over the tasks: N = 16" in text
-    assert "improves on the foundation alone" in text or "does not improve on the foundation alone" in text
-    partial = adapt.markdown(dict(results, methods=results["methods"][:2], complete=False), "tiny 1.0.0", "CPU")
-    assert "Incomplete run: 2 of 4 rows; it stopped after + adapter, lasco (lambda = 1) at N = 16." in partial
+    # the summary: adapter against foundation against fine-tuning on the mean gain RMSE, and per task
+    (by_n,) = results["summary"]["by_n"]
+    mean = lambda m: float(np.mean([m["rmse"][t]["gain_db"] for t in cfg.tasks]))
+    assert by_n["n"] == 16 and by_n["best_adapter_db"] == min(mean(rows["lasco"]), mean(rows["elastic"]))
+    assert by_n["finetune_db"] == mean(rows["finetune"]) and by_n["foundation_db"] == mean(rows["foundation"])
+    assert results["summary"]["improved_at"] == ([16] if by_n["best_adapter_db"] < by_n["foundation_db"] else [])
+    assert set(results["summary"]["per_task"]) == set(cfg.tasks)
+    partial = adapt.summary(dict(results, methods=results["methods"][:2], complete=False))  # stopped after LASCO
+    assert partial["by_n"] == [] and set(partial["per_task"]) == set(cfg.tasks)
     with pytest.raises(ValueError, match="batch size"):
         adapt.AdaptBenchConfig(counts=(8,))
 

@@ -63,12 +63,13 @@ def test_accuracy_compares_every_method_in_both_settings(tiny_site_package, tmp_
     expect = solvers.metrics(pred, held.tiles[1], unobs)
     assert res["site"]["ipbox"]["single"][1] == pytest.approx(expect, rel=1e-5)
 
-    text = accuracy.markdown(out, "test", cfg)
-    assert "| ipbox | site-aware single-configuration end-to-end |" in text
-    assert "- paper setting: the foundation beats every classical method, the single-configuration end-to-end model, " \
-           "the multi-configuration end-to-end model on every metric for" in text
-    assert "No site-aware multi-configuration end-to-end checkpoint was given" in text
-    assert "the prior is site-aware and conditions on the site" in text and "| paper: foundation prior (ours) |" in text
+    # the verdicts compare the foundation with every method it met, and name the missing checkpoints
+    paper, site = out["verdicts"]["paper"], out["verdicts"]["site"]
+    assert [v["task"] for v in paper["tasks"]] == ["ipbox", "sr2"]  # trajectory is not a paper task
+    assert (paper["learned"], paper["absent"], site["learned"], site["absent"]) == (["single", "multi"], [], ["single"], ["multi"])
+    for setting in ("paper", "site"):
+        for v in out["verdicts"][setting]["tasks"]:
+            assert all(x["method"] in res[setting][v["task"]] and x["theirs"] <= x["ours"] for x in v["lost"])
 
 
 def _without_seconds(out: dict) -> dict:
@@ -120,7 +121,7 @@ def test_the_cli_measures_validation_tiles_when_given_what_training_read(tiny_si
     assert cli.main(args + ["--exclude", str(trained)]) == 0
     record = json.loads((tmp_path / "results" / "accuracy-later-validation.json").read_text())
     assert record["results"]["tiles"] == 2 and "--exclude" in record["command"]
-    assert "2 validation tiles: 2 tiles of" in record["markdown"]
+    assert record["results"]["validation"] and record["results"]["data"].startswith("2 tiles of")
     with pytest.raises(SystemExit, match="no validation tiles left"):  # every tile was trained on
         cli.main(args + ["--exclude", str(later.root)])
 
@@ -153,7 +154,6 @@ def test_a_samplers_table_replaces_the_package_defaults(tiny_package, tmp_path):
     used = out["constructions"]
     assert used["paper/ipbox"] == {**used["paper/ipbox"], "sampler": "diffpir", "steps": 3, "samples": 1, "nfe": 5}  # + restart
     assert used["paper/sr2"]["steps"] == BUILTIN["downsample"].steps  # kinds the table leaves out: the built-in ones
-    assert "a samplers table given to the benchmark" in accuracy.markdown(out, "x", cfg)
 
 
 def test_verdicts_name_every_metric_a_method_wins():
@@ -162,15 +162,15 @@ def test_verdicts_name_every_metric_a_method_wins():
                          "sr2": {"foundation": row(4.0, 0.1), "single": row(4.5, 0.2), "bicubic": row(9.0, 0.3)},
                          "trajectory": {"foundation": row(50.0, 1.0), "idw": row(40.0, 0.5)}},
                "site": {"ipbox": {"foundation": row(3.0, 0.1), "single": row(2.0, 0.1)}}}
-    paper, site = accuracy.verdicts(results)
-    assert paper.startswith("- paper setting: the foundation beats every classical method, the single-configuration "
-                            "end-to-end model on every metric for sr2; not for ipbox (idw aoa_all 0.05 <= 0.1; "
-                            "idw aoa_unobs 0.1 <= 0.2).")  # trajectory is not a paper task
-    assert "No multi-configuration end-to-end checkpoint was given" in paper
-    assert site.startswith("- site setting: on no task does the foundation beat every classical method, the site-aware "
-                           "single-configuration end-to-end model on every metric: ipbox "
-                           "(single gain_all 2 <= 3; single aoa_all 0.1 <= 0.1; single gain_unobs 4 <= 6; "
-                           "single aoa_unobs 0.2 <= 0.2).")
+    v = accuracy.verdicts(results)
+    lost = lambda task: [(x["method"], x["metric"], x["theirs"], x["ours"]) for x in task["lost"]]
+    paper, site = v["paper"], v["site"]
+    assert [t["task"] for t in paper["tasks"]] == ["ipbox", "sr2"]  # trajectory is not a paper task
+    assert lost(paper["tasks"][0]) == [("idw", "aoa_all", 0.05, 0.1), ("idw", "aoa_unobs", 0.1, 0.2)]
+    assert lost(paper["tasks"][1]) == []  # sr2: the foundation beats every method on every metric
+    assert (paper["learned"], paper["absent"]) == (["single"], ["multi"])
+    assert lost(site["tasks"][0]) == [("single", "gain_all", 2.0, 3.0), ("single", "aoa_all", 0.1, 0.1),
+                                      ("single", "gain_unobs", 4.0, 6.0), ("single", "aoa_unobs", 0.2, 0.2)]  # ties count
 
 
 def test_held_out_tiles_come_with_their_transmitters():
@@ -184,10 +184,12 @@ def test_sweep_rows_and_best_zeta(tiny_package):
 
     tiles = sweep.validation_tiles(1, tiny_package.tile_size)
     points = [sweep.Point(z, 3, "fp32", False) for z in (0.0, 13.0)] + [sweep.Point(13.0, 3, "fp32", True)]
-    rows = sweep.run(tiny_package.root, points, ("iprandom",), tiles, progress=lambda line: None)
-    assert len(rows) == 3 and all(np.isfinite(r["gain_db"]) for r in rows)
-    text = sweep.markdown(rows, "sweep")
-    assert "Best zeta by gain RMSE: iprandom" in text and "Jacobian-free" in text
+    out = sweep.run(tiny_package.root, points, ("iprandom",), tiles, progress=lambda line: None)
+    rows = out["rows"]
+    assert len(rows) == 3 and all(np.isfinite(r["gain_db"]) for r in rows) and out["tiles"] == 1
+    best = min(rows[:2], key=lambda r: r["gain_db"])["point"]["zeta"]  # the Jacobian-free point is not a candidate
+    assert out["best_zeta"] == {"iprandom": best}
+    assert sweep.best_zeta(rows[1:]) == {}  # one guided zeta: nothing to choose
     # zeta = 0 is the unconditional prior: it must not match the observation better than guidance.
     unguided, guided = rows[0]["gain_db"], rows[1]["gain_db"]
     assert guided <= unguided + 1e-6

@@ -31,7 +31,8 @@ def test_accuracy_of_a_trained_prior_is_the_runtime_default_construction(tiny_pr
     torch.save({"format": "ckm-model", "meta": {**meta, "trained_steps": 300}, "weights": model.state_dict()},
                tmp_path / "tiny.pt")
     cand = netsize.parse_candidate(f"tiny-trained={tmp_path / 'tiny.pt'}")
-    rows = netsize.run([cand], evl[:2], repeats=1, progress=lambda line: None)
+    out = netsize.run([cand], evl[:2], repeats=1, progress=lambda line: None)
+    rows = out["rows"]
     acc = rows[0]["accuracy"]
     assert set(acc) == {"ipbox", "iprandom", "sr2", "jtqr"} and rows[0]["trained_steps"] == 300
     # The same constructions through the exported package (ONNX Runtime) agree.
@@ -44,8 +45,8 @@ def test_accuracy_of_a_trained_prior_is_the_runtime_default_construction(tiny_pr
             r = construct(eng, tiny_package.schedule(), op, y, (2, 32, 32), ConstructConfig(steps, n, 0, sampler=s), sigma=0.01)
             vals.append(solvers.metrics(r.mean, evl[i], unobs)["gain_all"])
     assert acc["sr2"]["gain_all"] == pytest.approx(float(np.mean(vals)), rel=1e-3)
-    text = netsize.markdown(rows, "test")
-    assert "| tiny-trained, 300 steps |" in text and "sr2 gain all / unobs. (dB)" in text
+    assert rows[0]["label"] == "tiny-trained" and rows[0]["over_package_limit"] is False
+    assert out["package_limit_mib"] == netsize.PACKAGE_LIMIT_MIB
 
 
 def test_candidates_are_presets_or_existing_checkpoints(tmp_path):

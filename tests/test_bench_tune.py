@@ -152,8 +152,7 @@ def test_tune_on_the_tiny_package_then_ship_the_section(tiny_package, tiny_prior
         assert all(np.isfinite(p["gain_all"]) and p["seconds"] > 0 for p in k["points"])
         assert k["before"]["steps"] == BUILTIN[name].steps  # the package's own point, measured
     assert len(lines) == sum(len(k["points"]) for k in out["kinds"].values())
-    text = tune.markdown(out, "tiny", cfg)
-    assert "| mask | ipbox | package: diffpir 5 x 5" in text and "| downsample+site | sr2 | tuned:" in text
+    assert out["start"] == "package" and out["kinds"]["mask"]["tasks"] == ["ipbox"]
 
     # stopped and run again with its journal (the last line cut short): nothing measured twice
     with open(journal, "a") as f:
@@ -194,7 +193,7 @@ def test_a_larger_budget_is_spent_from_a_tuned_table_searching_the_split_only(ti
     assert {(p["steps"], p["samples"]) for p in k["points"]} == {(2, 1), (8, 1), (4, 2), (2, 4)}
     assert all(p["parameters"] == given["parameters"] for p in k["points"])  # only the split varied
     best = json.loads((tmp_path / "tuned-8.json").read_text())["samplers"]["downsample"]
-    assert best["steps"] * best["samples"] <= 8 and "given table" in record["markdown"]
+    assert best["steps"] * best["samples"] <= 8 and record["results"]["start"] == "given table"
 
     with pytest.raises(ValueError, match="coordinates must be among"):
         tune.TuneConfig(coordinates=("steps",))

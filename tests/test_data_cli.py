@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from ckm_edge.benchmarks import procedural as bench_procedural
-from ckm_edge.benchmarks import report
+from ckm_edge.benchmarks import render, report
 
 CKM_DATA = Path(sys.executable).with_name("ckm-data")
 
@@ -46,14 +46,15 @@ def test_demo_command(tmp_path):
 
 
 def test_benchmark_writes_json_and_regenerates_results(tmp_path):
-    results, markdown = bench_procedural.run(tiles=4, workers=1)
+    results = bench_procedural.run(tiles=4, workers=1)
     assert results["tiles"] == 4 and results["seconds"] > 0
-    path = report.write_result("procedural-generator", "ckm-bench procedural --tiles 4", results, markdown,
+    assert results["target_met"] == (results["seconds_per_1000"] < results["target_seconds_per_1000"])
+    path = report.write_result("procedural-generator", "procedural", "ckm-bench procedural --tiles 4", results,
                                results_dir=tmp_path / "results")
     record = json.loads(path.read_text())
-    assert record["machine"]["cores"] >= 1 and "numpy" in record["machine"]["libraries"]
+    assert record["machine"]["cores"] >= 1 and "numpy" in record["machine"]["libraries"] and record["results"] == results
     text = (tmp_path / "RESULTS.md").read_text()
-    assert "## procedural-generator" in text and "| 4 | 1 |" in text and "Machine:" in text
+    assert "## procedural-generator" in text and render.section(record) in text and "Machine:" in text
 
 
 def test_tile_from_a_dataset_split(tmp_path):
@@ -79,7 +80,9 @@ def test_results_notes_are_shown_under_their_record_and_marked_when_it_is_measur
     results = tmp_path / "results"
     results_md = tmp_path / "RESULTS.md"
     assert bench_cli.main(["--results", str(results), "report", "--notes", "procedural-generator"]) == 2  # no record
-    report.write_result("procedural-generator", "ckm-bench procedural", {"tiles": 1}, "| 1 |", results_dir=results)
+    measured = {"tiles": 1, "tile_size": 128, "workers": 1, "seconds": 0.1, "tiles_per_minute": 600,
+                "target_seconds_per_1000": 60.0, "seconds_per_1000": 100.0, "target_met": False}
+    report.write_result("procedural-generator", "procedural", "ckm-bench procedural", measured, results_dir=results)
     assert bench_cli.main(["--results", str(results), "report", "--notes", "procedural-generator"]) == 0
     notes = results / "procedural-generator.notes.md"
     assert "Notes" not in results_md.read_text()  # started, nothing written yet

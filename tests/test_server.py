@@ -136,8 +136,8 @@ def test_the_recommendation_fills_what_a_request_leaves_out(client, tiny_prior, 
     (dict(sampler="diffpir", sampler_parameters={"stochasticity": 2}), "stochasticity must be in [0.0, 1.0], got 2"),
     (dict(sampler="dps", sampler_parameters={"corrector_steps": 1.5}), "corrector_steps must be an integer"),
     (dict(sampler="dps", sampler_parameters={"jacobian_free": 3}), "jacobian_free is a switch"),
-    (dict(sampler="diffpir", zeta=3.0), "zeta: DPS-only field(s), but the sampler is 'diffpir'"),
-    (dict(zeta=3.0, sampler_parameters={"zeta": 4}), "zeta also given as the request field"),
+    (dict(sampler="diffpir", zeta=3.0), "zeta: DPS-only, but the sampler is 'diffpir'"),
+    (dict(zeta=3.0, sampler_parameters={"zeta": 4}), "zeta also given as the sampler parameter"),
     (dict(corrector_steps=50), "corrector_steps must be in [0, 20], got 50"),
     (dict(sampler="diffpir", sampler_parameters={"start": 0.1}, steps=500), "steps: steps must be in [1, 100] (start 0.1"),
     (dict(sampler="diffpir", sampler_parameters={"restart": 0.01, "restart_steps": 50}, steps=5),
@@ -228,7 +228,6 @@ def test_load_benchmark_reports_throughput_percentiles_and_batching(edge, tiny_p
     assert 0 < level.p50_s <= level.p95_s <= level.p99_s
     assert level.throughput_rps == pytest.approx(level.requests / level.seconds)
     assert level.mean_batch_rows is not None and 1.0 <= level.mean_batch_rows <= 3.0
-    assert level.row().startswith("| 3 | ")
     with pytest.raises(ValueError, match="clients"):
         load.run_level(f"127.0.0.1:{edge.port}", y, op, clients=0, duration_s=1.0, request_kwargs={})
 
