@@ -36,7 +36,7 @@ class AdaptBenchConfig:
     counts: tuple[int, ...] = (16, 64, 256)
     test_tiles: int = 8
     tasks: tuple[str, ...] = ("ipbox", "iprandom", "sr2", "jtqr")
-    steps: int = defaults.DPS_STEPS
+    steps: int = defaults.RECORD_DPS_STEPS
     zeta: float = defaults.ZETA
     generic_tiles: int = 1024
     reference_steps: int = 2000

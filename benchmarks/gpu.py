@@ -305,7 +305,7 @@ def _guarded(results: dict, key: str, fn: Callable[[], object], progress) -> obj
 
 @dataclass(frozen=True)
 class GpuBenchConfig:
-    steps: int = defaults.DPS_STEPS
+    steps: int = defaults.RECORD_DPS_STEPS
     batches: tuple[int, ...] = (1, 8, 32, 128, 256, 512)
     precisions: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
     step_counts: tuple[int, ...] = (20, 50, 100, 200, 500, 1000)

@@ -72,7 +72,7 @@ def runtime_step(pkg: Package, tile: np.ndarray, precision: str, steps: int, bat
     return {"step_s": total / steps, "engine_s": timed.seconds / steps, "overhead_s": (total - timed.seconds) / steps}
 
 
-def construction_times(pkg: Package, tile: np.ndarray, task_names=("ipbox", "sr2", "jtqr"), dps_steps: int = defaults.DPS_STEPS,
+def construction_times(pkg: Package, tile: np.ndarray, task_names=("ipbox", "sr2", "jtqr"), dps_steps: int = defaults.RECORD_DPS_STEPS,
                        threads: int = 0, sigma: float = tasks.DEFAULT_SIGMA) -> list[dict]:
     """Seconds per map of a whole construction, per task, same tile and engine: the paper's DPS
     (dps_steps steps, M = 1, one sample) against the default construction (the package's

@@ -12,7 +12,7 @@ from ckm_edge.runtime.sampler import Observations, sample
 
 
 def evaluate(package: Package, precision: str, tiles: np.ndarray, task_names=tasks.PAPER_TASKS,
-             steps: int = defaults.DPS_STEPS, zeta: float = defaults.ZETA, seed: int = 0, threads: int = 0) -> dict:
+             steps: int = defaults.RECORD_DPS_STEPS, zeta: float = defaults.ZETA, seed: int = 0, threads: int = 0) -> dict:
     """Mean gain RMSE (dB) and AoA-sine RMSE per task over `tiles`, same draws for every precision."""
     schedule = package.schedule().respace(steps)
     results = {}

@@ -28,6 +28,13 @@ class InvalidArgument(ValueError):
     """A request field that is wrong; the message names the field."""
 
 
+def decimal(value: float) -> float:
+    """A proto `float` field as the number its sender wrote: the shortest decimal that rounds to the
+    same float32 (0.01f arrives as 0.009999999776; this gives 0.01 back), so a served construction
+    computes with the same numbers as a local one given the same settings."""
+    return float(str(np.float32(value)))
+
+
 def to_numpy(tensor, field: str, max_elements: int = MAX_ELEMENTS, finite: bool = True) -> np.ndarray:
     """A Tensor message -> ndarray, refusing bad dtypes, shapes, sizes (and non-finite values)."""
     if tensor.dtype not in _DTYPES:
@@ -85,10 +92,17 @@ def operator_from_proto(msg, field: str = "operator", shape: tuple[int, ...] | N
     (C, H, W)) every operator is also tried on its input, so an operator that does not fit (a mask
     of the wrong size, a factor that does not divide) is refused under its own field path.
     """
+    return fitted_operator_from_proto(msg, field, shape)[0]
+
+
+def fitted_operator_from_proto(msg, field: str = "operator",
+                               shape: tuple[int, ...] | None = None) -> tuple[operators.Operator, tuple | None]:
+    """`operator_from_proto`, with the operator's output shape for one map of `shape` (None without
+    `shape`): the probe that checked the operator also says what the observation must look like."""
     count = _count_operators(msg)
     if count > MAX_OPERATORS:
         raise InvalidArgument(f"{field} holds more than {MAX_OPERATORS} operators (nested ones included)")
-    return _operator(msg, field, 0, None if shape is None else tuple(shape))[0]
+    return _operator(msg, field, 0, None if shape is None else tuple(shape))
 
 
 def _count_operators(msg) -> int:
@@ -132,7 +146,9 @@ def _operator(msg, field: str, depth: int, shape: tuple | None) -> tuple[operato
         where = lambda name: f"{here}.maps[{name!r}]"  # noqa: E731
     else:  # its typed message: field names are the parameter names
         cls = operators.OPERATORS[kind]
-        values = {p.name: getattr(body, p.name) for p in cls.parameters
+        floats = {f.name for f in body.DESCRIPTOR.fields if f.type == f.TYPE_FLOAT}
+        values = {p.name: decimal(getattr(body, p.name)) if p.name in floats else getattr(body, p.name)
+                  for p in cls.parameters
                   if p.kind not in ("map", "operators") or (p.kind == "map" and body.HasField(p.name))}
         subs = next((list(getattr(body, p.name)) for p in cls.parameters if p.kind == "operators"), [])
         where = lambda name: f"{here}.{name}"  # noqa: E731

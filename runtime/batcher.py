@@ -27,7 +27,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ckm_edge.runtime import executor
+from ckm_edge.runtime import defaults, executor
 from ckm_edge.runtime.memory import release_free_memory
 
 log = logging.getLogger("ckm.edge.batcher")
@@ -73,7 +73,7 @@ class Pending:
     def alive(self) -> bool:
         return self.job.alive()
 
-    def finish(self, result=None, error: BaseException | None = None) -> None:
+    def complete(self, result=None, error: BaseException | None = None) -> None:
         self.result, self.error, self.finished = result, error, time.perf_counter()
         self.done.set()
 
@@ -92,9 +92,9 @@ class BatcherMetrics:
 
 @dataclass(frozen=True)
 class BatcherConfig:
-    max_batch: int = 8  # posterior-sample rows per engine batch
-    max_queue_delay_ms: float = 5.0  # longest the oldest job of a key waits for others to join its batch
-    max_queue: int = 64  # jobs waiting, all keys together
+    max_batch: int = defaults.MAX_BATCH  # posterior-sample rows per engine batch
+    max_queue_delay_ms: float = defaults.MAX_QUEUE_DELAY_MS  # longest the oldest job of a key waits for others to join its batch
+    max_queue: int = defaults.MAX_QUEUE  # jobs waiting, all keys together
     workers: int = 1  # batch worker threads
     memory_budget: int = 0  # bytes of engine memory one batch may use (rows x row_bytes); 0 = no budget
 
@@ -152,7 +152,7 @@ class Batcher:
             self._count = 0
             self._cond.notify_all()
         for job in pending:
-            job.finish(error=ShuttingDown("the server shut down before this request ran"))
+            job.complete(error=ShuttingDown("the server shut down before this request ran"))
         for t in self._threads:
             t.join(timeout=timeout)
 
@@ -177,7 +177,7 @@ class Batcher:
                         batch.append(job)
                         rows += job.samples
                     else:
-                        job.finish(error=Cancelled("the request was cancelled or its deadline passed while queued"))
+                        job.complete(error=Cancelled("the request was cancelled or its deadline passed while queued"))
                 remaining = deadline - time.perf_counter()
                 if q or rows >= cap or remaining <= 0 or self._stopped:
                     break
@@ -218,6 +218,6 @@ class Batcher:
             outcome = [(None, e)] * len(batch)
         self.metrics.batch_finished(batch, rows, memory, time.perf_counter() - start)
         for pending, (result, error) in zip(batch, outcome):
-            pending.finish(result, error)
+            pending.complete(result, error)
         del outcome
         release_free_memory()

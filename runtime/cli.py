@@ -354,12 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on this port of 127.0.0.1")
     s.add_argument("--metrics-address", default=None, metavar="HOST:PORT",
                    help="Prometheus metrics on this address (e.g. 0.0.0.0:9090); overrides --metrics-port")
-    s.add_argument("--max-batch", type=int, default=8, help="posterior-sample rows per engine batch")
-    s.add_argument("--max-queue-delay-ms", type=float, default=5.0)
-    s.add_argument("--max-queue", type=int, default=64)
-    s.add_argument("--max-batch-memory-mib", type=float, default=1024,
+    s.add_argument("--max-batch", type=int, default=defaults.MAX_BATCH, help="posterior-sample rows per engine batch")
+    s.add_argument("--max-queue-delay-ms", type=float, default=defaults.MAX_QUEUE_DELAY_MS)
+    s.add_argument("--max-queue", type=int, default=defaults.MAX_QUEUE)
+    s.add_argument("--max-batch-memory-mib", type=float, default=defaults.MAX_BATCH_MEMORY_MIB,
                    help="engine memory one batch may use, rows x measured per-row memory (0 = no budget)")
-    s.add_argument("--max-evaluations", type=int, default=20_000,
+    s.add_argument("--max-evaluations", type=int, default=defaults.MAX_EVALUATIONS,
                    help="network evaluations one request may ask for (samples x calls per sample)")
     s.add_argument("--arena", choices=["all", "score", "none"], default="score",
                    help="graphs that keep ONNX Runtime's memory arena; the others return memory after each call")

@@ -33,7 +33,7 @@ from ckm_edge.runtime.sampler import StepInfo, Steps, check_params, param, prior
 @dataclass(frozen=True)
 class DPSConfig:
     zeta: float = param(defaults.ZETA, "observation constraint strength (paper IV-C: 10-13)", 0.0, 1e4)
-    corrector_steps: int = param(1, "Langevin corrector steps per predictor step (M)", 0, 20)
+    corrector_steps: int = param(defaults.CORRECTOR_STEPS, "Langevin corrector steps per predictor step (M)", 0, 20)
     snr: float = param(0.16, "target signal-to-noise ratio of the Langevin step size", 1e-6, 10.0)
     jacobian_free: bool = param(False, "skip the network Jacobian in the guidance (about half the cost, less accurate)")
     # Clip x0_hat to the data range [0, 1] where it enters the predictor (DDPM's clip_denoised). The
@@ -56,7 +56,7 @@ def _evaluations(cfg: DPSConfig, steps: int) -> dict:
     return calls
 
 
-@register("dps", DPSConfig, default_steps=100, evaluations=_evaluations,
+@register("dps", DPSConfig, default_steps=defaults.DPS_STEPS, evaluations=_evaluations,
           summary="diffusion posterior sampling (paper Algorithm 2): predictor-corrector with a normalized gradient "
                   "step through the network's Jacobian; any differentiable operator")
 def dps(engine, schedule, obs, rngs, cfg: DPSConfig) -> Steps:

@@ -122,14 +122,19 @@ class Job:
         return Observation(self.op, self.y, self.sigma, self.site)
 
 
-def check_observation(op: operators.Operator, y: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+def check_observation(op: operators.Operator, y: np.ndarray, shape: tuple[int, int, int],
+                      output_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """y must be finite, within OBSERVATION_RANGE and shaped like A(x) for one map of `shape`
-    ((C', H', W'), or with a leading 1); returns (1, ...) float32."""
+    ((C', H', W'), or with a leading 1); returns (1, ...) float32. `output_shape`: A's output for
+    one map (C', H', W') where the caller's own probe found it already (runtime.api)."""
     y = np.asarray(y, dtype=np.float32)
-    try:  # a probe run catches masks and building layouts that do not fit the tile
-        expect = op.forward(np.zeros((1,) + tuple(shape), np.float32)).shape
-    except (operators.OperatorError, ValueError) as e:
-        raise operators.OperatorError(f"the operator does not fit a {tuple(shape)} map: {e}") from None
+    if output_shape is not None:
+        expect = (1,) + tuple(output_shape)
+    else:
+        try:  # a probe run catches masks and building layouts that do not fit the tile
+            expect = op.forward(np.zeros((1,) + tuple(shape), np.float32)).shape
+        except (operators.OperatorError, ValueError) as e:
+            raise operators.OperatorError(f"the operator does not fit a {tuple(shape)} map: {e}") from None
     if y.shape not in (expect, expect[1:]):
         raise operators.OperatorError(f"observation has shape {list(y.shape)}; the operator produces "
                                       f"{list(expect[1:])} for one map (a leading 1 is allowed)")
@@ -145,11 +150,13 @@ def check_observation(op: operators.Operator, y: np.ndarray, shape: tuple[int, i
 
 def plan(model: Model, op: operators.Operator, y: np.ndarray, shape: tuple[int, int, int],
          config: ConstructConfig = ConstructConfig(), *, sigma: float = 0.0, site: Site | None = None,
-         precision: str = defaults.PRECISION, adapter: Model | None = None, adapter_lambda=None) -> Job:
+         precision: str = defaults.PRECISION, adapter: Model | None = None, adapter_lambda=None,
+         output_shape: tuple[int, ...] | None = None) -> Job:
     """A checked job: raises OperatorError (the operator or observation), SiteError (the site) or
-    ScheduleError (steps and respacing against the package's schedule) naming what is wrong."""
+    ScheduleError (steps and respacing against the package's schedule) naming what is wrong.
+    `output_shape`: the operator's output for one map, where the caller has probed it already."""
     shape = tuple(shape)
-    y = check_observation(op, y, shape)
+    y = check_observation(op, y, shape, output_shape)
     if site is not None:
         site.check((config.samples,) + shape)
     schedule = respaced(model.schedule(), config.steps, config.sampler, config.respacing)

@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from ckm_edge.runtime import api
+from ckm_edge.runtime import api, defaults
 from ckm_edge.runtime.batcher import Batcher, BatcherConfig
 from ckm_edge.runtime.engine import EngineConfig
 from ckm_edge.runtime.metrics import Metrics
@@ -45,12 +45,12 @@ class ServerConfig:
     port: int = 50051
     metrics_port: int | None = None  # Prometheus /metrics; None = off, 0 = any free port
     metrics_host: str = "127.0.0.1"
-    max_batch: int = 8  # posterior-sample rows per engine batch (and the most samples one request may ask)
-    max_queue_delay_ms: float = 5.0
-    max_queue: int = 64
+    max_batch: int = defaults.MAX_BATCH  # posterior-sample rows per engine batch (and the most samples one request may ask)
+    max_queue_delay_ms: float = defaults.MAX_QUEUE_DELAY_MS
+    max_queue: int = defaults.MAX_QUEUE
     batch_workers: int = 1
-    max_batch_memory_mib: float = 1024  # engine memory one batch may use (rows x measured per-row); 0 = no budget
-    max_evaluations: int = 20_000  # network evaluations one request may ask (samples x calls per sample)
+    max_batch_memory_mib: float = defaults.MAX_BATCH_MEMORY_MIB  # engine memory one batch may use (rows x measured per-row); 0 = no budget
+    max_evaluations: int = defaults.MAX_EVALUATIONS  # network evaluations one request may ask (samples x calls per sample)
     rpc_threads: int = 16
     engine_threads: int = 0
     deterministic: bool = False  # single-threaded deterministic engines: bitwise-reproducible maps

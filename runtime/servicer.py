@@ -45,8 +45,8 @@ OUTPUT_UNITS = (pb.OUTPUT_UNITS_UNSPECIFIED, pb.OUTPUT_UNITS_PIXELS, pb.OUTPUT_U
 class Limits:
     """What one request may ask for."""
 
-    max_samples: int = 8  # posterior samples (never more than a batch holds)
-    max_evaluations: int = 20_000  # network evaluations of one request: samples x per-sample calls
+    max_samples: int = defaults.MAX_BATCH  # posterior samples (never more than a batch holds)
+    max_evaluations: int = defaults.MAX_EVALUATIONS  # network evaluations of one request: samples x per-sample calls
     memory_budget: bool = True  # measure per-row memory for the batcher's budget
     deterministic: bool = False  # the server's engines run deterministically (reported back)
 
@@ -136,15 +136,15 @@ class EdgeServicer:
         shape = (2, pkg.tile_size, pkg.tile_size)
         if not req.HasField("operator"):
             raise InvalidArgument("operator is required")
-        op = api.operator_from_proto(req.operator, "operator", shape)
+        op, output_shape = api.fitted_operator_from_proto(req.operator, "operator", shape)
         if not req.HasField("observation"):
             raise InvalidArgument("observation is required")
         y = api.to_numpy(req.observation, "observation").astype(np.float32)
         site = api.site_from_proto(req.site) if req.HasField("site") else None
         config = self._config(req, pkg, op, site is not None and site.building is not None)
         try:
-            job = executor.plan(model, op, y, shape, config, sigma=float(req.noise_sigma), site=site,
-                                precision=precision, adapter=adapter, adapter_lambda=lam)
+            job = executor.plan(model, op, y, shape, config, sigma=api.decimal(req.noise_sigma), site=site,
+                                precision=precision, adapter=adapter, adapter_lambda=lam, output_shape=output_shape)
         except OperatorError as e:
             raise InvalidArgument(f"observation: {e}") from None
         except SiteError as e:

@@ -7,7 +7,12 @@ request. Stored per case: SHA-256 of the mean and std (float32 bytes), the resid
 probe of both maps (every 32nd cell), so that a machine whose CPU kernels round differently can
 still compare within a tolerance while the recording machine compares bit for bit.
 
-    python -m ckm_edge.tests.golden_set            # re-record tests/golden/constructions.json
+    python tests/golden_set.py            # re-record tests/golden/constructions.json
+
+Changes since the first recording (each stated in its commit): the server reads the request's
+float32 fields (noise sigma, truncation bounds) as the decimals the client wrote (runtime.api.decimal),
+so the served constructions of the samplers sensitive to them (DiffPIR, DAPS on SR and JTQR) now
+equal the local ones bit for bit; the server takes a respacing, so the DDIM case is served too.
 """
 
 from __future__ import annotations
@@ -147,8 +152,7 @@ def record(remote_cases: bool = True) -> dict:
         try:
             with EdgeClient(f"127.0.0.1:{edge.port}") as client:
                 for case in cases():
-                    if case.respacing == "ddpm":  # the server took no respacing before the executor
-                        doc["grpc"][case.name] = remote(case, client)
+                    doc["grpc"][case.name] = remote(case, client)
         finally:
             edge.stop(0)
     return doc

@@ -63,7 +63,7 @@ def test_bad_input_gets_a_clear_error(tiny_package, tmp_path):
                           (["--param", "lam"], "--param takes NAME=VALUE, got 'lam'"),
                           (["--param", "lam=big"], "--param lam: 'big' is not a number"),
                           (["--sampler", "diffpir", "--param", "zeta=3"], "sampler 'diffpir' has no parameter 'zeta'"),
-                          (["--sampler", "daps", "--zeta", "3"], "--zeta belong(s) to the dps sampler, not 'daps'"),
+                          (["--sampler", "daps", "--zeta", "3"], "--zeta: DPS-only, but the sampler is 'daps'"),
                           (["--site"], "--site needs --truth or a `building` array")]:
         out = _run("ckm-edge", "construct", "--package", tiny_package.root, "--observation", tmp_path / "o.npz", *args)
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
