@@ -21,12 +21,12 @@ and it is only ever composed with exactly that base package (checked by `check_b
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ckm_edge.runtime.engine import EngineBase
 from ckm_edge.runtime.package import Package, PackageError, sha256_file
 
 LAMBDA_MAX = 10.0  # a strength beyond this is a broken fit, not an adaptation
@@ -110,14 +110,12 @@ def check_base(adapter: Package, base: Package) -> LambdaTable:
     return lam
 
 
-@dataclass
-class ComposedEngine:
+class ComposedEngine(EngineBase):
     """s = s_base + lambda(t) d over two engines; forward/backward keep both parts' saved tensors."""
 
-    base: Any
-    delta: Any
-    lam: LambdaTable
-    calls: Counter = field(default_factory=Counter)
+    def __init__(self, base: Any, delta: Any, lam: LambdaTable):
+        super().__init__()
+        self.base, self.delta, self.lam = base, delta, lam
 
     @property
     def condition_channels(self) -> int:
@@ -132,31 +130,21 @@ class ComposedEngine:
     def _delta_cond(self, cond):
         return cond if getattr(self.delta, "condition_channels", 0) else None
 
-    def score(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
-        self.calls["score"] += 1
+    def _score(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
         return _call(self.base.score, x, t, cond) + self.lam(t) * _call(self.delta.score, x, t, self._delta_cond(cond))
 
-    def forward(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
-        self.calls["forward"] += 1
+    def _forward(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> tuple[np.ndarray, Any]:
         s_base, saved_base = _call(self.base.forward, x, t, cond)
         s_delta, saved_delta = _call(self.delta.forward, x, t, self._delta_cond(cond))
         lam = self.lam(t)
         return s_base + lam * s_delta, (saved_base, saved_delta, lam)
 
-    def backward(self, saved: Any, v: np.ndarray) -> np.ndarray:
-        self.calls["backward"] += 1
+    def _backward(self, saved: Any, v: np.ndarray) -> np.ndarray:
         saved_base, saved_delta, lam = saved
-        v = np.asarray(v, np.float32)
         return self.base.backward(saved_base, v) + self.delta.backward(saved_delta, (lam * v).astype(np.float32))
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """The parts belong to whoever opened them (a repository shares them between requests)."""
-
-    def __enter__(self) -> ComposedEngine:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _call(method, x, t, cond):

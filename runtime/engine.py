@@ -9,24 +9,29 @@
 `cond` (B, K, H, W) is the site condition (runtime.condition) of a site-aware package; left out,
 the engine feeds zeros (nothing known: the paper's setting). An unconditional package refuses one.
 
-`OrtEngine` (here) and `runtime.tensorrt.TrtEngine` implement it. `OrtEngine` runs a package's
-ONNX graphs in ONNX Runtime on the CPU (threads configurable) or
-with CUDA (IO binding keeps the saved tensors on the GPU between forward and backward). Every
-native call goes through `_checked`, which re-raises ONNX Runtime's message as an EngineError.
-Calls are counted per kind (`calls`), which the tests use to check the cost of a DPS step.
+`EngineBase` implements it once: the public methods count the call per kind (`calls`, which the
+tests use to check the cost of a DPS step), refuse a closed engine and check the condition, then
+call the backend's hooks `_score(x, t, cond)`, `_forward(x, t, cond)` and `_backward(saved, v)`
+(`cond` checked: None for an unconditional network, else float32 (B, K, H, W)); `_release()`
+frees the backend's resources on `close()`. Every native call goes through `_checked`, which
+re-raises the library's message as an EngineError. The backends: `OrtEngine` (here: ONNX Runtime
+on the CPU, threads configurable, or with CUDA, where IO binding keeps the saved tensors on the
+GPU between forward and backward), `runtime.openvino_engine.OvEngine`,
+`runtime.tensorrt.TrtEngine` and `runtime.adapter.ComposedEngine` (a prior plus a site adapter).
 """
 
 from __future__ import annotations
 
+import abc
 import importlib.metadata
 import os
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Self
 
 import numpy as np
 
-from ckm_edge.runtime.package import GRAPHS, Package
+from ckm_edge.runtime.package import Package
 
 
 class EngineError(RuntimeError):
@@ -49,15 +54,6 @@ def check_onnxruntime_install() -> None:
         )
     if not found:
         raise EngineError("ONNX Runtime is not installed: install ckm-edge with the `cpu` or the `gpu` extra")
-
-
-def _checked(what: str, fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except Exception as e:  # ONNX Runtime raises its own exception classes
-        if isinstance(e, EngineError):
-            raise
-        raise EngineError(f"{what} failed in ONNX Runtime: {e}") from e
 
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
@@ -116,38 +112,146 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@dataclass
-class OrtEngine:
-    package: Package
-    config: EngineConfig = EngineConfig()
-    calls: Counter = field(default_factory=Counter)
+class EngineBase(abc.ABC):
+    """The engine interface, implemented once (module doc). A backend sets `package` (or overrides
+    `condition_channels` and `condition_encoding`), calls `super().__init__()` and implements the
+    hooks; `library` names whose errors `_checked` re-raises."""
 
-    def __post_init__(self):
+    library = "the inference library"
+    package: Package
+
+    def __init__(self) -> None:
+        self.calls: Counter = Counter()  # network calls per kind: "score", "forward", "backward"
+        self._open = True
+
+    @property
+    def condition_channels(self) -> int:
+        return self.package.condition_channels
+
+    @property
+    def condition_encoding(self):
+        return self.package.condition_encoding
+
+    def score(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+        self.calls["score"] += 1
+        self._check_open()
+        return self._score(x, t, self._condition(x, cond))
+
+    def forward(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
+        self.calls["forward"] += 1
+        self._check_open()
+        return self._forward(x, t, self._condition(x, cond))
+
+    def backward(self, saved: Any, v: np.ndarray) -> np.ndarray:
+        self.calls["backward"] += 1
+        self._check_open()
+        return self._backward(saved, _f32(v))
+
+    def close(self) -> None:
+        self._open = False
+        self._release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- what a backend implements ---------------------------------------------------------------
+    @abc.abstractmethod
+    def _score(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _forward(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> tuple[np.ndarray, Any]: ...
+
+    @abc.abstractmethod
+    def _backward(self, saved: Any, v: np.ndarray) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _release(self) -> None:
+        """Free the backend's sessions, requests or buffers (on close)."""
+
+    # -- shared by the backends ------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if not self._open:
+            raise EngineError("engine is closed")
+
+    def _condition(self, x: np.ndarray, cond: np.ndarray | None) -> np.ndarray | None:
+        return condition_input(np.shape(x), cond, self.condition_channels)
+
+    def _checked(self, what: str, fn, *args, **kwargs):
+        """fn(*args, **kwargs), the library's own exceptions re-raised as an EngineError with its message."""
+        try:
+            return fn(*args, **kwargs)
+        except EngineError:
+            raise
+        except Exception as e:  # each library raises its own exception classes
+            raise EngineError(f"{what} failed in {self.library}: {e}") from e
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def condition_input(shape: tuple[int, ...], cond: np.ndarray | None, channels: int) -> np.ndarray | None:
+    """The condition a network with `channels` condition channels gets with inputs x of `shape`:
+    None for an unconditional network (which refuses one), else float32 (B, K, H, W), zeros when
+    not given. Refuses a condition of the wrong shape."""
+    if not channels:
+        if cond is not None:
+            raise EngineError("this package is not site-aware: its graphs take no condition input")
+        return None
+    want = (shape[0], channels) + tuple(shape[2:])
+    if cond is None:
+        return np.zeros(want, np.float32)
+    cond = _f32(cond)
+    if cond.shape != want:
+        raise EngineError(f"condition has shape {cond.shape}, the package wants {want}")
+    return cond
+
+
+def graph_inputs(x: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> dict:
+    """The feeds of a score/forward graph: x, t and the (checked) condition where there is one."""
+    feeds = {"x": _f32(x), "t": _f32(t)}
+    if cond is not None:
+        feeds["cond"] = cond
+    return feeds
+
+
+def network_inputs(x: np.ndarray, t: np.ndarray, cond: np.ndarray | None, channels: int) -> dict:
+    """The feeds of a score/forward graph of a network with `channels` condition channels."""
+    return graph_inputs(x, t, condition_input(np.shape(x), cond, channels))
+
+
+class OrtEngine(EngineBase):
+    library = "ONNX Runtime"
+
+    def __init__(self, package: Package, config: EngineConfig = EngineConfig()):
+        super().__init__()
         check_onnxruntime_install()
         import onnxruntime as ort
 
+        self.package, self.config = package, config
         self._ort = ort
-        if self.config.device == "cuda":
+        if config.device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise EngineError("device 'cuda' asked for, but this ONNX Runtime has no CUDAExecutionProvider "
                                   "(install the `gpu` extra on a machine with an NVIDIA GPU)")
-            providers = [("CUDAExecutionProvider", {"device_id": self.config.device_id}), "CPUExecutionProvider"]
+            providers = [("CUDAExecutionProvider", {"device_id": config.device_id}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
         self._providers = providers
         self._sessions = {}
-        self._open = True
         self._session("score")  # the score graph always; forward/backward when a sampler first needs them
 
     def _session(self, graph: str):
         """The graph's session, created on first use: a sampler that never differentiates through
         the network never loads the forward-with-saves and backward graphs (nor pays their arenas)."""
-        if not self._open:
-            raise EngineError("engine is closed")
+        self._check_open()
         if graph not in self._sessions:
             path = self.package.graph_path(self.config.precision, graph)
-            self._sessions[graph] = _checked(f"loading {path}", self._ort.InferenceSession, str(path),
-                                             self._options(graph), providers=self._providers)
+            self._sessions[graph] = self._checked(f"loading {path}", self._ort.InferenceSession, str(path),
+                                                  self._options(graph), providers=self._providers)
             if graph in ("forward", "backward") and {"forward", "backward"} <= self._sessions.keys():
                 self._check_saved()
         return self._sessions[graph]
@@ -176,54 +280,30 @@ class OrtEngine:
     def _saved_names(self) -> list[str]:
         return [o.name for o in self._session("forward").get_outputs()[1:]]
 
-    def load_all(self) -> OrtEngine:
-        """Create every graph's session now (e.g. to fail early on a broken package)."""
-        for graph in GRAPHS:
-            self._session(graph)
-        return self
+    # -- the hooks -------------------------------------------------------------------------------
+    def _score(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
+        return self._run("score", graph_inputs(x, t, cond))[0]
 
-    # -- the interface ---------------------------------------------------------------------------
-    @property
-    def condition_channels(self) -> int:
-        return self.package.condition_channels
-
-    @property
-    def condition_encoding(self):
-        return self.package.condition_encoding
-
-    def score(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
-        self.calls["score"] += 1
-        return self._run("score", network_inputs(x, t, cond, self.condition_channels))[0]
-
-    def forward(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
-        self.calls["forward"] += 1
-        feeds = network_inputs(x, t, cond, self.condition_channels)
+    def _forward(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> tuple[np.ndarray, Any]:
+        feeds = graph_inputs(x, t, cond)
         if self.config.device == "cuda":
             return self._forward_bound(feeds)
         outs = self._run("forward", feeds)
         return outs[0], outs[1:]
 
-    def backward(self, saved: Any, v: np.ndarray) -> np.ndarray:
-        self.calls["backward"] += 1
+    def _backward(self, saved: Any, v: np.ndarray) -> np.ndarray:
         if self.config.device == "cuda":
             return self._backward_bound(saved, v)
         feeds = dict(zip(self._saved_names, saved))
-        feeds["v"] = _f32(v)
+        feeds["v"] = v
         return self._run("backward", feeds)[0]
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._sessions.clear()
-        self._open = False
-
-    def __enter__(self) -> OrtEngine:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # -- internals -------------------------------------------------------------------------------
     def _run(self, graph: str, feeds: dict) -> list[np.ndarray]:
-        return _checked(f"{graph} graph", self._session(graph).run, None, feeds)
+        return self._checked(f"{graph} graph", self._session(graph).run, None, feeds)
 
     def _forward_bound(self, feeds: dict):
         """CUDA: the saved tensors stay on the GPU as OrtValues; only the score comes back."""
@@ -233,7 +313,7 @@ class OrtEngine:
             binding.bind_cpu_input(name, value)
         for out in session.get_outputs():
             binding.bind_output(out.name, "cuda", self.config.device_id)
-        _checked("forward graph", session.run_with_iobinding, binding)
+        self._checked("forward graph", session.run_with_iobinding, binding)
         outs = binding.get_outputs()
         return outs[0].numpy(), outs[1:]
 
@@ -242,32 +322,10 @@ class OrtEngine:
         binding = session.io_binding()
         for name, value in zip(self._saved_names, saved):
             binding.bind_ortvalue_input(name, value)
-        binding.bind_cpu_input("v", _f32(v))
+        binding.bind_cpu_input("v", v)
         binding.bind_output("vjp", "cpu")
-        _checked("backward graph", session.run_with_iobinding, binding)
+        self._checked("backward graph", session.run_with_iobinding, binding)
         return binding.copy_outputs_to_cpu()[0]
-
-
-def _f32(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def network_inputs(x: np.ndarray, t: np.ndarray, cond: np.ndarray | None, channels: int) -> dict:
-    """The feeds of a score/forward graph: x, t and, for a site-aware package, cond (zeros when
-    not given). Refuses a condition the package cannot take or of the wrong shape."""
-    feeds = {"x": _f32(x), "t": _f32(t)}
-    if not channels:
-        if cond is not None:
-            raise EngineError("this package is not site-aware: its graphs take no condition input")
-        return feeds
-    want = (feeds["x"].shape[0], channels) + feeds["x"].shape[2:]
-    if cond is None:
-        feeds["cond"] = np.zeros(want, np.float32)
-    else:
-        feeds["cond"] = _f32(cond)
-        if feeds["cond"].shape != want:
-            raise EngineError(f"condition has shape {feeds['cond'].shape}, the package wants {want}")
-    return feeds
 
 
 def open_engine(package: Package, config: EngineConfig = EngineConfig()):

@@ -27,13 +27,12 @@ forward: `backward` refuses saved tensors from an older forward instead of readi
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from typing import Any
 
 import numpy as np
 
-from ckm_edge.runtime.engine import EngineConfig, EngineError, network_inputs
-from ckm_edge.runtime.package import GRAPHS, Package
+from ckm_edge.runtime.engine import EngineBase, EngineConfig, EngineError, graph_inputs, network_inputs
+from ckm_edge.runtime.package import Package
 
 
 def unavailable_reason() -> str | None:
@@ -43,15 +42,6 @@ def unavailable_reason() -> str | None:
     except ImportError:
         return "the openvino package is not installed (install ckm-edge with the `openvino` extra)"
     return None
-
-
-def _checked(what: str, fn, *args):
-    try:
-        return fn(*args)
-    except EngineError:
-        raise
-    except Exception as e:  # OpenVINO raises RuntimeError with its own message
-        raise EngineError(f"{what} failed in OpenVINO: {e}") from e
 
 
 def _unsigned_or_path(path):
@@ -116,8 +106,11 @@ def unsigned_activations(path) -> tuple[bytes, int]:
     return model.SerializeToString(), rewritten
 
 
-class OvEngine:
+class OvEngine(EngineBase):
+    library = "OpenVINO"
+
     def __init__(self, package: Package, config: EngineConfig = EngineConfig()):
+        super().__init__()
         reason = unavailable_reason()
         if reason:
             raise EngineError(f"OpenVINO engine unavailable: {reason}")
@@ -126,23 +119,13 @@ class OvEngine:
         import openvino as ov
 
         self.package, self.config = package, config
-        self.calls: Counter = Counter()
         self._core = ov.Core()
         self._compiled: dict = {}
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._open = True
         self._compile("score")
         if config.precision == "int8":
             self._check_int8()
-
-    @property
-    def condition_channels(self) -> int:
-        return self.package.condition_channels
-
-    @property
-    def condition_encoding(self):
-        return self.package.condition_encoding
 
     def _properties(self) -> dict:
         props = {"PERFORMANCE_HINT": "LATENCY"}
@@ -158,16 +141,15 @@ class OvEngine:
         return props
 
     def _compile(self, graph: str):
-        if not self._open:
-            raise EngineError("engine is closed")
+        self._check_open()
         with self._lock:
             if graph not in self._compiled:
                 path = self.package.graph_path(self.config.precision, graph)
                 model = str(path)
                 if self.config.precision == "int8":
-                    model = _checked(f"reading {path}", self._core.read_model, _unsigned_or_path(path))
-                self._compiled[graph] = _checked(f"compiling {path}", self._core.compile_model, model, "CPU",
-                                                 self._properties())
+                    model = self._checked(f"reading {path}", self._core.read_model, _unsigned_or_path(path))
+                self._compiled[graph] = self._checked(f"compiling {path}", self._core.compile_model, model, "CPU",
+                                                      self._properties())
                 if {"forward", "backward"} <= self._compiled.keys():
                     self._link()
             return self._compiled[graph]
@@ -225,47 +207,31 @@ class OvEngine:
             requests[graph] = self._compile(graph).create_infer_request()
         return requests[graph]
 
-    def load_all(self) -> OvEngine:
-        for graph in GRAPHS:
-            self._compile(graph)
-        return self
-
-    # -- the interface ---------------------------------------------------------------------------
-    def score(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
-        self.calls["score"] += 1
+    # -- the hooks -------------------------------------------------------------------------------
+    def _score(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
         request = self._request("score")
-        _checked("score graph", request.infer, network_inputs(x, t, cond, self.condition_channels))
+        self._checked("score graph", request.infer, graph_inputs(x, t, cond))
         return np.array(request.get_output_tensor(0).data, copy=True)
 
-    def forward(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
-        self.calls["forward"] += 1
+    def _forward(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> tuple[np.ndarray, Any]:
         request = self._request("forward")
-        _checked("forward graph", request.infer, network_inputs(x, t, cond, self.condition_channels))
+        self._checked("forward graph", request.infer, graph_inputs(x, t, cond))
         self._compile("backward")
         outputs = [request.get_output_tensor(i) for i in range(len(self._compiled["forward"].outputs))]
         self._local.generation = getattr(self._local, "generation", 0) + 1
         saved = _Saved(outputs, self._local.generation, threading.get_ident())
         return np.array(outputs[0].data, copy=True), saved
 
-    def backward(self, saved: Any, v: np.ndarray) -> np.ndarray:
-        self.calls["backward"] += 1
+    def _backward(self, saved: Any, v: np.ndarray) -> np.ndarray:
         if (not isinstance(saved, _Saved) or saved.owner != threading.get_ident()
                 or saved.generation != getattr(self._local, "generation", None)):
             raise EngineError("backward needs the saved tensors of this thread's latest forward call "
                               "(OpenVINO keeps them in the forward request's memory)")
         request = self._request("backward")
-        v = np.ascontiguousarray(v, dtype=np.float32)
         feeds = {i: (v if k is None else saved.tensors[k]) for i, k in enumerate(self._feeds_from)}
-        _checked("backward graph", request.infer, feeds)
+        self._checked("backward graph", request.infer, feeds)
         return np.array(request.get_output_tensor(0).data, copy=True)
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._compiled.clear()
         self._local = threading.local()
-        self._open = False
-
-    def __enter__(self) -> OvEngine:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

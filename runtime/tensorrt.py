@@ -15,6 +15,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from ckm_edge.runtime.engine import EngineBase, EngineError, graph_inputs
 from ckm_edge.runtime.package import GRAPHS, Package
 
 
@@ -85,60 +86,46 @@ def build_engines(pkg: Package, precision: str, max_batch: int = 8, opt_batch: i
     return paths
 
 
-class TrtEngine:
+class TrtEngine(EngineBase):
     """The engine interface over TensorRT engines of a package (built or taken from the cache).
 
     Uses Polygraphy's runner for buffer management: the forward's saved tensors stay on the GPU
     (device views) and feed the backward directly; only the score and the VJP come to the host.
     """
 
+    library = "TensorRT"
+
     def __init__(self, package: Package, precision: str = "fp32", max_batch: int = 8):
+        super().__init__()
         reason = unavailable_reason()
         if reason:
-            from ckm_edge.runtime.engine import EngineError
-
             raise EngineError(f"TensorRT engine unavailable: {reason}")
-        from collections import Counter
-
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-        self.calls = Counter()
-        self.condition_channels = package.condition_channels
-        self.condition_encoding = package.condition_encoding
+        self.package = package
         paths = dict(zip(GRAPHS, build_engines(package, precision, max_batch=max_batch)))
         self._runners = {g: TrtRunner(EngineFromBytes(BytesFromPath(str(p)))) for g, p in paths.items()}
         for runner in self._runners.values():
             runner.activate()
 
-    def score(self, x, t, cond=None):
-        from ckm_edge.runtime.engine import network_inputs
+    def _score(self, x, t, cond):
+        return self._infer("score", graph_inputs(x, t, cond))["score"].copy()
 
-        self.calls["score"] += 1
-        return self._runners["score"].infer(network_inputs(x, t, cond, self.condition_channels))["score"].copy()
-
-    def forward(self, x, t, cond=None):
-        from ckm_edge.runtime.engine import network_inputs
-
-        self.calls["forward"] += 1
-        feeds = network_inputs(x, t, cond, self.condition_channels)
-        out = self._runners["forward"].infer(feeds, copy_outputs_to_host=False)
+    def _forward(self, x, t, cond):
+        out = self._infer("forward", graph_inputs(x, t, cond), copy_outputs_to_host=False)
         score = out.pop("score").numpy()
         return score, out
 
-    def backward(self, saved, v):
-        self.calls["backward"] += 1
+    def _backward(self, saved, v):
         feeds = dict(saved)
         feeds["v"] = v
-        return self._runners["backward"].infer(feeds)["vjp"].copy()
+        return self._infer("backward", feeds)["vjp"].copy()
 
-    def close(self):
+    def _infer(self, graph: str, feeds: dict, **kwargs) -> dict:
+        return self._checked(f"{graph} graph", self._runners[graph].infer, feeds, **kwargs)
+
+    def _release(self):
         for runner in self._runners.values():
             runner.deactivate()
         self._runners = {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
