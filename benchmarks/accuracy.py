@@ -173,9 +173,10 @@ def run(package_dir: str | Path, checkpoints: str | Path, held: HeldOut, task_na
     a run stopped part way resumes where it stopped, with the same result."""
     from ckm_edge.runtime.engine import EngineConfig, open_engine
     from ckm_edge.runtime.package import load_package
+    from ckm_edge.runtime.recommend import from_section
 
     pkg = load_package(package_dir)
-    manifest = pkg.manifest if cfg.samplers is None else {**pkg.manifest, "samplers": cfg.samplers}
+    samplers = pkg.manifest.samplers if cfg.samplers is None else from_section(cfg.samplers)
     tiles = held.tiles
     if tiles.shape[-1] != pkg.tile_size:
         raise ValueError(f"tiles are {tiles.shape[-1]} wide, package {pkg.name} takes {pkg.tile_size}")
@@ -191,7 +192,7 @@ def run(package_dir: str | Path, checkpoints: str | Path, held: HeldOut, task_na
         for (task, i), (op, y, unobs, building) in probs.items():
             key = f"{task}/{i}"
             if key not in done:
-                done.add(key, _one_map(engine, pkg, manifest, nets, cfg, shape, held, task, i, op, y, unobs, building))
+                done.add(key, _one_map(engine, pkg, samplers, nets, cfg, shape, held, task, i, op, y, unobs, building))
             for setting in SETTINGS:
                 for method, m in done[key]["rows"][setting].items():
                     results[setting][task].setdefault(method, []).append(m)
@@ -203,7 +204,7 @@ def run(package_dir: str | Path, checkpoints: str | Path, held: HeldOut, task_na
             "base_station_known": held.transmitters is not None, "verdicts": verdicts(results)}
 
 
-def _one_map(engine, pkg, manifest: dict, nets: dict, cfg: AccuracyConfig, shape, held: HeldOut, task: str, i: int,
+def _one_map(engine, pkg, samplers: dict | None, nets: dict, cfg: AccuracyConfig, shape, held: HeldOut, task: str, i: int,
              op, y, unobs, building) -> dict:
     """Every method on one held-out map in both settings: {"rows": {setting: {method: metrics}},
     "used": {setting: the foundation's construction}}."""
@@ -220,7 +221,7 @@ def _one_map(engine, pkg, manifest: dict, nets: dict, cfg: AccuracyConfig, shape
         rows = out["rows"][setting] = {}
         layout = building if setting == "site" else None
         site = None if layout is None else held.site(i, layout)
-        sampler, steps, samples = resolve(manifest, op, site=site is not None)
+        sampler, steps, samples = resolve(samplers, op, site=site is not None)
         name = spec_for(sampler).name
         nfe = sum(spec_for(sampler).evaluations(sampler, steps).values())
         if nfe > cfg.max_nfe:

@@ -61,5 +61,5 @@ def package_identity(pkg, precision: str) -> str:
     rebuilt from other weights (a release retried on a later checkpoint) is another run."""
     import hashlib
 
-    files = {k: v["sha256"] for k, v in sorted(pkg.manifest.get("files", {}).items()) if k.startswith(f"{precision}/")}
+    files = {k: v.sha256 for k, v in sorted(pkg.manifest.files.items()) if k.startswith(f"{precision}/")}
     return f"{pkg.name} {pkg.version} sha256:{hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]}"

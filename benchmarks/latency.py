@@ -88,7 +88,7 @@ def construction_times(pkg: Package, tile: np.ndarray, task_names=("ipbox", "sr2
             rng = np.random.default_rng(0)
             op = tasks.make_operator(task, rng, tile[None])
             y = tasks.observe(op, tile[None], rng, sigma)
-            sampler, steps, samples = resolve(pkg.manifest, op)
+            sampler, steps, samples = resolve(pkg.manifest.samplers, op)
             runs = {"default": ConstructConfig(steps, samples, sampler=sampler),
                     "dps": ConstructConfig(dps_steps, 1, sampler=DPSConfig(corrector_steps=1))}
             row = {"task": task, "default": f"{steps} steps x {samples} samples"}
@@ -243,7 +243,7 @@ def backend_comparison(pkg: Package, tile: np.ndarray, precisions, variants: dic
     v = rng.standard_normal(x1.shape).astype(np.float32)
     op = tasks.make_operator("sr2", np.random.default_rng(1), tile[None])
     y = tasks.observe(op, tile[None], np.random.default_rng(1), sigma)
-    sampler, steps, samples = resolve(pkg.manifest, op)
+    sampler, steps, samples = resolve(pkg.manifest.samplers, op)
     cfg = ConstructConfig(steps, samples, sampler=sampler)
 
     def build(engine):

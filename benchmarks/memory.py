@@ -40,7 +40,7 @@ def child(package: str, precision: str, batch: int, steps: int, sampler: str = "
     x = np.full((batch, 2, pkg.tile_size, pkg.tile_size), 0.5, np.float32)
     op = tasks.make_operator("ipbox", rng, x)
     y = tasks.observe(op, x, rng)
-    cfg, _, _ = resolve(pkg.manifest, op, sampler)
+    cfg, _, _ = resolve(pkg.manifest.samplers, op, sampler)
     with open_engine(pkg, EngineConfig(precision=precision)) as engine:
         opened = _rss_mib()
         sample(engine, respaced(pkg.schedule(), steps, cfg), Observations.of(op, y, x.shape[1:], batch, 0.01),
@@ -67,9 +67,9 @@ def run(package: str, precisions: list[str], batches: list[int], steps: int = 3,
                     raise RuntimeError(f"memory child {sampler} {precision} b{batch} failed: {proc.stderr[-2000:]}")
                 rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     sizes = {}
-    for rel, info in pkg.manifest["files"].items():
+    for rel, info in pkg.manifest.files.items():
         p = rel.split("/")[0]
-        sizes[p] = sizes.get(p, 0) + info["bytes"]
+        sizes[p] = sizes.get(p, 0) + info.bytes
     return {"package": f"{pkg.name} {pkg.version}", "tile_size": pkg.tile_size, "rows": rows, "package_bytes": sizes,
             "steps": steps, "samplers": list(samplers)}
 

@@ -134,7 +134,7 @@ def run(package_dir, tiles: np.ndarray, cfg: SolverBenchConfig, progress=print) 
                 methods = classical_methods(task, op, y, shape, layout)
                 for name, pred in methods.items():
                     rows.setdefault(name, []).append(metrics(pred, x, unobs))
-                sampler, steps, samples = resolve(pkg.manifest, op, site=layout is not None)
+                sampler, steps, samples = resolve(pkg.manifest.samplers, op, site=layout is not None)
                 t0 = time.perf_counter()
                 result = construct(engine, pkg.schedule(), op, y, shape, ConstructConfig(steps, samples, cfg.seed, sampler=sampler),
                                    sigma=cfg.sigma, site=None if layout is None else Site(layout[None]))
@@ -148,7 +148,7 @@ def run(package_dir, tiles: np.ndarray, cfg: SolverBenchConfig, progress=print) 
                     vals, secs = [], []
                     for i, x in enumerate(tiles):
                         op, y, unobs, _ = probs[task, i]
-                        sampler, _, _ = resolve(pkg.manifest, op, name)
+                        sampler, _, _ = resolve(pkg.manifest.samplers, op, name)
                         steps = min(steps_for(name, sampler, nfe),  # a warm start spans fewer noise levels
                                     int(round(getattr(sampler, "start", 1.0) * len(pkg.schedule()))))
                         t0 = time.perf_counter()
@@ -166,7 +166,7 @@ def run(package_dir, tiles: np.ndarray, cfg: SolverBenchConfig, progress=print) 
         with open_engine(pkg, EngineConfig(precision=precision)) as engine:
             rows = by_precision.setdefault(precision, {t: [] for t in cfg.tasks})
             for (task, i), (op, y, unobs, _) in probs.items():
-                sampler, steps, samples = resolve(pkg.manifest, op)
+                sampler, steps, samples = resolve(pkg.manifest.samplers, op)
                 t0 = time.perf_counter()
                 result = construct(engine, pkg.schedule(), op, y, shape,
                                    ConstructConfig(steps, samples, cfg.seed, sampler=sampler), sigma=cfg.sigma)

@@ -260,7 +260,7 @@ def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=prin
     from ckm_edge.runtime.construct import ConstructConfig, construct
     from ckm_edge.runtime.engine import EngineConfig, open_engine
     from ckm_edge.runtime.package import load_package
-    from ckm_edge.runtime.recommend import recommend
+    from ckm_edge.runtime.recommend import from_section, recommend
     from ckm_edge.runtime.sampler import config_from_params
 
     pkg = load_package(package_dir)
@@ -279,7 +279,7 @@ def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=prin
     out: dict = {"samplers": {}, "kinds": {}, "start": "given table" if start_from else "package"}
     header = {"package": package_identity(pkg, EngineConfig().precision), "tile_size": pkg.tile_size, "validation": val.description,
               "tiles": [list(k) for k in val.keys], "config": vars(cfg), **({"from": start_from} if start_from else {})}
-    table = {**pkg.manifest, "samplers": {**(pkg.manifest.get("samplers") or {}), **(start_from or {})}}
+    table = {**(pkg.manifest.samplers or {}), **from_section(start_from)}
     done = Journal(journal, header, "tune")
     with open_engine(pkg, EngineConfig()) as engine:
 

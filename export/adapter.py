@@ -27,7 +27,7 @@ def build_adapter_package(delta, lam, meta: dict, base: Package, out: Path, cfg:
     if ref.get("manifest_sha256") not in (None, manifest_sha256(base)):
         raise PackageError(f"the adapter was trained for another build of {base.name} {base.version} "
                            "(manifest SHA-256 differs)")
-    if json.loads(json.dumps(meta["schedule"])) != base.manifest["schedule"]:
+    if json.loads(json.dumps(meta["schedule"])) != base.manifest.schedule:
         raise PackageError("the adapter's noise schedule differs from its base package's")
     if cfg.tile_size != base.tile_size:
         raise PackageError(f"tile size {cfg.tile_size} differs from the base package's {base.tile_size}")

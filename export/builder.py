@@ -14,7 +14,8 @@ import numpy as np
 
 from ckm_edge.export import onnx_export, precision
 from ckm_edge.runtime import codec, condition, defaults
-from ckm_edge.runtime.package import GRAPHS, PRECISIONS, SCHEMA, Package, installed_versions, load_package, sha256_file
+from ckm_edge.runtime.manifest import GRAPHS, PRECISIONS, SCHEMA, Manifest
+from ckm_edge.runtime.package import Package, installed_versions, load_package, sha256_file
 from ckm_edge.runtime.recommend import BUILTIN
 from ckm_edge.runtime.schedule import Schedule
 
@@ -72,7 +73,7 @@ def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: n
         precision.to_int8(work / files["fp32"]["backward"], work / files["int8"]["backward"], bwd)
     for p in cfg.precisions:
         share_weights([work / files[p][g] for g in GRAPHS], work / weights[p])
-    manifest = {
+    document = {
         "schema": SCHEMA,
         "name": cfg.name,
         "version": cfg.version,
@@ -95,8 +96,8 @@ def build_package(model, meta: dict, out: Path, cfg: BuildConfig, calibration: n
         **(sections or {}),
     }
     for rel in sorted({f for p in files.values() for f in p.values()} | set(weights.values())):
-        manifest["files"][rel] = {"sha256": sha256_file(work / rel), "bytes": (work / rel).stat().st_size}
-    write_manifest(work, manifest)
+        document["files"][rel] = {"sha256": sha256_file(work / rel), "bytes": (work / rel).stat().st_size}
+    write_manifest(work, Manifest.from_dict(document))  # checked as the edge will check it
     os.replace(work, out)
     return load_package(out)
 
@@ -143,9 +144,11 @@ def share_weights(graphs: list[Path], weights: Path, min_bytes: int = 1024) -> N
             onnx.save_model(model, str(path))
 
 
-def write_manifest(root: Path, manifest: dict, signing_key: bytes | None = None) -> None:
-    """(Re)write manifest.json atomically; with a key, also manifest.sig (Ed25519 over its bytes)."""
-    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+def write_manifest(root: Path, manifest: Manifest | dict, signing_key: bytes | None = None) -> None:
+    """(Re)write manifest.json atomically; with a key, also manifest.sig (Ed25519 over its bytes).
+    `manifest`: the typed manifest, or a JSON document as it is (tests write broken ones)."""
+    document = manifest.to_dict() if isinstance(manifest, Manifest) else manifest
+    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
     tmp = root / "manifest.json.tmp"
     tmp.write_bytes(data)
     os.replace(tmp, root / "manifest.json")
@@ -160,7 +163,7 @@ def write_manifest(root: Path, manifest: dict, signing_key: bytes | None = None)
 
 
 def sign_package(root: Path, signing_key: bytes) -> None:
-    manifest = json.loads((Path(root) / "manifest.json").read_text())
+    manifest = Manifest.from_dict(json.loads((Path(root) / "manifest.json").read_text()))  # never sign a broken one
     write_manifest(Path(root), manifest, signing_key)
 
 

@@ -25,7 +25,10 @@ from ckm_edge.runtime.package import PackageError, load_package, read_public_key
 
 
 def cmd_package(args) -> int:
+    from dataclasses import replace
+
     from ckm_edge.export import accuracy, builder
+    from ckm_edge.runtime.manifest import Accuracy
     from ckm_edge.runtime.recommend import read_section
     from ckm_edge.training.checkpoint import load_model
     from ckm_edge.training.dataset import Dataset
@@ -56,15 +59,14 @@ def cmd_package(args) -> int:
                                 None if samplers is None else {"samplers": samplers})
     if args.accuracy_tiles:
         tiles = evl.take(np.arange(min(args.accuracy_tiles, len(evl))))
-        manifest = dict(pkg.manifest)
-        manifest["accuracy"] = {p: accuracy.evaluate(pkg, p, tiles, steps=args.accuracy_steps) for p in pkg.precisions}
-        manifest["accuracy"]["eval_data"] = {"dataset": str(args.eval_data or args.data), "split": "eval", "regions": evl.regions}
-        builder.write_manifest(pkg.root, manifest)
+        records = {p: accuracy.evaluate(pkg, p, tiles, steps=args.accuracy_steps) for p in pkg.precisions}
+        eval_data = {"dataset": str(args.eval_data or args.data), "split": "eval", "regions": evl.regions}
+        builder.write_manifest(pkg.root, replace(pkg.manifest, accuracy=Accuracy.from_dict({**records, "eval_data": eval_data})))
     if args.key:
         builder.sign_package(pkg.root, bytes.fromhex(Path(args.key).read_text().strip()))
     pkg = load_package(args.out)
     print(json.dumps({"package": str(pkg.root), "name": pkg.name, "version": pkg.version,
-                      "precisions": pkg.precisions, "accuracy": pkg.accuracy()}, indent=2))
+                      "precisions": pkg.precisions, "accuracy": pkg.accuracy().to_dict()}, indent=2))
     return 0
 
 
@@ -91,7 +93,7 @@ def cmd_adapter(args) -> int:
     if args.key:
         builder.sign_package(pkg.root, bytes.fromhex(Path(args.key).read_text().strip()))
     print(json.dumps({"package": str(pkg.root), "name": pkg.name, "version": pkg.version, "precisions": pkg.precisions,
-                      "adapts": pkg.manifest["adapter"]["base"], "lambda": pkg.manifest["adapter"]["lambda"]}, indent=2))
+                      "adapts": pkg.manifest.adapter.base.to_dict(), "lambda": pkg.manifest.adapter.lam.to_dict()}, indent=2))
     return 0
 
 
@@ -102,12 +104,13 @@ def _trusted(args) -> list[bytes] | None:
 def cmd_inspect(args) -> int:
     pkg = load_package(args.package, _trusted(args), verify_files=False)
     m = pkg.manifest
-    sizes = {p: sum(m["files"][f]["bytes"] for f in m["graphs"][p].values()) for p in pkg.precisions}
+    sizes = {p: sum(m.files[f].bytes for f in m.graphs[p].values()) for p in pkg.precisions}
+    section = lambda s: None if s is None else s.to_dict()
     print(json.dumps({
-        "name": pkg.name, "version": pkg.version, "tile_size": pkg.tile_size, "channels": m["channels"],
-        "schedule": m["schedule"], "precisions": pkg.precisions, "bytes_per_precision": sizes,
-        "saved_tensors": m["network"]["saved_tensors"], "exporter": m["exporter"], "accuracy": pkg.accuracy(),
-        "provenance": m["provenance"], "signed": (pkg.root / "manifest.sig").is_file(),
+        "name": pkg.name, "version": pkg.version, "tile_size": pkg.tile_size, "channels": list(m.channels),
+        "schedule": m.schedule, "precisions": pkg.precisions, "bytes_per_precision": sizes,
+        "saved_tensors": None if m.network is None else m.network.saved_tensors, "exporter": section(m.exporter),
+        "accuracy": pkg.accuracy().to_dict(), "provenance": section(m.provenance), "signed": (pkg.root / "manifest.sig").is_file(),
     }, indent=2))
     return 0
 
@@ -119,7 +122,7 @@ def cmd_verify(args) -> int:
         print(f"INVALID: {e}", file=sys.stderr)
         return 1
     signed = f", signature verified with key {pkg.signed_by[:16]}..." if pkg.signed_by else ""
-    print(f"OK: {pkg.name} {pkg.version}, {len(pkg.manifest['files'])} files verified{signed}")
+    print(f"OK: {pkg.name} {pkg.version}, {len(pkg.manifest.files)} files verified{signed}")
     return 0
 
 

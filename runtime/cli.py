@@ -120,7 +120,7 @@ def cmd_construct(args) -> int:
     pkg = load_package(args.package, trusted)
     truth, op, y, task, site = _observation(args, pkg.tile_size)
     name, params = _sampler_choice(args)
-    sampler, steps, samples = resolve(pkg.manifest, op, name, params, args.steps, args.samples,
+    sampler, steps, samples = resolve(pkg.manifest.samplers, op, name, params, args.steps, args.samples,
                                       site is not None and site.building is not None)
     cfg = ConstructConfig(steps=steps, samples=samples, seed=args.seed, sampler=sampler, respacing=args.respacing)
     start = time.perf_counter()

@@ -4,6 +4,7 @@ A package is a directory (or a .tar of one)::
 
     manifest.json        schema, name, version, channels, tile size, codec, schedule, provenance,
                          files with SHA-256, exporter/opset versions, accuracy per precision
+                         (read as one typed, checked object: runtime.manifest.Manifest)
     manifest.sig         optional Ed25519 signature over the exact bytes of manifest.json
     fp32/score.onnx      score graph              (B,2,H,W),(B,)[,(B,K,H,W)] -> (B,2,H,W)
     fp32/forward.onnx    score + saved tensors    (x, t[, cond]) -> (score, saved_*)
@@ -28,22 +29,11 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckm_edge.runtime import codec, defaults
+from ckm_edge.runtime.manifest import GRAPHS, PRECISIONS, SCHEMA, Accuracy, Manifest, PackageError  # noqa: F401  (re-exported)
 from ckm_edge.runtime.schedule import Schedule
-
-SCHEMA = "ckm-edge-package/1"
-GRAPHS = ("score", "forward", "backward")
-PRECISIONS = defaults.PRECISIONS
-_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-
-
-class PackageError(ValueError):
-    """A package that is malformed, tampered with, truncated or untrusted."""
 
 
 def sha256_file(path: Path) -> str:
@@ -68,97 +58,56 @@ def installed_versions(distributions) -> dict:
 @dataclass(frozen=True)
 class Package:
     root: Path
-    manifest: dict
+    manifest: Manifest
     signed_by: str | None  # hex of the public key that verified the signature, if any
     manifest_sha256: str = ""  # of the manifest bytes that were verified ("" = not read through load_package)
 
     @property
     def name(self) -> str:
-        return self.manifest["name"]
+        return self.manifest.name
 
     @property
     def version(self) -> str:
-        return self.manifest["version"]
+        return self.manifest.version
 
     @property
     def tile_size(self) -> int:
-        return int(self.manifest["tile_size"])
+        return self.manifest.tile_size
 
     @property
     def condition_channels(self) -> int:
         """Site condition channels the graphs take (runtime.condition); 0 = an unconditional prior."""
-        return int(self.manifest.get("condition", {}).get("channels", 0))
+        return 0 if self.manifest.condition is None else self.manifest.condition.channels
 
     @property
     def condition_encoding(self):
         """The site condition's encoding (runtime.condition.Encoding); None for an unconditional prior."""
-        from ckm_edge.runtime import condition
-
-        section = self.manifest.get("condition")
-        return None if section is None else condition.Encoding.from_section(section)
+        return self.manifest.condition
 
     @property
     def precisions(self) -> list[str]:
-        return sorted(self.manifest["graphs"], key=PRECISIONS.index)
+        return sorted(self.manifest.graphs, key=PRECISIONS.index)
 
     def schedule(self) -> Schedule:
-        return Schedule.from_dict(self.manifest["schedule"])
+        return Schedule.from_dict(self.manifest.schedule)
 
     def graph_path(self, precision: str, graph: str) -> Path:
         try:
-            rel = self.manifest["graphs"][precision][graph]
+            rel = self.manifest.graphs[precision][graph]
         except KeyError:
             raise PackageError(
                 f"package {self.name} {self.version} has no {precision} {graph} graph (precisions: {self.precisions})"
             ) from None
         return self.root / rel
 
-    def accuracy(self) -> dict:
-        return self.manifest.get("accuracy", {})
+    def accuracy(self) -> Accuracy:
+        return Accuracy() if self.manifest.accuracy is None else self.manifest.accuracy
 
     def recommendations(self) -> dict:
         """Sampler, steps, samples and parameters per operator kind (runtime.recommend)."""
         from ckm_edge.runtime.recommend import recommendations
 
-        return recommendations(self.manifest)
-
-
-def validate_manifest(manifest: dict) -> None:
-    """Check the manifest's fields and codec constants; raise PackageError naming the bad field."""
-    if manifest.get("schema") != SCHEMA:
-        raise PackageError(f"manifest schema is {manifest.get('schema')!r}, this runtime reads {SCHEMA!r}")
-    for key in ("name", "version", "tile_size", "channels", "codec", "schedule", "graphs", "files"):
-        if key not in manifest:
-            raise PackageError(f"manifest is missing the field {key!r}")
-    if not _NAME_RE.match(str(manifest["name"])):
-        raise PackageError(f"manifest name {manifest['name']!r} must match {_NAME_RE.pattern}")
-    if not _VERSION_RE.match(str(manifest["version"])):
-        raise PackageError(f"manifest version {manifest['version']!r} is not a semantic version X.Y.Z")
-    if manifest["channels"] != list(codec.CHANNELS):
-        raise PackageError(f"manifest channels {manifest['channels']} differ from the codec's {list(codec.CHANNELS)}")
-    expect = {"gain_db_range": [codec.GAIN_DB_MIN, codec.GAIN_DB_MAX],
-              "aoa_sine_pixel_range": [codec.AOA_PIXEL_MIN, codec.AOA_PIXEL_MAX]}
-    for key, value in expect.items():
-        if manifest["codec"].get(key) != value:
-            raise PackageError(f"manifest codec {key} = {manifest['codec'].get(key)} differs from the runtime's {value}")
-    for precision, graphs in manifest["graphs"].items():
-        if precision not in PRECISIONS or set(graphs) != set(GRAPHS):
-            raise PackageError(f"manifest graphs[{precision!r}] must name {GRAPHS} for a precision in {PRECISIONS}")
-        for rel in graphs.values():
-            if rel not in manifest["files"]:
-                raise PackageError(f"graph file {rel} has no checksum in the manifest")
-    Schedule.from_dict(manifest["schedule"])
-    if "condition" in manifest:
-        _validate_condition(manifest["condition"])
-
-
-def _validate_condition(section) -> None:
-    from ckm_edge.runtime import condition
-
-    try:
-        condition.Encoding.from_section(section)
-    except condition.ConditionError as e:
-        raise PackageError(str(e)) from None
+        return recommendations(self.manifest.samplers)
 
 
 def _verify_signature(manifest_bytes: bytes, sig_path: Path, trusted_keys: list[bytes]) -> str:
@@ -185,31 +134,19 @@ def load_package(root: str | Path, trusted_keys: list[bytes] | None = None, veri
         raise PackageError(f"{root} is not a model package: {path} is missing")
     data = path.read_bytes()
     try:
-        manifest = json.loads(data)
+        document = json.loads(data)
     except json.JSONDecodeError as e:
         raise PackageError(f"{path} is not valid JSON ({e}); the package is truncated or corrupted") from None
-    validate_manifest(manifest)
-    if "samplers" in manifest:  # the recommendations must name known samplers and valid parameters
-        from ckm_edge.runtime.recommend import recommendations
-        from ckm_edge.runtime.sampler import SamplerError
-
-        try:
-            recommendations(manifest)
-        except SamplerError as e:
-            raise PackageError(str(e)) from None
-    if "adapter" in manifest:  # a site adapter: its base reference and lambda table must be sound
-        from ckm_edge.runtime.adapter import adapter_info
-
-        adapter_info(Package(root, manifest, None, hashlib.sha256(data).hexdigest()))
+    manifest = Manifest.from_dict(document)  # every field checked (runtime.manifest)
     signed_by = _verify_signature(data, root / "manifest.sig", trusted_keys) if trusted_keys else None
     if verify_files:
-        for rel, info in manifest["files"].items():
+        for rel, info in manifest.files.items():
             file = root / rel
             if not file.is_file():
                 raise PackageError(f"package file {rel} is missing")
-            if file.stat().st_size != info["bytes"]:
-                raise PackageError(f"package file {rel} has {file.stat().st_size} bytes, the manifest says {info['bytes']} (truncated?)")
-            if sha256_file(file) != info["sha256"]:
+            if file.stat().st_size != info.bytes:
+                raise PackageError(f"package file {rel} has {file.stat().st_size} bytes, the manifest says {info.bytes} (truncated?)")
+            if sha256_file(file) != info.sha256:
                 raise PackageError(f"package file {rel} does not match its SHA-256 in the manifest (tampered or corrupted)")
     return Package(root, manifest, signed_by, hashlib.sha256(data).hexdigest())
 

@@ -10,12 +10,14 @@ A manifest may carry
 with operator kinds "mask", "downsample", "jtqr" (truncation + AoA quantization per channel) and
 "*" (anything else), each optionally suffixed "+site" for requests that carry the site's building
 layout (which changes what the prior should add: with the layout known, a warm start from the
-smooth fill needs less noise). `resolve` is the one place the request's choices meet the
+smooth fill needs less noise); `from_section` parses it into the `Manifest.samplers` of
+runtime.manifest. `resolve` is the one place the request's choices meet the
 defaults; the server, `construct`'s CLI and the benchmarks all call it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ckm_edge.runtime import defaults, operators
@@ -74,12 +76,13 @@ def operator_kind(op: operators.Operator) -> str:
     return "*"
 
 
-def recommendations(manifest: dict | None) -> dict[str, Recommendation]:
-    """The manifest's recommendations over the built-in ones; a bad entry raises SamplerError naming it."""
-    out = dict(BUILTIN)
-    section = (manifest or {}).get("samplers") or {}
+def from_section(section) -> dict[str, Recommendation]:
+    """The recommendations of a manifest's "samplers" section (runtime.manifest) by operator kind;
+    a bad entry raises SamplerError naming it."""
+    section = section or {}
     if not isinstance(section, dict):
         raise SamplerError("manifest 'samplers' must be an object keyed by operator kind")
+    out = {}
     for kind, rec in section.items():
         if kind.removesuffix(SITE) not in OPERATOR_KINDS:
             raise SamplerError(f"manifest samplers[{kind!r}]: operator kind must be one of {', '.join(OPERATOR_KINDS)}"
@@ -91,10 +94,16 @@ def recommendations(manifest: dict | None) -> dict[str, Recommendation]:
     return out
 
 
-def recommend(manifest: dict | None, op: operators.Operator, site: bool = False) -> Recommendation:
-    """The recommendation for `op`: with a site map the kind's "+site" entry, else the kind's own,
-    else "*+site", else "*" (without a site map: the kind's own, else "*")."""
-    recs = recommendations(manifest)
+def recommendations(samplers: Mapping[str, Recommendation] | None) -> dict[str, Recommendation]:
+    """The built-in recommendations with a package's own (`Manifest.samplers`) over them."""
+    return {**BUILTIN, **(samplers or {})}
+
+
+def recommend(samplers: Mapping[str, Recommendation] | None, op: operators.Operator, site: bool = False) -> Recommendation:
+    """The recommendation for `op` from a package's recommendations (`Manifest.samplers`; None: the
+    built-in ones): with a site map the kind's "+site" entry, else the kind's own, else "*+site",
+    else "*" (without a site map: the kind's own, else "*")."""
+    recs = recommendations(samplers)
     kind = operator_kind(op)
     keys = (kind + SITE, kind, "*" + SITE, "*") if site else (kind, "*")
     return next(recs[k] for k in keys if k in recs)
@@ -118,12 +127,14 @@ def with_dps_shorthand(sampler: str | None, params: dict, shorthand: dict, named
     return name, {**shorthand, **params}
 
 
-def resolve(manifest: dict | None, op: operators.Operator, sampler: str | None = None, params: dict | None = None,
-            steps: int | None = None, samples: int | None = None, site: bool = False) -> tuple[object, int, int]:
-    """(sampler config, steps, samples) for a construction. What the caller gives wins; what it
-    leaves out comes from the recommendation when it names the same sampler (or none), else from
-    the sampler's own defaults (steps: its default_steps; samples: 1)."""
-    rec = recommend(manifest, op, site)
+def resolve(samplers: Mapping[str, Recommendation] | None, op: operators.Operator, sampler: str | None = None,
+            params: dict | None = None, steps: int | None = None, samples: int | None = None,
+            site: bool = False) -> tuple[object, int, int]:
+    """(sampler config, steps, samples) for a construction under a package's recommendations
+    (`Manifest.samplers`; None: the built-in ones). What the caller gives wins; what it leaves out
+    comes from the recommendation when it names the same sampler (or none), else from the
+    sampler's own defaults (steps: its default_steps; samples: 1)."""
+    rec = recommend(samplers, op, site)
     name = sampler or rec.sampler
     same = name == rec.sampler
     merged = {**(rec.parameters if same else {}), **(params or {})}
@@ -151,6 +162,6 @@ def read_section(path) -> tuple[dict, list[str]]:
     if not isinstance(section, dict) or not section:
         raise ValueError(f"--samplers {path}: expected {{\"samplers\": {{operator kind: recommendation}}}} (ckm-bench tune --out)")
     try:
-        return {kind: rec.to_dict() for kind, rec in recommendations({"samplers": section}).items()}, sorted(section)
+        return {kind: rec.to_dict() for kind, rec in recommendations(from_section(section)).items()}, sorted(section)
     except ValueError as e:
         raise ValueError(f"--samplers {path}: {e}") from None

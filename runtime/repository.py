@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ckm_edge.runtime import memory
-from ckm_edge.runtime.adapter import LambdaTable, adapter_info, check_base, is_adapter
+from ckm_edge.runtime.adapter import LambdaTable, check_base, is_adapter
 from ckm_edge.runtime.engine import EngineConfig, open_engine
 from ckm_edge.runtime.package import Package, PackageError, load_package
 
@@ -179,7 +179,7 @@ class ModelRepository:
             except PackageError:
                 continue
         if not fitting:
-            bases = sorted({"{name} {version}".format(**adapter_info(m.package)[0]) for m in candidates})
+            bases = sorted({adapts(m.package) for m in candidates})
             raise PackageError(f"no version of site adapter {name!r} adapts {base.package.name} "
                                f"{base.package.version} (its versions adapt {bases})")
         return max(fitting, key=lambda pair: _semver(pair[0].package.version))
@@ -187,7 +187,5 @@ class ModelRepository:
 
 def adapts(pkg: Package) -> str:
     """'name version' of the model a site adapter adapts ('' for a model)."""
-    if not is_adapter(pkg):
-        return ""
-    ref, _ = adapter_info(pkg)
-    return f"{ref['name']} {ref['version']}"
+    adapter = pkg.manifest.adapter
+    return "" if adapter is None else f"{adapter.base.name} {adapter.base.version}"

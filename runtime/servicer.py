@@ -174,7 +174,7 @@ class EdgeServicer:
             params = {"corrector_steps": 0, **params}
         max_samples = min(defaults.MAX_SAMPLES, self.limits.max_samples)
         try:
-            cfg, steps, samples = recommend.resolve(pkg.manifest, op, name, params, req.steps or None,
+            cfg, steps, samples = recommend.resolve(pkg.manifest.samplers, op, name, params, req.steps or None,
                                                     req.samples or None, site)
         except SamplerError as e:
             raise InvalidArgument(f"sampler_parameters: {e}") from None
@@ -258,13 +258,12 @@ class EdgeServicer:
 
 def metadata(model: LoadedModel, limits: Limits) -> object:
     pkg = model.package
-    accuracy = [pb.TaskAccuracy(precision=p, task=t, gain_rmse_db=v["gain_rmse_db"], aoa_sine_rmse=v["aoa_sine_rmse"])
-                for p, rec in pkg.accuracy().items() if isinstance(rec, dict) and "tasks" in rec
-                for t, v in rec["tasks"].items()]
+    accuracy = [pb.TaskAccuracy(precision=p, task=t, gain_rmse_db=v.gain_rmse_db, aoa_sine_rmse=v.aoa_sine_rmse)
+                for p, rec in pkg.accuracy().records.items() for t, v in rec.tasks.items()]
     return pb.GetModelMetadataResponse(
-        name=pkg.name, version=pkg.version, channels=list(pkg.manifest["channels"]), tile_size=pkg.tile_size,
+        name=pkg.name, version=pkg.version, channels=list(pkg.manifest.channels), tile_size=pkg.tile_size,
         operators=list(operators.OPERATORS),
-        precisions=pkg.precisions, schedule_json=json.dumps(pkg.manifest["schedule"]),
+        precisions=pkg.precisions, schedule_json=json.dumps(pkg.manifest.schedule),
         max_steps=min(defaults.MAX_STEPS, len(pkg.schedule())), accuracy=accuracy, adapts=adapts(pkg),
         samplers=[_sampler_info(s) for s in SAMPLERS.values()],
         recommended=[pb.SamplerRecommendation(operator_kind=kind, sampler=r.sampler, steps=r.steps, samples=r.samples,

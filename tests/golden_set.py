@@ -117,7 +117,7 @@ def local(case: Case, engine, pkg) -> dict:
 
     _, op, y, site = observation(case.task, case.site)
     params = {**case.params, **case.legacy}
-    sampler, steps, samples = resolve(pkg.manifest, op, case.sampler, params, case.steps, case.samples, case.site)
+    sampler, steps, samples = resolve(pkg.manifest.samplers, op, case.sampler, params, case.steps, case.samples, case.site)
     cfg = ConstructConfig(steps=steps, samples=samples, seed=11, sampler=sampler, respacing=case.respacing)
     r = construct(engine, pkg.schedule(), op, y, (2, pkg.tile_size, pkg.tile_size), cfg, sigma=0.01, site=site)
     return digest(r.mean, r.std, r.residual, r.steps, samples, spec_for(sampler).name)

@@ -81,7 +81,7 @@ def test_adapter_package_names_its_base(tiny_adapter, tiny_package):
     assert (ref["name"], ref["version"]) == ("tiny", "1.0.0") and len(ref["manifest_sha256"]) == 64
     assert lam.kind == "elastic" and len(lam.values) == 10
     assert check_base(adapter, base) == lam
-    assert adapter.manifest["network"]["unet"]["base_channels"] == 16  # the small model, not the prior's U-Net
+    assert adapter.manifest.network.unet["base_channels"] == 16  # the small model, not the prior's U-Net
     with pytest.raises(PackageError, match="itself an adapter"):
         check_base(adapter, adapter)
 
@@ -148,7 +148,7 @@ def test_composed_engine_is_the_combination_of_its_parts(tiny_adapter):
     from ckm_edge.training.checkpoint import load_model
 
     delta, lam_file, _ = load_adapter(work / "run" / "adapter.pt")
-    assert lam_file == lam and adapter.manifest["provenance"]["adapter_file"] == str(work / "run" / "adapter.pt")
+    assert lam_file == lam and adapter.manifest.provenance.adapter_file == str(work / "run" / "adapter.pt")
     large, _ = load_model(work / "tiny-prior.pt")
     xt = torch.from_numpy(x).requires_grad_(True)
     tt = torch.from_numpy(t)

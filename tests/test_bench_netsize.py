@@ -41,7 +41,7 @@ def test_accuracy_of_a_trained_prior_is_the_runtime_default_construction(tiny_pr
         vals = []
         for i in range(2):
             op, y, unobs, _ = probs["sr2", i]
-            s, steps, n = resolve(tiny_package.manifest, op)
+            s, steps, n = resolve(tiny_package.manifest.samplers, op)
             r = construct(eng, tiny_package.schedule(), op, y, (2, 32, 32), ConstructConfig(steps, n, 0, sampler=s), sigma=0.01)
             vals.append(solvers.metrics(r.mean, evl[i], unobs)["gain_all"])
     assert acc["sr2"]["gain_all"] == pytest.approx(float(np.mean(vals)), rel=1e-3)

@@ -201,13 +201,13 @@ def test_a_larger_budget_is_spent_from_a_tuned_table_searching_the_split_only(ti
 
 def test_an_exported_package_ships_its_tuned_constructions(tiny_site_package):
     pkg = tiny_site_package[0]  # exported with `ckm-export package --samplers` (conftest.TUNED_SAMPLERS)
-    assert pkg.manifest["samplers"]["mask+site"] == TUNED_SAMPLERS["mask+site"]
-    assert {k: v for k, v in pkg.manifest["samplers"].items() if k != "mask+site"} == \
-        {k: r.to_dict() for k, r in BUILTIN.items() if k != "mask+site"}
-    assert pkg.manifest["provenance"]["samplers"]["tuned_kinds"] == ["mask+site"]
+    samplers = pkg.manifest.samplers
+    assert samplers["mask+site"].to_dict() == TUNED_SAMPLERS["mask+site"]
+    assert {k: v for k, v in samplers.items() if k != "mask+site"} == {k: r for k, r in BUILTIN.items() if k != "mask+site"}
+    assert pkg.manifest.provenance.samplers["tuned_kinds"] == ["mask+site"]
     mask = operators.Mask(np.ones((1, 32, 32), bool))
-    assert recommend(pkg.manifest, mask, site=True).to_dict() == TUNED_SAMPLERS["mask+site"]
-    assert recommend(pkg.manifest, mask).to_dict() == BUILTIN["mask"].to_dict()
+    assert recommend(samplers, mask, site=True).to_dict() == TUNED_SAMPLERS["mask+site"]
+    assert recommend(samplers, mask).to_dict() == BUILTIN["mask"].to_dict()
 
 
 @pytest.mark.parametrize("doc, why", [("not json", "JSON"), ('{"mask": {}}', "ckm-bench tune --out"),

@@ -43,6 +43,6 @@ def test_package_command_refuses_bad_input(tmp_path, tiny_prior):
 
 
 def test_accuracy_record_from_another_dataset(tiny_site_package):
-    acc = tiny_site_package[0].manifest["accuracy"]
-    assert acc["eval_data"]["dataset"].endswith("held-out") and acc["eval_data"]["regions"] == ["tiny-eval"]
-    assert set(acc) == {"eval_data", "fp32", "int8"}
+    acc = tiny_site_package[0].manifest.accuracy
+    assert acc.eval_data["dataset"].endswith("held-out") and acc.eval_data["regions"] == ["tiny-eval"]
+    assert set(acc.records) == {"fp32", "int8"} and not acc.extra

@@ -80,7 +80,7 @@ def test_int8_graphs_keep_the_first_and_last_convolution_in_float(tiny_package):
     from ckm_edge.export.precision import CONVOLUTIONS
 
     for graph in ("score", "forward", "backward"):
-        model = onnx.load(str(tiny_package.root / tiny_package.manifest["graphs"]["int8"][graph]), load_external_data=False)
+        model = onnx.load(str(tiny_package.graph_path("int8", graph)), load_external_data=False)
         producers = {o: n.op_type for n in model.graph.node for o in n.output}
         floats = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
         convs = [n for n in model.graph.node if n.op_type in CONVOLUTIONS]
@@ -160,14 +160,14 @@ def test_jacobian_free_guidance_skips_the_backward_graph(tiny_package, tiny_prio
 def test_package_round_trip_and_manifest(tiny_package):
     pkg = load_package(tiny_package.root)
     m = pkg.manifest
-    assert m["name"] == "tiny" and m["version"] == "1.0.0" and m["tile_size"] == 32
-    assert m["schedule"] == tiny_package.schedule().to_dict() and m["channels"] == list(codec.CHANNELS)
+    assert m.name == "tiny" and m.version == "1.0.0" and m.tile_size == 32
+    assert m.schedule == tiny_package.schedule().to_dict() and m.channels == codec.CHANNELS
     assert set(pkg.precisions) == {"fp32", "fp16", "int8"}
-    assert m["exporter"]["torch_parity"]["vjp"] < 1e-4
-    assert len(m["files"]) == 12 and all(len(f["sha256"]) == 64 for f in m["files"].values())
+    assert m.exporter.torch_parity["vjp"] < 1e-4
+    assert len(m.files) == 12 and all(len(f.sha256) == 64 for f in m.files.values())
     # the package names what a request without a sampler gets, per operator kind
-    assert {"*", "mask", "downsample", "jtqr", "mask+site"} <= set(m["samplers"])
-    assert pkg.recommendations()["mask"].sampler == m["samplers"]["mask"]["sampler"]
+    assert {"*", "mask", "downsample", "jtqr", "mask+site"} <= set(m.samplers)
+    assert pkg.recommendations()["mask"] == m.samplers["mask"]
 
 
 def test_a_manifest_with_bad_recommendations_is_refused(package_copy):

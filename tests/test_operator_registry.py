@@ -80,7 +80,7 @@ def test_a_registered_toy_operator_works_end_to_end_over_grpc(registered, tiny_p
             assert err.value.details().startswith("operator.named: gain must be in (0, 1], got 3.0")
     finally:
         server.stop(0)
-    cfg, steps, samples = resolve(tiny_package.manifest, op, "diffpir", {}, 3, 2)  # what the server resolved
+    cfg, steps, samples = resolve(tiny_package.manifest.samplers, op, "diffpir", {}, 3, 2)  # what the server resolved
     assert remote.sampler_parameters == {k: float(v) for k, v in vars(cfg).items()}
     with open_engine(tiny_package, EngineConfig(threads=1)) as engine:
         local = construct(engine, tiny_package.schedule(), op, y, (2, 32, 32),

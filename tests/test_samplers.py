@@ -169,7 +169,7 @@ def test_the_registry_finds_configures_and_refuses(tiny_package, tiny_prior):
 
 
 def test_recommendations_follow_the_operator_kind_and_the_site():
-    from ckm_edge.runtime.recommend import BUILTIN, operator_kind, recommend
+    from ckm_edge.runtime.recommend import BUILTIN, from_section, operator_kind, recommend
 
     mask = operators.Mask(np.ones((8, 8), bool))
     assert operator_kind(mask) == "mask" and operator_kind(operators.Compose((mask,))) == "mask"
@@ -178,8 +178,8 @@ def test_recommendations_follow_the_operator_kind_and_the_site():
     # a kind without a "+site" entry keeps its own recommendation; an unknown kind falls back to "*"
     assert recommend(None, operators.jtqr(), site=True) is BUILTIN["jtqr"]
     assert recommend(None, operators.Identity(), site=True) is BUILTIN["*+site"]
-    manifest = {"samplers": {"mask": {"sampler": "daps", "steps": 3, "samples": 2, "parameters": {"ratio": 0.5}}}}
-    assert recommend(manifest, mask).sampler == "daps" and recommend(manifest, operators.Downsample(2)) is BUILTIN["downsample"]
+    samplers = from_section({"mask": {"sampler": "daps", "steps": 3, "samples": 2, "parameters": {"ratio": 0.5}}})
+    assert recommend(samplers, mask).sampler == "daps" and recommend(samplers, operators.Downsample(2)) is BUILTIN["downsample"]
 
 
 def test_schedule_start_and_renoise(tiny_package):

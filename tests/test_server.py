@@ -78,7 +78,7 @@ def test_every_sampler_and_task_over_grpc_equals_the_local_construction(client, 
     params = {"corrector_steps": 1} if sampler == "dps" else {}
     remote = client.construct(y, op, sampler=sampler, sampler_parameters=params, steps=3, samples=2, seed=4,
                               noise_sigma=0.01, site=building)
-    cfg, steps, samples = resolve(tiny_package.manifest, op, sampler, params, 3, 2, building is not None)
+    cfg, steps, samples = resolve(tiny_package.manifest.samplers, op, sampler, params, 3, 2, building is not None)
     with open_engine(tiny_package, EngineConfig(threads=1)) as engine:
         local = construct(engine, tiny_package.schedule(), op, y, (2, 32, 32), ConstructConfig(steps, samples, 4, sampler=cfg),
                           sigma=0.01, site=None if building is None else Site(building))
@@ -109,7 +109,7 @@ def test_cells_saturated_below_any_real_path_are_served_as_no_path(client, tiny_
 
 def test_the_recommendation_fills_what_a_request_leaves_out(client, tiny_prior, tiny_package):
     _, op, y = _observation(tiny_prior, "sr2")
-    rec = recommend(tiny_package.manifest, op)  # the recommendation for a downsampling operator
+    rec = recommend(tiny_package.manifest.samplers, op)  # the recommendation for a downsampling operator
     result = client.construct(y, op, seed=2)  # no sampler, steps or samples
     assert (result.sampler, result.steps, result.samples) == (rec.sampler, rec.steps, rec.samples)
     assert all(result.sampler_parameters[k] == pytest.approx(v) for k, v in rec.parameters.items())

@@ -40,7 +40,7 @@ def test_site_aware_package_declares_its_condition(tiny_site_package):
     pkg, ckpt, _, _ = tiny_site_package
     # `ckm-train --site-aware` trains ckm-site/2 (the physics channels) by default
     assert pkg.condition_channels == condition.SITE_V2.channels
-    assert pkg.manifest["condition"] == {"input": "cond", "channels": condition.SITE_V2.channels,
+    assert pkg.manifest.to_dict()["condition"] == {"input": "cond", "channels": condition.SITE_V2.channels,
                                          "encoding": "ckm-site/2", "cell_size_m": 2.0, "carrier_hz": 3.5e9}
     assert pkg.condition_encoding == condition.SITE_V2
     model, meta = load_model(ckpt)

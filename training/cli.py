@@ -179,13 +179,15 @@ def cmd_adapter(args) -> int:
     from ckm_edge.training.checkpoint import load_model
 
     base_pkg = load_package(args.base_package)
-    checkpoint = args.base_checkpoint or Path(base_pkg.manifest.get("provenance", {}).get("checkpoint", ""))
+    provenance = base_pkg.manifest.provenance
+    checkpoint = args.base_checkpoint or Path((provenance and provenance.checkpoint) or "")
     if not Path(checkpoint).is_file():
         raise ValueError(f"the base package's PyTorch weights were not found at {checkpoint!s}; give --base-checkpoint")
     large, large_meta = load_model(checkpoint)
     same = lambda a, b: json.loads(json.dumps(a)) == json.loads(json.dumps(b))  # tuples vs JSON lists
-    if not (same(large_meta.get("schedule"), base_pkg.manifest["schedule"])
-            and same(large_meta.get("unet"), base_pkg.manifest["network"]["unet"])):
+    network = base_pkg.manifest.network
+    if not (same(large_meta.get("schedule"), base_pkg.manifest.schedule)
+            and same(large_meta.get("unet"), network and network.unet)):
         raise ValueError(f"{checkpoint} is not the network of {base_pkg.name} {base_pkg.version} (schedule or U-Net differ)")
     site = Dataset(args.site_data)
     if site.tile_size != base_pkg.tile_size:
