@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from ckm_edge.benchmarks import render, report
-from ckm_edge.runtime import defaults
+from ckm_edge.runtime import defaults, tasks
 
 DEFAULT_PACKAGE = "models/repository/ckm-prior/1.0.0"  # the embedded default model
 DEFAULT_CHECKPOINT = "models/checkpoints/prior-small.pt"  # its PyTorch weights
@@ -174,7 +174,6 @@ def _held_out(args: argparse.Namespace):
 
 def _cmd_accuracy(args: argparse.Namespace) -> int:
     from ckm_edge.benchmarks import accuracy
-    from ckm_edge.runtime import tasks
     from ckm_edge.runtime.package import load_package
     from ckm_edge.runtime.recommend import read_section
 
@@ -467,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--samplers", nargs="*", default=["diffpir", "daps", "dps"])
     so.add_argument("--curve-samples", type=int, default=1)
     so.add_argument("--curve-tasks", nargs="*", default=["ipbox", "iprandom", "sr2", "jtqr"])
-    so.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr", "trajectory"])
+    so.add_argument("--tasks", nargs="+", default=list(tasks.TASKS))
     so.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS)
     so.add_argument("--other-precisions", nargs="*", default=[], choices=defaults.PRECISIONS,
                     help="the default construction again with these precisions (accuracy change, seconds)")
@@ -496,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "interpolation on held-out tiles, paper and site settings")
     acc.add_argument("--data", default="datasets/sionna-rt-small", help="dataset dir (its eval split) or 'procedural'")
     acc.add_argument("--tiles", type=int, default=8)
-    acc.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr", "trajectory"])
+    acc.add_argument("--tasks", nargs="+", default=list(tasks.TASKS))
     acc.add_argument("--package", default=DEFAULT_PACKAGE)
     acc.add_argument("--checkpoints", default="models/checkpoints",
                      help="directory of the end-to-end baselines: baseline-<task>.pt, baseline-multi.pt and the "

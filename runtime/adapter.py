@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ckm_edge.runtime.engine import EngineBase
+from ckm_edge.runtime.manifest import BaseRef
 from ckm_edge.runtime.package import Package, PackageError, sha256_file
 
 LAMBDA_MAX = 10.0  # a strength beyond this is a broken fit, not an adaptation
@@ -78,20 +79,14 @@ def manifest_sha256(pkg: Package) -> str:
 
 
 def is_adapter(pkg: Package) -> bool:
-    return "adapter" in pkg.manifest
+    return pkg.manifest.adapter is not None
 
 
-def adapter_info(pkg: Package) -> tuple[dict, LambdaTable]:
-    """The adapter section of a package: (base reference, lambda table); PackageError if malformed."""
-    info = pkg.manifest.get("adapter")
-    if not isinstance(info, dict):
+def adapter_info(pkg: Package) -> tuple[BaseRef, LambdaTable]:
+    """The adapter section of a package (checked at load by runtime.manifest): (base reference, lambda table)."""
+    if pkg.manifest.adapter is None:
         raise PackageError(f"package {pkg.name} {pkg.version} is not a site adapter (no 'adapter' section)")
-    base = info.get("base")
-    if not isinstance(base, dict) or not all(isinstance(base.get(k), str) and base.get(k) for k in
-                                             ("name", "version", "manifest_sha256")):
-        raise PackageError(f"adapter {pkg.name} {pkg.version}: 'base' must name the foundation package by "
-                           "name, version and manifest_sha256")
-    return base, LambdaTable.from_dict(info.get("lambda", {}))
+    return pkg.manifest.adapter.base, pkg.manifest.adapter.lam
 
 
 def check_base(adapter: Package, base: Package) -> LambdaTable:
@@ -99,13 +94,13 @@ def check_base(adapter: Package, base: Package) -> LambdaTable:
     ref, lam = adapter_info(adapter)
     if is_adapter(base):
         raise PackageError(f"{base.name} {base.version} is itself an adapter; adapters compose with a foundation package")
-    if (ref["name"], ref["version"]) != (base.name, base.version):
-        raise PackageError(f"adapter {adapter.name} {adapter.version} adapts {ref['name']} {ref['version']}, "
+    if (ref.name, ref.version) != (base.name, base.version):
+        raise PackageError(f"adapter {adapter.name} {adapter.version} adapts {ref.name} {ref.version}, "
                            f"not {base.name} {base.version}")
-    if ref["manifest_sha256"] != manifest_sha256(base):
+    if ref.manifest_sha256 != manifest_sha256(base):
         raise PackageError(f"adapter {adapter.name} {adapter.version} was fitted to a different build of "
                            f"{base.name} {base.version} (manifest SHA-256 differs)")
-    if adapter.tile_size != base.tile_size or adapter.manifest["schedule"] != base.manifest["schedule"]:
+    if adapter.tile_size != base.tile_size or adapter.manifest.schedule != base.manifest.schedule:
         raise PackageError(f"adapter {adapter.name} {adapter.version} has another tile size or noise schedule than its base")
     return lam
 

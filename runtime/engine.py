@@ -79,8 +79,7 @@ class EngineConfig:
     # otherwise idle machine, wasted cores next to other work (ckm-bench latency measures both).
     # None (auto): the score graph's workers spin, the forward-with-saves and backward graphs'
     # do not — a guided step runs the two back to back, and the first one's spinning workers took
-    # the cores from the second's (fp32 guided step 177 -> 112 ms on the project's 2-core CPU,
-    # RESULTS latency-backends-cpu; score-only constructions unchanged). True / False: every graph.
+    # the cores from the second's (measured: RESULTS.md, latency-backends-cpu). True / False: every graph.
     spinning: bool | None = None
 
     def spins(self, graph: str) -> bool:
@@ -333,7 +332,7 @@ def open_engine(package: Package, config: EngineConfig = EngineConfig()):
     (CPU or CUDA per config.device), "openvino" (CPU) or "tensorrt" (CUDA). A package whose
     manifest lists the backends it was built for ("backends") refuses others."""
     backend = config.backend
-    declared = package.manifest.get("backends")
+    declared = package.manifest.backends
     if declared is not None and backend not in declared:
         raise EngineError(f"package {package.name} {package.version} was built for {', '.join(declared)}, not {backend}")
     if backend == "onnxruntime":

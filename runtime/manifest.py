@@ -43,9 +43,6 @@ PRECISIONS = defaults.PRECISIONS
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _REQUIRED = ("name", "version", "tile_size", "channels", "codec", "schedule", "graphs", "files")
-# Transitional: runtime/engine.py and runtime/adapter.py still read these sections by key (their
-# conversion to fields is under way); any other key is refused so that no new reads appear.
-_KEYED = ("adapter", "backends", "schedule")
 
 
 class PackageError(ValueError):
@@ -294,23 +291,6 @@ class Manifest(Section):
                    backends=section("backends", _backends), adapter=adapter,
                    provenance=section("provenance", Provenance.from_dict), exporter=section("exporter", Exporter.from_dict),
                    extra=cls.unknown(d))
-
-    # -- transitional key reads (see _KEYED) ------------------------------------------------------
-    def __getitem__(self, key: str) -> Any:
-        if key not in _KEYED:
-            raise KeyError(f"{key!r}: read the Manifest's fields, not its keys")
-        value = getattr(self, key)
-        if value is None:
-            raise KeyError(key)
-        return _json(value)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        if key not in _KEYED:
-            raise KeyError(f"{key!r}: read the Manifest's fields, not its keys")
-        return default if getattr(self, key) is None else self[key]
-
-    def __contains__(self, key: str) -> bool:
-        return self.get(key) is not None
 
 
 def _check_identity(d: Any) -> None:

@@ -78,7 +78,7 @@ def test_adapter_package_names_its_base(tiny_adapter, tiny_package):
     repo, adapter, work = tiny_adapter
     base = load_package(repo / "tiny" / "1.0.0")
     ref, lam = adapter_info(adapter)
-    assert (ref["name"], ref["version"]) == ("tiny", "1.0.0") and len(ref["manifest_sha256"]) == 64
+    assert (ref.name, ref.version) == ("tiny", "1.0.0") and len(ref.manifest_sha256) == 64
     assert lam.kind == "elastic" and len(lam.values) == 10
     assert check_base(adapter, base) == lam
     assert adapter.manifest.network.unet["base_channels"] == 16  # the small model, not the prior's U-Net

@@ -65,10 +65,8 @@ def test_an_adapter_section_is_typed(document):
     assert (m.adapter.base.name, m.adapter.base.manifest_sha256) == ("ckm-prior", "ab" * 32)
     assert m.adapter.lam == LambdaTable.constant(1.0) and m.adapter.proxy_unet == {"base_channels": 16}
     assert m.to_dict() == document
-    # what runtime/engine.py and runtime/adapter.py still read by key, and nothing else
-    assert "adapter" in m and m.get("backends") is None and m["schedule"] == document["schedule"]
-    with pytest.raises(KeyError, match="fields, not its keys"):
-        m["name"]
+    assert m.backends is None and m.schedule == document["schedule"]
+    assert not hasattr(m, "__getitem__")  # fields, not keys
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -152,10 +152,12 @@ def test_the_registry_finds_configures_and_refuses(tiny_package, tiny_prior):
 
     @seam.register("constant-test", MeanConfig, summary="test", default_steps=3,
                    evaluations=lambda cfg, steps: {"score": steps})
-    def constant(engine, schedule, obs, rngs, cfg, callback=None):
+    def constant(engine, schedule, obs, rngs, cfg):  # a sampler is a generator of its steps
+        x = np.full((obs.rows,) + obs.shape, cfg.level, np.float32)
         for k in reversed(range(len(schedule))):
             engine.score(np.zeros((obs.rows,) + obs.shape, np.float32), np.full(obs.rows, schedule.times[k], np.float32))
-        return obs.project_site(np.full((obs.rows,) + obs.shape, cfg.level, np.float32))
+            yield seam.StepInfo(k, x, None)
+        return obs.project_site(x)
 
     try:
         *_, evl = tiny_prior

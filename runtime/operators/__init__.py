@@ -42,7 +42,6 @@ from ckm_edge.runtime.operators.registry import (
     from_spec,
     known,
     make,
-    parameters_of,
     register_operator,
     unregister_operator,
 )
@@ -60,6 +59,6 @@ from ckm_edge.runtime.operators.compose import Compose, PerChannel, jtqr
 
 __all__ = [
     "OPERATORS", "Compose", "Downsample", "Identity", "Mask", "Operator", "OperatorError", "Parameter", "PerChannel",
-    "QuantizeAoA", "Truncate", "from_spec", "jtqr", "known", "make", "parameters_of", "register_operator",
+    "QuantizeAoA", "Truncate", "from_spec", "jtqr", "known", "make", "register_operator",
     "unregister_operator",
 ]

@@ -65,9 +65,6 @@ class Mask(Operator):
     def measured(self, y):
         return np.broadcast_to(self._m(np.zeros(np.shape(y), np.float32)) > 0, np.shape(y))
 
-    def observed_fraction(self) -> float:
-        return float(self.mask.mean())
-
 
 @register_operator
 @dataclass(frozen=True)

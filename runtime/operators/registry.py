@@ -110,11 +110,6 @@ def _convert(name: str, p: Parameter, v):
     return x
 
 
-def parameters_of(op: Operator) -> dict:
-    """A registered operator's parameters by name (maps as arrays, sub-operators as Operators)."""
-    return {p.name: getattr(op, p.name) for p in type(op).parameters}
-
-
 def from_spec(spec: dict) -> Operator:
     """Build an operator from its JSON-able spec; unknown names and bad parameters raise."""
     if not isinstance(spec, dict) or "op" not in spec:
