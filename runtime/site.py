@@ -117,8 +117,8 @@ class Site:
         return np.where(building, 0.0, np.clip(x, lo, 1.0)).astype(x.dtype)
 
     def outdoor(self, shape: tuple[int, ...]) -> np.ndarray:
-        """(B, H, W) bool: outdoor cells for maps of `shape` (B, C, H, W) (all, when unknown)."""
-        self.check(shape)
+        """(B, H, W) bool: outdoor cells for maps of `shape` (B, C, H, W) (all, when unknown); the
+        site was checked against the maps before (`check`)."""
         if self.building is None:
             return np.ones((shape[0],) + tuple(shape[-2:]), bool)
         return np.broadcast_to(~(self.building if self.building.ndim == 3 else self.building[None]),
