@@ -157,8 +157,9 @@ def plan(model: Model, op: operators.Operator, y: np.ndarray, shape: tuple[int, 
     `output_shape`: the operator's output for one map, where the caller has probed it already."""
     shape = tuple(shape)
     y = check_observation(op, y, shape, output_shape)
-    if site is not None:
-        site.check((config.samples,) + shape)
+    if site is not None:  # one site for every sample, or one per sample
+        per_sample = np.ndim(site.building) == 3 or np.ndim(site.base_station) == 2
+        site.check((config.samples,) + shape if per_sample else shape)
     schedule = respaced(model.schedule(), config.steps, config.sampler, config.respacing)
     return Job(model, op, y, shape, config, schedule, float(sigma), site, precision, adapter, adapter_lambda)
 
