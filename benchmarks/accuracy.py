@@ -208,7 +208,8 @@ def _one_map(engine, pkg, samplers: dict | None, nets: dict, cfg: AccuracyConfig
              op, y, unobs, building) -> dict:
     """Every method on one held-out map in both settings: {"rows": {setting: {method: metrics}},
     "used": {setting: the foundation's construction}}."""
-    from ckm_edge.runtime.construct import ConstructConfig, check_observation, construct, finish
+    from ckm_edge.runtime.construct import ConstructConfig, check_observation, construct
+    from ckm_edge.runtime.observations import Observation, Observations
     from ckm_edge.runtime.recommend import resolve
     from ckm_edge.runtime.sampler import spec_for
     from ckm_edge.runtime.site import Site
@@ -240,7 +241,7 @@ def _one_map(engine, pkg, samplers: dict | None, nets: dict, cfg: AccuracyConfig
                 if site is not None:
                     pred = Site(layout[None]).project(pred[None])[0]
                 # the construction's own finish (no-path cells the observation proves), for a fair comparison
-                pred = finish(pred[None], op, check_observation(op, y, shape))[0]
+                pred = Observations.same(Observation(op, check_observation(op, y, shape)), shape, 1).finish(pred[None])[0]
                 rows[kind] = solvers.metrics(pred, x, unobs)
         for name, pred in solvers.classical_methods(task, op, y, shape, layout).items():
             rows[name] = solvers.metrics(pred, x, unobs)

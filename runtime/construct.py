@@ -20,7 +20,6 @@ import numpy as np
 
 from ckm_edge.runtime import executor, operators
 from ckm_edge.runtime.executor import ConstructConfig, check_observation, in_physical_units, summarize  # noqa: F401
-from ckm_edge.runtime.observations import Observation, Observations
 from ckm_edge.runtime.schedule import Schedule
 from ckm_edge.runtime.site import Site
 
@@ -46,8 +45,3 @@ def construct(engine, schedule: Schedule, op: operators.Operator, y: np.ndarray,
     [r] = executor.execute([job])
     return Construction(r.mean, r.std, r.samples, r.residual, r.timings, r.steps)
 
-
-def finish(x: np.ndarray, op: operators.Operator, y: np.ndarray) -> np.ndarray:
-    """Maps (S, C, H, W) of one observation -> what a construction ends with (`Observations.finish`:
-    clipped, the cells the observation proves to have no path set), e.g. for another method's maps."""
-    return Observations.same(Observation(op, y), x.shape[1:], len(x)).finish(x)

@@ -195,18 +195,16 @@ def execute(jobs: Sequence[Job]) -> list[Result]:
     if any(job.key != first.key for job in jobs):
         raise ValueError("a batch runs jobs of one key only (model, adapter, precision, steps, respacing, sampler)")
     t0 = time.perf_counter()
-    groups, rngs, rows_of = [], [], []
+    groups, rngs = [], []
     for job in jobs:
-        rows = slice(len(rngs), len(rngs) + job.samples)
-        groups.append((rows, job.observation()))
-        rows_of.append(rows)
+        groups.append((slice(len(rngs), len(rngs) + job.samples), job.observation()))
         rngs.extend(np.random.default_rng([job.config.seed, s]) for s in range(job.samples))
     obs = Observations(first.shape, len(rngs), groups, check_sites=False)  # plan checked them
     run = start(engine_of(first), first.schedule, obs, rngs, first.sampler)
     t1 = time.perf_counter()
     for info in run:
         done = run.taken
-        for job, rows in zip(jobs, rows_of):
+        for job, (rows, _) in zip(jobs, groups):
             if job.on_step is not None and (done % job.progress_interval == 0 or info.k == 0):
                 job.on_step(done, run.total, float(info.residual[rows].mean()) if info.residual is not None else 0.0)
         if info.k > 0 and not any(job.alive() for job in jobs):
@@ -214,7 +212,7 @@ def execute(jobs: Sequence[Job]) -> list[Result]:
     t2 = time.perf_counter()
     x = obs.finish(run.result)
     out = []
-    for job, rows in zip(jobs, rows_of):
+    for job, (rows, _) in zip(jobs, groups):
         mean, std, residual = summarize(x[rows], job.op, job.y)
         out.append(Result(mean, std, x[rows], residual, job.steps, {}))
     timings = {"prepare_s": t1 - t0, "sampling_s": t2 - t1, "finish_s": time.perf_counter() - t2}

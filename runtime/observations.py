@@ -169,7 +169,7 @@ class Observations:
         """Maps (rows, C, H, W) -> clipped to the codec's [0, 1], and per group the cells its
         observation proves to have no path (a gain saturated below the weakest real path:
         `Operator.known_no_path`) set to the codec's no-path value, which a network's samples only
-        approach. What every construction ends with (runtime.construct.finish)."""
+        approach. What every construction ends with (runtime.executor.execute)."""
         out = np.clip(x, 0.0, 1.0)
         for sl, obs in self._measured():
             no_path = obs.op.known_no_path(obs.y)

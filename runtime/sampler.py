@@ -127,10 +127,6 @@ class Run:
         return info
 
     @property
-    def done(self) -> bool:
-        return self._result is not None
-
-    @property
     def result(self) -> np.ndarray:
         if self._result is None:
             raise RuntimeError(f"the run has taken {self.taken} of its {self.total} steps; it has no result yet")
