@@ -4,10 +4,10 @@
 # build and run resumes exactly) and returns at once, leaving two niced lanes, one pinned per core.
 #
 # Issue 33 (ckm-prior 2.0), STAGE=data (the default until 2.0's training recipe lands):
-#   both lanes: generated city scenes (`ckm-data cities`, seconds) -> the cities build: ray-traced
-#           tiles of CITIES generated cities plus munich and etoile, TILES_PER_SCENE each (shard i/2;
-#           round-robin over scenes, so a build stopped part way covers every city) -> the held-out
-#           eval split (shard i/2) -> the training and all-tiles snapshots once both shards are done
+#   both lanes: the held-out eval split (shard i/2) -> generated city scenes (`ckm-data cities`,
+#           seconds) -> the cities build: ray-traced tiles of CITIES generated cities plus munich and
+#           etoile, TILES_PER_SCENE each (shard i/2; round-robin over scenes, so a build stopped part
+#           way covers every city) -> the training and all-tiles snapshots once both shards are done
 #   STAGE=train adds issue 16's stages on that data: the site-aware prior (ckm-site/2), the ten
 #           end-to-end baselines (one queue, a lock each) and, with RELEASE set, the release steps.
 #
@@ -227,8 +227,9 @@ release() {  # [UNTIL=wide] release: recipes/release-prior.sh on the prior of CA
 
 lane() {
     local i=$1
-    rt_train "$i" || { log "lane $i: training build failed"; return 1; }
+    # the held-out split first: issue 35's calibration and shift benchmarks measure 1.0.0 on it
     rt_eval "$i" || { log "lane $i: eval split failed"; return 1; }
+    rt_train "$i" || { log "lane $i: training build failed"; return 1; }
     snapshot
     if [ "$STAGE" = data ]; then log "lane $i: the data stage is done"; return 0; fi
     procedural
