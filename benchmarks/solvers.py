@@ -69,6 +69,7 @@ def classical_methods(task: str, op, y: np.ndarray, shape: tuple[int, ...], buil
     """Every classical reconstruction of the task: name -> (2, H, W). With `building` (the site
     setting) they know the layout: buildings 0, interpolation from outdoor cells only."""
     from ckm_edge.benchmarks import classical
+    from ckm_edge.runtime.recommend import operator_kind
     from ckm_edge.runtime.site import Site
     from ckm_edge.runtime.smooth import smooth_fill
 
@@ -82,8 +83,9 @@ def classical_methods(task: str, op, y: np.ndarray, shape: tuple[int, ...], buil
         out["idw"] = classical.idw_fill(y, observed)[0]
     elif isinstance(op, operators.Downsample):
         out["bicubic"] = classical.bicubic_up(y, op.factor)[0]
-    else:
-        out["clipping-aware"] = classical.jtqr_fill(y)[0]
+    elif operator_kind(op) == "jtqr":
+        trunc = op.operators[0]
+        out["clipping-aware"] = classical.jtqr_fill(y, trunc.low, trunc.high)[0]
     if building is not None:
         out = {k: site.project(v[None])[0] for k, v in out.items()}
     return {k: np.clip(v, 0.0, 1.0) for k, v in out.items()}

@@ -151,7 +151,7 @@ def validation_tiles(source: str, count: int, exclude: list[str] | tuple[str, ..
 def kinds_of(task_names) -> dict[str, list[str]]:
     """Operator kind -> the tasks that produce it (IPbox, IPrandom and trajectories are masks)."""
     probe = np.zeros((1, 2, 16, 16), np.float32)
-    probe[:, 0] = 0.5
+    probe[:, 0], probe[:, 1] = 0.5, codec.AOA_OFFSET  # outdoor everywhere (a trajectory needs outdoor cells)
     out: dict[str, list[str]] = {}
     for t in task_names:
         out.setdefault(operator_kind(tasks.make_operator(t, np.random.default_rng(0), probe)), []).append(t)

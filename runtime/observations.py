@@ -166,15 +166,21 @@ class Observations:
         return x
 
     def finish(self, x: np.ndarray) -> np.ndarray:
-        """Maps (rows, C, H, W) -> clipped to the codec's [0, 1], and per group the cells its
-        observation proves to have no path (a gain saturated below the weakest real path:
-        `Operator.known_no_path`) set to the codec's no-path value, which a network's samples only
-        approach. What every construction ends with (runtime.executor.execute)."""
+        """Maps (rows, C, H, W) -> what every construction ends with (runtime.executor.execute):
+        clipped to the codec's [0, 1]; per group, moved into what its observation proves
+        (`Operator.enforce`: observed cells within the noise, saturated gains beyond their bound,
+        AoA within its sector(s), block averages within the noise); the cells it proves to have
+        no path (a gain saturated below the weakest real path: `Operator.known_no_path`) set to the
+        codec's no-path value, which a network's samples only approach; the site's buildings 0."""
         out = np.clip(x, 0.0, 1.0)
-        for sl, obs in self._measured():
-            no_path = obs.op.known_no_path(obs.y)
-            if no_path is not None:
-                out[sl] = codec.set_no_path(out[sl], no_path)
+        for sl, obs in self.groups:
+            if obs.op is not None:
+                out[sl] = obs.op.enforce(out[sl], obs.y, obs.sigma)
+                no_path = obs.op.known_no_path(obs.y, obs.sigma)
+                if no_path is not None:
+                    out[sl] = codec.set_no_path(out[sl], no_path)
+            if obs.site is not None:
+                out[sl] = obs.site.project(out[sl])
         return out
 
     def project_site(self, x: np.ndarray) -> np.ndarray:

@@ -13,6 +13,10 @@ import numpy as np
 
 from ckm_edge.runtime.operators.solvers import descent_prox
 
+# How far, in noise standard deviations, an observation may sit from the value it proves: a
+# reading's noise exceeds 4 sigma once in ~16,000 cells, so what lies farther is excluded.
+PROVEN_SIGMAS = 4.0
+
 
 class OperatorError(ValueError):
     """An unknown operator, bad parameters, or input of the wrong shape."""
@@ -87,9 +91,21 @@ class Operator:
         """(H, W) or (B, H, W) bool: building cells this operator is told about (eq. 31), or None."""
         return None
 
-    def known_no_path(self, y: np.ndarray) -> np.ndarray | None:
-        """(B, H, W) bool: cells whose observation proves a gain below the weakest real path
-        (codec.PATH_GAIN_DB_MIN), hence no path at all; None when the operator proves none."""
+    def bounds(self, y: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """(low, high), each shaped like the maps y was observed from: the interval each cell's
+        value is proven to lie in by y (observation noise `sigma` tolerated up to PROVEN_SIGMAS),
+        [0, 1] where y proves nothing; None when the operator proves no per-cell interval."""
+        return None
+
+    def enforce(self, x: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarray:
+        """Maps x (B, C, H, W) moved as little as possible to respect what y proves: clipped into
+        `bounds` (operators whose proof is not per cell, e.g. block averages, override this)."""
+        b = self.bounds(y, sigma)
+        return x if b is None else np.clip(x, b[0], b[1]).astype(x.dtype)
+
+    def known_no_path(self, y: np.ndarray, sigma: float = 0.0) -> np.ndarray | None:
+        """(B, H, W) bool: cells whose observation (noise `sigma`) proves a gain below the weakest
+        real path (codec.PATH_GAIN_DB_MIN), hence no path at all; None when the operator proves none."""
         return None
 
     def measured(self, y: np.ndarray) -> np.ndarray:

@@ -62,9 +62,35 @@ class PerChannel(Combinator):
     def known_buildings(self):
         return next((b for b in (o.known_buildings() for o in self.operators) if b is not None), None)
 
-    def known_no_path(self, y):
+    def bounds(self, y, sigma):
+        """Channel by channel, when every channel's operator proves a per-cell interval (else None);
+        buildings a channel's operator knows are 0 in every channel."""
+        y = np.asarray(y)
+        parts = [op.bounds(y[:, c : c + 1], sigma) for c, op in enumerate(self.operators)]
+        if any(p is None for p in parts):
+            return None
+        low = np.concatenate([np.broadcast_to(p[0], y[:, c : c + 1].shape) for c, p in enumerate(parts)], axis=1)
+        high = np.concatenate([np.broadcast_to(p[1], y[:, c : c + 1].shape) for c, p in enumerate(parts)], axis=1)
+        building = self.known_buildings()
+        if building is not None:
+            b = (building if building.ndim == 3 else building[None])[:, None]
+            low, high = np.where(b, 0.0, low), np.where(b, 0.0, high)
+        return low, high
+
+    def enforce(self, x, y, sigma):
+        """Channel by channel, then buildings a channel's operator knows are 0 in every channel."""
+        x = check_x(x, len(self.operators))
+        y = np.asarray(y)
+        out = np.concatenate([op.enforce(x[:, c : c + 1], y[:, c : c + 1], sigma) for c, op in enumerate(self.operators)],
+                             axis=1)
+        building = self.known_buildings()
+        if building is not None:
+            out = np.where((building if building.ndim == 3 else building[None])[:, None], 0.0, out)
+        return out.astype(x.dtype)
+
+    def known_no_path(self, y, sigma=0.0):
         """The gain channel's operator decides (a no-path cell is one in every channel)."""
-        return self.operators[0].known_no_path(np.asarray(y)[:, :1])
+        return self.operators[0].known_no_path(np.asarray(y)[:, :1], sigma)
 
     def measured(self, y):
         return np.concatenate([op.measured(np.asarray(y)[:, c : c + 1]) for c, op in enumerate(self.operators)], axis=1)
@@ -117,8 +143,15 @@ class Compose(Combinator):
     def known_buildings(self):
         return self.operators[0].known_buildings() if len(self.operators) == 1 else None
 
-    def known_no_path(self, y):
-        return self.operators[0].known_no_path(y) if len(self.operators) == 1 else None
+    def known_no_path(self, y, sigma=0.0):
+        return self.operators[0].known_no_path(y, sigma) if len(self.operators) == 1 else None
+
+    def bounds(self, y, sigma):
+        return self.operators[0].bounds(y, sigma) if len(self.operators) == 1 else None
+
+    def enforce(self, x, y, sigma):
+        """One operator: its own; a chain proves no per-cell interval in general (left as it is)."""
+        return self.operators[0].enforce(x, y, sigma) if len(self.operators) == 1 else x
 
     def measured(self, y):
         return self.operators[-1].measured(y)

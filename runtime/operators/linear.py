@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ckm_edge.runtime.operators.base import Operator, OperatorError, check_lam, check_x
+from ckm_edge.runtime.operators.base import PROVEN_SIGMAS, Operator, OperatorError, check_lam, check_x
 from ckm_edge.runtime.operators.registry import register_operator
 from ckm_edge.runtime.operators.solvers import block_offset
 
@@ -27,6 +27,10 @@ class Identity(Operator):
     def prox(self, z, y, lam):
         lam = check_lam(lam)
         return np.clip((y + lam * check_x(z)) / (1.0 + lam), 0.0, 1.0).astype(z.dtype)
+
+    def bounds(self, y, sigma):
+        d = PROVEN_SIGMAS * sigma
+        return np.clip(y - d, 0.0, 1.0), np.clip(y + d, 0.0, 1.0)
 
 
 @register_operator
@@ -64,6 +68,12 @@ class Mask(Operator):
 
     def measured(self, y):
         return np.broadcast_to(self._m(np.zeros(np.shape(y), np.float32)) > 0, np.shape(y))
+
+    def bounds(self, y, sigma):
+        """Observed cells: y -/+ the noise; the others: anything."""
+        y, d = np.asarray(y, np.float32), PROVEN_SIGMAS * sigma
+        observed = self.measured(y)
+        return np.where(observed, np.clip(y - d, 0.0, 1.0), 0.0), np.where(observed, np.clip(y + d, 0.0, 1.0), 1.0)
 
 
 @register_operator
@@ -119,6 +129,22 @@ class Downsample(Operator):
             xt[idx] = fixed
             x = xt.transpose(0, 1, 2, 4, 3, 5)
         return x.reshape(b, c, h, w).astype(z.dtype)
+
+    def enforce(self, x, y, sigma):
+        """Each block whose average lies farther from y than the noise allows is moved by one offset
+        (its detail kept, the codec's [0, 1] respected: `prox` with lam 0) to the nearest average
+        the noise allows; the other blocks are left as they are."""
+        x = self._check(x)
+        mean = self.forward(x)
+        d = PROVEN_SIGMAS * sigma
+        target = np.clip(mean, np.asarray(y) - d, np.asarray(y) + d)
+        far = np.abs(target - mean) > 0
+        if not far.any():
+            return x
+        s = self.factor
+        moved = self.prox(x, target, 0.0)
+        keep = np.repeat(np.repeat(far, s, axis=2), s, axis=3)
+        return np.where(keep, moved, x).astype(x.dtype)
 
     def output_shape(self, shape):
         b, c, h, w = shape

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ckm_edge.runtime import codec
-from ckm_edge.runtime.operators.base import Operator, OperatorError, check_lam, check_x
+from ckm_edge.runtime.operators.base import PROVEN_SIGMAS, Operator, OperatorError, check_lam, check_x
 from ckm_edge.runtime.operators.registry import register_operator
 
 
@@ -41,13 +41,22 @@ class Truncate(Operator):
     def vjp(self, x, v):
         return np.asarray(v).copy()
 
-    def known_no_path(self, y):
+    def known_no_path(self, y, sigma=0.0):
         """A gain saturated at a low bound below the weakest real path lies at the floor. A cell
-        counts as saturated when y is nearer the bound than the weakest path (noise-tolerant:
-        with the paper's bound, -210 dB, and sigma 0.01 pixels, a 2.5 sigma margin)."""
+        counts as saturated when y is nearer the bound than the weakest path and at least 2.5
+        sigma below it (with the paper's bound, -210 dB, and sigma 0.01 pixels the two agree)."""
         if self.low >= codec.PATH_GAIN_PIXEL_MIN:
             return None
-        return np.asarray(y)[:, 0] < (self.low + codec.PATH_GAIN_PIXEL_MIN) / 2.0
+        cut = min((self.low + codec.PATH_GAIN_PIXEL_MIN) / 2.0, codec.PATH_GAIN_PIXEL_MIN - 2.5 * sigma)
+        return np.asarray(y)[:, 0] < cut
+
+    def bounds(self, y, sigma):
+        """A reading within the noise of a bound may be saturated: the value lies at or beyond
+        that bound (up to the reading plus the noise); any other reading is the value, within the noise."""
+        y, d = np.asarray(y, np.float32), PROVEN_SIGMAS * sigma
+        low = np.where(y <= self.low + d, 0.0, np.clip(y - d, 0.0, 1.0))
+        high = np.where(y >= self.high - d, 1.0, np.clip(y + d, 0.0, 1.0))
+        return low, high
 
     def prox(self, z, y, lam):
         """Per cell, the best of three pieces: x <= low (then clip(x) = low, x = min(z, low)),
@@ -130,6 +139,26 @@ class QuantizeAoA(Operator):
         # 1e-6 pixel inside each edge, so that a value clipped into a sector stays in it after
         # float32 rounding (the forward's floor() puts an edge into one sector or the other)
         return px(centre), px(lo) + 1e-6, px(hi) - 1e-6
+
+    def bounds(self, y, sigma):
+        """What a reading allows: the sectors whose reported centre lies within the noise of it,
+        from the lowest one's edge to the highest one's, and, without a building layout, a
+        building (0) where 0 lies within the noise too; a reading near none of them is the nearest
+        (a sector, or a building in the building gap). Buildings of the given layout: 0."""
+        y, d = np.asarray(y, np.float32), PROVEN_SIGMAS * sigma
+        centre, lo, hi = self.sector_intervals()
+        nearest = np.clip(np.searchsorted((centre[1:] + centre[:-1]) / 2, y), 0, len(centre) - 1)
+        first = np.searchsorted(centre, y - d, side="left")
+        last = np.searchsorted(centre, y + d, side="right") - 1
+        sector = first <= last
+        first, last = np.where(sector, first, nearest), np.where(sector, last, nearest)
+        low, high = lo[np.clip(first, 0, len(lo) - 1)], hi[np.clip(last, 0, len(hi) - 1)]
+        if self.building is not None:
+            building = self._building(np.zeros(y.shape, np.float32))
+            return np.where(building, 0.0, low), np.where(building, 0.0, high)
+        maybe = y - d <= 0.0  # a building (0) within the noise
+        only = (maybe & ~sector) | (~maybe & ~sector & (y < codec.BUILDING_THRESHOLD))
+        return np.where(maybe | only, 0.0, low), np.where(only, 0.0, high)
 
     def prox(self, z, y, lam):
         """Per outdoor cell: the sector j minimising (y - centre_j)^2 + lam dist(z, sector_j)^2,
