@@ -8,7 +8,8 @@
 --observation: an npz with `y` and `operator` (the operator's JSON spec, see runtime.operators),
 optionally `building` (H, W) for --site. --sampler/--param/--steps/--samples left out take the
 model's recommendation for the operator; --zeta, --corrector-steps, --jacobian-free select DPS.
-Writes out/construction.npz (pixels and physical units, std, observation) and
+Writes out/construction.npz (pixels and physical units, the std and, for a package that ships a
+calibration, the central 90 % interval in pixels, dB and sine; the observation) and
 out/construction.png (truth, observation, construction, error, uncertainty).
 """
 
@@ -27,7 +28,7 @@ import numpy as np
 from ckm_edge.runtime import codec, defaults, figures, operators, tasks
 from ckm_edge.runtime.construct import ConstructConfig, construct
 from ckm_edge.runtime.engine import BACKENDS, EngineConfig, EngineError, open_engine
-from ckm_edge.runtime.executor import RESPACINGS
+from ckm_edge.runtime.executor import RESPACINGS, in_physical_units, interval_in_physical_units
 from ckm_edge.runtime.package import PackageError, load_package, read_public_key
 from ckm_edge.runtime.recommend import resolve, with_dps_shorthand
 from ckm_edge.runtime.sampler import SAMPLERS, SamplerError, config_from_params
@@ -135,17 +136,15 @@ def cmd_construct(args) -> int:
             lam = check_base(adapter_pkg, pkg)
             adapter = stack.enter_context(open_engine(adapter_pkg, engine_cfg))
         result = construct(engine, pkg.schedule(), op, y, (2, pkg.tile_size, pkg.tile_size), cfg, sigma=args.sigma,
-                           site=site, adapter=adapter, adapter_lambda=lam)
+                           site=site, adapter=adapter, adapter_lambda=lam, uncertainty=pkg.manifest.uncertainty)
         calls = dict(engine.calls)  # the model's network calls (a composed adapter's are as many)
     wall = time.perf_counter() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    phys = codec.decode(result.mean, clip=True)
-    np.savez_compressed(out / "construction.npz", pixels=result.mean, std=result.std if result.std is not None else np.zeros(0),
-                        gain_db=phys.gain_db, aoa_sine=phys.aoa_sine, building=phys.building, observation=y,
-                        operator=json.dumps(op.to_spec()))
+    np.savez_compressed(out / "construction.npz", **_arrays(result.mean, result.std, result.interval(), result.coverage),
+                        observation=y, operator=json.dumps(op.to_spec()))
     figures.construction_figure(out / "construction.png", truth, np.asarray(y)[:2] if np.asarray(y).ndim == 3 else y,
-                                result.mean, result.std)
+                                result.mean, result.std, observed=_observed(op, y))
     report = {"task": task, "package": f"{pkg.name} {pkg.version}",
               **({"adapter": f"{adapter_pkg.name} {adapter_pkg.version}"} if args.adapter else {}),
               "sampler": _describe(sampler), "steps": result.steps, "samples": samples, **_site_report(site),
@@ -153,15 +152,69 @@ def cmd_construct(args) -> int:
               "engine": f"{args.backend}-{args.device}", "precision": args.precision,
               "residual": round(result.residual, 5), "wall_s": round(wall, 3), "engine_calls": calls,
               "timings_s": {k: round(v, 4) for k, v in result.timings.items()}, "output": str(out)}
+    report["calibrated"] = result.calibrated
     if truth is not None:
-        report["gain_rmse_db"] = round(float(codec.gain_rmse_db(result.mean, truth)), 3)
-        report["aoa_sine_rmse"] = round(float(codec.aoa_sine_rmse(result.mean, truth)), 4)
+        report.update(_errors(task, op, y, truth, result.mean, result.interval(), site))
     if args.json:
         print(json.dumps(report))
     else:
         for key, value in report.items():
             print(f"{key:>14}: {value}")
     return 0
+
+
+def _observed(op, y) -> np.ndarray:
+    """(C', H', W') bool: the entries of the observation that carry a reading."""
+    y = np.asarray(y)
+    return op.measured(y if y.ndim == 4 else y[None])[0]
+
+
+def _classical(task: str, op, y, truth: np.ndarray, site: Site | None) -> dict | None:
+    """The best classical fill of the same observation (by gain RMSE; benchmarks.solvers: smooth,
+    nearest, IDW, bicubic, clipping-aware, whichever fit the operator), given the layout with a
+    site; None where the benchmarks' dependencies (scipy) are not installed."""
+    try:
+        from ckm_edge.benchmarks.solvers import classical_methods
+    except ImportError:
+        return None
+    building = None if site is None or site.building is None else np.asarray(site.building).reshape(truth.shape[-2:])
+    y = np.asarray(y)
+    fills = classical_methods(task, op, y if y.ndim == 4 else y[None], truth.shape, building)
+    scores = {m: (float(codec.gain_rmse_db(v, truth)), float(codec.aoa_sine_rmse(v, truth))) for m, v in fills.items()}
+    best = min(scores, key=lambda m: scores[m][0])
+    return {"method": best, "gain_rmse_db": round(scores[best][0], 3), "aoa_sine_rmse": round(scores[best][1], 4)}
+
+
+def _errors(task: str, op, y, truth: np.ndarray, mean: np.ndarray, interval, site: Site | None) -> dict:
+    """The construction against the truth: RMSEs, the best classical fill's on the same observation
+    and, with an interval, the share of the cells the observation leaves unknown that it holds."""
+    out = {"gain_rmse_db": round(float(codec.gain_rmse_db(mean, truth)), 3),
+           "aoa_sine_rmse": round(float(codec.aoa_sine_rmse(mean, truth)), 4)}
+    classical = _classical(task, op, y, truth, site)
+    if classical is not None:
+        out["classical"] = classical
+    if interval is not None:
+        unknown = tasks.unobserved(task, op, truth[None])[0]
+        inside = (truth >= interval[0] - 1e-7) & (truth <= interval[1] + 1e-7)
+        out["interval_holds_unobserved"] = [round(float(inside[c][unknown[c]].mean()), 3) if unknown[c].any() else None
+                                            for c in range(2)]
+    return out
+
+
+def _arrays(mean: np.ndarray, std: np.ndarray | None, interval, coverage: float) -> dict:
+    """construction.npz's arrays: the map in pixels and physical units; its std (pixels, and dB /
+    sine); with a calibration, the central `coverage` interval in pixels, dB and sine."""
+    phys = codec.decode(mean, clip=True)
+    out = {"pixels": mean, "gain_db": phys.gain_db, "aoa_sine": phys.aoa_sine, "building": phys.building,
+           "std": std if std is not None else np.zeros(0), "calibrated": np.bool_(interval is not None)}
+    if std is not None:
+        _, std_phys = in_physical_units(mean, std)
+        out.update(gain_db_std=std_phys[0], aoa_sine_std=std_phys[1])
+    if interval is not None:
+        low, high = interval_in_physical_units(mean, *interval)
+        out.update(coverage=np.float64(coverage), interval_low=interval[0], interval_high=interval[1],
+                   gain_db_low=low[0], gain_db_high=high[0], aoa_sine_low=low[1], aoa_sine_high=high[1])
+    return out
 
 
 def _site_report(site: Site | None) -> dict:
@@ -202,17 +255,18 @@ def _construct_remote(args) -> dict:
         wall = time.perf_counter() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    figures.construction_figure(out / "construction.png", truth, y, result.map, result.std)
-    np.savez_compressed(out / "construction.npz", pixels=result.map, observation=y, operator=json.dumps(op.to_spec()))
+    figures.construction_figure(out / "construction.png", truth, y, result.map, result.std, observed=_observed(op, y))
+    np.savez_compressed(out / "construction.npz", **_arrays(result.map, result.std, result.interval, result.interval_coverage),
+                        observation=y, operator=json.dumps(op.to_spec()))
     report = {"task": task, "server": args.server, "model": f"{result.model} {result.version}",
               **({"adapter": f"{result.adapter} {result.adapter_version}"} if result.adapter else {}),
               "sampler": {"name": result.sampler, **result.sampler_parameters}, "steps": result.steps,
               "samples": result.samples, **_site_report(site), "site_conditioned": result.site_conditioned,
               "precision": args.precision, "residual": round(result.residual_norm, 5), "wall_s": round(wall, 3),
               "server_timings_s": {k: round(v, 4) for k, v in result.timings.items()}, "output": str(out)}
+    report["calibrated"] = result.calibrated
     if truth is not None:
-        report["gain_rmse_db"] = round(float(codec.gain_rmse_db(result.map, truth)), 3)
-        report["aoa_sine_rmse"] = round(float(codec.aoa_sine_rmse(result.map, truth)), 4)
+        report.update(_errors(task, op, y, truth, result.map, result.interval, site))
     print(json.dumps(report) if args.json else "\n".join(f"{k:>16}: {v}" for k, v in report.items()))
     return report
 
@@ -282,14 +336,30 @@ def cmd_demo(args) -> int:
             reports[task, site] = _construct_remote(ns)
     finally:
         edge.stop(0)
-    print("\ngain RMSE dB / AoA-sine RMSE of each construction (all cells):")
-    print(f"{'task':>12}  {'observation alone':>18}  {'given the site':>18}")
-    for task in args.tasks:
-        cells = [reports.get((task, site)) for site in (False, True)]
-        print(f"{task:>12}  " + "  ".join(f"{'-':>18}" if r is None else
-                                        f"{r['gain_rmse_db']:>9.2f} / {r['aoa_sine_rmse']:.4f}" for r in cells))
+    print(_demo_table(args.tasks, reports))
     print(f"figures: {args.out}/<task>[-site]/construction.png")
     return 0
+
+
+def _demo_table(task_names, reports: dict) -> str:
+    """The demo's summary: per task and setting, the construction's errors beside the best classical
+    fill's on the same observation, and the share of unknown cells its interval holds."""
+    lines = ["", "Each construction against the truth (all cells): gain RMSE dB / AoA-sine RMSE; the best classical fill",
+             "of the same observation; the share of the cells the observation leaves unknown that the construction's",
+             "calibrated 90 % interval holds (gain / AoA sine).", "",
+             f"{'task':>12}  {'setting':<17} {'construction':>16}  {'best classical fill':>30}  {'90 % interval holds':>20}"]
+    for task in task_names:
+        for site in (False, True):
+            r = reports.get((task, site))
+            if r is None:
+                continue
+            c = r.get("classical")
+            classical = "-" if c is None else f"{c['gain_rmse_db']:.2f} / {c['aoa_sine_rmse']:.4f} ({c['method']})"
+            held = r.get("interval_holds_unobserved")
+            cover = "not calibrated" if held is None else " / ".join("-" if v is None else f"{100 * v:.0f} %" for v in held)
+            lines.append(f"{task:>12}  {'given the site' if site else 'observation alone':<17} "
+                         f"{r['gain_rmse_db']:>7.2f} / {r['aoa_sine_rmse']:.4f}  {classical:>30}  {cover:>20}")
+    return "\n".join(lines)
 
 
 def _sampler_arguments(p: argparse.ArgumentParser) -> None:

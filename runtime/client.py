@@ -37,6 +37,9 @@ class ClientResult:
     samples: int = 0
     deterministic: bool = False  # the server guarantees bitwise-reproducible maps (ConstructResponse.deterministic)
     site_conditioned: bool = False  # a site-aware model was told the request's site
+    calibrated: bool = False  # std and the interval are calibrated (ConstructResponse.calibrated)
+    interval: tuple[np.ndarray, np.ndarray] | None = None  # (low, high), each (2, H, W), same units as map
+    interval_coverage: float = 0.0
 
 
 class EdgeClient:
@@ -114,7 +117,11 @@ def _result(resp) -> ClientResult:
     big = 2**31  # responses come from the server: no request-size limit, NaN marks buildings
     std = api.to_numpy(resp.std, "std", big, finite=False) if resp.HasField("std") else None
     t = resp.timings
+    interval = None
+    if resp.calibrated:
+        interval = (api.to_numpy(resp.interval_low, "interval_low", big, finite=False),
+                    api.to_numpy(resp.interval_high, "interval_high", big, finite=False))
     return ClientResult(api.to_numpy(resp.map, "map", big, finite=False), std, resp.residual_norm, resp.model_name, resp.model_version,
                         resp.steps, {"queue_s": t.queue_seconds, "sampling_s": t.sampling_seconds, "total_s": t.total_seconds},
                         resp.adapter_name, resp.adapter_version, resp.sampler, dict(resp.sampler_parameters), resp.samples,
-                        resp.deterministic, resp.site_conditioned)
+                        resp.deterministic, resp.site_conditioned, resp.calibrated, interval, resp.interval_coverage)

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ckm_edge.runtime import codec, defaults, operators
+from ckm_edge.runtime import codec, defaults, operators, uncertainty
 from ckm_edge.runtime.diffpir import DiffPIRConfig
 from ckm_edge.runtime.observations import Observation, Observations
 from ckm_edge.runtime.sampler import respaced, spec_for, start
@@ -57,7 +57,10 @@ class ConstructConfig:
 
 
 class Model(Protocol):
-    """A network a job runs on: runtime.repository.LoadedModel, or `Opened` (an engine in hand)."""
+    """A network a job runs on: runtime.repository.LoadedModel, or `Opened` (an engine in hand).
+    `uncertainty`: its package's calibration (runtime.uncertainty), None when it has none."""
+
+    uncertainty: uncertainty.Uncertainty | None
 
     def engine(self, precision: str): ...
     def schedule(self) -> Schedule: ...
@@ -69,6 +72,7 @@ class Opened:
 
     opened: object
     full_schedule: Schedule
+    uncertainty: uncertainty.Uncertainty | None = None
 
     def engine(self, precision: str):
         return self.opened
@@ -99,6 +103,8 @@ class Job:
     alive: Callable[[], bool] = _always  # False once nobody waits for the result (cancelled, deadline)
     on_step: Callable[[int, int, float], None] | None = None  # (steps done, total, mean residual of its rows)
     progress_interval: int = 1
+    calibration: uncertainty.KindFit | None = None  # the model's fit for this operator kind and setting
+    coverage: float = uncertainty.DEFAULT_COVERAGE  # of the interval the fit's std implies
 
     @property
     def samples(self) -> int:
@@ -161,17 +167,29 @@ def plan(model: Model, op: operators.Operator, y: np.ndarray, shape: tuple[int, 
         per_sample = np.ndim(site.building) == 3 or np.ndim(site.base_station) == 2
         site.check((config.samples,) + shape if per_sample else shape)
     schedule = respaced(model.schedule(), config.steps, config.sampler, config.respacing)
-    return Job(model, op, y, shape, config, schedule, float(sigma), site, precision, adapter, adapter_lambda)
+    job = Job(model, op, y, shape, config, schedule, float(sigma), site, precision, adapter, adapter_lambda)
+    calibrated = getattr(model, "uncertainty", None)
+    if calibrated is not None:
+        from ckm_edge.runtime.recommend import operator_kind
+
+        job.calibration, job.coverage = calibrated.fit_for(operator_kind(op), site is not None), calibrated.coverage
+    return job
 
 
 @dataclass
 class Result:
     mean: np.ndarray  # (C, H, W) pixels, clipped to [0, 1]
-    std: np.ndarray | None  # (C, H, W) per-cell standard deviation over samples (None for one sample)
+    std: np.ndarray | None  # (C, H, W) calibrated std, else the samples' spread (None for one sample)
     samples: np.ndarray  # (S, C, H, W)
     residual: float  # ||y - A(mean)||, pixels
     steps: int
     timings: dict  # seconds per stage of the batch it ran in
+    calibrated: bool = False  # std is the package's calibrated one: mean -/+ z std holds `coverage`
+    coverage: float = uncertainty.DEFAULT_COVERAGE
+
+    def interval(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The central `coverage` interval (pixels, clipped to [0, 1]); None when not calibrated."""
+        return uncertainty.interval(self.mean, self.std, uncertainty.z_of(self.coverage)) if self.calibrated else None
 
 
 class Stopped(Exception):
@@ -213,19 +231,25 @@ def execute(jobs: Sequence[Job]) -> list[Result]:
     x = obs.finish(run.result)
     out = []
     for job, (rows, _) in zip(jobs, groups):
-        mean, std, residual = summarize(x[rows], job.op, job.y)
-        out.append(Result(mean, std, x[rows], residual, job.steps, {}))
+        mean, std, residual = summarize(x[rows], job.op, job.y, job.calibration, job.sigma)
+        out.append(Result(mean, std, x[rows], residual, job.steps, {}, job.calibration is not None, job.coverage))
     timings = {"prepare_s": t1 - t0, "sampling_s": t2 - t1, "finish_s": time.perf_counter() - t2}
     for r in out:
         r.timings = dict(timings)
     return out
 
 
-def summarize(x: np.ndarray, op: operators.Operator, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
+def summarize(x: np.ndarray, op: operators.Operator, y: np.ndarray, calibration: uncertainty.KindFit | None = None,
+              sigma: float = 0.0) -> tuple[np.ndarray, np.ndarray | None, float]:
     """Posterior samples (S, C, H, W) of one observation -> their mean, per-cell standard deviation
-    (None for one sample) and the residual ||y - A(mean)|| in pixels."""
+    and the residual ||y - A(mean)|| in pixels. With a `calibration` the std is the calibrated one
+    (runtime.uncertainty; one sample too: y with noise `sigma` gives its distance term); without,
+    the samples' spread (ddof 0; None for one sample)."""
     mean = x.mean(axis=0)
-    std = x.std(axis=0) if len(x) > 1 else None
+    if calibration is not None:
+        std = calibration.std(uncertainty.spread(x), uncertainty.distance_to_pinned(op, y, sigma, mean.shape))
+    else:
+        std = x.std(axis=0) if len(x) > 1 else None
     residual = float(np.sqrt(((y[0] - op.forward(mean[None])[0]) ** 2).sum()))
     return mean, std, residual
 
@@ -237,3 +261,18 @@ def in_physical_units(mean: np.ndarray, std: np.ndarray | None) -> tuple[np.ndar
     if std is not None:
         std = std * np.array([codec.GAIN_RMSE_FACTOR, codec.AOA_RMSE_FACTOR], np.float32)[:, None, None]
     return out, std
+
+
+def interval_in_physical_units(mean: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An interval in pixels (`Result.interval`) -> (2, H, W) bounds in gain dB and AoA sine, NaN in
+    the building cells of `mean` (as `in_physical_units` marks them)."""
+    building = codec.building_mask(np.clip(mean, 0.0, 1.0))
+
+    def physical(px: np.ndarray) -> np.ndarray:
+        gain = px[0].astype(np.float64) * codec.GAIN_DB_SPAN + codec.GAIN_DB_MIN
+        sine = (np.clip(px[1], codec.AOA_PIXEL_MIN, codec.AOA_PIXEL_MAX) - codec.AOA_OFFSET) / codec.AOA_SCALE
+        out = np.stack([gain, sine]).astype(np.float32)
+        out[:, building] = np.nan
+        return out
+
+    return physical(low), physical(high)

@@ -27,20 +27,36 @@ def colormap(values: np.ndarray, anchors: np.ndarray) -> np.ndarray:
 
 
 
-def _panel(values: np.ndarray, anchors: np.ndarray, building: np.ndarray | None) -> np.ndarray:
+UNOBSERVED = np.array([[200, 200, 200], [236, 236, 236]], np.uint8)  # a light checker: "no reading here"
+
+
+def _panel(values: np.ndarray, anchors: np.ndarray, building: np.ndarray | None,
+           unobserved: np.ndarray | None = None) -> np.ndarray:
+    """One panel: values on the colour map, buildings black, unobserved cells a light grey checker."""
     rgb = colormap(values, anchors)
     if building is not None:
         rgb[building] = 0
+    if unobserved is not None:
+        checker = (np.add.outer(np.arange(values.shape[0]) // 2, np.arange(values.shape[1]) // 2) % 2).astype(int)
+        rgb[unobserved] = UNOBSERVED[checker[unobserved]]
     return rgb
 
 
 def construction_figure(path: str | Path, truth: np.ndarray | None, observation: np.ndarray,
-                        construction: np.ndarray, std: np.ndarray | None, scale: int = 2) -> Path:
-    """Rows gain / AoA sine; columns truth, observation, construction, |error|, uncertainty."""
+                        construction: np.ndarray, std: np.ndarray | None, scale: int = 2,
+                        observed: np.ndarray | None = None) -> Path:
+    """Rows gain / AoA sine; columns truth, observation, construction, |error|, uncertainty.
+
+    Every map panel shares one colour scale per channel (the codec's range) and draws buildings
+    black; the observation's cells without a reading (`observed` False, on the observation's grid,
+    (C', H', W') or (H', W')) are a light grey checker, so an observed cell looks as it does in
+    the truth."""
     h, w = construction.shape[-2:]
+    observed = np.ones(observation.shape, bool) if observed is None else np.broadcast_to(observed, observation.shape)
     if observation.shape[-2:] != (h, w):  # coarse observations are shown on the map's grid
         f = h // observation.shape[-2]
         observation = np.repeat(np.repeat(observation, f, axis=-2), f, axis=-1)
+        observed = np.repeat(np.repeat(observed, f, axis=-2), f, axis=-1)
     building = codec.building_mask(truth if truth is not None else construction)
     aoa = lambda p: (p - codec.AOA_PIXEL_MIN) / (codec.AOA_PIXEL_MAX - codec.AOA_PIXEL_MIN)  # noqa: E731
     rows = []
@@ -48,7 +64,11 @@ def construction_figure(path: str | Path, truth: np.ndarray | None, observation:
         cols = []
         if truth is not None:
             cols.append(_panel(norm(truth[ch]), cmap, building))
-        cols.append(_panel(norm(observation[ch]), cmap, None))
+        seen = observed[min(ch, len(observed) - 1)]
+        # an observed building reads 0 in both channels: black, as in the truth; a reading in the
+        # building gap where the truth has none is drawn as the value it is
+        cols.append(_panel(norm(observation[ch]), cmap, building & seen & (observation[min(1, len(observation) - 1)] <
+                                                                          codec.BUILDING_THRESHOLD), ~seen))
         cols.append(_panel(norm(construction[ch]), cmap, building))
         if truth is not None:
             cols.append(_panel(np.abs(construction[ch] - truth[ch]) / 0.25, SEQUENTIAL, None))

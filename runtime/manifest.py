@@ -18,6 +18,7 @@ re-serialization.
     graphs, files                   {precision: {graph: file}}, {file: FileEntry (SHA-256, bytes)}
     samplers                        recommendations per operator kind (runtime.recommend)
     accuracy                        measured reconstruction quality per precision (export.accuracy)
+    uncertainty                     the calibration of the reported std (runtime.uncertainty)
     backends                        the backends the package was built for (None: any)
     adapter                         a site adapter's base package and lambda(t) (runtime.adapter)
     provenance, exporter            where it came from: checkpoint, data, calibration, tool versions
@@ -33,6 +34,7 @@ from ckm_edge.runtime import codec, defaults, recommend
 from ckm_edge.runtime.condition import ConditionError, Encoding
 from ckm_edge.runtime.sampler import SamplerError
 from ckm_edge.runtime.schedule import Schedule
+from ckm_edge.runtime.uncertainty import Uncertainty, UncertaintyError
 
 if TYPE_CHECKING:
     from ckm_edge.runtime.adapter import LambdaTable
@@ -268,6 +270,7 @@ class Manifest(Section):
     condition: Encoding | None = None  # a site-aware prior's (runtime.condition)
     samplers: dict[str, recommend.Recommendation] | None = None  # the package's own (runtime.recommend)
     accuracy: Accuracy | None = None
+    uncertainty: Uncertainty | None = None  # the calibration of the std constructions report
     backends: tuple[str, ...] | None = None
     adapter: Adapter | None = None
     provenance: Provenance | None = None
@@ -288,6 +291,7 @@ class Manifest(Section):
                    {rel: FileEntry.parse(rel, info) for rel, info in _object(d["files"], "files").items()},
                    schema=d["schema"], created=d.get("created"), network=section("network", Network.from_dict),
                    condition=encoding, samplers=samplers, accuracy=section("accuracy", Accuracy.from_dict),
+                   uncertainty=section("uncertainty", _uncertainty),
                    backends=section("backends", _backends), adapter=adapter,
                    provenance=section("provenance", Provenance.from_dict), exporter=section("exporter", Exporter.from_dict),
                    extra=cls.unknown(d))
@@ -330,6 +334,13 @@ def _condition(section: Any) -> Encoding:
     try:
         return Encoding.from_section(section)
     except ConditionError as e:
+        raise PackageError(str(e)) from None
+
+
+def _uncertainty(section: Any) -> Uncertainty:
+    try:
+        return Uncertainty.from_dict(section)
+    except UncertaintyError as e:
         raise PackageError(str(e)) from None
 
 

@@ -63,6 +63,11 @@ class LoadedModel:
         """The noise schedule the package was trained with (runtime.executor.Model)."""
         return self.package.schedule()
 
+    @property
+    def uncertainty(self):
+        """The package's calibration of the reported std (runtime.uncertainty), None without one."""
+        return self.package.manifest.uncertainty
+
     def row_bytes(self, precision: str, vjp: bool) -> int:
         """Engine memory per posterior sample (runtime.memory: measured once per package, cached)."""
         return memory.row_bytes(self.package, precision, vjp, self.engine_config.backend)

@@ -236,9 +236,11 @@ class EdgeServicer:
     # -- results -> messages ----------------------------------------------------------------------
     def _response(self, pending: Pending, req) -> object:
         job, result = pending.job, pending.result
-        out, std = result.mean, result.std
+        out, std, interval = result.mean, result.std, result.interval()
         if req.output_units == pb.OUTPUT_UNITS_PHYSICAL:
             out, std = executor.in_physical_units(out, std)
+            if interval is not None:
+                interval = executor.interval_in_physical_units(result.mean, *interval)
         pkg = job.model.package
         resp = pb.ConstructResponse(map=api.from_numpy(out.astype(np.float32)), residual_norm=result.residual,
                                     model_name=pkg.name, model_version=pkg.version, steps=job.config.steps,
@@ -250,6 +252,10 @@ class EdgeServicer:
                                     site_conditioned=job.site is not None and pkg.condition_channels > 0)
         if std is not None:
             resp.std.CopyFrom(api.from_numpy(std.astype(np.float32)))
+        if interval is not None:
+            resp.calibrated, resp.interval_coverage = True, result.coverage
+            resp.interval_low.CopyFrom(api.from_numpy(interval[0].astype(np.float32)))
+            resp.interval_high.CopyFrom(api.from_numpy(interval[1].astype(np.float32)))
         resp.sampler_parameters.update(sampler_parameters(job.sampler))
         if job.adapter is not None:
             resp.adapter_name, resp.adapter_version = job.adapter.package.name, job.adapter.package.version
@@ -271,7 +277,9 @@ def metadata(model: LoadedModel, limits: Limits) -> object:
                      for kind, r in pkg.recommendations().items()],
         max_samples=min(defaults.MAX_SAMPLES, limits.max_samples), max_evaluations=limits.max_evaluations,
         max_operators=api.MAX_OPERATORS, deterministic=limits.deterministic,
-        site_aware=pkg.condition_channels > 0)
+        site_aware=pkg.condition_channels > 0, calibrated=pkg.manifest.uncertainty is not None,
+        interval_coverage=pkg.manifest.uncertainty.coverage if pkg.manifest.uncertainty else 0.0,
+        calibrated_kinds=sorted(pkg.manifest.uncertainty.kinds) if pkg.manifest.uncertainty else [])
 
 
 def sampler_parameters(cfg) -> dict[str, float]:

@@ -218,7 +218,7 @@ class Timings(_message.Message):
     def __init__(self, queue_seconds: _Optional[float] = ..., sampling_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
 
 class ConstructResponse(_message.Message):
-    __slots__ = ("map", "std", "residual_norm", "model_name", "model_version", "steps", "timings", "adapter_name", "adapter_version", "sampler", "sampler_parameters", "samples", "deterministic", "site_conditioned")
+    __slots__ = ("map", "std", "residual_norm", "model_name", "model_version", "steps", "timings", "adapter_name", "adapter_version", "sampler", "sampler_parameters", "samples", "deterministic", "site_conditioned", "calibrated", "interval_low", "interval_high", "interval_coverage")
     class SamplerParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +240,10 @@ class ConstructResponse(_message.Message):
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
     SITE_CONDITIONED_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_LOW_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_HIGH_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_COVERAGE_FIELD_NUMBER: _ClassVar[int]
     map: Tensor
     std: Tensor
     residual_norm: float
@@ -254,7 +258,11 @@ class ConstructResponse(_message.Message):
     samples: int
     deterministic: bool
     site_conditioned: bool
-    def __init__(self, map: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ..., residual_norm: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., steps: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., adapter_name: _Optional[str] = ..., adapter_version: _Optional[str] = ..., sampler: _Optional[str] = ..., sampler_parameters: _Optional[_Mapping[str, float]] = ..., samples: _Optional[int] = ..., deterministic: _Optional[bool] = ..., site_conditioned: _Optional[bool] = ...) -> None: ...
+    calibrated: bool
+    interval_low: Tensor
+    interval_high: Tensor
+    interval_coverage: float
+    def __init__(self, map: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ..., residual_norm: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., steps: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., adapter_name: _Optional[str] = ..., adapter_version: _Optional[str] = ..., sampler: _Optional[str] = ..., sampler_parameters: _Optional[_Mapping[str, float]] = ..., samples: _Optional[int] = ..., deterministic: _Optional[bool] = ..., site_conditioned: _Optional[bool] = ..., calibrated: _Optional[bool] = ..., interval_low: _Optional[_Union[Tensor, _Mapping]] = ..., interval_high: _Optional[_Union[Tensor, _Mapping]] = ..., interval_coverage: _Optional[float] = ...) -> None: ...
 
 class ConstructStreamRequest(_message.Message):
     __slots__ = ("request", "progress_interval")
@@ -376,7 +384,7 @@ class SamplerRecommendation(_message.Message):
     def __init__(self, operator_kind: _Optional[str] = ..., sampler: _Optional[str] = ..., steps: _Optional[int] = ..., samples: _Optional[int] = ..., parameters: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GetModelMetadataResponse(_message.Message):
-    __slots__ = ("name", "version", "channels", "tile_size", "operators", "precisions", "schedule_json", "max_steps", "accuracy", "adapts", "samplers", "recommended", "max_samples", "max_evaluations", "max_operators", "deterministic", "site_aware")
+    __slots__ = ("name", "version", "channels", "tile_size", "operators", "precisions", "schedule_json", "max_steps", "accuracy", "adapts", "samplers", "recommended", "max_samples", "max_evaluations", "max_operators", "deterministic", "site_aware", "calibrated", "interval_coverage", "calibrated_kinds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -394,6 +402,9 @@ class GetModelMetadataResponse(_message.Message):
     MAX_OPERATORS_FIELD_NUMBER: _ClassVar[int]
     DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
     SITE_AWARE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_KINDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     channels: _containers.RepeatedScalarFieldContainer[str]
@@ -411,4 +422,7 @@ class GetModelMetadataResponse(_message.Message):
     max_operators: int
     deterministic: bool
     site_aware: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., channels: _Optional[_Iterable[str]] = ..., tile_size: _Optional[int] = ..., operators: _Optional[_Iterable[str]] = ..., precisions: _Optional[_Iterable[str]] = ..., schedule_json: _Optional[str] = ..., max_steps: _Optional[int] = ..., accuracy: _Optional[_Iterable[_Union[TaskAccuracy, _Mapping]]] = ..., adapts: _Optional[str] = ..., samplers: _Optional[_Iterable[_Union[SamplerInfo, _Mapping]]] = ..., recommended: _Optional[_Iterable[_Union[SamplerRecommendation, _Mapping]]] = ..., max_samples: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., max_operators: _Optional[int] = ..., deterministic: _Optional[bool] = ..., site_aware: _Optional[bool] = ...) -> None: ...
+    calibrated: bool
+    interval_coverage: float
+    calibrated_kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., channels: _Optional[_Iterable[str]] = ..., tile_size: _Optional[int] = ..., operators: _Optional[_Iterable[str]] = ..., precisions: _Optional[_Iterable[str]] = ..., schedule_json: _Optional[str] = ..., max_steps: _Optional[int] = ..., accuracy: _Optional[_Iterable[_Union[TaskAccuracy, _Mapping]]] = ..., adapts: _Optional[str] = ..., samplers: _Optional[_Iterable[_Union[SamplerInfo, _Mapping]]] = ..., recommended: _Optional[_Iterable[_Union[SamplerRecommendation, _Mapping]]] = ..., max_samples: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., max_operators: _Optional[int] = ..., deterministic: _Optional[bool] = ..., site_aware: _Optional[bool] = ..., calibrated: _Optional[bool] = ..., interval_coverage: _Optional[float] = ..., calibrated_kinds: _Optional[_Iterable[str]] = ...) -> None: ...

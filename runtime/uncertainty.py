@@ -1,0 +1,239 @@
+"""Calibrated uncertainty: the std a construction reports, and the central interval it implies.
+
+A construction's posterior samples spread less than its errors (measured on ckm-prior 1.0.0: a
+nominal 90 % interval held 39-88 % of unobserved cells), and one sample has no spread at all. A
+package's manifest section "uncertainty" maps that spread to a standard deviation whose central
+interval holds the truth at the stated rate, per operator kind and setting (runtime.recommend's
+kinds: "mask", "downsample", "jtqr", "*", each also "+site") and per channel:
+
+    spread = std over the posterior samples, ddof 1 (0 for one sample)          (pixels)
+    d      = distance in cells (Chebyshev, capped at MAX_RANGE) from the cell to the nearest cell
+             whose value the observation pins (`Operator.bounds` narrower than PINNED_WIDTH)
+    std    = scale * sqrt(spread^2 + floor^2 + ramp^2 min(d / range, 1))       (pixels)
+    interval = mean -/+ z * std, clipped to the codec's [0, 1];  z = Phi^-1((1 + coverage) / 2)
+
+The distance term is a capped linear variogram: the farther a cell lies from what was measured,
+the less a map can know of it (the posterior's own spread grows too, but too little: measured on
+ckm-prior 1.0.0, a trajectory's far cells held 19 % where 90 % was claimed). The parameters are
+fitted by split conformal prediction on validation tiles of the training cities
+(benchmarks.uncertainty, `ckm-bench uncertainty`): for each candidate (floor, ramp, range) the
+normalized score |error| / sqrt(spread^2 + floor^2 + ramp^2 min(d / range, 1)) over the unobserved
+cells of every validation problem (each task weighted equally) has its `coverage` quantile q, and
+scale = q / z makes the interval hold exactly `coverage` of them; kept is the candidate whose
+coverage per task strays least from `coverage`, then the narrowest. A package without the section
+reports the raw spread (ddof 0, as before) and says it is not calibrated (GetModelMetadata.calibrated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+CHANNELS = ("gain", "aoa_sine")
+DEFAULT_COVERAGE = 0.9
+METHOD = ("split conformal, score |error| / sqrt(spread^2 + floor^2 + ramp^2 min(d / range, 1)), unobserved cells, "
+          "tasks weighted equally; the candidate whose per-task coverage strays least, then the narrowest")
+PINNED_WIDTH = 0.1  # pixels (20 dB, 0.29 sine): a cell proven within this is measured, for the distance term
+MAX_RANGE = 32  # cells: distances are capped here
+
+
+class UncertaintyError(ValueError):
+    """A malformed "uncertainty" section."""
+
+
+def z_of(coverage: float) -> float:
+    """The half-width in stds of a central normal interval holding `coverage` (0.9 -> 1.645)."""
+    return NormalDist().inv_cdf((1.0 + coverage) / 2.0)
+
+
+def spread(samples: np.ndarray) -> np.ndarray:
+    """(S, C, H, W) posterior samples -> (C, H, W) their std with ddof 1 (zeros for one sample)."""
+    if len(samples) < 2:
+        return np.zeros(samples.shape[1:], np.float32)
+    return samples.std(axis=0, ddof=1).astype(np.float32)
+
+
+def distance_to_pinned(op, y: np.ndarray, sigma: float, shape: tuple[int, int, int]) -> np.ndarray:
+    """(C, H, W) float32: per channel, the Chebyshev distance in cells from each cell to the nearest
+    one whose value the observation `y` (noise `sigma`) pins within PINNED_WIDTH, capped at
+    MAX_RANGE (also where it pins none: an operator without per-cell bounds, e.g. block averages)."""
+    bounds = op.bounds(np.asarray(y, np.float32), sigma)
+    out = np.full(shape, float(MAX_RANGE), np.float32)
+    if bounds is None:
+        return out
+    low, high = (np.broadcast_to(b, (1,) + tuple(shape))[0] for b in bounds)
+    pinned = (high - low) <= PINNED_WIDTH
+    for c in range(shape[0]):
+        reach = pinned[c].copy()
+        if not reach.any():
+            continue
+        dist = np.where(reach, 0.0, float(MAX_RANGE)).astype(np.float32)
+        for step in range(1, MAX_RANGE):  # grow the pinned set by one cell (8 neighbours) per step
+            grown = reach.copy()
+            grown[1:] |= reach[:-1]
+            grown[:-1] |= reach[1:]
+            grown[:, 1:] |= grown[:, :-1].copy()
+            grown[:, :-1] |= grown[:, 1:].copy()
+            new = grown & ~reach
+            if not new.any():
+                break
+            dist[new] = step
+            reach = grown
+        out[c] = dist
+    return out
+
+
+@dataclass(frozen=True)
+class ChannelFit:
+    """std = scale * sqrt(spread^2 + floor^2 + ramp^2 min(d / range, 1)) for one channel, pixels."""
+
+    scale: float
+    floor: float
+    ramp: float = 0.0
+    range: float = 1.0  # cells
+
+    def std(self, spread: np.ndarray, distance: np.ndarray | float = 0.0) -> np.ndarray:
+        return (self.scale * np.sqrt(self.variance(spread, distance))).astype(np.float32)
+
+    def variance(self, spread: np.ndarray, distance: np.ndarray | float = 0.0) -> np.ndarray:
+        """What `scale` multiplies, squared: spread^2 + floor^2 + ramp^2 min(d / range, 1)."""
+        far = np.minimum(np.asarray(distance, np.float64) / self.range, 1.0)
+        return spread.astype(np.float64) ** 2 + self.floor ** 2 + self.ramp ** 2 * far
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "floor": self.floor, "ramp": self.ramp, "range": self.range}
+
+
+@dataclass(frozen=True)
+class KindFit:
+    """One operator kind and setting: a fit per channel, and what it was fitted on."""
+
+    channels: tuple[ChannelFit, ChannelFit]  # gain, aoa_sine
+    fitted: dict = field(default_factory=dict)  # cells, tasks, the construction measured, coverage per task
+
+    def std(self, spread: np.ndarray, distance: np.ndarray | None = None) -> np.ndarray:
+        """(C, H, W) spread and distance to the pinned cells (`distance_to_pinned`; None: 0) -> the
+        calibrated std, same shape."""
+        d = np.zeros_like(spread) if distance is None else distance
+        return np.stack([self.channels[c].std(spread[c], d[c]) for c in range(2)])
+
+    def to_dict(self) -> dict:
+        return {**{n: f.to_dict() for n, f in zip(CHANNELS, self.channels)}, **({"fitted": self.fitted} if self.fitted else {})}
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """A package's "uncertainty" section (see the module's docstring)."""
+
+    coverage: float
+    kinds: dict[str, KindFit]
+    method: str = METHOD
+    validation: str = ""  # which tiles it was fitted on
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def z(self) -> float:
+        return z_of(self.coverage)
+
+    def fit_for(self, kind: str, site: bool) -> KindFit | None:
+        """The fit for an operator kind (runtime.recommend.operator_kind) and setting: its own, else
+        the setting's "*" entry, else None (then the raw spread is reported, uncalibrated)."""
+        suffix = "+site" if site else ""
+        return self.kinds.get(kind + suffix) or self.kinds.get("*" + suffix)
+
+    def to_dict(self) -> dict:
+        return {"coverage": self.coverage, "method": self.method, "validation": self.validation,
+                "kinds": {k: v.to_dict() for k, v in sorted(self.kinds.items())}, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Uncertainty:
+        if not isinstance(d, dict):
+            raise UncertaintyError(f"uncertainty must be an object, got {type(d).__name__}")
+        cov = d.get("coverage")
+        if not (isinstance(cov, int | float) and not isinstance(cov, bool) and 0.5 <= cov < 1.0):
+            raise UncertaintyError(f"uncertainty.coverage must be a number in [0.5, 1), got {cov!r}")
+        kinds = d.get("kinds")
+        if not isinstance(kinds, dict) or not kinds:
+            raise UncertaintyError("uncertainty.kinds must map operator kinds to fits")
+        out = {}
+        for kind, entry in kinds.items():
+            if not isinstance(entry, dict):
+                raise UncertaintyError(f"uncertainty.kinds[{kind!r}] must be an object")
+            chans = []
+            for name in CHANNELS:
+                c = entry.get(name)
+                c = {"ramp": 0.0, "range": 1.0, **c} if isinstance(c, dict) else c
+                ok = isinstance(c, dict) and all(isinstance(c.get(k), int | float) and not isinstance(c.get(k), bool)
+                                                 and np.isfinite(c[k]) for k in ("scale", "floor", "ramp", "range"))
+                if not ok or c["scale"] <= 0 or c["floor"] < 0 or c["ramp"] < 0 or c["range"] <= 0:
+                    raise UncertaintyError(f"uncertainty.kinds[{kind!r}].{name} must have finite numbers scale > 0, "
+                                           "floor >= 0, ramp >= 0 and range > 0")
+                chans.append(ChannelFit(float(c["scale"]), float(c["floor"]), float(c["ramp"]), float(c["range"])))
+            out[kind] = KindFit((chans[0], chans[1]), entry.get("fitted") or {})
+        known = ("coverage", "kinds", "method", "validation")
+        return cls(float(cov), out, str(d.get("method", METHOD)), str(d.get("validation", "")),
+                   {k: v for k, v in d.items() if k not in known})
+
+
+def interval(mean: np.ndarray, std: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """The central interval mean -/+ z std, clipped to the codec's [0, 1] (pixels)."""
+    return np.clip(mean - z * std, 0.0, 1.0), np.clip(mean + z * std, 0.0, 1.0)
+
+
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The smallest value v with weighted share of values <= v at least q (conformal's 'higher')."""
+    if np.all(weights == weights[0]):  # equal weights: a partition, not a sort
+        k = min(int(np.ceil(q * len(values) - 1e-9)) - 1, len(values) - 1)
+        return float(np.partition(values, max(k, 0))[max(k, 0)])
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], weights[order]
+    cum = np.cumsum(w) / w.sum()
+    return float(v[min(int(np.searchsorted(cum, q - 1e-12)), len(v) - 1)])
+
+
+FLOORS = (0.0, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1)
+RAMPS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
+RANGES = (2.0, 4.0, 8.0, 16.0, 32.0)
+
+
+def fit_channel(error: np.ndarray, spread: np.ndarray, distance: np.ndarray, group: np.ndarray, coverage: float,
+                floors: tuple[float, ...] = FLOORS, ramps: tuple[float, ...] = RAMPS, ranges: tuple[float, ...] = RANGES
+                ) -> tuple[ChannelFit, dict]:
+    """Split-conformal fit over cells (1-D arrays: |error|, spread, distance, the task index of
+    each cell), each task weighted equally: (fit, {"width": its mean interval width in pixels,
+    "coverage": per task}). Candidates that leave a zero denominator on error cells are skipped."""
+    z = z_of(coverage)
+    tasks, inverse = np.unique(group, return_inverse=True)
+    weight = 1.0 / np.bincount(inverse)[inverse]
+    best = None
+    for floor in floors:
+        for ramp in ramps:
+            for rng in (ranges if ramp > 0 else (1.0,)):
+                cand = ChannelFit(1.0, floor, ramp, rng)
+                den = np.sqrt(cand.variance(spread, distance))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    score = np.where(den > 0, error / np.where(den > 0, den, 1.0), np.where(error > 0, np.inf, 0.0))
+                q = weighted_quantile(score, weight, coverage)
+                if not np.isfinite(q) or q <= 0:
+                    continue
+                inside = score <= q
+                per_task = np.bincount(inverse, weights=inside * weight) / np.bincount(inverse, weights=weight)
+                stray = round(float(np.abs(per_task - coverage).max()), 2)
+                width = float(np.average(2 * q * den, weights=weight))  # mean of 2 z scale den
+                if best is None or (stray, width) < best[0]:
+                    best = ((stray, width), ChannelFit(float(q / z), floor, ramp, rng), per_task)
+    if best is None:
+        raise ValueError("no candidate gives a finite interval: every one leaves cells with error and no spread")
+    (_, width), fit, per_task = best
+    return fit, {"width": width, "coverage": {str(t): float(c) for t, c in zip(tasks, per_task)}}
+
+
+def covered(mean: np.ndarray, std: np.ndarray, truth: np.ndarray, where: np.ndarray, z: float) -> list[float | None]:
+    """Per channel, the share of `where` cells (C, H, W) whose truth lies in mean -/+ z std (the
+    interval as reported: clipped to [0, 1]); None where no cell is selected."""
+    lo, hi = interval(mean, std, z)
+    inside = (truth >= lo - 1e-7) & (truth <= hi + 1e-7)
+    return [float(inside[c][where[c]].mean()) if where[c].any() else None for c in range(len(mean))]
