@@ -34,7 +34,7 @@ import numpy as np
 
 from ckm_edge.benchmarks import solvers
 from ckm_edge.benchmarks.journal import Journal, package_identity
-from ckm_edge.runtime import condition, tasks
+from ckm_edge.runtime import condition, tasks, uncertainty
 from ckm_edge.runtime.tasks import PAPER_TASKS
 
 # The paper's Tables II and III (CKMImageNet; not our data).
@@ -200,8 +200,10 @@ def run(package_dir: str | Path, checkpoints: str | Path, held: HeldOut, task_na
             progress(f"{task} tile {i + 1}/{len(tiles)}: foundation {results['paper'][task]['foundation'][-1]['gain_all']:.2f} dB "
                      f"(paper), {results['site'][task]['foundation'][-1]['gain_all']:.2f} dB (site)")
     constructions = {f"{s}/{t}": v for (s, t), v in used.items()}
+    u = pkg.manifest.uncertainty
     return {"results": results, "constructions": constructions, "site_aware_prior": bool(pkg.condition_channels),
-            "base_station_known": held.transmitters is not None, "verdicts": verdicts(results)}
+            "base_station_known": held.transmitters is not None, "verdicts": verdicts(results),
+            "coverage": coverage(results, u.coverage) if u is not None else None}
 
 
 def _one_map(engine, pkg, samplers: dict | None, nets: dict, cfg: AccuracyConfig, shape, held: HeldOut, task: str, i: int,
@@ -232,8 +234,11 @@ def _one_map(engine, pkg, samplers: dict | None, nets: dict, cfg: AccuracyConfig
                                 "site_conditioned": bool(site is not None and pkg.condition_channels)}
         t0 = time.perf_counter()
         result = construct(engine, pkg.schedule(), op, y, shape, ConstructConfig(steps, samples, cfg.seed, sampler=sampler),
-                           sigma=cfg.sigma, site=site)
+                           sigma=cfg.sigma, site=site, uncertainty=pkg.manifest.uncertainty)
         rows["foundation"] = {**solvers.metrics(result.mean, x, unobs), "seconds": time.perf_counter() - t0}
+        if result.calibrated:  # the share of unobserved cells its interval holds, per channel
+            cover = uncertainty.covered(result.mean, result.std, x, unobs, uncertainty.z_of(result.coverage))
+            rows["foundation"].update(gain_cover=cover[0], aoa_cover=cover[1])
         for kind in ("single", "multi"):
             net = nets.get((setting, kind, task))
             if net is not None:
@@ -245,6 +250,28 @@ def _one_map(engine, pkg, samplers: dict | None, nets: dict, cfg: AccuracyConfig
                 rows[kind] = solvers.metrics(pred, x, unobs)
         for name, pred in solvers.classical_methods(task, op, y, shape, layout).items():
             rows[name] = solvers.metrics(pred, x, unobs)
+    return out
+
+
+COVERAGE_BAND = 0.05  # a calibrated interval must hold its coverage within this, per task and channel
+
+
+def coverage(results: dict, nominal: float) -> dict:
+    """Per setting and task: the share of unobserved cells the foundation's calibrated interval
+    held (mean over maps), per channel, and whether both lie within COVERAGE_BAND of `nominal`.
+    {"nominal", "band", setting: {task: {"gain", "aoa", "within"}}}."""
+    out: dict = {"nominal": nominal, "band": COVERAGE_BAND}
+    for setting in SETTINGS:
+        out[setting] = {}
+        for task, rows in results[setting].items():
+            maps = rows.get("foundation", [])
+            g = [m["gain_cover"] for m in maps if m.get("gain_cover") is not None]
+            a = [m["aoa_cover"] for m in maps if m.get("aoa_cover") is not None]
+            if not g and not a:
+                continue
+            mg, ma = (float(np.mean(v)) if v else None for v in (g, a))
+            out[setting][task] = {"gain": mg, "aoa": ma, "within": all(abs(v - nominal) <= COVERAGE_BAND + 1e-9
+                                                                      for v in (mg, ma) if v is not None)}
     return out
 
 

@@ -11,6 +11,10 @@ and benchmarks/RESULTS.md under the working directory; `ckm-bench --results DIR 
     ckm-bench accuracy [--data datasets/sionna-rt-small | --data procedural] [--tiles 8] [--checkpoints DIR]
                        [--journal FILE] [--exclude TRAINED ...]   (validation tiles instead of held-out)
     ckm-bench tune [--package DIR] [--data DIR --exclude TRAINED ...] [--budget 25] [--out samplers.json]
+    ckm-bench shift [--data DIR] [--tiles 16] [--checkpoints DIR] [--rows ...] [--journal FILE]
+                       (observations no method was tuned for: the foundation vs the end-to-end networks)
+    ckm-bench uncertainty [--package DIR] [--data DIR --exclude TRAINED ...] [--tiles 24] [--write]
+                       (calibrate the std a package reports: its manifest's "uncertainty" section)
     ckm-bench adapt [--device cuda] [--counts 16 64 256]     (site adapters vs fine-tuning)
     ckm-bench gpu [--device cuda] [--batches 1 8 32 128 256 512] [--step-counts 20 50 100 200 500 1000]
     ckm-bench report [--notes NAME]     (RESULTS.md again, e.g. after writing a record's notes; --notes:
@@ -241,6 +245,54 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     _store(args, name, "tune", command, {"config": vars(cfg), "tiles": len(val.tiles), "validation": val.description,
                                          "tile_keys": [list(k) for k in val.keys], "package": f"{pkg.name} {pkg.version}",
                                          **out}, say=f"; samplers section: {args.out}" if args.out else "")
+    return 0
+
+
+def _cmd_shift(args: argparse.Namespace) -> int:
+    from ckm_edge.benchmarks import accuracy, shift
+    from ckm_edge.runtime.package import PackageError, load_package
+
+    try:
+        cfg = shift.ShiftConfig(rows=tuple(args.rows), settings=tuple(args.settings), seed=args.seed, precision=args.precision)
+        held = accuracy.load_held_out(args.data, args.tiles, seed=0)
+        pkg = load_package(args.package)
+        out = shift.run(args.package, args.checkpoints, held, cfg, progress=_progress, journal=args.journal)
+    except (ValueError, PackageError) as e:
+        raise SystemExit(f"ckm-bench shift: {e}") from None
+    command = (f"ckm-bench shift --data {args.data} --tiles {args.tiles} --package {args.package} "
+               f"--checkpoints {args.checkpoints} --settings {' '.join(args.settings)} --seed {args.seed}"
+               + (f" --rows {' '.join(args.rows)}" if tuple(args.rows) != tuple(shift.ROWS) else ""))
+    _store(args, "shift-" + _data_slug(args.data), "shift", command,
+           {"config": vars(cfg), "tiles": len(held.tiles), "data": held.description, "package": f"{pkg.name} {pkg.version}",
+            "checkpoints": str(args.checkpoints), **out})
+    return 0
+
+
+def _cmd_uncertainty(args: argparse.Namespace) -> int:
+    import json
+
+    from ckm_edge.benchmarks import tune, uncertainty
+    from ckm_edge.runtime.package import PackageError, load_package
+
+    try:
+        cfg = uncertainty.UncertaintyConfig(tasks=tuple(args.tasks), settings=tuple(args.settings), coverage=args.coverage,
+                                            seed=args.seed)
+        val = tune.validation_tiles(args.data, args.tiles, exclude=args.exclude, split=args.split, seed=args.seed)
+        pkg = load_package(args.package)
+        out = uncertainty.run(args.package, val, cfg, progress=_progress, cache=args.cache)
+    except (ValueError, PackageError) as e:
+        raise SystemExit(f"ckm-bench uncertainty: {e}") from None
+    if args.out:
+        Path(args.out).write_text(json.dumps({"uncertainty": out["uncertainty"]}, indent=1) + "\n")
+    say = ""
+    if args.write:
+        say = f"; written into {uncertainty.write_section(args.package, out['uncertainty'])}"
+    command = (f"ckm-bench uncertainty --package {args.package} --data {args.data} --tiles {args.tiles} "
+               f"--tasks {' '.join(args.tasks)} --settings {' '.join(args.settings)} --coverage {args.coverage:g} --seed {args.seed}"
+               + (f" --exclude {' '.join(args.exclude)}" if args.exclude else ""))
+    _store(args, "uncertainty-" + _slug(f"{pkg.name}-{pkg.version}"), "uncertainty", command,
+           {"config": vars(cfg), "tiles": len(val.tiles), "validation": val.description,
+            "tile_keys": [list(k) for k in val.keys], "package": f"{pkg.name} {pkg.version}", **out}, say=say)
     return 0
 
 
@@ -536,6 +588,41 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--out", help="write the tuned manifest section here ({\"samplers\": ...}) for ckm-export package --samplers")
     tu.add_argument("--journal", help="JSONL file of the points measured: a run given it again resumes where it stopped")
     tu.set_defaults(func=_cmd_tune)
+
+    from ckm_edge.benchmarks.shift import ROWS
+    sh = sub.add_parser("shift", help="observations none of the methods was tuned for (larger boxes, sparse and dense "
+                                      "masks, SR x4, other noise, other JTQR, trajectories, composed): the foundation "
+                                      "vs the end-to-end networks and classical fills on held-out tiles")
+    sh.add_argument("--data", default="datasets/sionna-rt-small", help="dataset dir (its eval split)")
+    sh.add_argument("--tiles", type=int, default=16)
+    sh.add_argument("--package", default=DEFAULT_PACKAGE)
+    sh.add_argument("--checkpoints", default="models/checkpoints",
+                    help="directory of the end-to-end baselines (baseline-<task>[-site].pt, baseline-multi[-site].pt)")
+    sh.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    sh.add_argument("--settings", nargs="+", default=["paper", "site"], choices=["paper", "site"])
+    sh.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS)
+    sh.add_argument("--seed", type=int, default=5)
+    sh.add_argument("--journal", help="JSONL file of the maps measured: a run given it again resumes where it stopped")
+    sh.set_defaults(func=_cmd_shift)
+
+    ca = sub.add_parser("uncertainty", help="calibrate the std a package reports (and its interval), per operator kind "
+                                            "and setting, on validation tiles; --write puts it into the manifest")
+    ca.add_argument("--package", default=DEFAULT_PACKAGE)
+    ca.add_argument("--data", default="procedural",
+                    help="'procedural' (validation regions) or a dataset whose training split minus --exclude is validation")
+    ca.add_argument("--exclude", nargs="*", default=[], metavar="DATASET",
+                    help="the datasets the prior was trained on: their tiles (region, index) are left out")
+    ca.add_argument("--split", default="train", help="the dataset split to draw from (an eval split is refused)")
+    ca.add_argument("--tiles", type=int, default=24)
+    ca.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr", "trajectory"])
+    ca.add_argument("--settings", nargs="+", default=["paper", "site"], choices=["paper", "site"])
+    ca.add_argument("--coverage", type=float, default=0.9, help="what the central interval must hold")
+    ca.add_argument("--seed", type=int, default=2)
+    ca.add_argument("--out", help="also write the section here ({\"uncertainty\": ...})")
+    ca.add_argument("--write", action="store_true", help="write the section into the package's manifest.json")
+    ca.add_argument("--cache", help=".npz file keeping the constructions: a run given it again (same package, tiles, "
+                                    "settings) fits from them, or resumes where it stopped")
+    ca.set_defaults(func=_cmd_uncertainty)
 
     ad = sub.add_parser("adapt", help="site adapters (LASCO) vs foundation alone vs full fine-tuning, with training cost")
     ad.add_argument("--package", default=DEFAULT_PACKAGE)

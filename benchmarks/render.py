@@ -349,6 +349,7 @@ def accuracy(r: dict, record: dict) -> str:
             f"{r['data']}; package `{r['package']}`, baselines from `{r['checkpoints']}`.", "",
             *_setting_tables(r["results"], titles, label, lambda m: (order.get(m, 3), m))]
     text += ["Verdicts:", *(_accuracy_verdict(s, r["verdicts"][s]) for s in SETTINGS), ""]
+    text += _coverage(r.get("coverage"))
     whose = ("the package's defaults, runtime.recommend" if cfg["samplers"] is None else
              "a samplers table given to the benchmark (`--samplers`) in place of the package's defaults")
     text += [f"Foundation constructions ({whose}): " + "; ".join(
@@ -362,6 +363,21 @@ def accuracy(r: dict, record: dict) -> str:
                          [[f"paper: {LEARNED[m]}", *(f"{PAPER['gain_db'][m][t]:.2f} / {PAPER['aoa_sine'][m][t]:.3f}"
                                                      for t in paper_tasks)] for m in ("foundation", "single", "multi")]), ""]
     return "\n".join(text)
+
+
+def _coverage(cov: dict | None) -> list[str]:
+    """The calibrated intervals' coverage table of an accuracy record (none: the package has no calibration)."""
+    if not cov:
+        return ["The package ships no uncertainty calibration: its std is the posterior samples' spread, no interval.", ""]
+    nominal, band = cov["nominal"], cov["band"]
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+    rows = [[s, t, pct(v["gain"]), pct(v["aoa"]), "within" if v["within"] else "**outside**"]
+            for s in SETTINGS for t, v in cov[s].items()]
+    missed = [f"{s}/{t}" for s in SETTINGS for t, v in cov[s].items() if not v["within"]]
+    return [f"Calibrated {100 * nominal:.0f} % intervals (the foundation's std): share of the unobserved cells holding the "
+            f"truth, mean over maps; target {100 * (nominal - band):.0f}-{100 * (nominal + band):.0f} %.", "",
+            *_table(["setting", "task", "gain", "AoA sine", "target"], "|---|---|---:|---:|---|", rows), "",
+            ("Every task and setting is within the target." if not missed else f"Outside the target: {', '.join(missed)}."), ""]
 
 
 def _accuracy_verdict(setting: str, verdict: dict) -> str:
@@ -398,6 +414,82 @@ def tune(r: dict, _record: dict) -> str:
     lines += ["", f"Points measured: {sum(len(k['points']) for k in r['kinds'].values())}. Ship the tuned section with "
               "`ckm-export package ... --samplers FILE` (FILE: this run's JSON or its `samplers` object)."]
     return "\n".join(lines)
+
+
+def uncertainty(r: dict, _record: dict) -> str:
+    cfg, u = r["config"], r["uncertainty"]
+    pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"  # noqa: E731
+    lines = [f"Uncertainty calibration of `{r['package']}` on validation tiles: {r['validation']} (never the held-out "
+             f"regions); the package's default construction per operator kind, noise sigma {cfg['sigma']:g}, seed {cfg['seed']}. "
+             f"Method: {u['method']}.", "",
+             f"Share of the unobserved cells inside the central {100 * u['coverage']:.0f} % interval (mean -/+ "
+             f"{uncertainty_z(u['coverage']):.3f} std), gain / AoA sine: before (the posterior samples' spread, as an "
+             "uncalibrated package reports it) and after (the calibrated std, on the tiles it was fitted on); mean "
+             "interval width after; fit per channel: std = scale x sqrt(spread^2 + floor^2 + ramp^2 min(d / range, 1)) "
+             "(pixels; d: cells to the nearest cell the observation pins), as scale, floor, ramp, range.", "",
+             "| kind | task | construction | before | after | width (dB / sine) | gain fit | AoA fit |",
+             "|---|---|---|---:|---:|---:|---|---|"]
+    for name, k in r["kinds"].items():
+        c = k["construction"]
+        built = "—" if c is None else f"{c['sampler']} {c['steps']} x {c['samples']}"
+        fit = k["fit"]
+        for task, cov in k["coverage"].items():
+            lines.append(f"| {name} | {task} | {built} | {pct(cov['before'][0])} / {pct(cov['before'][1])} | "
+                         f"{pct(cov['after'][0])} / {pct(cov['after'][1])} | {k['width']['gain_db']:.1f} / "
+                         f"{k['width']['aoa_sine']:.3f} | {_fit(fit['gain'])} | {_fit(fit['aoa_sine'])} |")
+    lines += ["", f"Took {r['seconds']:.0f} s. Shipped in the package manifest's `uncertainty` section "
+              "(`ckm-bench uncertainty --write`); the held-out coverage is in the accuracy records."]
+    return "\n".join(lines)
+
+
+def shift(r: dict, _record: dict) -> str:
+    from ckm_edge.benchmarks.solvers import mean_metrics
+
+    lines = [f"One prior for any observation: {r['tiles']} region-held-out tiles ({r['data']}), package `{r['package']}`, "
+             f"end-to-end networks from `{r['checkpoints']}`; every observation below is outside what the networks were "
+             "trained on and the foundation's defaults were tuned on. Foundation: its default construction for the "
+             "operator's kind. single: the single-configuration network of the nearest trained task (named); multi: the "
+             "multi-configuration network; classical: the best fill that fits the operator (by gain RMSE). Gain RMSE dB / "
+             "AoA-sine RMSE over all cells, mean over maps; verdict: the foundation against the multi-configuration "
+             "network and every classical fill on all four metrics (all and unobserved cells).", ""]
+    pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"  # noqa: E731
+    for setting, by_row in r["verdicts"].items():
+        title = "Paper setting (the observation only)" if setting == "paper" else "Site setting (plus the building layout and base station)"
+        lines += [f"**{title}**", "",
+                  "| shift | foundation | single (nearest) | multi | best classical | 90 % interval holds | vs multi | vs classical |",
+                  "|---|---:|---:|---:|---:|---:|---|---|"]
+        for row, v in by_row.items():
+            methods = r["rows"][row][setting]
+            means = {m: mean_metrics(maps) for m, maps in methods.items() if maps and "cannot" not in maps[0]}
+            cell = lambda m, means=means: "—" if m not in means else f"{means[m]['gain_all']:.2f} / {means[m]['aoa_all']:.3f}"  # noqa: E731
+            classical = [m for m in means if m not in ("foundation", "single", "multi")]
+            best = min(classical, key=lambda m: means[m]["gain_all"]) if classical else None
+            f = means["foundation"]
+            held = (f"{pct(f.get('gain_cover'))} / {pct(f.get('aoa_cover'))}" if f.get("gain_cover") is not None else "—")
+            vs_multi = ("cannot run: " + methods["multi"][0]["cannot"] if v["multi"] is None else
+                        "beats" if not v["multi"] else "loses on " + ", ".join(v["multi"]))
+            lost = {m: ks for m, ks in v["classical"].items() if ks}
+            vs_classical = "beats all" if not lost else "; ".join(f"{m}: {', '.join(ks)}" for m, ks in lost.items())
+            single = (cell("single") + f" ({r['meta'][row]['nearest']})" if "single" in means
+                      else "— (" + methods["single"][0]["cannot"] + ")")
+            lines.append(f"| {row}: {r['meta'][row]['description']} | {cell('foundation')} | {single} | {cell('multi')} | "
+                         f"{'—' if best is None else cell(best) + f' ({best})'} | {held} | {vs_multi} | {vs_classical} |")
+        s = r["summary"][setting]
+        share = "—" if s["share_beats_multi"] is None else f"{100 * s['share_beats_multi']:.0f} %"
+        lines += ["", f"{setting}: the foundation beats the multi-configuration network on every metric in "
+                      f"{len(s['beats_multi'])} of the {s['multi_ran']} rows it can run ({share}; target 80 %), and every "
+                      f"classical fill in {len(s['beats_classical'])} of {s['rows']}.", ""]
+    return "\n".join(lines)
+
+
+def _fit(f: dict) -> str:
+    return f"{f['scale']:.2f}, {f['floor']:g}, {f.get('ramp', 0):g}, {f.get('range', 1):g}"
+
+
+def uncertainty_z(coverage: float) -> float:
+    from ckm_edge.runtime.uncertainty import z_of
+
+    return z_of(coverage)
 
 
 def sweep(r: dict, _record: dict) -> str:
@@ -579,4 +671,5 @@ def _adapt_summary(s: dict) -> list[str]:
 
 SECTIONS = {"procedural": procedural, "raytrace": raytrace, "physics": physics, "latency": latency,
             "latency-backends": latency_backends, "memory": memory, "netsize": netsize, "load": load,
-            "solvers": solvers, "accuracy": accuracy, "tune": tune, "sweep": sweep, "gpu": gpu, "adapt": adapt}
+            "solvers": solvers, "accuracy": accuracy, "tune": tune, "uncertainty": uncertainty, "shift": shift,
+            "sweep": sweep, "gpu": gpu, "adapt": adapt}
