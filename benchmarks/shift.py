@@ -64,7 +64,8 @@ def _jtqr(low: float, high: float, sectors: int):
 
 
 def _composed(rng: np.random.Generator, x: np.ndarray) -> operators.Operator:
-    return operators.Compose((operators.Mask(tasks.box_mask(rng, x.shape[-2:])[None]), operators.Downsample(2)))
+    sides = (5, min(50, *x.shape[-2:]))  # IPbox's training range (a smaller tile caps it)
+    return operators.Compose((operators.Mask(tasks.box_mask(rng, x.shape[-2:], sides)[None]), operators.Downsample(2)))
 
 
 def _missing(op, x):

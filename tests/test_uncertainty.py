@@ -1,0 +1,256 @@
+"""Calibrated uncertainty (runtime/uncertainty.py, `ckm-bench uncertainty`): the fit holds its
+coverage on fresh draws, the section is checked like every manifest section, and a calibrated
+package's std and interval reach every output — construct(), the CLI's npz, and the gRPC response
+as an outside client reads it from the proto (raw messages and stub, no Python client)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from ckm_edge.runtime import api, codec, operators, tasks, uncertainty
+from ckm_edge.runtime.api import pb
+from ckm_edge.runtime.manifest import Manifest, PackageError
+from ckm_edge.runtime.uncertainty import ChannelFit, Uncertainty, UncertaintyError
+
+BIN = Path(sys.executable).parent
+
+
+TRUTH = ChannelFit(2.0, 0.02, 0.05, 8.0)  # how the synthetic errors spread
+
+
+def _draw(rng, n, spread_scale):
+    """n cells: spread, distance, and |error| drawn from N(0, TRUTH.std(spread, distance)^2)."""
+    spread = rng.uniform(0.0, spread_scale, n)
+    distance = rng.integers(0, 32, n).astype(np.float64)
+    error = np.abs(rng.standard_normal(n) * TRUTH.std(spread, distance))
+    return error, spread, distance
+
+
+def test_the_conformal_fit_holds_its_coverage_per_task_on_fresh_draws():
+    rng = np.random.default_rng(0)
+    parts = [_draw(rng, 20000, s) for s in (0.0, 0.02, 0.1)]  # one task has no spread at all (one sample)
+    group = np.concatenate([np.full(20000, k) for k in range(3)])
+    fit, info = uncertainty.fit_channel(*(np.concatenate(a) for a in zip(*parts)), group, 0.9)
+    assert fit.floor > 0 and fit.scale > 0 and set(info["coverage"]) == {"0", "1", "2"}
+    z = uncertainty.z_of(0.9)
+    for s in (0.0, 0.02, 0.1):  # fresh cells, per task
+        error, spread, distance = _draw(rng, 20000, s)
+        held = np.mean(error <= z * fit.std(spread, distance))
+        assert held == pytest.approx(0.9, abs=0.03), (s, held)
+
+
+def test_without_any_spread_only_candidates_with_a_floor_can_cover():
+    error = np.abs(np.random.default_rng(1).standard_normal(5000)) * 0.05
+    zero = np.zeros_like(error)
+    fit, _ = uncertainty.fit_channel(error, zero, zero, np.zeros(5000, int), 0.9, floors=(0.0, 0.01), ramps=(0.0,))
+    assert fit.floor == 0.01 and float(fit.std(np.zeros(3))[0]) > 0  # one posterior sample still gets a std
+    with pytest.raises(ValueError, match="no candidate"):
+        uncertainty.fit_channel(error, zero, zero, np.zeros(5000, int), 0.9, floors=(0.0,), ramps=(0.0,))
+
+
+def test_distance_to_pinned_cells_is_chebyshev_and_capped():
+    mask = np.zeros((16, 16), bool)
+    mask[5, 5] = True
+    y = tasks.observe(operators.Mask(mask), np.full((1, 2, 16, 16), 0.5, np.float32), np.random.default_rng(0))
+    d = uncertainty.distance_to_pinned(operators.Mask(mask), y, 0.01, (2, 16, 16))
+    assert d[0, 5, 5] == 0 and d[1, 5, 9] == 4 and d[0, 0, 0] == 5 and d[0, 15, 15] == 10
+    wide = uncertainty.distance_to_pinned(operators.Mask(mask), y, 0.1, (2, 16, 16))  # 4 sigma = 0.4: nothing pinned
+    assert (wide == uncertainty.MAX_RANGE).all()
+    big = np.zeros((80, 80), bool)
+    big[0, 0] = True
+    y = tasks.observe(operators.Mask(big), np.full((1, 2, 80, 80), 0.5, np.float32), np.random.default_rng(0))
+    assert uncertainty.distance_to_pinned(operators.Mask(big), y, 0.0, (2, 80, 80)).max() == uncertainty.MAX_RANGE
+    sr = operators.Downsample(2)  # block means pin no single cell
+    assert (uncertainty.distance_to_pinned(sr, np.zeros((1, 2, 8, 8), np.float32), 0.01, (2, 16, 16)) == uncertainty.MAX_RANGE).all()
+
+
+SECTION = {"coverage": 0.9, "validation": "v", "kinds": {
+    "mask": {"gain": {"scale": 1.5, "floor": 0.01, "ramp": 0.02, "range": 8.0}, "aoa_sine": {"scale": 2.0, "floor": 0.0}},
+    "*": {"gain": {"scale": 1.0, "floor": 0.02}, "aoa_sine": {"scale": 1.0, "floor": 0.02}}}}
+
+
+def test_the_section_round_trips_and_falls_back_per_setting():
+    u = Uncertainty.from_dict(SECTION)
+    assert Uncertainty.from_dict(u.to_dict()) == u
+    assert u.fit_for("mask", site=False) is u.kinds["mask"] and u.fit_for("jtqr", site=False) is u.kinds["*"]
+    assert u.fit_for("mask", site=True) is None  # no "+site" entry and no "*+site": uncalibrated
+    assert u.kinds["mask"].channels[1] == ChannelFit(2.0, 0.0, 0.0, 1.0)
+    std = u.kinds["mask"].std(np.zeros((2, 4, 4), np.float32), np.full((2, 4, 4), 16.0, np.float32))
+    np.testing.assert_allclose(std[0], 1.5 * np.sqrt(0.01**2 + 0.02**2), rtol=1e-6)
+    np.testing.assert_allclose(std[1], 0.0)
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d.update(coverage=1.2), "uncertainty.coverage"),
+    (lambda d: d.update(coverage=True), "uncertainty.coverage"),
+    (lambda d: d.update(kinds={}), "uncertainty.kinds"),
+    (lambda d: d["kinds"]["mask"]["gain"].update(scale=0), "uncertainty.kinds['mask'].gain"),
+    (lambda d: d["kinds"]["mask"]["gain"].update(floor="x"), "uncertainty.kinds['mask'].gain"),
+    (lambda d: d["kinds"]["mask"]["aoa_sine"].update(range=float("nan")), "uncertainty.kinds['mask'].aoa_sine"),
+    (lambda d: d["kinds"].update(mask=[1]), "uncertainty.kinds['mask']"),
+])
+def test_a_bad_section_is_refused_naming_the_field(tiny_package, mutate, field):
+    bad = json.loads(json.dumps(SECTION))
+    mutate(bad)
+    with pytest.raises(UncertaintyError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        Uncertainty.from_dict(bad)
+    doc = json.loads((Path(tiny_package.root) / "manifest.json").read_text())
+    with pytest.raises(PackageError, match="uncertainty"):
+        Manifest.from_dict({**doc, "uncertainty": bad})
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_package, tmp_path_factory):
+    """A copy of the tiny package calibrated the way a release does it: `ckm-bench uncertainty
+    --write` on validation tiles (a procedural dataset of another region). Returns (root, record)."""
+    from conftest import small_dataset
+
+    from ckm_edge.benchmarks import cli as bench_cli
+
+    root = tmp_path_factory.mktemp("calibrated")
+    pkg = root / "tiny-1.0.0"
+    shutil.copytree(tiny_package.root, pkg)
+    small_dataset(root / "val", {"train": 3}, region=5, seed=21)
+    assert bench_cli.main(["--results", str(root / "results"), "uncertainty", "--package", str(pkg), "--data",
+                           str(root / "val"), "--tiles", "3", "--write", "--cache", str(root / "cells.npz")]) == 0
+    record = json.loads(next((root / "results").glob("uncertainty-*.json")).read_text())
+    return pkg, record
+
+
+def test_ckm_bench_uncertainty_writes_a_section_the_runtime_loads(calibrated, tmp_path):
+    from ckm_edge.benchmarks import render
+    from ckm_edge.runtime.package import load_package
+
+    root, record = calibrated
+    u = load_package(root).manifest.uncertainty
+    assert u is not None and u.coverage == 0.9
+    assert {"mask", "downsample", "jtqr", "*", "mask+site", "downsample+site", "jtqr+site", "*+site"} <= set(u.kinds)
+    for name, kind in record["results"]["kinds"].items():  # on the tiles it was fitted on, it holds about 90 %
+        for task, cov in kind["coverage"].items():
+            assert all(c is None or 0.75 <= c <= 1.0 for c in cov["after"]), (name, task, cov)
+    text = render.section(record)
+    assert "| mask | ipbox |" in text and "| jtqr+site | jtqr |" in text
+    # the cache: a second run fits from the stored constructions, to the same section
+    from ckm_edge.benchmarks import cli as bench_cli
+    assert bench_cli.main(["--results", str(tmp_path), "uncertainty", "--package", str(root), "--data",
+                           str(root.parent / "val"), "--tiles", "3", "--cache", str(root.parent / "cells.npz")]) == 0
+    again = json.loads(next(tmp_path.glob("uncertainty-*.json")).read_text())
+    assert again["results"]["uncertainty"] == record["results"]["uncertainty"]
+
+
+def _observation(tiny_prior, task, seed=0):
+    *_, evl = tiny_prior
+    x = evl[:1]
+    rng = np.random.default_rng(seed)
+    op = tasks.make_operator(task, rng, x)
+    return x[0], op, tasks.observe(op, x, rng)[0]
+
+
+@pytest.mark.parametrize("task", ["ipbox", "sr2", "jtqr"])
+def test_a_calibrated_construction_reports_a_std_and_interval_for_one_sample(calibrated, tiny_prior, task):
+    from ckm_edge.runtime.construct import ConstructConfig, construct
+    from ckm_edge.runtime.engine import EngineConfig, open_engine
+    from ckm_edge.runtime.package import load_package
+
+    pkg = load_package(calibrated[0])
+    x, op, y = _observation(tiny_prior, task)
+    with open_engine(pkg, EngineConfig()) as engine:
+        plain = construct(engine, pkg.schedule(), op, y, x.shape, ConstructConfig(4, 1, 0), sigma=0.01)
+        r = construct(engine, pkg.schedule(), op, y, x.shape, ConstructConfig(4, 1, 0), sigma=0.01,
+                      uncertainty=pkg.manifest.uncertainty)
+    assert plain.std is None and not plain.calibrated and plain.interval() is None
+    np.testing.assert_array_equal(r.mean, plain.mean)  # calibration changes what is said of the map, not the map
+    assert r.calibrated and r.coverage == 0.9 and r.std.shape == x.shape
+    open_cells = tasks.get(task).unobserved(op, x[None])[0]
+    assert (r.std[open_cells] > 0).all()
+    low, high = r.interval()
+    assert (low <= r.mean + 1e-7).all() and (r.mean <= high + 1e-7).all() and low.min() >= 0 and high.max() <= 1
+
+
+def _serve(root):
+    from ckm_edge.runtime.server import ServerConfig, create_server
+
+    return create_server(ServerConfig(repository=root, port=0, metrics_port=0, poll_seconds=0.2, engine_threads=1,
+                                      max_batch=4, max_queue_delay_ms=10)).start()
+
+
+def _tensor(a: np.ndarray):
+    a = np.ascontiguousarray(a, np.float32)
+    return pb.Tensor(shape=list(a.shape), dtype=pb.DATA_TYPE_FLOAT32, data=a.tobytes())
+
+
+def _array(t) -> np.ndarray:
+    assert t.dtype == pb.DATA_TYPE_FLOAT32
+    return np.frombuffer(t.data, np.float32).reshape(tuple(t.shape))
+
+
+def test_served_responses_carry_the_calibrated_interval_as_the_proto_says(calibrated, tiny_package, tiny_prior, tmp_path):
+    """As a client in another language would: messages built from the proto, the generated stub."""
+    for name, pkg in (("calibrated", calibrated[0]), ("plain", tiny_package.root)):
+        shutil.copytree(pkg, tmp_path / name / "tiny" / "1.0.0")
+    server = _serve(tmp_path / "calibrated")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = api.services.EdgeServiceStub(channel)
+            meta = stub.GetModelMetadata(pb.GetModelMetadataRequest(model_name="tiny"), timeout=30)
+            assert meta.calibrated and meta.interval_coverage == pytest.approx(0.9)
+            assert "mask" in meta.calibrated_kinds and "jtqr+site" in meta.calibrated_kinds
+
+            x, op, y = _observation(tiny_prior, "ipbox")
+            mask = op.mask[0] if op.mask.ndim == 3 else op.mask
+            request = pb.ConstructRequest(model_name="tiny", observation=_tensor(y),
+                                          operator=pb.Operator(mask=pb.MaskOperator(mask=_tensor(mask.astype(np.float32)))),
+                                          noise_sigma=0.01, steps=4, samples=1, seed=3,
+                                          output_units=pb.OUTPUT_UNITS_PIXELS)
+            resp = stub.Construct(request, timeout=60)
+            assert resp.calibrated and resp.interval_coverage == pytest.approx(0.9)
+            m, std, low, high = (_array(t) for t in (resp.map, resp.std, resp.interval_low, resp.interval_high))
+            assert std.shape == low.shape == high.shape == m.shape == x.shape
+            assert (low <= m + 1e-6).all() and (m <= high + 1e-6).all() and (std[:, ~mask] > 0).all()
+            np.testing.assert_allclose(high - m, np.minimum(uncertainty.z_of(0.9) * std, 1 - m), atol=1e-5)
+
+            request.output_units = pb.OUTPUT_UNITS_PHYSICAL
+            phys = stub.Construct(request, timeout=60)
+            g, g_low, g_high = (_array(t)[0] for t in (phys.map, phys.interval_low, phys.interval_high))
+            outdoor = ~np.isnan(g)
+            assert outdoor.any() and (np.isnan(g_low) == ~outdoor).all()
+            assert (g_low[outdoor] <= g[outdoor] + 1e-3).all() and (g[outdoor] <= g_high[outdoor] + 1e-3).all()
+            assert g_high[outdoor].max() <= codec.GAIN_DB_MAX + 1e-3
+    finally:
+        server.stop(0)
+    server = _serve(tmp_path / "plain")  # the same package without the section
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = api.services.EdgeServiceStub(channel)
+            plain = stub.GetModelMetadata(pb.GetModelMetadataRequest(model_name="tiny"), timeout=30)
+            assert not plain.calibrated and plain.interval_coverage == 0 and not plain.calibrated_kinds
+            request.output_units = pb.OUTPUT_UNITS_PIXELS
+            bare = stub.Construct(request, timeout=60)
+            assert not bare.calibrated and not bare.HasField("interval_low") and not bare.HasField("std")
+    finally:
+        server.stop(0)
+
+
+def test_the_cli_npz_holds_the_interval_in_pixels_and_physical_units(calibrated, tmp_path):
+    assert subprocess.run([str(BIN / "ckm-data"), "tile", "--out", tmp_path / "t.npz", "--tile-size", "32"],
+                          capture_output=True).returncode == 0
+    out = subprocess.run([str(BIN / "ckm-edge"), "construct", "--package", str(calibrated[0]), "--truth", tmp_path / "t.npz",
+                          "--task", "ipbox", "--steps", "4", "--samples", "1", "--out", tmp_path / "o", "--json",
+                          "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["calibrated"] is True and all(0 <= v <= 1 for v in report["interval_holds_unobserved"])
+    saved = np.load(tmp_path / "o" / "construction.npz")
+    assert bool(saved["calibrated"]) and float(saved["coverage"]) == pytest.approx(0.9)
+    assert saved["interval_low"].shape == saved["interval_high"].shape == (2, 32, 32)
+    assert (saved["interval_low"] <= saved["pixels"] + 1e-7).all()
+    outdoor = ~saved["building"]
+    assert (saved["gain_db_low"][outdoor] <= saved["gain_db"][outdoor] + 1e-3).all()
+    assert (saved["aoa_sine_high"][outdoor] >= saved["aoa_sine"][outdoor] - 1e-4).all()
+    assert (saved["gain_db_std"][outdoor] > 0).any()
