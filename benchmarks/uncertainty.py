@@ -174,10 +174,10 @@ def _share(flags: list[np.ndarray]) -> float | None:
     return None if n == 0 else float(sum(int(f.sum()) for f in flags) / n)
 
 
-def write_section(package_dir: str | Path, section: dict) -> Path:
-    """Put the "uncertainty" section into the package's manifest.json (keys sorted, 2-space indent,
-    as the exporter writes it): checked as a manifest first, then written atomically (a crash
-    leaves the old file or the new one, never half of either)."""
+def write_section(package_dir: str | Path, section: dict, key: str = "uncertainty") -> Path:
+    """Put a section (the "uncertainty" one, or e.g. "samplers") into the package's manifest.json
+    (keys sorted, 2-space indent, as the exporter writes it): checked as a manifest first, then
+    written atomically (a crash leaves the old file or the new one, never half of either)."""
     import json
     import os
 
@@ -185,7 +185,7 @@ def write_section(package_dir: str | Path, section: dict) -> Path:
 
     path = Path(package_dir) / "manifest.json"
     doc = json.loads(path.read_text())
-    doc["uncertainty"] = section
+    doc[key] = section
     Manifest.from_dict(doc)  # PackageError names a bad field; nothing is written
     tmp = path.with_name(f".manifest.json.tmp{os.getpid()}")
     try:
