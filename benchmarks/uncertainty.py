@@ -30,7 +30,7 @@ import numpy as np
 
 from ckm_edge.benchmarks import solvers
 from ckm_edge.benchmarks.journal import package_identity
-from ckm_edge.benchmarks.tune import SETTINGS, Validation, kinds_of
+from ckm_edge.benchmarks.tune import SETTINGS, Validation
 from ckm_edge.runtime import codec, uncertainty
 from ckm_edge.runtime.recommend import SITE
 from ckm_edge.runtime.tasks import DEFAULT_SIGMA
@@ -75,7 +75,7 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
     shape = (2, pkg.tile_size, pkg.tile_size)
     probs = solvers.problems(tiles, cfg.tasks, cfg.sigma, cfg.seed)
     sites = {i: solvers.site_of(codec.building_mask(x), val.transmitters, val.heights, i) for i, x in enumerate(tiles)}
-    kinds = kinds_of(cfg.tasks)
+    kinds = calibration_kinds(probs, cfg.tasks, len(tiles))
     cells: dict[tuple[str, str], list[_Cells]] = {}  # (setting, task) -> per tile
     used: dict[str, dict] = {}
     t_start = time.perf_counter()
@@ -90,6 +90,8 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
         for setting in cfg.settings:
             for kind, kind_tasks in kinds.items():
                 name = kind + (SITE if setting == "site" else "")
+                rec = recommend(pkg.manifest.samplers, probs[kind_tasks[0], 0][0], setting == "site")
+                used[name] = {"sampler": rec.sampler, "steps": rec.steps, "samples": rec.samples}
                 for task in kind_tasks:
                     if (setting, task) in cells:
                         continue
@@ -104,8 +106,6 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
                         dist = uncertainty.distance_to_pinned(op, y, cfg.sigma, shape)
                         err = np.abs(r.mean - x)
                         per_tile.append(_Cells(*([a[c][unobs[c]] for c in range(2)] for a in (err, spread, dist, raw))))
-                    rec = recommend(pkg.manifest.samplers, probs[kind_tasks[0], 0][0], setting == "site")
-                    used[name] = {"sampler": rec.sampler, "steps": rec.steps, "samples": rec.samples}
                     progress(f"{name} {task}: {len(tiles)} tiles constructed ({time.perf_counter() - t_start:.0f} s)")
                     if cache is not None:
                         _save(cache, header, cells, used)
@@ -144,6 +144,18 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
                                                                "aoa_sine": widths[1] * codec.AOA_RMSE_FACTOR}}
     section = uncertainty.Uncertainty(cfg.coverage, fits, validation=val.description)
     return {"uncertainty": section.to_dict(), "kinds": report, "seconds": time.perf_counter() - t_start}
+
+
+def calibration_kinds(probs: dict, task_names, count: int) -> dict[str, list[str]]:
+    """Calibration kind (runtime.uncertainty.calibration_kind) -> the tasks whose problems have it;
+    a task whose operators fall in several kinds is refused (its cells could not be split by task)."""
+    out: dict[str, list[str]] = {}
+    for task in task_names:
+        names = {uncertainty.calibration_kind(probs[task, i][0]) for i in range(count)}
+        if len(names) != 1:
+            raise ValueError(f"task {task}'s operators fall in calibration kinds {sorted(names)}: calibrate it alone")
+        out.setdefault(names.pop(), []).append(task)
+    return out
 
 
 FIELDS = ("error", "spread", "distance", "raw")

@@ -170,9 +170,7 @@ def plan(model: Model, op: operators.Operator, y: np.ndarray, shape: tuple[int, 
     job = Job(model, op, y, shape, config, schedule, float(sigma), site, precision, adapter, adapter_lambda)
     calibrated = getattr(model, "uncertainty", None)
     if calibrated is not None:
-        from ckm_edge.runtime.recommend import operator_kind
-
-        job.calibration, job.coverage = calibrated.fit_for(operator_kind(op), site is not None), calibrated.coverage
+        job.calibration, job.coverage = calibrated.fit_for(uncertainty.calibration_kind(op), site is not None), calibrated.coverage
     return job
 
 

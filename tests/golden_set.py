@@ -13,6 +13,9 @@ Changes since the first recording (each stated in its commit): the server reads 
 float32 fields (noise sigma, truncation bounds) as the decimals the client wrote (runtime.api.decimal),
 so the served constructions of the samplers sensitive to them (DiffPIR, DAPS on SR and JTQR) now
 equal the local ones bit for bit; the server takes a respacing, so the DDIM case is served too.
+Issue 35 changed every case once, on purpose: a construction ends moved into what its observation
+proves (Operator.enforce), the default package's JTQR defaults draw 4 / 8 samples, and its std is
+the calibrated one (the package's "uncertainty" section).
 """
 
 from __future__ import annotations

@@ -254,3 +254,15 @@ def test_the_cli_npz_holds_the_interval_in_pixels_and_physical_units(calibrated,
     assert (saved["gain_db_low"][outdoor] <= saved["gain_db"][outdoor] + 1e-3).all()
     assert (saved["aoa_sine_high"][outdoor] >= saved["aoa_sine"][outdoor] - 1e-4).all()
     assert (saved["gain_db_std"][outdoor] > 0).any()
+
+
+def test_sparse_masks_are_calibrated_apart():
+    dense, sparse = np.ones((16, 16), bool), np.zeros((16, 16), bool)
+    dense[:4, :4] = False
+    sparse[:, :5] = True
+    assert uncertainty.calibration_kind(operators.Mask(dense)) == "mask"
+    assert uncertainty.calibration_kind(operators.Mask(sparse)) == "mask-sparse"
+    assert uncertainty.calibration_kind(operators.Compose((operators.Mask(sparse),))) == "mask-sparse"
+    assert uncertainty.calibration_kind(operators.Downsample(2)) == "downsample"
+    u = Uncertainty.from_dict(SECTION)
+    assert u.fit_for(uncertainty.calibration_kind(operators.Mask(sparse)), site=False) is u.kinds["*"]  # none of its own
