@@ -55,6 +55,13 @@ class Operator:
     # onto it is clip(x, prox(0, y, 0), prox(1, y, 0)) within [0, 1] (runtime.smooth uses this)
     box_feasible = False
 
+    @property
+    def iterative_prox(self) -> bool:
+        """prox() is an iterative solve (the descent fallback; a chain of operators: conjugate
+        gradients, projected gradient), ~1 s per call at 128 x 128: callers that would call it
+        hundreds of times (runtime.smooth) cap that."""
+        return not self.exact_prox
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 

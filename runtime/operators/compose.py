@@ -140,6 +140,10 @@ class Compose(Combinator):
     def box_feasible(self):
         return len(self.operators) == 1 and self.operators[0].box_feasible
 
+    @property
+    def iterative_prox(self):
+        return len(self.operators) > 1 or self.operators[0].iterative_prox
+
     def known_buildings(self):
         return self.operators[0].known_buildings() if len(self.operators) == 1 else None
 
