@@ -34,7 +34,8 @@ test-slow: $(STAMP)
 # The quick benchmarks (minutes). The long ones regenerate their own sections when run:
 # ckm-bench solvers (~35 min per dataset on 2 cores: --data procedural --other-precisions fp16 int8, and
 # --data datasets/sionna-rt-small), ckm-bench accuracy (~30 min on the 64-tile ray-traced split), ckm-bench sweep --jacobian-free (~10 min),
-# ckm-bench raytrace (~4 min);
+# ckm-bench raytrace (~4 min), ckm-bench uncertainty (~8 min on 16 validation tiles: a package's
+# calibration, --write), ckm-bench shift (~25 min on datasets/sionna-rt-small's 8 held-out tiles);
 # on a GPU machine: ckm-bench gpu --time-budget 280 (~5 min on an H100), ckm-bench adapt (~8 min on an H100).
 bench: $(STAMP)
 	$(BIN)/ckm-bench procedural
