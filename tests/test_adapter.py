@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ckm_edge.export.builder import write_manifest
-from ckm_edge.runtime import operators
+from ckm_edge.runtime import defaults, operators
 from ckm_edge.runtime.adapter import ComposedEngine, LambdaTable, adapter_info, check_base
 from ckm_edge.runtime.api import pb
 from ckm_edge.runtime.client import EdgeClient
@@ -189,7 +189,8 @@ def test_grpc_request_names_a_site_adapter(tiny_adapter, tmp_path):
             # The served construction is the local one over the composed engine, draw for draw.
             with open_engine(base) as b, open_engine(adapter) as d:
                 local = construct(ComposedEngine(b, d, check_base(adapter, base)), base.schedule(), op, y[None],
-                                  (2, n, n), ConstructConfig(steps=4, seed=3, sampler=DPSConfig()))
+                                  (2, n, n), ConstructConfig(steps=4, seed=3, sampler=DPSConfig()),
+                                  sigma=defaults.NOISE_SIGMA)  # the client's default noise: the finish honours it
             np.testing.assert_allclose(adapted.map, local.mean, atol=1e-5)
             assert np.abs(adapted.map - plain.map).max() > 1e-4
             for kwargs, code, match in [
