@@ -245,8 +245,8 @@ def _one_map(engine, pkg, samplers: dict | None, nets: dict, cfg: AccuracyConfig
                 pred = net(inputs, None if site is None else net.condition(site, shape[1:]))[0]
                 if site is not None:
                     pred = Site(layout[None]).project(pred[None])[0]
-                # the construction's own finish (no-path cells the observation proves), for a fair comparison
-                pred = Observations.same(Observation(op, check_observation(op, y, shape)), shape, 1).finish(pred[None])[0]
+                # the construction's own finish (what the observation proves, within the same noise), for a fair comparison
+                pred = Observations.same(Observation(op, check_observation(op, y, shape), cfg.sigma), shape, 1).finish(pred[None])[0]
                 rows[kind] = solvers.metrics(pred, x, unobs)
         for name, pred in solvers.classical_methods(task, op, y, shape, layout).items():
             rows[name] = solvers.metrics(pred, x, unobs)

@@ -280,9 +280,10 @@ def test_ckm_edge_demo_serves_the_repository_with_and_without_an_adapter(tiny_ad
         assert [(r["task"], r["site"]) for r in reports] == [
             ("ipbox", False), ("sr2", False), ("ipbox", True), ("sr2", True)]
         assert all(r.get("adapter") == adapter and r["model"] == "tiny 1.0.0" for r in reports)
-        table = out[out.index("gain RMSE dB / AoA-sine RMSE"):].splitlines()
-        assert [line.split()[0] for line in table[2:4]] == ["ipbox", "sr"]
-        assert f"{reports[1]['gain_rmse_db']:.2f} / " in table[3] and f"{reports[3]['gain_rmse_db']:.2f} / " in table[3]
+        # the summary: a row per task and setting, the construction beside the best classical fill
+        rows = [line.split() for line in out[out.index("best classical fill"):].splitlines() if line.strip()[:3] in ("ipb", "sr ")]
+        assert [(r[0], r[1]) for r in rows] == [("ipbox", "observation"), ("ipbox", "given"), ("sr", "observation"), ("sr", "given")]
+        assert f"{reports[1]['gain_rmse_db']:.2f}" in " ".join(rows[2]) and f"{reports[3]['gain_rmse_db']:.2f}" in " ".join(rows[3])
         assert (tmp_path / "demo" / "sr" / "construction.png").is_file()
         assert (tmp_path / "demo" / "sr-site" / "construction.png").is_file()
     # a site task that is not a task is refused by name

