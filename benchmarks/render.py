@@ -425,8 +425,9 @@ def uncertainty(r: dict, _record: dict) -> str:
              f"Share of the unobserved cells inside the central {100 * u['coverage']:.0f} % interval (mean -/+ "
              f"{uncertainty_z(u['coverage']):.3f} std), gain / AoA sine: before (the posterior samples' spread, as an "
              "uncalibrated package reports it) and after (the calibrated std, on the tiles it was fitted on); mean "
-             "interval width after; fit per channel: std = scale x sqrt(spread^2 + floor^2 + ramp^2 min(d / range, 1)) "
-             "(pixels; d: cells to the nearest cell the observation pins), as scale, floor, ramp, range.", "",
+             "interval width after; fit per channel: std = scale(d) x sqrt(spread^2 + floor^2 + ramp^2 min(d / range, 1)) "
+             "(pixels; d: cells to the nearest cell the observation pins), as scale, floor, ramp, range; a scale per "
+             "distance bin reads (s1 <d1, s2 <d2, ..., beyond).", "",
              "| kind | task | construction | before | after | width (dB / sine) | gain fit | AoA fit |",
              "|---|---|---|---:|---:|---:|---|---|"]
     for name, k in r["kinds"].items():
@@ -483,7 +484,10 @@ def shift(r: dict, _record: dict) -> str:
 
 
 def _fit(f: dict) -> str:
-    return f"{f['scale']:.2f}, {f['floor']:g}, {f.get('ramp', 0):g}, {f.get('range', 1):g}"
+    bins = f.get("bins") or []
+    scale = (f"{f['scale']:.2f}" if not bins else
+             "(" + ", ".join(f"{b['scale']:.2f} <{b['below']:g}" for b in bins[:-1]) + f", {bins[-1]['scale']:.2f})")
+    return f"{scale}, {f['floor']:g}, {f.get('ramp', 0):g}, {f.get('range', 1):g}"
 
 
 def uncertainty_z(coverage: float) -> float:

@@ -15,7 +15,8 @@ so the served constructions of the samplers sensitive to them (DiffPIR, DAPS on 
 equal the local ones bit for bit; the server takes a respacing, so the DDIM case is served too.
 Issue 35 changed every case once, on purpose: a construction ends moved into what its observation
 proves (Operator.enforce), the default package's JTQR defaults draw 4 / 8 samples, and its std is
-the calibrated one (the package's "uncertainty" section).
+the calibrated one (the package's "uncertainty" section). Re-recorded when that section was refitted
+with a scale per distance bin (the std changed; every mean stayed as it was).
 """
 
 from __future__ import annotations

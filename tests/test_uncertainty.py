@@ -45,6 +45,42 @@ def test_the_conformal_fit_holds_its_coverage_per_task_on_fresh_draws():
         assert held == pytest.approx(0.9, abs=0.03), (s, held)
 
 
+def test_a_scale_per_distance_bin_holds_near_and_far_cells_alike():
+    """Errors that jump with the distance (a box's interior, not a ramp): one scale for all cells
+    over-covers the near ones and under-covers the far ones; a scale per distance bin (Mondrian)
+    holds both, on fresh draws."""
+    rng = np.random.default_rng(3)
+
+    def draw(n):
+        distance = rng.integers(1, 24, n).astype(np.float64)
+        spread = rng.uniform(0.0, 0.05, n)
+        error = np.abs(rng.standard_normal(n)) * np.where(distance < 8, 0.02, 0.2)
+        return error, spread, distance
+
+    error, spread, distance = draw(40000)
+    fit, _ = uncertainty.fit_channel(error, spread, distance, np.zeros(40000, int), 0.9, ramps=(0.0,))
+    pooled, _ = uncertainty.fit_channel(error, spread, distance, np.zeros(40000, int), 0.9, ramps=(0.0,),
+                                        edges=(uncertainty.MAX_RANGE + 1.0,))
+    assert len(fit.bins) >= 3 and not pooled.bins and fit.scale_at(20.0) > 3 * fit.scale_at(2.0)
+    z = uncertainty.z_of(0.9)
+    error, spread, distance = draw(40000)
+    for near in (True, False):
+        part = (distance < 8) == near
+        held = np.mean(error[part] <= z * fit.std(spread[part], distance[part]))
+        assert held == pytest.approx(0.9, abs=0.03), (near, held)
+    near = distance < 8  # what one scale does: the near cells' intervals far too wide, all intervals wider
+    assert np.mean(error[near] <= z * pooled.std(spread[near], distance[near])) > 0.97
+    assert pooled.std(spread, distance).mean() > 1.2 * fit.std(spread, distance).mean()
+
+
+def test_distance_bins_merge_the_thin_ones_outward():
+    d = np.concatenate([np.full(5000, 1.0), np.full(100, 3.0), np.full(3000, 6.0), np.full(50, 32.0)])
+    assert uncertainty.distance_bins(d, min_cells=2000) == (2.0, 33.0)  # [2, 8) made a bin; the 50 far cells joined it
+    assert uncertainty.distance_bins(d[:10], min_cells=2000) == (33.0,)  # too few for any split: one bin
+    f = ChannelFit(1.0, 0.0, bins=((2.0, 0.5), (8.0, 1.0), (33.0, 3.0)))
+    np.testing.assert_allclose(f.scale_at(np.array([0.0, 1.0, 2.0, 7.0, 8.0, 32.0, 40.0])), [0.5, 0.5, 1.0, 1.0, 3.0, 3.0, 3.0])
+
+
 def test_without_any_spread_only_candidates_with_a_floor_can_cover():
     error = np.abs(np.random.default_rng(1).standard_normal(5000)) * 0.05
     zero = np.zeros_like(error)
@@ -72,13 +108,17 @@ def test_distance_to_pinned_cells_is_chebyshev_and_capped():
 
 SECTION = {"coverage": 0.9, "validation": "v", "kinds": {
     "mask": {"gain": {"scale": 1.5, "floor": 0.01, "ramp": 0.02, "range": 8.0}, "aoa_sine": {"scale": 2.0, "floor": 0.0}},
+    "jtqr": {"gain": {"scale": 1.0, "floor": 0.01, "bins": [{"below": 4, "scale": 0.5}, {"below": 33, "scale": 2.0}]},
+             "aoa_sine": {"scale": 1.0, "floor": 0.01}},
     "*": {"gain": {"scale": 1.0, "floor": 0.02}, "aoa_sine": {"scale": 1.0, "floor": 0.02}}}}
 
 
 def test_the_section_round_trips_and_falls_back_per_setting():
     u = Uncertainty.from_dict(SECTION)
     assert Uncertainty.from_dict(u.to_dict()) == u
-    assert u.fit_for("mask", site=False) is u.kinds["mask"] and u.fit_for("jtqr", site=False) is u.kinds["*"]
+    assert u.fit_for("mask", site=False) is u.kinds["mask"] and u.fit_for("downsample", site=False) is u.kinds["*"]
+    binned = u.kinds["jtqr"].std(np.zeros((2, 1, 2), np.float32), np.array([[[1.0, 9.0]]] * 2, np.float32))
+    np.testing.assert_allclose(binned[0, 0], [0.005, 0.02], rtol=1e-6)  # the bin's scale, not `scale`
     assert u.fit_for("mask", site=True) is None  # no "+site" entry and no "*+site": uncalibrated
     assert u.kinds["mask"].channels[1] == ChannelFit(2.0, 0.0, 0.0, 1.0)
     std = u.kinds["mask"].std(np.zeros((2, 4, 4), np.float32), np.full((2, 4, 4), 16.0, np.float32))
@@ -94,6 +134,9 @@ def test_the_section_round_trips_and_falls_back_per_setting():
     (lambda d: d["kinds"]["mask"]["gain"].update(floor="x"), "uncertainty.kinds['mask'].gain"),
     (lambda d: d["kinds"]["mask"]["aoa_sine"].update(range=float("nan")), "uncertainty.kinds['mask'].aoa_sine"),
     (lambda d: d["kinds"].update(mask=[1]), "uncertainty.kinds['mask']"),
+    (lambda d: d["kinds"]["jtqr"]["gain"].update(bins={"below": 4}), "uncertainty.kinds['jtqr'].gain.bins"),
+    (lambda d: d["kinds"]["jtqr"]["gain"]["bins"][1].update(below=4), "uncertainty.kinds['jtqr'].gain.bins[1]"),
+    (lambda d: d["kinds"]["jtqr"]["gain"]["bins"][0].update(scale=-1), "uncertainty.kinds['jtqr'].gain.bins[0]"),
 ])
 def test_a_bad_section_is_refused_naming_the_field(tiny_package, mutate, field):
     bad = json.loads(json.dumps(SECTION))
