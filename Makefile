@@ -6,7 +6,7 @@ EXTRAS ?= cpu,serve,cloud,dev,raytrace,openvino
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test test-slow bench clean raytrace-setup
+.PHONY: demo test test-slow bench clean raytrace-setup postgres-setup
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version' 
@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/ckm-data tile --from datasets/sionna-rt-small --split eval --index 0 --out demo-out/truth.npz
 	$(BIN)/ckm-edge demo --repository models/repository --truth demo-out/truth.npz --out demo-out
 
-test: $(STAMP) raytrace-setup
+test: $(STAMP) raytrace-setup postgres-setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
@@ -57,6 +57,20 @@ raytrace-setup: $(STAMP)
 			&& echo "raytrace: installed libllvm19" || echo "raytrace: could not install libllvm19; ray-tracing tests will skip"; \
 	else \
 		echo "raytrace: $$($(BIN)/python -c 'from ckm_edge.training.raytrace import backend_problem as p; print(p())')"; \
+	fi
+
+# The site store's tests start a throwaway PostgreSQL cluster: installs Debian's postgresql (server
+# binaries only; no cluster is created or started) when initdb is missing and this user may;
+# otherwise those tests skip with the reason. Never fails the build.
+postgres-setup:
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "postgres: server binaries ready"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 \
+			&& apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1)) \
+			&& echo "postgres: installed postgresql" || echo "postgres: could not install postgresql; its tests will skip"; \
+	else \
+		echo "postgres: no initdb and no way to install it; the PostgreSQL store's tests will skip"; \
 	fi
 
 clean:

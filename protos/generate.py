@@ -1,6 +1,6 @@
 """Generate, or check, the committed Python code of the gRPC API from its .proto files.
 
-    python -m ckm_edge.protos.generate            rewrite protos/ckm/edge/v1/edge_pb2{,_grpc}.py and .pyi
+    python -m ckm_edge.protos.generate            rewrite protos/ckm/edge/v1/{edge,site}_pb2{,_grpc}.py and .pyi
     python -m ckm_edge.protos.generate --check    exit 1 naming the files that differ from the .proto
 
 The code is generated at development time and committed, so an edge install needs no compiler
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-SOURCES = ("ckm/edge/v1/edge.proto",)
+SOURCES = ("ckm/edge/v1/edge.proto", "ckm/edge/v1/site.proto")
 PACKAGE = "ckm_edge.protos"  # the import name of this folder once installed
 
 

@@ -5,6 +5,11 @@
     batcher.submit(pending)                # QueueFull when max_queue wait, TooLarge past the memory budget
     pending.done.wait(); pending.result    # runtime.executor.Result, or pending.error
 
+Background jobs (`Pending.background`: a living map's rebuild, runtime.sites) wait in queues of
+their own and are served only while no interactive job waits: they never delay a Construct request
+that is queued (one already running finishes its batch first), and they do not count against
+`max_queue`.
+
 It only forms batches and honours deadlines: each batch runs through `runtime.executor.execute`,
 the one construction path. Jobs that can share one sampler run (`executor.Job.key`) wait in one
 FIFO queue per key, as Triton's dynamic batcher keeps one
@@ -61,6 +66,7 @@ class Pending:
     done: threading.Event = field(default_factory=threading.Event)
     result: executor.Result | None = None
     error: BaseException | None = None
+    background: bool = False  # served only while no interactive job waits (see module doc)
 
     @property
     def samples(self) -> int:
@@ -108,8 +114,10 @@ class BatcherConfig:
 class Batcher:
     def __init__(self, cfg: BatcherConfig = BatcherConfig(), metrics: BatcherMetrics | None = None):
         self.cfg, self.metrics = cfg, metrics or BatcherMetrics()
-        self._queues: dict[tuple, deque[Pending]] = {}  # insertion order = round-robin order
-        self._count = 0
+        # per level (0 interactive, 1 background): key -> FIFO; insertion order = round-robin order
+        self._levels: tuple[dict[tuple, deque[Pending]], dict[tuple, deque[Pending]]] = ({}, {})
+        self._count = 0  # jobs waiting, both levels
+        self._interactive = 0  # of which interactive (what max_queue bounds)
         self._cond = threading.Condition()
         self._stopped = False
         self._threads = [threading.Thread(target=self._loop, name=f"ckm-batcher-{i}", daemon=True)
@@ -134,11 +142,12 @@ class Batcher:
         with self._cond:
             if self._stopped:
                 raise ShuttingDown("the server is shutting down")
-            if self._count >= self.cfg.max_queue:
+            if not job.background and self._interactive >= self.cfg.max_queue:
                 raise QueueFull(f"the server's queue is full ({self.cfg.max_queue} jobs); retry later")
             job.enqueued = time.perf_counter()
-            self._queues.setdefault(job.key, deque()).append(job)
+            self._levels[int(job.background)].setdefault(job.key, deque()).append(job)
             self._count += 1
+            self._interactive += not job.background
             self._cond.notify_all()
             depth = self._count
         self.metrics.queued(depth)
@@ -147,9 +156,10 @@ class Batcher:
         """Stop the workers; jobs still queued end with ShuttingDown."""
         with self._cond:
             self._stopped = True
-            pending = [job for q in self._queues.values() for job in q]
-            self._queues.clear()
-            self._count = 0
+            pending = [job for level in self._levels for q in level.values() for job in q]
+            for level in self._levels:
+                level.clear()
+            self._count = self._interactive = 0
             self._cond.notify_all()
         for job in pending:
             job.complete(error=ShuttingDown("the server shut down before this request ran"))
@@ -163,8 +173,9 @@ class Batcher:
             while not self._count:
                 if self._stopped or not self._cond.wait(timeout=0.1):
                     return None
-            key = next(iter(self._queues))
-            q = self._queues.pop(key)  # re-inserted at the end: the next batch serves the next key
+            queues = self._levels[0] if self._interactive else self._levels[1]
+            key = next(iter(queues))
+            q = queues.pop(key)  # re-inserted at the end: the next batch serves the next key
             first = q[0]
             cap = max(1, self.rows_for(first.row_bytes))
             batch, rows = [], 0
@@ -173,6 +184,7 @@ class Batcher:
                 while q and rows + q[0].samples <= cap:
                     job = q.popleft()
                     self._count -= 1
+                    self._interactive -= not job.background
                     if job.alive():
                         batch.append(job)
                         rows += job.samples
@@ -181,11 +193,11 @@ class Batcher:
                 remaining = deadline - time.perf_counter()
                 if q or rows >= cap or remaining <= 0 or self._stopped:
                     break
-                self._queues[key] = q  # visible to submit while this worker waits for more
+                queues[key] = q  # visible to submit while this worker waits for more
                 self._cond.wait(timeout=remaining)
-                q = self._queues.pop(key, q)
+                q = queues.pop(key, q)
             if q:
-                self._queues[key] = q
+                queues[key] = q
             depth = self._count
         self.metrics.queued(depth)
         return batch, rows

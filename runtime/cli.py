@@ -11,6 +11,12 @@ model's recommendation for the operator; --zeta, --corrector-steps, --jacobian-f
 Writes out/construction.npz (pixels and physical units, the std and, for a package that ships a
 calibration, the central 90 % interval in pixels, dB and sine; the observation) and
 out/construction.png (truth, observation, construction, error, uncertainty).
+
+    ckm-edge serve --repository models/repository --store sqlite:sites.db      # + the SiteService
+    ckm-edge site --server 127.0.0.1:50051 create cell-17 --site-file site.npz --geometry 0 0 2 0
+    ckm-edge site --server 127.0.0.1:50051 add cell-17 --csv drive.csv      # x_m,y_m,gain_db,aoa_sine
+    ckm-edge site --server 127.0.0.1:50051 query cell-17 --points 10 20 64.5 3.5
+    ckm-edge site --server 127.0.0.1:50051 get cell-17 --out cell-17.npz   # also watch, delete
 """
 
 from __future__ import annotations
@@ -276,6 +282,8 @@ def cmd_serve(args) -> int:
     import signal
 
     from ckm_edge.runtime.server import ServerConfig, create_server, read_tokens
+    from ckm_edge.runtime.sites import RebuildPolicy
+    from ckm_edge.runtime.sitestore import StoreError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     metrics_host, metrics_port = "127.0.0.1", None
@@ -294,12 +302,20 @@ def cmd_serve(args) -> int:
                            deterministic=args.deterministic, arena=args.arena, device=args.device, backend=args.backend,
                            poll_seconds=args.poll_seconds,
                            tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca, tokens=tokens,
-                           trusted_keys=tuple(args.trusted_key or ()))
+                           trusted_keys=tuple(args.trusted_key or ()), store=args.store,
+                           rebuild=RebuildPolicy(after_measurements=args.rebuild_after_measurements,
+                                                 after_seconds=args.rebuild_after_seconds, workers=args.rebuild_workers,
+                                                 keep_versions=args.keep_map_versions))
     except ValueError as e:
         print(f"ckm-edge serve: {e}", file=sys.stderr)
         return 2
-    edge = create_server(cfg).start()
+    try:
+        edge = create_server(cfg).start()
+    except StoreError as e:
+        print(f"ckm-edge serve: --store: {e}", file=sys.stderr)
+        return 2
     print(f"ckm-edge serving {[m.key for m in edge.repository.models()]} on port {edge.port}"
+          + (f", sites in {cfg.store.split('@')[-1]}" if cfg.store else "")
           + (f", metrics on http://{cfg.metrics_host}:{edge.metrics_port}/metrics" if edge.metrics_port else ""), flush=True)
     if args.port_file:
         Path(args.port_file).write_text(str(edge.port))
@@ -374,6 +390,102 @@ def _sampler_arguments(p: argparse.ArgumentParser) -> None:
                    help="observation noise in pixels: simulated with --truth, and what the sampler assumes")
 
 
+def cmd_site(args) -> int:
+    """`ckm-edge site create|add|get|query|watch|delete`: a site's living map over the SiteService."""
+    import grpc
+    from google.protobuf import json_format
+
+    from ckm_edge.runtime.client import SiteClient
+
+    def show(msg) -> None:
+        print(json_format.MessageToJson(msg, indent=1, preserving_proto_field_name=True))
+
+    with SiteClient(args.server, token=args.token, root_certs=args.root_certs) as sites:
+        try:
+            if args.site_command == "create":
+                building = base = heights = None
+                if args.site_file:
+                    with np.load(args.site_file) as z:
+                        building = z["building"] if "building" in z.files else None
+                        base = z["base_station"] if "base_station" in z.files else None
+                        heights = z["building_height"] if "building_height" in z.files else None
+                if args.base_station:
+                    base = args.base_station
+                show(sites.create(args.site_id, building=building, base_station=base, heights=heights,
+                                  geometry=args.geometry, model=args.model or "", version=args.model_version or "",
+                                  adapter=args.adapter or "", gain_noise_db=args.gain_noise_db, aoa_noise=args.aoa_noise,
+                                  rebuild_after_measurements=args.rebuild_after_measurements,
+                                  rebuild_after_seconds=args.rebuild_after_seconds))
+            elif args.site_command == "add":
+                rows = _measurement_rows(args.csv)
+                world = "x_m" in rows
+                pos = np.stack([rows["x_m"], rows["y_m"]] if world else [rows["row"], rows["col"]], axis=1)
+                show(sites.add(args.site_id, pos, gain_db=rows.get("gain_db"), aoa_sine=rows.get("aoa_sine"),
+                               gain_noise_db=rows.get("gain_noise_db", 0.0), aoa_noise=rows.get("aoa_noise", 0.0),
+                               timestamps_ms=rows.get("timestamp_unix_ms"), world=world, batch_id=args.batch_id or ""))
+            elif args.site_command == "get":
+                show(sites.get(args.site_id))
+                if args.out:
+                    _save_site_map(args.out, sites.map(args.site_id, args.version, physical=not args.pixels))
+                    print(f"map written to {args.out}")
+            elif args.site_command == "query":
+                pts = np.array(args.points, float).reshape(-1, 2)
+                out = sites.query(args.site_id, pts, world=args.world)
+                keys = [k for k in out if k != "map_version"]
+                print(f"map version {int(out['map_version'])}")
+                print(" ".join(f"{k:>14}" for k in ["position"] + keys))
+                for i, p in enumerate(pts):
+                    print(" ".join([f"{p[0]:>6.1f},{p[1]:<7.1f}"] + [f"{float(out[k][i]):>14.4f}" for k in keys]))
+            elif args.site_command == "watch":
+                for m in sites.watch(args.site_id, args.after, physical=not args.pixels, timeout=args.timeout):
+                    print(f"version {m.version}: {m.measurement_count} measurements, "
+                          f"{'incremental' if m.incremental else 'fresh'}, {m.network_evaluations} evaluations, "
+                          f"{m.build_seconds:.2f} s", flush=True)
+                    if args.out_dir:
+                        _save_site_map(Path(args.out_dir) / f"{args.site_id}-v{m.version}.npz", m)
+                    if args.count and m.version >= args.after + args.count:
+                        break
+            elif args.site_command == "delete":
+                show(sites.delete(args.site_id))
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and args.site_command == "watch":
+                return 0
+            print(f"ckm-edge site {args.site_command}: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _measurement_rows(path) -> dict[str, np.ndarray]:
+    """A CSV with a header: x_m,y_m (world) or row,col (cells), and gain_db and/or aoa_sine,
+    optionally gain_noise_db, aoa_noise, timestamp_unix_ms; empty cells = not measured."""
+    import csv
+
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        names = reader.fieldnames or []
+        rows = list(reader)
+    if not ({"x_m", "y_m"} <= set(names) or {"row", "col"} <= set(names)):
+        raise ValueError(f"{path}: needs columns x_m,y_m (metres) or row,col (cells); has {names}")
+    known = {"x_m", "y_m", "row", "col", "gain_db", "aoa_sine", "gain_noise_db", "aoa_noise", "timestamp_unix_ms"}
+    if set(names) - known:
+        raise ValueError(f"{path}: unknown columns {sorted(set(names) - known)}")
+    out = {}
+    for k in names:
+        try:
+            out[k] = np.array([float(r[k]) if r[k].strip() else (0.0 if k in ("gain_noise_db", "aoa_noise") else np.nan)
+                               for r in rows])
+        except ValueError as e:
+            raise ValueError(f"{path}: column {k}: {e}") from None
+    return out
+
+
+def _save_site_map(path, m) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    extra = {} if m.interval is None else {"interval_low": m.interval[0], "interval_high": m.interval[1],
+                                           "coverage": m.interval_coverage}
+    np.savez(path, map=m.map, std=m.std, version=m.version, measurement_count=m.measurement_count, **extra)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckm-edge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -446,7 +558,63 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--client-ca", type=Path, help="require client certificates from this CA (mTLS)")
     s.add_argument("--token-file", type=Path, help="accepted bearer tokens, whitespace separated")
     s.add_argument("--trusted-key", action="append", type=Path, help="only serve packages signed by these keys")
+    s.add_argument("--store", default=None, metavar="URL",
+                   help="serve the SiteService (living maps) from this store: sqlite:PATH (one file) or "
+                        "postgresql://USER@HOST/DB (servers sharing sites; the `sites-postgres` extra)")
+    s.add_argument("--rebuild-after-measurements", type=int, default=64,
+                   help="rebuild a site's map once this many new measurements arrived (a site's policy overrides)")
+    s.add_argument("--rebuild-after-seconds", type=float, default=2.0,
+                   help="... or once the oldest of them waited this long")
+    s.add_argument("--rebuild-workers", type=int, default=1, help="site map rebuilds running at once")
+    s.add_argument("--keep-map-versions", type=int, default=16, help="map versions kept per site")
     s.set_defaults(func=cmd_serve)
+
+    st = sub.add_parser("site", help="a site's living map on an edge server (SiteService): create, add, get, query, "
+                                     "watch, delete")
+    st.add_argument("--server", required=True, help="host:port of an edge server started with --store")
+    st.add_argument("--token", help="bearer token for the server")
+    st.add_argument("--root-certs", type=Path, help="CA certificate for a TLS server")
+    ss = st.add_subparsers(dest="site_command", required=True)
+    sc = ss.add_parser("create", help="register a site")
+    sc.add_argument("site_id")
+    sc.add_argument("--site-file", type=Path, help="npz with `building` (H, W 0/1), optionally `base_station` "
+                                                   "(row, col, height_m) and `building_height`")
+    sc.add_argument("--base-station", nargs=3, type=float, metavar=("ROW", "COL", "HEIGHT_M"))
+    sc.add_argument("--geometry", nargs=4, type=float, metavar=("ORIGIN_X_M", "ORIGIN_Y_M", "CELL_M", "ORIENTATION_DEG"),
+                    help="how the tile lies in the world (site.proto TileGeometry)")
+    sc.add_argument("--model")
+    sc.add_argument("--model-version")
+    sc.add_argument("--adapter")
+    sc.add_argument("--gain-noise-db", type=float, default=0.0, help="a measurement's default noise (0: 2 dB)")
+    sc.add_argument("--aoa-noise", type=float, default=0.0, help="(0: 0.02)")
+    sc.add_argument("--rebuild-after-measurements", type=int, default=0, help="0: the server's")
+    sc.add_argument("--rebuild-after-seconds", type=float, default=0.0, help="0: the server's")
+    sa = ss.add_parser("add", help="add measurements from a CSV file")
+    sa.add_argument("site_id")
+    sa.add_argument("--csv", type=Path, required=True,
+                    help="header x_m,y_m or row,col; gain_db and/or aoa_sine; optional gain_noise_db, aoa_noise, "
+                         "timestamp_unix_ms")
+    sa.add_argument("--batch-id", help="idempotency key: a retry with it is not stored twice")
+    sg = ss.add_parser("get", help="the site's state; with --out its map (npz)")
+    sg.add_argument("site_id")
+    sg.add_argument("--out", type=Path)
+    sg.add_argument("--version", type=int, default=0, help="a kept map version (0: newest)")
+    sg.add_argument("--pixels", action="store_true", help="codec pixels instead of dB / sine")
+    sq = ss.add_parser("query", help="gain and AoA with uncertainty at positions")
+    sq.add_argument("site_id")
+    sq.add_argument("--points", nargs="+", type=float, required=True, metavar="V",
+                    help="row col [row col ...] (or x_m y_m ... with --world)")
+    sq.add_argument("--world", action="store_true")
+    sw = ss.add_parser("watch", help="print (and save) each new map version")
+    sw.add_argument("site_id")
+    sw.add_argument("--after", type=int, default=0)
+    sw.add_argument("--count", type=int, default=0, help="stop after this many versions (0: until --timeout)")
+    sw.add_argument("--timeout", type=float, default=None)
+    sw.add_argument("--out-dir", type=Path)
+    sw.add_argument("--pixels", action="store_true")
+    sd = ss.add_parser("delete", help="remove the site, its measurements and maps")
+    sd.add_argument("site_id")
+    st.set_defaults(func=cmd_site)
 
     d = sub.add_parser("demo", help="serve the repository and construct a truth tile for each task over gRPC")
     d.add_argument("--repository", type=Path, default=Path("models/repository"))

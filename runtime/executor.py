@@ -105,6 +105,7 @@ class Job:
     progress_interval: int = 1
     calibration: uncertainty.KindFit | None = None  # the model's fit for this operator kind and setting
     coverage: float = uncertainty.DEFAULT_COVERAGE  # of the interval the fit's std implies
+    init: np.ndarray | None = None  # (C, H, W): a warm start's map (Observation.init), e.g. a living map's last version
 
     @property
     def samples(self) -> int:
@@ -125,7 +126,7 @@ class Job:
         return (id(self.model), id(self.adapter), self.precision, c.steps, c.respacing, c.sampler, self.shape)
 
     def observation(self) -> Observation:
-        return Observation(self.op, self.y, self.sigma, self.site)
+        return Observation(self.op, self.y, self.sigma, self.site, self.init)
 
 
 def check_observation(op: operators.Operator, y: np.ndarray, shape: tuple[int, int, int],
@@ -157,17 +158,23 @@ def check_observation(op: operators.Operator, y: np.ndarray, shape: tuple[int, i
 def plan(model: Model, op: operators.Operator, y: np.ndarray, shape: tuple[int, int, int],
          config: ConstructConfig = ConstructConfig(), *, sigma: float = 0.0, site: Site | None = None,
          precision: str = defaults.PRECISION, adapter: Model | None = None, adapter_lambda=None,
-         output_shape: tuple[int, ...] | None = None) -> Job:
+         output_shape: tuple[int, ...] | None = None, init: np.ndarray | None = None) -> Job:
     """A checked job: raises OperatorError (the operator or observation), SiteError (the site) or
     ScheduleError (steps and respacing against the package's schedule) naming what is wrong.
-    `output_shape`: the operator's output for one map, where the caller has probed it already."""
+    `output_shape`: the operator's output for one map, where the caller has probed it already.
+    `init`: the (C, H, W) map a warm start (a sampler's `start` < 1) begins from instead of the
+    smooth fill."""
     shape = tuple(shape)
     y = check_observation(op, y, shape, output_shape)
+    if init is not None:
+        init = np.asarray(init, np.float32)
+        if init.shape != shape or not np.isfinite(init).all():
+            raise operators.OperatorError(f"init must be a finite {list(shape)} map, got shape {list(init.shape)}")
     if site is not None:  # one site for every sample, or one per sample
         per_sample = np.ndim(site.building) == 3 or np.ndim(site.base_station) == 2
         site.check((config.samples,) + shape if per_sample else shape)
     schedule = respaced(model.schedule(), config.steps, config.sampler, config.respacing)
-    job = Job(model, op, y, shape, config, schedule, float(sigma), site, precision, adapter, adapter_lambda)
+    job = Job(model, op, y, shape, config, schedule, float(sigma), site, precision, adapter, adapter_lambda, init=init)
     calibrated = getattr(model, "uncertainty", None)
     if calibrated is not None:
         job.calibration, job.coverage = calibrated.fit_for(uncertainty.calibration_kind(op), site is not None), calibrated.coverage

@@ -6,7 +6,8 @@ memory); `ckm_inflight_requests{method}`. Per model, only once a request resolve
 label): `ckm_model_requests_total{model,version,code}`. The batcher: `ckm_queue_depth`,
 `ckm_queue_wait_seconds` and `ckm_compute_seconds` (per job), `ckm_batch_rows`,
 `ckm_batch_memory_bytes` (the batcher's estimate for the batches running now) next to
-`ckm_batch_memory_budget_bytes`, `ckm_abandoned_batches_total`. Plus the standard `process_*`
+`ckm_batch_memory_budget_bytes`, `ckm_abandoned_batches_total`. The site service: `ckm_store_seconds{op}`,
+`ckm_site_rebuilds_total{kind,outcome}`, `ckm_site_rebuild_seconds{kind}`, `ckm_site_rebuilds_due`. Plus the standard `process_*`
 (resident memory, CPU, file descriptors), `python_gc_*` and `python_info` collectors.
 """
 
@@ -55,6 +56,16 @@ class Metrics(BatcherMetrics):
               registry=r).set(memory_budget)
         self.abandoned_batches = Counter("ckm_abandoned_batches", "Batches stopped between steps because every "
                                          "caller cancelled or ran past its deadline", registry=r)
+        # the site service (runtime.sites): its store and its background rebuilds
+        self.store_seconds = Histogram("ckm_store_seconds", "Site store calls, by operation", ["op"], registry=r,
+                                       buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+        self.site_rebuilds = Counter("ckm_site_rebuilds", "Site map rebuilds by kind (fresh, incremental) and outcome "
+                                     "(stored, superseded: another server stored that version first, failed)",
+                                     ["kind", "outcome"], registry=r)
+        self.site_rebuild_seconds = Histogram("ckm_site_rebuild_seconds", "Wall time of a site map rebuild (queue "
+                                              "included)", ["kind"], registry=r, buckets=_SECONDS)
+        self.site_rebuilds_due = Gauge("ckm_site_rebuilds_due", "Sites whose map is due for a rebuild (the rebuild "
+                                       "queue)", registry=r)
         self._lock = threading.Lock()
         self._memory = 0
 

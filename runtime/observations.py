@@ -32,6 +32,7 @@ class Observation:
     y: np.ndarray | None  # (1, C', H', W') or (rows, ...) shaped like op's output
     sigma: float = 0.0  # noise standard deviation in pixels; 0 = noiseless (exact data consistency)
     site: Site | None = None
+    init: np.ndarray | None = None  # (C, H, W): the map a warm start begins from instead of the smooth fill
 
     def __post_init__(self):
         if (self.op is None) != (self.y is None):
@@ -152,13 +153,22 @@ class Observations:
 
     def initial_estimate(self) -> np.ndarray:
         """(B, C, H, W): per group the smoothest map its observation allows (runtime.smooth), the
-        warm start of samplers that begin part-way down the schedule; 0.5 where nothing is observed."""
+        warm start of samplers that begin part-way down the schedule; 0.5 where nothing is observed.
+        A group whose Observation has an `init` (a living map's previous version, runtime.sites)
+        begins from that instead, its observed values written in (the operator's data step)."""
         from ckm_edge.runtime.smooth import smooth_fill
 
         x = np.full((self.rows,) + self.shape, 0.5, np.float32)
         for sl, obs in self.groups:
             n = sl.stop - sl.start
-            if obs.op is not None:  # one fill per observation, shared by its rows
+            if obs.init is not None:
+                init = np.asarray(obs.init, np.float32)[None]
+                if obs.op is not None:  # the previous map, moved onto the observation (exactly, as sigma -> 0)
+                    init = obs.op.prox(init, obs.y, 1e-6)
+                x[sl] = np.broadcast_to(np.clip(init, 0.0, 1.0), (n,) + self.shape)
+                if obs.site is not None:
+                    x[sl] = obs.site.project(x[sl])
+            elif obs.op is not None:  # one fill per observation, shared by its rows
                 fill = smooth_fill(obs.op, obs.y, (len(obs.y),) + self.shape, obs.site, iters=150)
                 x[sl] = np.broadcast_to(fill, (n,) + self.shape)
             elif obs.site is not None:

@@ -10,7 +10,9 @@ and converts requests, runtime.metrics holds the Prometheus metrics. This module
   no credentials the server binds to localhost only;
 - Prometheus metrics over HTTP on a configurable address;
 - a watcher that polls the repository and reloads it when packages change (in-flight jobs keep
-  the engines they started with).
+  the engines they started with);
+- with a store (`ServerConfig.store`: sqlite:PATH or postgresql://...), the SiteService: living
+  maps (runtime.sites) rebuilt through the same batcher, below interactive constructions.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ckm_edge.runtime.metrics import Metrics
 from ckm_edge.runtime.package import read_public_key
 from ckm_edge.runtime.repository import ModelRepository
 from ckm_edge.runtime.servicer import EdgeServicer, Limits, add_to_server
+from ckm_edge.runtime.sites import RebuildPolicy, SiteLimits
 
 log = logging.getLogger("ckm.edge.server")
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -64,6 +67,9 @@ class ServerConfig:
     client_ca: Path | None = None  # mTLS: require client certificates signed by this CA
     tokens: tuple[str, ...] = ()  # accepted bearer tokens; empty = no token check
     trusted_keys: tuple[Path, ...] = ()  # package signature keys; empty = no signature check
+    store: str | None = None  # the SiteService's store (sqlite:PATH, postgresql://...); None = no SiteService
+    site_limits: SiteLimits = field(default_factory=SiteLimits)
+    rebuild: RebuildPolicy = field(default_factory=RebuildPolicy)
 
     def __post_init__(self):
         BatcherConfig(self.max_batch, self.max_queue_delay_ms, self.max_queue, self.batch_workers)  # validates
@@ -97,6 +103,9 @@ def read_tokens(path: Path) -> tuple[str, ...]:
 class _TokenInterceptor(grpc.ServerInterceptor):
     """Bearer-token check on the EdgeService; health and reflection stay open."""
 
+    SERVICES = (api.SERVICE_NAME, "ckm.edge.v1.SiteService")
+    STREAMING = ("ConstructStream", "WatchMap")
+
     def __init__(self, tokens: tuple[str, ...], metrics: Metrics):
         self._tokens = [t.encode() for t in tokens]
         self._metrics = metrics
@@ -116,14 +125,14 @@ class _TokenInterceptor(grpc.ServerInterceptor):
         return scheme.lower() == "bearer" and ok
 
     def intercept_service(self, continuation, details):
-        if not details.method.startswith(f"/{api.SERVICE_NAME}/"):
+        if not details.method.startswith(tuple(f"/{name}/" for name in self.SERVICES)):
             return continuation(details)
         if self._valid(dict(details.invocation_metadata).get("authorization")):
             return continuation(details)
         self._metrics.rejected.labels("auth").inc()
         method = details.method.rsplit("/", 1)[-1]
         self._metrics.requests.labels(method, grpc.StatusCode.UNAUTHENTICATED.name).inc()
-        return self._deny_stream if method == "ConstructStream" else self._deny
+        return self._deny_stream if method in self.STREAMING else self._deny
 
 
 def _enable_reflection(server: grpc.Server, names: tuple[str, ...]) -> None:
@@ -148,6 +157,7 @@ class EdgeServer:
     metrics: Metrics
     metrics_port: int | None
     health: health.HealthServicer
+    sites: object | None = None  # runtime.sites.SiteManager when the server has a store
     _watcher: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -158,8 +168,12 @@ class EdgeServer:
     def stop(self, grace: float = 2.0) -> None:
         self._stop.set()
         self.health.enter_graceful_shutdown()
+        if self.sites is not None:
+            self.sites.stop()
         self.server.stop(grace).wait()
         self.batcher.stop()
+        if self.sites is not None:
+            self.sites.store.close()
 
     def _watch(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -173,6 +187,8 @@ class EdgeServer:
         status = health_pb2.HealthCheckResponse.SERVING if self.repository.models() else health_pb2.HealthCheckResponse.NOT_SERVING
         self.health.set("", status)
         self.health.set(api.SERVICE_NAME, status)
+        if self.sites is not None:
+            self.health.set("ckm.edge.v1.SiteService", status)
 
 
 def create_server(cfg: ServerConfig) -> EdgeServer:
@@ -197,10 +213,20 @@ def create_server(cfg: ServerConfig) -> EdgeServer:
     limits = Limits(max_samples=cfg.max_batch, max_evaluations=cfg.max_evaluations, memory_budget=bool(sched.memory_budget),
                     deterministic=cfg.deterministic)
     add_to_server(EdgeServicer(repo, batcher, metrics, limits), server, metrics, cfg.max_message_bytes)
+    names = (api.SERVICE_NAME,)
+    sites = None
+    if cfg.store is not None:
+        from ckm_edge.runtime.site_servicer import SITE_SERVICE, SITE_SERVICE_NAME, SiteServicer
+        from ckm_edge.runtime.sites import SiteManager
+        from ckm_edge.runtime.sitestore import open_store
+
+        sites = SiteManager(open_store(cfg.store, cfg.rebuild.keep_versions), repo, batcher, metrics, cfg.site_limits,
+                            cfg.rebuild, row_bytes=bool(sched.memory_budget), max_samples=cfg.max_batch)
+        add_to_server(SiteServicer(sites, metrics), server, metrics, cfg.max_message_bytes, SITE_SERVICE)
+        names += (SITE_SERVICE_NAME,)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    _enable_reflection(server, (api.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                                reflection.SERVICE_NAME))
+    _enable_reflection(server, names + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME))
     secure = cfg.tls_cert is not None
     host = cfg.host or ("0.0.0.0" if secure else "127.0.0.1")
     address = f"{host}:{cfg.port}"
@@ -215,8 +241,10 @@ def create_server(cfg: ServerConfig) -> EdgeServer:
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     metrics_port = metrics.serve(cfg.metrics_host, cfg.metrics_port) if cfg.metrics_port is not None else None
-    edge = EdgeServer(server, port, repo, batcher, metrics, metrics_port, health_servicer)
+    edge = EdgeServer(server, port, repo, batcher, metrics, metrics_port, health_servicer, sites)
     edge._set_health()
+    if sites is not None:
+        sites.start()
     if cfg.poll_seconds > 0:
         edge._watcher = threading.Thread(target=edge._watch, args=(cfg.poll_seconds,), daemon=True, name="ckm-repo-watch")
         edge._watcher.start()

@@ -337,13 +337,16 @@ class _Handling:
         return False
 
 
-def add_to_server(servicer: EdgeServicer, server: grpc.Server, metrics: Metrics, max_message_bytes: int) -> None:
-    """Register the service, decoding requests ourselves (see module doc)."""
-    service = pb.DESCRIPTOR.services_by_name["EdgeService"]
+def add_to_server(servicer, server: grpc.Server, metrics: Metrics, max_message_bytes: int, service=None) -> None:
+    """Register a service (default ckm.edge.v1.EdgeService; its descriptor otherwise, e.g. SiteService's),
+    decoding requests ourselves (see module doc)."""
+    from google.protobuf.message_factory import GetMessageClass
+
+    service = service or pb.DESCRIPTOR.services_by_name["EdgeService"]
     handlers = {}
     for method in service.methods:
-        request_type = getattr(pb, method.input_type.name)
-        response_type = getattr(pb, method.output_type.name)
+        request_type = GetMessageClass(method.input_type)
+        response_type = GetMessageClass(method.output_type)
         behaviour = _decoding(getattr(servicer, method.name), request_type, method.name, metrics, max_message_bytes,
                               method.server_streaming)
         make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler

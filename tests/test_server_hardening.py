@@ -183,6 +183,44 @@ def test_batcher_is_fifo_within_a_key_and_fair_across_keys(repo, tiny_package, t
     assert [s for s in order if s != 99] == [0, 1, 2, 3, 4]  # FIFO within a key
 
 
+def test_background_jobs_wait_for_queued_interactive_ones_and_do_not_fill_the_queue(repo, tiny_prior):
+    """A living map's rebuild (Pending.background) queued before interactive constructions runs
+    after them, of the same key or not, and never makes an interactive job QueueFull."""
+    from ckm_edge.runtime import executor
+    from ckm_edge.runtime.batcher import Batcher, BatcherConfig, Pending, QueueFull
+    from ckm_edge.runtime.diffpir import DiffPIRConfig
+    from ckm_edge.runtime.repository import ModelRepository
+
+    model = ModelRepository(repo).resolve("tiny")
+    _, op, y = _observation(tiny_prior)
+
+    def pending(steps, seed, background=False):
+        job = executor.plan(model, op, y, (2, 32, 32), executor.ConstructConfig(steps, 1, seed, sampler=DiffPIRConfig()))
+        return Pending(job, background=background)
+
+    gate = threading.Event()
+    order = []
+    batcher = Batcher(BatcherConfig(max_batch=1, max_queue_delay_ms=0, max_queue=2))
+    try:
+        blocker = pending(2, 0)
+        blocker.job.on_step = lambda *a: gate.wait(10)
+        batcher.submit(blocker)
+        time.sleep(0.2)  # the worker is inside the blocker's batch
+        jobs = [pending(2, 100, background=True), pending(3, 101, background=True), pending(2, 102, background=True),
+                pending(2, 1), pending(3, 2)]
+        for p in jobs:
+            p.job.on_step = lambda done, total, r, seed=p.job.config.seed: order.append(seed) if done == total else None
+            batcher.submit(p)  # three background jobs and two interactive ones: max_queue 2 still admits them
+        with pytest.raises(QueueFull):
+            batcher.submit(pending(2, 3))
+        gate.set()
+        for p in [blocker] + jobs:
+            assert p.done.wait(60) and p.error is None
+    finally:
+        batcher.stop()
+    assert sorted(order[:2]) == [1, 2] and sorted(order[2:]) == [100, 101, 102]
+
+
 def test_mixed_settings_load_with_retrying_clients_never_stalls(repo, tiny_prior):
     """The stall the old batcher had: a small queue, mixed keys, clients that retry on
     RESOURCE_EXHAUSTED. Every client gets all its answers; nothing is INTERNAL."""
