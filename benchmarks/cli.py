@@ -13,6 +13,8 @@ and benchmarks/RESULTS.md under the working directory; `ckm-bench --results DIR 
     ckm-bench tune [--package DIR] [--data DIR --exclude TRAINED ...] [--budget 25] [--out samplers.json]
     ckm-bench shift [--data DIR] [--tiles 16] [--checkpoints DIR] [--rows ...] [--journal FILE]
                        (observations no method was tuned for: the foundation vs the end-to-end networks)
+    ckm-bench sites [--repository DIR] [--data DIR] [--tiles 8] [--batch 64] [--batches 8]
+                       (living maps: drive tests into a SiteService, incremental vs fresh, QueryPoints load)
     ckm-bench uncertainty [--package DIR] [--data DIR --exclude TRAINED ...] [--tiles 24] [--write]
                        (calibrate the std a package reports: its manifest's "uncertainty" section)
     ckm-bench adapt [--device cuda] [--counts 16 64 256]     (site adapters vs fine-tuning)
@@ -265,6 +267,23 @@ def _cmd_shift(args: argparse.Namespace) -> int:
     _store(args, "shift-" + _data_slug(args.data), "shift", command,
            {"config": vars(cfg), "tiles": len(held.tiles), "data": held.description, "package": f"{pkg.name} {pkg.version}",
             "checkpoints": str(args.checkpoints), **out})
+    return 0
+
+
+def _cmd_sites(args: argparse.Namespace) -> int:
+    from ckm_edge.benchmarks import accuracy, sites
+
+    try:
+        cfg = sites.SitesConfig(batch=args.batch, batches=args.batches, seed=args.seed,
+                                query_clients=tuple(args.clients), query_seconds=args.query_seconds, threads=args.threads)
+        held = accuracy.load_held_out(args.data, args.tiles, seed=0)
+        out = sites.run(args.repository, held, cfg, progress=_progress, workdir=args.workdir)
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"ckm-bench sites: {e}") from None
+    command = (f"ckm-bench sites --repository {args.repository} --data {args.data} --tiles {args.tiles} --batch {args.batch} "
+               f"--batches {args.batches} --clients {' '.join(map(str, args.clients))} --query-seconds {args.query_seconds}")
+    _store(args, "sites-" + _data_slug(args.data), "sites", command,
+           {"config": vars(cfg), "tiles_count": len(held.tiles), "data": held.description, **out})
     return 0
 
 
@@ -604,6 +623,20 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--seed", type=int, default=5)
     sh.add_argument("--journal", help="JSONL file of the maps measured: a run given it again resumes where it stopped")
     sh.set_defaults(func=_cmd_shift)
+
+    si = sub.add_parser("sites", help="living maps: drive tests streamed into an edge server's SiteService (accuracy "
+                                      "against measurements, incremental vs fresh rebuilds, QueryPoints latency)")
+    si.add_argument("--repository", default="models/repository")
+    si.add_argument("--data", default="datasets/sionna-rt-small", help="dataset dir (its eval split)")
+    si.add_argument("--tiles", type=int, default=8)
+    si.add_argument("--batch", type=int, default=64, help="measurements per batch (one map version each)")
+    si.add_argument("--batches", type=int, default=8)
+    si.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    si.add_argument("--query-seconds", type=float, default=5.0)
+    si.add_argument("--threads", type=int, default=0, help="the server's engine threads")
+    si.add_argument("--seed", type=int, default=7)
+    si.add_argument("--workdir", help="where the server's store and log go (default: a temp dir)")
+    si.set_defaults(func=_cmd_sites)
 
     ca = sub.add_parser("uncertainty", help="calibrate the std a package reports (and its interval), per operator kind "
                                             "and setting, on validation tiles; --write puts it into the manifest")

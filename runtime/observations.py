@@ -155,7 +155,10 @@ class Observations:
         """(B, C, H, W): per group the smoothest map its observation allows (runtime.smooth), the
         warm start of samplers that begin part-way down the schedule; 0.5 where nothing is observed.
         A group whose Observation has an `init` (a living map's previous version, runtime.sites)
-        begins from that instead, its observed values written in (the operator's data step)."""
+        begins from that instead, corrected towards the observation: the smoothest field through
+        the residuals y - A(init) (nothing carried through buildings) is added, so a new reading
+        moves its neighbourhood and a reading the old map already fits leaves it alone; then the
+        observed values are written in (the operator's data step)."""
         from ckm_edge.runtime.smooth import smooth_fill
 
         x = np.full((self.rows,) + self.shape, 0.5, np.float32)
@@ -163,8 +166,11 @@ class Observations:
             n = sl.stop - sl.start
             if obs.init is not None:
                 init = np.asarray(obs.init, np.float32)[None]
-                if obs.op is not None:  # the previous map, moved onto the observation (exactly, as sigma -> 0)
-                    init = obs.op.prox(init, obs.y, 1e-6)
+                if obs.op is not None:
+                    shift = obs.y - obs.op.forward(init) + 0.5  # residuals, in [0, 1] for the fill
+                    fill = smooth_fill(obs.op, np.clip(shift, 0.0, 1.0), (len(obs.y),) + self.shape, obs.site, iters=150,
+                                       site_values=False)
+                    init = obs.op.prox(init + fill - 0.5, obs.y, 1e-6)
                 x[sl] = np.broadcast_to(np.clip(init, 0.0, 1.0), (n,) + self.shape)
                 if obs.site is not None:
                     x[sl] = obs.site.project(x[sl])

@@ -19,7 +19,7 @@ from ckm_edge.runtime import api, executor
 from ckm_edge.runtime.api import pb
 from ckm_edge.runtime.batcher import ShuttingDown
 from ckm_edge.runtime.servicer import OUTPUT_UNITS, Status, _Handling
-from ckm_edge.runtime.sites import AlreadyExists, Exhausted, NotFound, Precondition, SiteManager
+from ckm_edge.runtime.sites import FIELDS, AlreadyExists, Exhausted, NotFound, Precondition, SiteManager
 from ckm_edge.runtime.sitestore import SiteRow, StoreError
 
 SITE_SERVICE = spb.DESCRIPTOR.services_by_name["SiteService"]
@@ -78,13 +78,8 @@ class SiteServicer:
 
     def QueryPoints(self, request, context):
         with _Handling(self.metrics, "QueryPoints", context), _statuses():
-            cached, v = self.sites.query(request.site_id, request.positions)
-            names = ("gain_db", "gain_std_db", "aoa_sine", "aoa_sine_std", "gain_db_low", "gain_db_high", "aoa_sine_low",
-                     "aoa_sine_high")
-            cols = [v[k].tolist() for k in names]
-            building = v["building"].tolist()
-            values = [spb.PointValue(building=building[i], **{k: col[i] for k, col in zip(names, cols)})
-                      for i in range(len(building))]
+            cached, points = self.sites.query(request.site_id, request.positions)
+            values = [spb.PointValue(building=b, **dict(zip(FIELDS, v))) for b, v in points]
             return spb.QueryPointsResponse(values=values, map_version=cached.version, calibrated=cached.calibrated,
                                            interval_coverage=cached.coverage if cached.calibrated else 0.0)
 

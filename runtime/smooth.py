@@ -58,8 +58,11 @@ def _pull_push(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def smooth_fill(op: Operator, y: np.ndarray, shape: tuple[int, ...], site: Site | None = None,
-                iters: int = 300, tol: float = 1e-5) -> np.ndarray:
-    """The estimate above for maps of `shape` (B, C, H, W); stops when no cell moves more than tol."""
+                iters: int = 300, tol: float = 1e-5, site_values: bool = True) -> np.ndarray:
+    """The estimate above for maps of `shape` (B, C, H, W); stops when no cell moves more than tol.
+    With `site_values` False the site shapes the neighbourhood only (nothing interpolated through a
+    building) and the values are not moved into what it allows: a fill of something other than a
+    map, e.g. residuals shifted into [0, 1]."""
     b = shape[0]
     if (site is None or site.building is None) and op.known_buildings() is not None:  # JTQR's quantizer knows the layout (eq. 31)
         site = Site(op.known_buildings())
@@ -74,7 +77,7 @@ def smooth_fill(op: Operator, y: np.ndarray, shape: tuple[int, ...], site: Site 
 
     def project(v):
         v = op.prox(v, y, 0.0)
-        v = v if site is None else site.project(v)
+        v = v if site is None or not site_values else site.project(v)
         # the layout is `outdoor`'s: the projections of the all-zero map code every cell as a building
         return v if no_path is None else codec.set_no_path(v, no_path, outdoor[:, 0] > 0)
 

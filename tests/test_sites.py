@@ -610,3 +610,23 @@ def test_the_site_command_line_drives_a_site(edge, tiny_prior, tmp_path):
     missing = site("get", "nope", ok=False)
     assert "NOT_FOUND" in missing.stderr
     assert '"measurements_deleted": "12"' in site("delete", "cli").stdout
+
+
+def test_one_point_lookups_equal_the_array_path():
+    from ckm_edge.runtime.sites import FIELDS, _Cached, interpolate, interpolate_point
+
+    rng = np.random.default_rng(3)
+    mean = rng.uniform(0.3, 1.0, (2, 12, 10)).astype(np.float32)
+    building = rng.random((12, 10)) < 0.25
+    mean[:, building] = 0.0
+    std = rng.uniform(0.0, 0.05, (2, 12, 10)).astype(np.float32)
+    rows, cols = rng.uniform(0, 12, 300), rng.uniform(0, 10, 300)
+    rows[:4], cols[:4] = [0.0, 11.999, 0.2, 6.0], [0.0, 9.999, 9.7, 0.0]  # corners and edges
+    for calibrated in (False, True):
+        c = _Cached(1, mean, std, building, calibrated, 0.9, 0.0)
+        many = interpolate(c, rows, cols)
+        z = 1.6448536269514722
+        for i in range(len(rows)):
+            b, values = interpolate_point(c, rows[i], cols[i], z)
+            assert b == bool(many["building"][i])
+            np.testing.assert_allclose(values, [many[k][i] for k in FIELDS], rtol=1e-5, atol=1e-6, equal_nan=True)

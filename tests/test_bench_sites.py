@@ -1,0 +1,44 @@
+"""`ckm-bench sites` end to end on the tiny package: a real server process with a SQLite store,
+drive tests over gRPC, fresh constructions beside the incremental ones, QueryPoints load, and the
+record rendered into RESULTS.md."""
+
+import shutil
+
+import numpy as np
+
+from ckm_edge.benchmarks import render, report, sites
+from ckm_edge.benchmarks.accuracy import HeldOut
+from ckm_edge.runtime import codec
+
+
+def test_the_sites_benchmark_measures_a_stream_and_renders(tiny_package, tiny_prior, tmp_path):
+    *_, evl = tiny_prior
+    repo = tmp_path / "repository"
+    shutil.copytree(tiny_package.root, repo / "tiny" / "1.0.0")
+    held = HeldOut(evl[:2], None, "tiny eval tiles")
+    cfg = sites.SitesConfig(batch=24, batches=3, query_clients=(1, 2), query_seconds=1.0, threads=1)
+    out = sites.run(repo, held, cfg, progress=lambda s: None, workdir=tmp_path / "work")
+    assert len(out["tiles"]) == 2 and all(len(t["versions"]) == 3 for t in out["tiles"])
+    first, later = out["tiles"][0]["versions"][0], out["tiles"][0]["versions"][1:]
+    assert not first["map"]["incremental"] and all(v["map"]["incremental"] for v in later)
+    assert all(v["map"]["evaluations"] <= v["fresh"]["evaluations"] / 2 for v in later)
+    assert np.isfinite([v["map"]["gain_db"] for t in out["tiles"] for v in t["versions"]]).all()
+    s = out["summary"]
+    assert s["rebuilds"] == 4 and 0 <= s["rebuilds_worse_than_fresh"] <= 4 and s["evaluation_share"] <= 0.5
+    assert [q["clients"] for q in out["query"]] == [1, 2] and all(q["calls"] > 0 and q["p99_ms"] >= q["p50_ms"]
+                                                                   for q in out["query"])
+    assert out["store"]["sites"] == 2 and out["store"]["file_bytes"] > 0
+    path = report.write_result("sites-test", "sites", "ckm-bench sites (test)",
+                               {"config": vars(cfg), "tiles_count": 2, "data": held.description, **out},
+                               results_dir=tmp_path / "results")
+    text = render.section(report.read_record(path))
+    assert "| 3 |" in text and "QueryPoints" in text and "incremental rebuilds" in text
+
+
+def test_a_drive_keeps_to_outdoor_cells(tiny_prior):
+    *_, evl = tiny_prior
+    cells = sites.route(evl[0], 200, np.random.default_rng(0))
+    outdoor = ~codec.building_mask(evl[0])
+    assert len(cells) == 200 and all(outdoor[r, c] for r, c in cells)
+    steps = [abs(a[0] - b[0]) + abs(a[1] - b[1]) for a, b in zip(cells, cells[1:])]
+    assert np.mean(np.array(steps) == 1) > 0.9  # a route, not scattered points
