@@ -5,12 +5,14 @@ record rendered into RESULTS.md."""
 import shutil
 
 import numpy as np
+import pytest
 
 from ckm_edge.benchmarks import render, report, sites
 from ckm_edge.benchmarks.accuracy import HeldOut
 from ckm_edge.runtime import codec
 
 
+@pytest.mark.slow  # a server process, 6 versions, fresh constructions beside them, a load run: ~1.5 min
 def test_the_sites_benchmark_measures_a_stream_and_renders(tiny_package, tiny_prior, tmp_path):
     *_, evl = tiny_prior
     repo = tmp_path / "repository"

@@ -507,12 +507,14 @@ def test_a_server_killed_mid_stream_loses_no_acknowledged_measurement_sqlite(rep
     _kill9_resumes(repo, f"sqlite:{tmp_path}/sites.db", tmp_path, evl[2])
 
 
+@pytest.mark.slow  # two server processes, a cluster: ~1 min (`make test-slow`)
 def test_a_server_killed_mid_stream_loses_no_acknowledged_measurement_postgresql(repo, tmp_path, tiny_prior, postgres_url):
     *_, evl = tiny_prior
     pytest.importorskip("psycopg")
     _kill9_resumes(repo, postgres_url, tmp_path, evl[2])
 
 
+@pytest.mark.slow  # two server processes on one cluster (`make test-slow`)
 def test_two_servers_on_one_postgresql_store_share_sites(repo, tmp_path, tiny_prior, postgres_url):
     *_, evl = tiny_prior
     procs, ports = [], []
