@@ -249,6 +249,29 @@ def search(start: Recommendation, evaluate, cfg: TuneConfig,
     return best, measured
 
 
+@dataclass(frozen=True)
+class Problems:
+    """What tuning and calibration both start from: the package, the map shape, every task's
+    problem on every validation tile (solvers.problems) and what a site request carries per tile
+    (the layout and, where recorded, the base station and building heights)."""
+
+    pkg: object
+    shape: tuple[int, int, int]
+    probs: dict
+    sites: dict
+
+
+def validation_problems(package_dir: str | Path, val: Validation, tasks: tuple[str, ...], sigma: float,
+                        seed: int) -> Problems:
+    from ckm_edge.runtime.package import load_package
+
+    pkg = load_package(package_dir)
+    if val.tiles.shape[-1] != pkg.tile_size:
+        raise ValueError(f"tiles are {val.tiles.shape[-1]} wide, package {pkg.name} takes {pkg.tile_size}")
+    sites = {i: solvers.site_of(codec.building_mask(x), val.transmitters, val.heights, i) for i, x in enumerate(val.tiles)}
+    return Problems(pkg, (2, pkg.tile_size, pkg.tile_size), solvers.problems(val.tiles, tasks, sigma, seed), sites)
+
+
 def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=print,
         journal: str | Path | None = None, start_from: dict | None = None) -> dict:
     """{"samplers": {kind[+site]: recommendation}, "kinds": {kind[+site]: {"tasks", "before", "after", "points"}}}.
@@ -259,18 +282,11 @@ def run(package_dir: str | Path, val: Validation, cfg: TuneConfig, progress=prin
     the package's own, for the kinds it names."""
     from ckm_edge.runtime.construct import ConstructConfig, construct
     from ckm_edge.runtime.engine import EngineConfig, open_engine
-    from ckm_edge.runtime.package import load_package
     from ckm_edge.runtime.recommend import from_section, recommend
     from ckm_edge.runtime.sampler import config_from_params
 
-    pkg = load_package(package_dir)
-    tiles = val.tiles
-    if tiles.shape[-1] != pkg.tile_size:
-        raise ValueError(f"tiles are {tiles.shape[-1]} wide, package {pkg.name} takes {pkg.tile_size}")
-    shape = (2, pkg.tile_size, pkg.tile_size)
-    probs = solvers.problems(tiles, cfg.tasks, cfg.sigma, cfg.seed)
-    # what a site request carries per tile: the layout and, where recorded, the base station
-    sites = {i: solvers.site_of(codec.building_mask(x), val.transmitters, val.heights, i) for i, x in enumerate(tiles)}
+    p = validation_problems(package_dir, val, cfg.tasks, cfg.sigma, cfg.seed)
+    pkg, shape, probs, sites, tiles = p.pkg, p.shape, p.probs, p.sites, val.tiles
     base = {}  # the smooth fill's RMSEs: the yardstick of every point
     for setting in cfg.settings:
         for (task, i), (op, y, unobs, building) in probs.items():

@@ -28,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ckm_edge.benchmarks import solvers
 from ckm_edge.benchmarks.journal import package_identity
-from ckm_edge.benchmarks.tune import SETTINGS, Validation
+from ckm_edge.benchmarks.tune import SETTINGS, Validation, validation_problems
 from ckm_edge.runtime import codec, uncertainty
 from ckm_edge.runtime.recommend import SITE
 from ckm_edge.runtime.tasks import DEFAULT_SIGMA
@@ -65,16 +64,10 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
     file, package, tiles and configuration fits from them instead of constructing again."""
     from ckm_edge.runtime.construct import ConstructConfig, construct
     from ckm_edge.runtime.engine import EngineConfig, open_engine
-    from ckm_edge.runtime.package import load_package
     from ckm_edge.runtime.recommend import recommend, resolve
 
-    pkg = load_package(package_dir)
-    tiles = val.tiles
-    if tiles.shape[-1] != pkg.tile_size:
-        raise ValueError(f"tiles are {tiles.shape[-1]} wide, package {pkg.name} takes {pkg.tile_size}")
-    shape = (2, pkg.tile_size, pkg.tile_size)
-    probs = solvers.problems(tiles, cfg.tasks, cfg.sigma, cfg.seed)
-    sites = {i: solvers.site_of(codec.building_mask(x), val.transmitters, val.heights, i) for i, x in enumerate(tiles)}
+    p = validation_problems(package_dir, val, cfg.tasks, cfg.sigma, cfg.seed)
+    pkg, shape, probs, sites, tiles = p.pkg, p.shape, p.probs, p.sites, val.tiles
     kinds = calibration_kinds(probs, cfg.tasks, len(tiles))
     cells: dict[tuple[str, str], list[_Cells]] = {}  # (setting, task) -> per tile
     used: dict[str, dict] = {}
