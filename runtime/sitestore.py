@@ -172,10 +172,13 @@ class Store:
         return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
 
     @contextmanager
-    def _tx(self) -> Iterator:
-        """One transaction: committed on success, rolled back on any error."""
+    def _tx(self, write: bool = False) -> Iterator:
+        """One transaction: committed on success, rolled back on any error. A write transaction
+        takes the store's write lock (SQLite) or the site row's lock (PostgreSQL) up front; a read
+        takes none."""
         with self._lock:
             cur = self._conn.cursor()
+            self._writing = write
             try:
                 self._begin(cur)
                 yield cur
@@ -184,12 +187,15 @@ class Store:
                 self._conn.rollback()
                 raise
             finally:
+                self._writing = False
                 cur.close()
+
+    _writing = False
 
     def _begin(self, cur) -> None: ...
 
     def _migrate(self) -> None:
-        with self._tx() as cur:
+        with self._tx(write=True) as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS ckm_schema (version INTEGER NOT NULL)")
             cur.execute("SELECT version FROM ckm_schema")
             row = cur.fetchone()
@@ -200,7 +206,7 @@ class Store:
             raise StoreError(f"the store {self.url} has schema version {current}, newer than this server's "
                              f"{SCHEMA_VERSION}; upgrade the server")
         for version in range(current + 1, SCHEMA_VERSION + 1):
-            with self._tx() as cur:
+            with self._tx(write=True) as cur:
                 cur.execute("SELECT version FROM ckm_schema")
                 if cur.fetchone()[0] >= version:  # another server migrated meanwhile
                     continue
@@ -221,7 +227,7 @@ class Store:
     def create_site(self, site_id: str, definition: bytes, now_ms: int) -> tuple[SiteRow, bool]:
         """(the site, created): an existing site with the same definition is returned, not created
         again; with another definition SiteExists."""
-        with self._tx() as cur:
+        with self._tx(write=True) as cur:
             row = self._site(cur, site_id)
             if row is not None:
                 if row.definition != definition:
@@ -253,7 +259,7 @@ class Store:
 
     def delete_site(self, site_id: str) -> tuple[int, int] | None:
         """(measurements, maps) deleted with the site; None when there was no such site."""
-        with self._tx() as cur:
+        with self._tx(write=True) as cur:
             if self._site(cur, site_id) is None:
                 return None
             counts = []
@@ -270,7 +276,7 @@ class Store:
         """Store a batch in one transaction: (accepted, the site's measurement count, duplicate).
         KeyError for an unknown site; OverflowError when the site would hold more than
         `max_measurements`. A batch_id seen before stores nothing and returns duplicate True."""
-        with self._tx() as cur:
+        with self._tx(write=True) as cur:
             site = self._site(cur, site_id)
             if site is None:
                 raise KeyError(site_id)
@@ -349,7 +355,7 @@ class Store:
         """Store version m.version if it is the site's next one (newest + 1) and the site still
         exists; keep the newest `keep_versions`. False when the version was taken (another
         server built it) or the site is gone."""
-        with self._tx() as cur:
+        with self._tx(write=True) as cur:
             site = self._site(cur, m.site_id)
             if site is None or site.map_version != m.version - 1:
                 return False
@@ -397,14 +403,14 @@ class Store:
 
     def try_lease(self, site_id: str, owner: str, now_ms: int, seconds: float) -> bool:
         """Take (or extend) the site's rebuild lease for `owner` unless another owner holds it."""
-        with self._tx() as cur:
+        with self._tx(write=True) as cur:
             cur.execute(self._sql("UPDATE sites SET lease_owner = ?, lease_until_ms = ? WHERE site_id = ? AND "
                                   "(lease_until_ms < ? OR lease_owner = ?)"),
                         (owner, now_ms + int(seconds * 1000), site_id, now_ms, owner))
             return cur.rowcount == 1
 
     def release_lease(self, site_id: str, owner: str) -> None:
-        with self._tx() as cur:
+        with self._tx(write=True) as cur:
             cur.execute(self._sql("UPDATE sites SET lease_until_ms = 0 WHERE site_id = ? AND lease_owner = ?"), (site_id, owner))
 
     def size_bytes(self, site_id: str) -> int:
@@ -441,12 +447,13 @@ class SQLiteStore(Store):
         return conn
 
     def _begin(self, cur) -> None:
-        cur.execute("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks between servers
+        # a write takes the write lock up front (no upgrade deadlocks between servers); a read none
+        cur.execute("BEGIN IMMEDIATE" if self._writing else "BEGIN")
 
 
 class PostgresStore(Store):
-    """psycopg 3, one connection; transactions at READ COMMITTED with row locks where it matters
-    (the site row is locked by the first UPDATE/SELECT ... FOR UPDATE of a write)."""
+    """psycopg 3, one connection; transactions at READ COMMITTED, a write locking its site's row
+    first (SELECT ... FOR UPDATE), so writes to one site are serialized across servers."""
 
     dialect = "postgresql"
     blob, bigint, placeholder = "BYTEA", "BIGINT", "%s"
@@ -462,9 +469,18 @@ class PostgresStore(Store):
             raise StoreError(f"cannot connect to the PostgreSQL store: {e}") from None
 
     def _site(self, cur, site_id: str) -> SiteRow | None:
-        cur.execute(f"SELECT {_SITE_COLUMNS} FROM sites WHERE site_id = %s FOR UPDATE", (site_id,))
+        lock = " FOR UPDATE" if self._writing else ""
+        cur.execute(f"SELECT {_SITE_COLUMNS} FROM sites WHERE site_id = %s{lock}", (site_id,))
         row = cur.fetchone()
         return None if row is None else SiteRow(row[0], bytes(row[1]), *(int(v) for v in row[2:]))
+
+    def create_site(self, site_id: str, definition: bytes, now_ms: int) -> tuple[SiteRow, bool]:
+        import psycopg
+
+        try:
+            return super().create_site(site_id, definition, now_ms)
+        except psycopg.errors.UniqueViolation:  # another server created it meanwhile: compare with its definition
+            return super().create_site(site_id, definition, now_ms)
 
     def _migrate(self) -> None:
         with self._lock, self._conn.cursor() as cur:  # one migrating server at a time
