@@ -213,7 +213,7 @@ def _one_map(engine, pkg, samplers: dict | None, nets: dict, cfg: AccuracyConfig
     from ckm_edge.runtime.construct import ConstructConfig, check_observation, construct
     from ckm_edge.runtime.observations import Observation, Observations
     from ckm_edge.runtime.recommend import resolve
-    from ckm_edge.runtime.sampler import spec_for
+    from ckm_edge.runtime.sampler import network_evaluations, spec_for
     from ckm_edge.runtime.site import Site
     from ckm_edge.training.objectives import observation_inputs
 
@@ -226,7 +226,7 @@ def _one_map(engine, pkg, samplers: dict | None, nets: dict, cfg: AccuracyConfig
         site = None if layout is None else held.site(i, layout)
         sampler, steps, samples = resolve(samplers, op, site=site is not None)
         name = spec_for(sampler).name
-        nfe = sum(spec_for(sampler).evaluations(sampler, steps).values())
+        nfe = network_evaluations(sampler, steps)
         if nfe > cfg.max_nfe:
             raise ValueError(f"{pkg.name} {pkg.version} recommends {name} with {nfe} network evaluations "
                              f"per sample for {task}; the benchmark allows {cfg.max_nfe}")

@@ -200,7 +200,7 @@ def run(repository: str | Path, held, cfg: SitesConfig, progress=print, workdir:
             "seconds": time.perf_counter() - t0}
 
 
-def _query_client(port: int, sites: int, positions: list, seconds: float, seed: int, out) -> None:
+def _query_client(port: int, sites: int, positions: list, seconds: float, seed: int, go, back) -> None:
     import grpc
 
     from ckm_edge.protos.ckm.edge.v1 import site_pb2 as spb
@@ -211,7 +211,7 @@ def _query_client(port: int, sites: int, positions: list, seconds: float, seed: 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = sgrpc.SiteServiceStub(ch)
         stub.GetSite(spb.GetSiteRequest(site_id="tile-0"))  # connected before the clock starts
-        out.get()  # start together
+        go.get()  # start together
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
             i = int(rng.integers(sites))
@@ -220,14 +220,14 @@ def _query_client(port: int, sites: int, positions: list, seconds: float, seed: 
             t = time.perf_counter()
             stub.QueryPoints(req)
             lat.append(time.perf_counter() - t)
-    out.put(lat)
+    back.put(lat)
 
 
 def query_load(port: int, sites: int, positions: list, clients: int, seconds: float) -> dict:
     """`clients` processes, one channel each, closed-loop one-point QueryPoints for `seconds`."""
     ctx = mp.get_context("spawn")
     go, back = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=_query_client, args=(port, sites, positions, seconds, 100 + k, _Pipe(go, back)))
+    procs = [ctx.Process(target=_query_client, args=(port, sites, positions, seconds, 100 + k, go, back))
              for k in range(clients)]
     for p in procs:
         p.start()
@@ -239,19 +239,6 @@ def query_load(port: int, sites: int, positions: list, clients: int, seconds: fl
         p.join(30)
     return {"clients": clients, "calls": int(len(lat)), "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99)), "per_second": float(len(lat) / seconds)}
-
-
-class _Pipe:
-    """get: wait for the start signal; put: send the latencies back."""
-
-    def __init__(self, go, back):
-        self.go, self.back = go, back
-
-    def get(self):
-        return self.go.get()
-
-    def put(self, v):
-        self.back.put(v)
 
 
 def summarize(tiles: list, query: list) -> dict:

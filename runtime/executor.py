@@ -125,6 +125,14 @@ class Job:
         c = self.config
         return (id(self.model), id(self.adapter), self.precision, c.steps, c.respacing, c.sampler, self.shape)
 
+    def row_bytes(self) -> int:
+        """Engine memory per posterior sample (runtime.memory, measured once per package): the
+        model's graphs this sampler runs, and its site adapter's score graph."""
+        total = self.model.row_bytes(self.precision, spec_for(self.sampler).needs_vjp(self.sampler))
+        if self.adapter is not None:
+            total += self.adapter.row_bytes(self.precision, False)
+        return total
+
     def observation(self) -> Observation:
         return Observation(self.op, self.y, self.sigma, self.site, self.init)
 

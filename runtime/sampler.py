@@ -236,6 +236,12 @@ def register(name: str, config: type, *, summary: str, default_steps: int, evalu
     return wrap
 
 
+def network_evaluations(cfg, steps: int, samples: int = 1) -> int:
+    """Network calls of a construction: `samples` posterior samples of `steps` steps of `cfg`'s sampler
+    (score, forward-with-saves and backward graphs together)."""
+    return samples * sum(spec_for(cfg).evaluations(cfg, steps).values())
+
+
 def spec(name: str) -> SamplerSpec:
     try:
         return SAMPLERS[name]

@@ -32,7 +32,7 @@ from ckm_edge.runtime.metrics import Metrics
 from ckm_edge.runtime.operators import OperatorError
 from ckm_edge.runtime.package import PackageError
 from ckm_edge.runtime.repository import LoadedModel, ModelRepository, adapts
-from ckm_edge.runtime.sampler import SAMPLERS, SamplerError, spec_for
+from ckm_edge.runtime.sampler import SAMPLERS, SamplerError, network_evaluations, spec_for
 from ckm_edge.runtime.schedule import ScheduleError
 from ckm_edge.runtime.site import SiteError
 
@@ -185,7 +185,7 @@ class EdgeServicer:
         n_max = min(defaults.MAX_STEPS, len(pkg.schedule()))
         if not 1 <= steps <= n_max:
             raise InvalidArgument(f"steps must be in [1, {n_max}], got {req.steps}")
-        work = samples * sum(spec_for(cfg).evaluations(cfg, steps).values())
+        work = network_evaluations(cfg, steps, samples)
         if work > self.limits.max_evaluations:
             raise InvalidArgument(f"steps: {steps} steps x {samples} samples ask for {work} network evaluations; "
                                   f"this server allows at most {self.limits.max_evaluations} per request")
@@ -204,13 +204,7 @@ class EdgeServicer:
             raise Status(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
 
     def _row_bytes(self, job: executor.Job) -> int:
-        if not self.limits.memory_budget:
-            return 0
-        vjp = spec_for(job.sampler).needs_vjp(job.sampler)
-        total = job.model.row_bytes(job.precision, vjp)
-        if job.adapter is not None:
-            total += job.adapter.row_bytes(job.precision, False)
-        return total
+        return job.row_bytes() if self.limits.memory_budget else 0
 
     def _submit(self, pending: Pending) -> None:
         try:

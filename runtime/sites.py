@@ -45,7 +45,7 @@ from ckm_edge.protos.ckm.edge.v1 import site_pb2 as spb
 from ckm_edge.runtime import api, codec, executor, operators, recommend, uncertainty
 from ckm_edge.runtime.api import InvalidArgument
 from ckm_edge.runtime.batcher import Batcher, Pending, ShuttingDown
-from ckm_edge.runtime.sampler import spec_for
+from ckm_edge.runtime.sampler import network_evaluations
 from ckm_edge.runtime.sitestore import MapRow, Readings, SiteExists, SiteRow, Store, now_ms
 
 log = logging.getLogger("ckm.edge.sites")
@@ -368,7 +368,7 @@ class SiteManager:
         received = now_ms()
         for i, m in enumerate(measurements):
             where = f"measurements[{i}]"
-            row[i], col[i] = self._position(spec, m.position if m.HasField("position") else None, f"{where}.position")
+            row[i], col[i] = self._position(spec, m.position if m.HasField("position") else None, f"{where}.position", tile)
             if not (m.HasField("gain_db") or m.HasField("aoa_sine")):
                 raise InvalidArgument(f"{where}: give gain_db, aoa_sine or both")
             if m.HasField("gain_db"):
@@ -392,7 +392,8 @@ class SiteManager:
                                       "layout, where the map holds no signal")
         return Readings(r, c, gain, gvar, aoa, avar, when)
 
-    def _position(self, spec: SiteSpec, pos, where: str) -> tuple[float, float]:
+    def _position(self, spec: SiteSpec, pos, where: str, tile: int) -> tuple[float, float]:
+        """A Position message -> (row, col) in cells of the `tile` x `tile` map; INVALID_ARGUMENT naming `where`."""
         if pos is None or pos.WhichOneof("kind") is None:
             raise InvalidArgument(f"{where} is required (world metres or cell coordinates)")
         if pos.WhichOneof("kind") == "world":
@@ -406,7 +407,6 @@ class SiteManager:
             r, c = pos.cell.row, pos.cell.col
             if not (math.isfinite(r) and math.isfinite(c)):
                 raise InvalidArgument(f"{where}.cell must be finite")
-        tile = self._tile(spec)
         if not (0 <= r < tile and 0 <= c < tile):
             raise InvalidArgument(f"{where}: ({r:.6g}, {c:.6g}) in cells lies outside the {tile} x {tile} tile")
         return r, c
@@ -449,7 +449,8 @@ class SiteManager:
         if not self._query_bucket.take():
             raise Exhausted(f"more than {self.limits.query_rate:g} QueryPoints calls per second on this server")
         cached = self._current(site_id)
-        pts = [self._position(cached.spec, p, f"positions[{i}]") for i, p in enumerate(positions)]
+        tile = cached.mean.shape[-1]
+        pts = [self._position(cached.spec, p, f"positions[{i}]", tile) for i, p in enumerate(positions)]
         if len(pts) <= SMALL_QUERY:
             z = uncertainty.z_of(cached.coverage) if cached.calibrated else 0.0
             return cached, [interpolate_point(cached, r, c, z) for r, c in pts]
@@ -489,7 +490,7 @@ class SiteManager:
         """Map versions newer than `after`, in order (a version already evicted from the store's
         history is skipped), as they are built; ends when `alive()` turns False or the site goes
         (NotFound) or the server stops."""
-        self.get(site_id)
+        row = self.get(site_id)
         if after < 0:
             raise InvalidArgument(f"after_version must be >= 0, got {after}")
         with self._lock:
@@ -497,10 +498,7 @@ class SiteManager:
                 raise Exhausted(f"this server has {self.limits.max_watchers} WatchMap streams open, its limit")
             self._watchers += 1
         try:
-            last = after
-            if after == 0:  # the current map first
-                row = self.get(site_id)
-                last = max(0, row.map_version - 1)
+            last = after or max(0, row.map_version - 1)  # after 0: the current map first
             while alive() and not self._stop.is_set():
                 row = self.store.get_site(site_id)
                 if row is None:
@@ -596,12 +594,11 @@ class SiteManager:
                        and previous.mean.shape == (2, n, n))
         init = None
         if incremental:
-            work = lambda c, n, k: k * sum(spec_for(c).evaluations(c, n).values())  # noqa: E731
-            fresh = work(cfg, steps, samples)
+            fresh = network_evaluations(cfg, steps, samples)
             cfg = dataclasses.replace(cfg, start=min(cfg.start, self.policy.warm_start))
             steps = max(1, math.ceil(steps * self.policy.warm_steps))
             samples = max(1, math.floor(samples * self.policy.warm_samples))
-            while steps > 1 and work(cfg, steps, samples) > fresh / 2:  # one sample: fewer steps instead
+            while steps > 1 and network_evaluations(cfg, steps, samples) > fresh / 2:  # one sample: fewer steps instead
                 steps -= 1
             init = previous.mean
         adapter = lam = None
@@ -611,18 +608,13 @@ class SiteManager:
         config = executor.ConstructConfig(steps, samples, seed=row.measurement_count, sampler=cfg)
         job = executor.plan(model, op, y, (2, n, n), config, sigma=sigma, site=site, adapter=adapter, adapter_lambda=lam,
                             init=init)
-        evaluations = samples * sum(spec_for(cfg).evaluations(cfg, steps).values())
-        return job, fused, incremental, evaluations
+        return job, fused, incremental, network_evaluations(cfg, steps, samples)
 
     def _rebuild(self, row: SiteRow) -> MapRow | None:
         start = time.perf_counter()
         previous = self.store.get_map(row.site_id) if row.map_version else None
         job, fused, incremental, evaluations = self.plan(row, previous)
-        row_bytes = 0
-        if self.row_bytes:
-            vjp = spec_for(job.sampler).needs_vjp(job.sampler)
-            row_bytes = job.model.row_bytes(job.precision, vjp)
-        pending = Pending(job, row_bytes, background=True)
+        pending = Pending(job, job.row_bytes() if self.row_bytes else 0, background=True)
         self.batcher.submit(pending)
         renewed = time.monotonic()
         while not pending.done.wait(0.1):

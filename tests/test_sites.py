@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from test_server import repo  # noqa: F401 (a module-scoped fixture: this module's own copy)
 
 from ckm_edge.protos.ckm.edge.v1 import site_pb2 as spb
 from ckm_edge.protos.ckm.edge.v1 import site_pb2_grpc as sgrpc
@@ -161,13 +162,6 @@ def test_geometry_maps_world_metres_to_cells_and_back():
 
 
 # -- the service ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def repo(tiny_package, tmp_path_factory):
-    root = tmp_path_factory.mktemp("repository")
-    shutil.copytree(tiny_package.root, root / "tiny" / "1.0.0")
-    return root
-
-
 @pytest.fixture(scope="module")
 def edge(repo, tmp_path_factory):
     store = tmp_path_factory.mktemp("store") / "sites.db"
