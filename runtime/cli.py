@@ -281,7 +281,7 @@ def cmd_serve(args) -> int:
     import logging
     import signal
 
-    from ckm_edge.runtime.server import ServerConfig, create_server, read_tokens
+    from ckm_edge.runtime.server import BindError, ServerConfig, create_server, read_tokens
     from ckm_edge.runtime.sites import RebuildPolicy
     from ckm_edge.runtime.sitestore import StoreError
 
@@ -309,22 +309,47 @@ def cmd_serve(args) -> int:
     except ValueError as e:
         print(f"ckm-edge serve: {e}", file=sys.stderr)
         return 2
+    if args.workers < 1:
+        print(f"ckm-edge serve: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def until_signalled():  # installed once the server serves (a refused start leaves the caller's handlers)
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        return stop
+
+    if args.workers > 1:
+        from ckm_edge.runtime.workers import Supervisor, WorkerError
+
+        try:
+            sup = Supervisor(cfg, args.workers, pin=not args.no_pin).start()
+        except (StoreError, WorkerError, BindError) as e:
+            print(f"ckm-edge serve: {'--store: ' if isinstance(e, StoreError) else ''}{e}", file=sys.stderr)
+            return 2
+        cpus = sorted(c for c in sup.cpus if c is not None)
+        _serving(sup.models, sup.port, cfg, sup.metrics_port, f" with {args.workers} workers"
+                 + (f" (pinned to CPUs {', '.join(map(str, cpus))})" if cpus else ""), args.port_file)
+        sup.run(until_signalled())
+        sup.stop()
+        return 0
     try:
         edge = create_server(cfg).start()
-    except StoreError as e:
-        print(f"ckm-edge serve: --store: {e}", file=sys.stderr)
+    except (StoreError, BindError) as e:
+        print(f"ckm-edge serve: {'--store: ' if isinstance(e, StoreError) else ''}{e}", file=sys.stderr)
         return 2
-    print(f"ckm-edge serving {[m.key for m in edge.repository.models()]} on port {edge.port}"
-          + (f", sites in {cfg.store.split('@')[-1]}" if cfg.store else "")
-          + (f", metrics on http://{cfg.metrics_host}:{edge.metrics_port}/metrics" if edge.metrics_port else ""), flush=True)
-    if args.port_file:
-        Path(args.port_file).write_text(str(edge.port))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
+    _serving([m.key for m in edge.repository.models()], edge.port, cfg, edge.metrics_port, "", args.port_file)
+    until_signalled().wait()
     edge.stop()
     return 0
+
+
+def _serving(models, port: int, cfg, metrics_port: int | None, how: str, port_file: Path | None) -> None:
+    print(f"ckm-edge serving {models} on port {port}{how}"
+          + (f", sites in {cfg.store.split('@')[-1]}" if cfg.store else "")
+          + (f", metrics on http://{cfg.metrics_host}:{metrics_port}/metrics" if metrics_port else ""), flush=True)
+    if port_file:
+        Path(port_file).write_text(str(port))
 
 
 def cmd_demo(args) -> int:
@@ -567,6 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="... or once the oldest of them waited this long")
     s.add_argument("--rebuild-workers", type=int, default=1, help="site map rebuilds running at once")
     s.add_argument("--keep-map-versions", type=int, default=16, help="map versions kept per site")
+    s.add_argument("--workers", type=int, default=1,
+                   help="server processes on the port (runtime/workers.py: gRPC Python serves one core's worth "
+                        "of calls per process); each a whole server, pinned to a CPU of its own")
+    s.add_argument("--no-pin", action="store_true", help="with --workers: let the OS place the workers")
     s.set_defaults(func=cmd_serve)
 
     st = sub.add_parser("site", help="a site's living map on an edge server (SiteService): create, add, get, query, "

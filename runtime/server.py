@@ -38,6 +38,11 @@ from ckm_edge.runtime.servicer import EdgeServicer, Limits, add_to_server
 from ckm_edge.runtime.sites import RebuildPolicy, SiteLimits
 
 log = logging.getLogger("ckm.edge.server")
+
+
+class BindError(RuntimeError):
+    """The server's address could not be bound."""
+
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
@@ -54,7 +59,7 @@ class ServerConfig:
     batch_workers: int = 1
     max_batch_memory_mib: float = defaults.MAX_BATCH_MEMORY_MIB  # engine memory one batch may use (rows x measured per-row); 0 = no budget
     max_evaluations: int = defaults.MAX_EVALUATIONS  # network evaluations one request may ask (samples x calls per sample)
-    rpc_threads: int = 16
+    rpc_threads: int = 16  # threads for short RPCs; `threads` adds those a waiting job or a WatchMap stream holds
     engine_threads: int = 0
     deterministic: bool = False  # single-threaded deterministic engines: bitwise-reproducible maps
     backend: str = "onnxruntime"  # the engines' inference library (EngineConfig.backend)
@@ -70,6 +75,7 @@ class ServerConfig:
     store: str | None = None  # the SiteService's store (sqlite:PATH, postgresql://...); None = no SiteService
     site_limits: SiteLimits = field(default_factory=SiteLimits)
     rebuild: RebuildPolicy = field(default_factory=RebuildPolicy)
+    reuse_port: bool = False  # share the port with other processes (runtime.workers); off: a taken port is an error
 
     def __post_init__(self):
         BatcherConfig(self.max_batch, self.max_queue_delay_ms, self.max_queue, self.batch_workers)  # validates
@@ -81,6 +87,13 @@ class ServerConfig:
             raise ValueError("mTLS (client_ca) needs a server certificate (tls_cert, tls_key)")
         if any(not t or any(c.isspace() for c in t) for t in self.tokens):
             raise ValueError("bearer tokens must be non-empty and hold no whitespace")
+
+    @property
+    def threads(self) -> int:
+        """The gRPC thread pool: a handler holds its thread until it returns, so every job the
+        batcher may queue and every WatchMap stream the SiteService allows gets one beside the
+        `rpc_threads` for short calls (threads start only when needed)."""
+        return self.rpc_threads + self.max_queue + (self.site_limits.max_watchers if self.store is not None else 0)
 
     @property
     def batcher(self) -> BatcherConfig:
@@ -207,9 +220,9 @@ def create_server(cfg: ServerConfig) -> EdgeServer:
     # The transport takes messages up to twice the limit so that the servicer can refuse (and count)
     # those over it; beyond that gRPC itself answers RESOURCE_EXHAUSTED.
     options = [("grpc.max_receive_message_length", 2 * cfg.max_message_bytes),
-               ("grpc.max_send_message_length", cfg.max_message_bytes)]
+               ("grpc.max_send_message_length", cfg.max_message_bytes), ("grpc.so_reuseport", int(cfg.reuse_port))]
     interceptors = [_TokenInterceptor(cfg.tokens, metrics)] if cfg.tokens else []
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.rpc_threads), options=options, interceptors=interceptors)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads), options=options, interceptors=interceptors)
     limits = Limits(max_samples=cfg.max_batch, max_evaluations=cfg.max_evaluations, memory_budget=bool(sched.memory_budget),
                     deterministic=cfg.deterministic)
     add_to_server(EdgeServicer(repo, batcher, metrics, limits), server, metrics, cfg.max_message_bytes)
@@ -230,16 +243,18 @@ def create_server(cfg: ServerConfig) -> EdgeServer:
     secure = cfg.tls_cert is not None
     host = cfg.host or ("0.0.0.0" if secure else "127.0.0.1")
     address = f"{host}:{cfg.port}"
+    creds = None
     if secure:
         creds = grpc.ssl_server_credentials(
             [(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())],
             root_certificates=Path(cfg.client_ca).read_bytes() if cfg.client_ca else None,
             require_client_auth=cfg.client_ca is not None)
-        port = server.add_secure_port(address, creds)
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, creds) if secure else server.add_insecure_port(address)
+    except RuntimeError:  # newer grpc raises where older returned 0
+        port = 0
     if port == 0:
-        raise RuntimeError(f"could not bind {address}")
+        raise BindError(f"could not bind {address}: the port is in use or the address is not this machine's")
     metrics_port = metrics.serve(cfg.metrics_host, cfg.metrics_port) if cfg.metrics_port is not None else None
     edge = EdgeServer(server, port, repo, batcher, metrics, metrics_port, health_servicer, sites)
     edge._set_health()

@@ -304,7 +304,7 @@ class _Handling:
 
     def __enter__(self) -> _Handling:
         self.start = time.perf_counter()
-        self.metrics.inflight.labels(self.method).inc()
+        self.metrics.rpc_started(self.method)
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -320,9 +320,7 @@ class _Handling:
         elif exc is not None:
             log.exception("unexpected error in %s", self.method)
             code = grpc.StatusCode.INTERNAL
-        self.metrics.inflight.labels(self.method).dec()
-        self.metrics.requests.labels(self.method, code.name).inc()
-        self.metrics.duration.labels(self.method, code.name).observe(time.perf_counter() - self.start)
+        self.metrics.rpc_finished(self.method, code.name, time.perf_counter() - self.start)
         if self.model is not None:
             pkg = self.model.package
             self.metrics.model_requests.labels(pkg.name, pkg.version, code.name).inc()

@@ -571,6 +571,32 @@ def test_site_limits_are_resource_exhausted(repo, tmp_path, tiny_prior):
         server.stop(0)
 
 
+def test_open_watches_leave_threads_for_other_calls(repo, tmp_path):
+    """A WatchMap stream holds its handler thread while it waits: the server keeps a thread for each
+    stream it allows beside those for short calls, so the allowed streams never starve a GetSite."""
+    from ckm_edge.runtime.sites import SiteLimits
+
+    server = create_server(ServerConfig(repository=repo, port=0, poll_seconds=0, engine_threads=1, rpc_threads=1,
+                                        max_queue=1, store=f"sqlite:{tmp_path}/s.db",
+                                        site_limits=SiteLimits(max_watchers=4), rebuild=FAST)).start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            s = sgrpc.SiteServiceStub(ch)
+            s.CreateSite(spb.CreateSiteRequest(definition=_definition("w")))
+            streams = [s.WatchMap(spb.WatchMapRequest(site_id="w"), timeout=60) for _ in range(4)]  # no map yet: they wait
+            deadline = time.monotonic() + 30
+            while server.sites._watchers < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.sites._watchers == 4
+            assert s.GetSite(spb.GetSiteRequest(site_id="w"), timeout=10).site.definition.site_id == "w"
+            e = _bad(s, "WatchMap", spb.WatchMapRequest(site_id="w"))
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for st in streams:
+                st.cancel()
+    finally:
+        server.stop(0)
+
+
 def test_the_site_command_line_drives_a_site(edge, tiny_prior, tmp_path):
     *_, evl = tiny_prior
     truth = evl[4]
