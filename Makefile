@@ -6,7 +6,7 @@ EXTRAS ?= cpu,serve,cloud,dev,raytrace,openvino
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test test-slow bench clean raytrace-setup postgres-setup
+.PHONY: demo test test-slow bench clean raytrace-setup postgres-setup bench-tools
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version' 
@@ -34,10 +34,10 @@ test-slow: $(STAMP)
 # The quick benchmarks (minutes). The long ones regenerate their own sections when run:
 # ckm-bench solvers (~35 min per dataset on 2 cores: --data procedural --other-precisions fp16 int8, and
 # --data datasets/sionna-rt-small), ckm-bench accuracy (~30 min on the 64-tile ray-traced split), ckm-bench sweep --jacobian-free (~10 min),
-# ckm-bench raytrace (~4 min), ckm-bench uncertainty (~8 min on 16 validation tiles: a package's
+# ckm-bench sites (~5 min; h2load from `make bench-tools`), ckm-bench raytrace (~4 min), ckm-bench uncertainty (~8 min on 16 validation tiles: a package's
 # calibration, --write), ckm-bench shift (~25 min on datasets/sionna-rt-small's 8 held-out tiles);
 # on a GPU machine: ckm-bench gpu --time-budget 280 (~5 min on an H100), ckm-bench adapt (~8 min on an H100).
-bench: $(STAMP)
+bench: $(STAMP) bench-tools
 	$(BIN)/ckm-bench procedural
 	$(BIN)/ckm-bench physics
 	$(BIN)/ckm-bench latency
@@ -72,6 +72,16 @@ postgres-setup:
 	else \
 		echo "postgres: no initdb and no way to install it; the PostgreSQL store's tests will skip"; \
 	fi
+
+# h2load (nghttp2's HTTP/2 load tool): the load generator of `ckm-bench sites`' QueryPoints runs;
+# without it the benchmark falls back to Python client processes and says so.
+bench-tools:
+	@if command -v h2load >/dev/null; then echo "bench-tools: h2load ready"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -q --no-install-recommends nghttp2-client >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 \
+			&& apt-get install -y -q --no-install-recommends nghttp2-client >/dev/null 2>&1)) \
+			&& echo "bench-tools: installed h2load" || echo "bench-tools: could not install nghttp2-client"; \
+	else echo "bench-tools: no h2load and no way to install it"; fi
 
 clean:
 	rm -rf $(VENV) demo-out

@@ -13,7 +13,7 @@ and benchmarks/RESULTS.md under the working directory; `ckm-bench --results DIR 
     ckm-bench tune [--package DIR] [--data DIR --exclude TRAINED ...] [--budget 25] [--out samplers.json]
     ckm-bench shift [--data DIR] [--tiles 16] [--checkpoints DIR] [--rows ...] [--journal FILE]
                        (observations no method was tuned for: the foundation vs the end-to-end networks)
-    ckm-bench sites [--repository DIR] [--data DIR] [--tiles 8] [--batch 64] [--batches 8]
+    ckm-bench sites [--repository DIR] [--data DIR] [--tiles 8] [--batch 64] [--batches 8] [--query-workers 1 2]
                        (living maps: drive tests into a SiteService, incremental vs fresh, QueryPoints load)
     ckm-bench uncertainty [--package DIR] [--data DIR --exclude TRAINED ...] [--tiles 24] [--write]
                        (calibrate the std a package reports: its manifest's "uncertainty" section)
@@ -275,13 +275,17 @@ def _cmd_sites(args: argparse.Namespace) -> int:
 
     try:
         cfg = sites.SitesConfig(batch=args.batch, batches=args.batches, seed=args.seed,
-                                query_clients=tuple(args.clients), query_seconds=args.query_seconds, threads=args.threads)
+                                query_clients=tuple(args.clients), query_seconds=args.query_seconds, threads=args.threads,
+                                query_workers=tuple(args.query_workers), load_generator=args.load_generator,
+                                query_repeats=args.query_repeats)
         held = accuracy.load_held_out(args.data, args.tiles, seed=0)
         out = sites.run(args.repository, held, cfg, progress=_progress, workdir=args.workdir)
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"ckm-bench sites: {e}") from None
     command = (f"ckm-bench sites --repository {args.repository} --data {args.data} --tiles {args.tiles} --batch {args.batch} "
-               f"--batches {args.batches} --clients {' '.join(map(str, args.clients))} --query-seconds {args.query_seconds}")
+               f"--batches {args.batches} --clients {' '.join(map(str, args.clients))} --query-seconds {args.query_seconds} "
+               f"--query-workers {' '.join(map(str, args.query_workers))} --query-repeats {args.query_repeats} "
+               f"--load-generator {args.load_generator}")
     _store(args, "sites-" + _data_slug(args.data), "sites", command,
            {"config": vars(cfg), "tiles_count": len(held.tiles), "data": held.description, **out})
     return 0
@@ -633,6 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--batches", type=int, default=8)
     si.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     si.add_argument("--query-seconds", type=float, default=5.0)
+    si.add_argument("--query-workers", type=int, nargs="+", default=[1, 2],
+                    help="`ckm-edge serve --workers` of the servers the QueryPoints load runs against")
+    si.add_argument("--query-repeats", type=int, default=3, help="runs per (workers, clients); the median p99's run is shown")
+    si.add_argument("--load-generator", choices=["auto", "h2load", "python"], default="auto",
+                    help="h2load (apt-get install nghttp2-client; auto: where installed) or Python client processes")
     si.add_argument("--threads", type=int, default=0, help="the server's engine threads")
     si.add_argument("--seed", type=int, default=7)
     si.add_argument("--workdir", help="where the server's store and log go (default: a temp dir)")

@@ -15,14 +15,25 @@ generated stub, as a base station would. Per held-out tile:
   construction, run in this process with the server idle: `SiteManager.plan` without a previous
   map) and the same metrics for it.
 
-Then QueryPoints under load: 1-16 client processes, each one channel and a closed loop of one-point
-queries at random outdoor positions for `query_seconds`: per-call latency p50 / p99 and the
-throughput, all clients together. Finally the store's bytes per site.
+Then QueryPoints under load, on a server started for it on the same store with each of
+`query_workers` (`ckm-edge serve --workers`): 1-16 clients, each its own connection and a closed
+loop of one-point queries for `query_seconds`, `query_repeats` times (each run opens new
+connections, which the kernel splits between the workers anew, unevenly): per-call latency p50 /
+p99 and the throughput, all clients together, of the run with the median p99, and the range of
+the p99s. The load comes from h2load (nghttp2's HTTP/2 benchmarking tool, C, one thread:
+`apt-get install nghttp2-client`) sending one QueryPoints request, framed as gRPC, over and over —
+a lookup costs the same wherever it falls; every call is checked OK in the server's own metrics
+(h2load sees HTTP, not gRPC status). Without h2load, Python client processes (generated stub,
+random outdoor positions of every site) load the server instead; they take a core's worth of CPU
+from the 2 the server has, so their latencies are the clients' as much as the server's. Finally
+the store's bytes per site.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +56,9 @@ class SitesConfig:
     seed: int = 7
     query_clients: tuple[int, ...] = (1, 2, 4, 8, 16)
     query_seconds: float = 5.0
+    query_workers: tuple[int, ...] = (1, 2)  # `ckm-edge serve --workers` of the servers the lookups load
+    load_generator: str = "auto"  # h2load (nghttp2's HTTP/2 load tool) where installed, else python
+    query_repeats: int = 3  # runs per (workers, clients): the table gives the median run's p99 and their range
     threads: int = 0  # the server's engine threads (0: one per CPU it may use)
 
 
@@ -72,17 +86,22 @@ def route(truth: np.ndarray, n: int, rng: np.random.Generator) -> list[tuple[int
     return out
 
 
-def _start_server(repository: Path, store: str, workdir: Path, threads: int, batch: int):
+def _start_server(repository: Path, store: str, workdir: Path, threads: int, batch: int, workers: int = 1,
+                  metrics: bool = False):
+    """(the server process, its port, its metrics port or None)."""
     port_file = workdir / "port"
     port_file.unlink(missing_ok=True)  # a previous run's
     cmd = [sys.executable, "-m", "ckm_edge.runtime.cli", "serve", "--repository", str(repository), "--port", "0",
            "--port-file", str(port_file), "--poll-seconds", "0", "--store", store, "--rebuild-after-measurements",
-           str(batch), "--rebuild-after-seconds", "3600"] + (["--threads", str(threads)] if threads else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(workdir / "server.log", "w"))
+           str(batch), "--rebuild-after-seconds", "3600", "--workers", str(workers)]
+    cmd += (["--threads", str(threads)] if threads else []) + (["--metrics-port", "0"] if metrics else [])
+    out = workdir / "server.out"  # its "serving ..." line names the metrics port it took
+    proc = subprocess.Popen(cmd, stdout=open(out, "w"), stderr=open(workdir / "server.log", "a"))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if port_file.exists() and port_file.read_text():
-            return proc, int(port_file.read_text())
+            found = re.search(r"metrics on http://[^:]+:(\d+)/metrics", out.read_text())
+            return proc, int(port_file.read_text()), int(found.group(1)) if found else None
         if proc.poll() is not None:
             raise RuntimeError(f"the edge server exited: {(workdir / 'server.log').read_text()[-2000:]}")
         time.sleep(0.1)
@@ -121,7 +140,7 @@ def run(repository: str | Path, held, cfg: SitesConfig, progress=print, workdir:
     db = work / "sites.db"
     db.unlink(missing_ok=True)
     store_url = f"sqlite:{db}"
-    proc, port = _start_server(Path(repository), store_url, work, cfg.threads, cfg.batch)
+    proc, port, _ = _start_server(Path(repository), store_url, work, cfg.threads, cfg.batch)
     local = ModelRepository(Path(repository))
     fresh_mgr = SiteManager(open_store(store_url), local, Batcher(), row_bytes=False)  # fresh builds, this process
     rng = np.random.default_rng(cfg.seed)
@@ -179,22 +198,35 @@ def run(repository: str | Path, held, cfg: SitesConfig, progress=print, workdir:
                              f"{fresh_s:.2f} s) [{time.perf_counter() - t0:.0f} s]")
                 tiles_out.append({"versions": versions, "outdoor": int((~layout).sum()),
                                   "measured_cells": int(measured.sum())})
-            query = []
-            positions = [np.argwhere(~codec.building_mask(t)) for t in held.tiles]
-            for n in cfg.query_clients:
-                query.append(query_load(port, len(held.tiles), positions, n, cfg.query_seconds))
-                q = query[-1]
-                progress(f"QueryPoints, {n} client(s): p50 {q['p50_ms']:.2f} ms, p99 {q['p99_ms']:.2f} ms, "
-                         f"{q['per_second']:.0f} calls/s")
-            store = {"sites": len(held.tiles), "file_bytes": sum(p.stat().st_size for p in work.glob("sites.db*")),
-                     "per_site_bytes": [fresh_mgr.store.size_bytes(f"tile-{i}") for i in range(len(held.tiles))],
-                     "versions_kept": len(fresh_mgr.store.map_versions("tile-0"))}
+        _stop_server(proc)
+        proc = None
+        positions = [np.argwhere(~codec.building_mask(t)) for t in held.tiles]
+        generator = _generator(cfg.load_generator)
+        query = []
+        for w in cfg.query_workers:
+            proc, port, metrics_port = _start_server(Path(repository), store_url, work, cfg.threads, cfg.batch, w, True)
+            try:
+                for n in cfg.query_clients:
+                    runs = []
+                    for _ in range(cfg.query_repeats):  # new connections each time: the kernel splits them anew
+                        if generator == "h2load":
+                            runs.append(h2load_load(port, metrics_port, positions[0], n, cfg.query_seconds, work))
+                        else:
+                            runs.append(query_load(port, len(held.tiles), positions, n, cfg.query_seconds))
+                    q = {"workers": w, "generator": generator, **_median_run(runs), "runs": runs}
+                    query.append(q)
+                    progress(f"QueryPoints, {w} worker(s), {n} client(s) ({generator}, {len(runs)} runs): p50 "
+                             f"{q['p50_ms']:.2f} ms, p99 {q['p99_ms']:.2f} ms (runs {q['p99_ms_min']:.2f}-"
+                             f"{q['p99_ms_max']:.2f}), {q['per_second']:.0f} calls/s")
+            finally:
+                _stop_server(proc)
+                proc = None
+        store = {"sites": len(held.tiles), "file_bytes": sum(p.stat().st_size for p in work.glob("sites.db*")),
+                 "per_site_bytes": [fresh_mgr.store.size_bytes(f"tile-{i}") for i in range(len(held.tiles))],
+                 "versions_kept": len(fresh_mgr.store.map_versions("tile-0"))}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if proc is not None:
+            _stop_server(proc)
         fresh_mgr.store.close()
     return {"tiles": tiles_out, "query": query, "store": store, "summary": summarize(tiles_out, query),
             "seconds": time.perf_counter() - t0}
@@ -221,6 +253,73 @@ def _query_client(port: int, sites: int, positions: list, seconds: float, seed: 
             stub.QueryPoints(req)
             lat.append(time.perf_counter() - t)
     back.put(lat)
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run whose p99 is the median of the runs' (its p50 and throughput with it), and the p99s' range."""
+    mid = sorted(runs, key=lambda q: q["p99_ms"])[len(runs) // 2]
+    return {**mid, "p99_ms_min": min(q["p99_ms"] for q in runs), "p99_ms_max": max(q["p99_ms"] for q in runs)}
+
+
+def _stop_server(proc) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _generator(choice: str) -> str:
+    if choice not in ("auto", "h2load", "python"):
+        raise ValueError(f"load_generator must be auto, h2load or python, got {choice!r}")
+    found = shutil.which("h2load") is not None
+    if choice == "h2load" and not found:
+        raise ValueError("load_generator h2load: h2load is not installed (apt-get install nghttp2-client)")
+    return "h2load" if choice == "h2load" or (choice == "auto" and found) else "python"
+
+
+def _queries_ok(metrics_port: int) -> tuple[float, float]:
+    """The server's QueryPoints calls so far: (OK, any other code), from its Prometheus text."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    ok = other = 0.0
+    for m in re.finditer(r'^ckm_requests_total\{(.*)\} (\S+)$', text, re.M):
+        if 'method="QueryPoints"' in m.group(1):
+            if 'code="OK"' in m.group(1):
+                ok += float(m.group(2))
+            else:
+                other += float(m.group(2))
+    return ok, other
+
+
+def h2load_load(port: int, metrics_port: int, outdoor: np.ndarray, clients: int, seconds: float, work: Path) -> dict:
+    """`clients` HTTP/2 connections of h2load, one stream each (a closed loop), sending one-point
+    QueryPoints for site tile-0 at an outdoor position for `seconds` (after 1 s of warm-up); the
+    latencies from its per-request log; every call checked OK in the server's metrics."""
+    import struct
+
+    from ckm_edge.protos.ckm.edge.v1 import site_pb2 as spb
+
+    r, c = outdoor[len(outdoor) // 2] + 0.5
+    raw = spb.QueryPointsRequest(site_id="tile-0", positions=[spb.Position(cell=spb.CellPosition(row=r, col=c))]).SerializeToString()
+    body, log = work / "query.bin", work / f"h2load-{clients}.log"
+    body.write_bytes(b"\0" + struct.pack(">I", len(raw)) + raw)  # gRPC framing: uncompressed, length
+    log.unlink(missing_ok=True)
+    ok0, bad0 = _queries_ok(metrics_port)
+    done = subprocess.run(["h2load", "-c", str(clients), "-m", "1", "-D", f"{seconds:g}", "--warm-up-time", "1",
+                           "--log-file", str(log), "-d", str(body), "-H", "content-type: application/grpc", "-H",
+                           "te: trailers", f"http://127.0.0.1:{port}/ckm.edge.v1.SiteService/QueryPoints"],
+                          capture_output=True, text=True, timeout=seconds + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"h2load failed: {done.stderr[-1000:] or done.stdout[-1000:]}")
+    rows = np.loadtxt(log, ndmin=2)  # start (us), HTTP status, duration (us) per request
+    ok1, bad1 = _queries_ok(metrics_port)
+    lat = rows[:, 2] / 1e3
+    return {"clients": clients, "calls": int(len(lat)), "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "per_second": float(len(lat) / seconds),
+            "http_not_200": int((rows[:, 1] != 200).sum()), "grpc_ok": int(ok1 - ok0), "grpc_not_ok": int(bad1 - bad0)}
 
 
 def query_load(port: int, sites: int, positions: list, clients: int, seconds: float) -> dict:
@@ -260,12 +359,12 @@ def summarize(tiles: list, query: list) -> dict:
                       "map_gain_cover": _mean([v["map"].get("gain_cover") for v in vs])})
     pairs = [v for t in tiles for v in t["versions"][1:]]  # the incremental rebuilds
     worse = [v for v in pairs if v["map"]["gain_db"] > v["fresh"]["gain_db"]]
-    q16 = next((q for q in query if q["clients"] == 16), None)
+    p99_16 = {str(q.get("workers", 1)): q["p99_ms"] for q in query if q["clients"] == 16}
     return {"curve": curve, "falls": all(b["map_gain_db"] <= a["map_gain_db"] for a, b in zip(curve, curve[1:])),
             "rebuilds": len(pairs), "rebuilds_worse_than_fresh": len(worse),
             "evaluation_share": (float(np.mean([v["map"]["evaluations"] / v["fresh"]["evaluations"] for v in pairs]))
                                  if pairs else None),
-            "query_p99_ms_16": None if q16 is None else q16["p99_ms"]}
+            "query_p99_ms_16": p99_16}  # by server workers
 
 
 def _mean(values) -> float | None:

@@ -658,6 +658,7 @@ class SiteManager:
 FIELDS = ("gain_db", "gain_std_db", "aoa_sine", "aoa_sine_std", "gain_db_low", "gain_db_high", "aoa_sine_low",
           "aoa_sine_high")
 _NAN = float("nan")
+_NANS = (_NAN,) * len(FIELDS)
 
 
 def interpolate_point(c: _Cached, row: float, col: float, z: float) -> tuple[bool, tuple[float, ...]]:
@@ -668,31 +669,36 @@ def interpolate_point(c: _Cached, row: float, col: float, z: float) -> tuple[boo
     q = min(max(col - 0.5, 0.0), w - 1.0)
     r0, q0 = min(int(r), h - 2), min(int(q), w - 2)
     fr, fq = r - r0, q - q0
+    if building[min(max(int(row), 0), h - 1)][min(max(int(col), 0), w - 1)]:
+        return True, _NANS
     total = m0 = m1 = s0 = s1 = 0.0
+    g0, g1, d0, d1 = mean[0], mean[1], std[0], std[1]
     for rr, qq, wt in ((r0, q0, (1 - fr) * (1 - fq)), (r0 + 1, q0, fr * (1 - fq)), (r0, q0 + 1, (1 - fr) * fq),
                        (r0 + 1, q0 + 1, fr * fq)):
-        if building[rr][qq] or wt == 0.0:
+        if wt == 0.0 or building[rr][qq]:
             continue
         total += wt
-        m0 += wt * mean[0][rr][qq]
-        m1 += wt * mean[1][rr][qq]
-        s0 += wt * std[0][rr][qq]
-        s1 += wt * std[1][rr][qq]
-    if building[min(max(int(row), 0), h - 1)][min(max(int(col), 0), w - 1)] or total <= 0.0:
-        return True, (_NAN,) * len(FIELDS)
+        m0 += wt * g0[rr][qq]
+        m1 += wt * g1[rr][qq]
+        s0 += wt * d0[rr][qq]
+        s1 += wt * d1[rr][qq]
+    if total <= 0.0:
+        return True, _NANS
     m0, m1, s0, s1 = m0 / total, m1 / total, s0 / total, s1 / total
-    span, lo_db = codec.GAIN_DB_SPAN, codec.GAIN_DB_MIN
-    lo_px, hi_px, off, scale = codec.AOA_PIXEL_MIN, codec.AOA_PIXEL_MAX, codec.AOA_OFFSET, codec.AOA_SCALE
-
-    def sine(px: float) -> float:
-        return (min(max(px, lo_px), hi_px) - off) / scale
-
-    out = (m0 * span + lo_db, s0 * codec.GAIN_RMSE_FACTOR, sine(m1), s1 * codec.AOA_RMSE_FACTOR)
+    out = (m0 * _SPAN + _LO_DB, s0 * codec.GAIN_RMSE_FACTOR, _sine(m1), s1 * codec.AOA_RMSE_FACTOR)
     if not c.calibrated:
-        return False, out + (_NAN,) * 4
+        return False, out + _NANS[:4]
     g_lo, g_hi = min(max(m0 - z * s0, 0.0), 1.0), min(max(m0 + z * s0, 0.0), 1.0)
     a_lo, a_hi = min(max(m1 - z * s1, 0.0), 1.0), min(max(m1 + z * s1, 0.0), 1.0)
-    return False, out + (g_lo * span + lo_db, g_hi * span + lo_db, sine(a_lo), sine(a_hi))
+    return False, out + (g_lo * _SPAN + _LO_DB, g_hi * _SPAN + _LO_DB, _sine(a_lo), _sine(a_hi))
+
+
+_SPAN, _LO_DB = codec.GAIN_DB_SPAN, codec.GAIN_DB_MIN
+
+
+def _sine(px: float) -> float:
+    """An AoA pixel -> its sine (the codec's clip and scale), for one value."""
+    return (min(max(px, codec.AOA_PIXEL_MIN), codec.AOA_PIXEL_MAX) - codec.AOA_OFFSET) / codec.AOA_SCALE
 
 
 def interpolate(c: _Cached, row: np.ndarray, col: np.ndarray) -> dict[str, np.ndarray]:

@@ -12,13 +12,13 @@ from ckm_edge.benchmarks.accuracy import HeldOut
 from ckm_edge.runtime import codec
 
 
-@pytest.mark.slow  # a server process, 6 versions, fresh constructions beside them, a load run: ~1.5 min
+@pytest.mark.slow  # server processes, 6 versions, fresh constructions beside them, load runs: ~2 min
 def test_the_sites_benchmark_measures_a_stream_and_renders(tiny_package, tiny_prior, tmp_path):
     *_, evl = tiny_prior
     repo = tmp_path / "repository"
     shutil.copytree(tiny_package.root, repo / "tiny" / "1.0.0")
     held = HeldOut(evl[:2], None, "tiny eval tiles")
-    cfg = sites.SitesConfig(batch=24, batches=3, query_clients=(1, 2), query_seconds=1.0, threads=1)
+    cfg = sites.SitesConfig(batch=24, batches=3, query_clients=(1, 2), query_seconds=1.0, threads=1, query_repeats=2)
     out = sites.run(repo, held, cfg, progress=lambda s: None, workdir=tmp_path / "work")
     assert len(out["tiles"]) == 2 and all(len(t["versions"]) == 3 for t in out["tiles"])
     first, later = out["tiles"][0]["versions"][0], out["tiles"][0]["versions"][1:]
@@ -27,8 +27,12 @@ def test_the_sites_benchmark_measures_a_stream_and_renders(tiny_package, tiny_pr
     assert np.isfinite([v["map"]["gain_db"] for t in out["tiles"] for v in t["versions"]]).all()
     s = out["summary"]
     assert s["rebuilds"] == 4 and 0 <= s["rebuilds_worse_than_fresh"] <= 4 and s["evaluation_share"] <= 0.5
-    assert [q["clients"] for q in out["query"]] == [1, 2] and all(q["calls"] > 0 and q["p99_ms"] >= q["p50_ms"]
-                                                                   for q in out["query"])
+    q = out["query"]
+    assert [(x["workers"], x["clients"]) for x in q] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert all(x["calls"] > 0 and x["p99_ms"] >= x["p50_ms"] and len(x["runs"]) == 2
+               and x["p99_ms_min"] <= x["p99_ms"] <= x["p99_ms_max"] for x in q)
+    if q[0]["generator"] == "h2load":  # every call it timed was an OK QueryPoints by the server's own count
+        assert all(r["grpc_not_ok"] == 0 and r["http_not_200"] == 0 and r["grpc_ok"] >= r["calls"] for x in q for r in x["runs"])
     assert out["store"]["sites"] == 2 and out["store"]["file_bytes"] > 0
     path = report.write_result("sites-test", "sites", "ckm-bench sites (test)",
                                {"config": vars(cfg), "tiles_count": 2, "data": held.description, **out},

@@ -433,11 +433,11 @@ def test_queries_of_a_site_without_a_map_and_of_positions_outside_the_tile(stub,
 
 
 # -- durability and shared stores -----------------------------------------------------------------
-def _serve(repo, store, port_file, *extra):
+def _serve(repo, store, port_file, *extra, stdout=subprocess.DEVNULL):
     return subprocess.Popen([str(BIN / "ckm-edge"), "serve", "--repository", str(repo), "--port", "0", "--port-file",
                              str(port_file), "--poll-seconds", "0", "--threads", "1", "--store", store,
                              "--rebuild-after-measurements", "8", "--rebuild-after-seconds", "0.3", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=stdout, stderr=subprocess.PIPE, text=True)
 
 
 def _port(proc, port_file, timeout=60.0):

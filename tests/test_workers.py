@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -21,12 +22,6 @@ from test_sites import _definition, _measurements, _port, _route, _serve, _wait_
 from ckm_edge.protos.ckm.edge.v1 import site_pb2 as spb
 from ckm_edge.protos.ckm.edge.v1 import site_pb2_grpc as sgrpc
 from ckm_edge.runtime import cli
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _metric(text: str, name: str, **labels) -> float:
@@ -68,10 +63,14 @@ def _query_from_fresh_connections(port: int, n: int) -> set[int]:
 
 def test_workers_serve_one_port_share_the_store_and_survive_a_killed_worker(repo, tmp_path, tiny_prior):
     *_, evl = tiny_prior
-    port_file, metrics_port = tmp_path / "port", _free_port()
-    proc = _serve(repo, f"sqlite:{tmp_path}/s.db", port_file, "--workers", "2", "--metrics-port", str(metrics_port))
+    port_file = tmp_path / "port"
+    proc = _serve(repo, f"sqlite:{tmp_path}/s.db", port_file, "--workers", "2", "--metrics-port", "0",
+                  stdout=subprocess.PIPE)
     try:
         port = _port(proc, port_file, timeout=180)
+        line = proc.stdout.readline()  # printed before the port file is written
+        metrics_port = int(re.search(r"metrics on http://127.0.0.1:(\d+)/metrics", line).group(1))
+        assert "with 2 workers (pinned to CPUs" in line
         assert len(_workers(proc.pid)) == 2
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="ckm.edge.v1.SiteService"))
