@@ -243,8 +243,9 @@ def execute(jobs: Sequence[Job]) -> list[Result]:
     t2 = time.perf_counter()
     x = obs.finish(run.result)
     out = []
-    for job, (rows, _) in zip(jobs, groups):
-        mean, std, residual = summarize(x[rows], job.op, job.y, job.calibration, job.sigma)
+    for job, (rows, o) in zip(jobs, groups):
+        mean, std, residual = summarize(x[rows], job.op, job.y, job.calibration, job.sigma, raw=run.result[rows],
+                                        finish=Observations.same(o, first.shape, 1).finish)
         out.append(Result(mean, std, x[rows], residual, job.steps, {}, job.calibration is not None, job.coverage))
     timings = {"prepare_s": t1 - t0, "sampling_s": t2 - t1, "finish_s": time.perf_counter() - t2}
     for r in out:
@@ -253,14 +254,26 @@ def execute(jobs: Sequence[Job]) -> list[Result]:
 
 
 def summarize(x: np.ndarray, op: operators.Operator, y: np.ndarray, calibration: uncertainty.KindFit | None = None,
-              sigma: float = 0.0) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """Posterior samples (S, C, H, W) of one observation -> their mean, per-cell standard deviation
-    and the residual ||y - A(mean)|| in pixels. With a `calibration` the std is the calibrated one
-    (runtime.uncertainty; one sample too: y with noise `sigma` gives its distance term); without,
-    the samples' spread (ddof 0; None for one sample)."""
+              sigma: float = 0.0, raw: np.ndarray | None = None, finish=None) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Posterior samples (S, C, H, W) of one observation, finished -> their mean, per-cell standard
+    deviation and the residual ||y - A(mean)|| in pixels. With a `calibration` the std is the
+    calibrated one (runtime.uncertainty; one sample too: y with noise `sigma` gives its distance
+    term); without, the samples' spread (ddof 0; None for one sample).
+
+    With a calibration and the samples as the sampler left them (`raw`), a cell the observation
+    bounds (`Operator.bounds` narrower than [0, 1]: a saturated gain, an AoA sector, a reading
+    within its noise) reports the mean of the calibrated predictive N(raw mean, std) truncated to
+    those bounds (uncertainty.conditional_mean), not the mean of samples moved onto them, then
+    goes through `finish` (one map: no-path cells, the site's buildings) again."""
     mean = x.mean(axis=0)
     if calibration is not None:
         std = calibration.std(uncertainty.spread(x), uncertainty.distance_to_pinned(op, y, sigma, mean.shape))
+        bounds = op.bounds(np.asarray(y, np.float32), sigma) if raw is not None else None
+        if bounds is not None:
+            low, high = (np.broadcast_to(b, (1,) + mean.shape)[0] for b in bounds)
+            bounded = (low > 0.0) | (high < 1.0)
+            mean = np.where(bounded, uncertainty.conditional_mean(raw.mean(axis=0), std, low, high), mean)
+            mean = (finish(mean[None])[0] if finish is not None else mean).astype(x.dtype)
     else:
         std = x.std(axis=0) if len(x) > 1 else None
     residual = float(np.sqrt(((y[0] - op.forward(mean[None])[0]) ** 2).sum()))

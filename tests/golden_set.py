@@ -16,7 +16,10 @@ equal the local ones bit for bit; the server takes a respacing, so the DDIM case
 Issue 35 changed every case once, on purpose: a construction ends moved into what its observation
 proves (Operator.enforce), the default package's JTQR defaults draw 4 / 8 samples, and its std is
 the calibrated one (the package's "uncertainty" section). Re-recorded when that section was refitted
-with a scale per distance bin (the std changed; every mean stayed as it was).
+with a scale per distance bin (the std changed; every mean stayed as it was), and when a calibrated
+construction's bounded cells began reporting the calibrated predictive's truncated mean
+(uncertainty.conditional_mean) and the section was refitted for it (JTQR's maps changed most; the
+masks' only in their observed cells).
 """
 
 from __future__ import annotations

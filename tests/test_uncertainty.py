@@ -208,7 +208,13 @@ def test_a_calibrated_construction_reports_a_std_and_interval_for_one_sample(cal
         r = construct(engine, pkg.schedule(), op, y, x.shape, ConstructConfig(4, 1, 0), sigma=0.01,
                       uncertainty=pkg.manifest.uncertainty)
     assert plain.std is None and not plain.calibrated and plain.interval() is None
-    np.testing.assert_array_equal(r.mean, plain.mean)  # calibration changes what is said of the map, not the map
+    # calibration changes what is said of the map, and the map only where the observation bounds a
+    # cell (there: the calibrated predictive's truncated mean, inside the bounds)
+    bounds = op.bounds(np.asarray(y)[None] if np.ndim(y) == 3 else y, 0.01)
+    bounded = np.zeros(x.shape, bool) if bounds is None else (bounds[0][0] > 0) | (bounds[1][0] < 1)
+    np.testing.assert_array_equal(r.mean[~bounded], plain.mean[~bounded])
+    if bounds is not None:
+        assert ((r.mean >= bounds[0][0] - 1e-6) & (r.mean <= bounds[1][0] + 1e-6)).all()
     assert r.calibrated and r.coverage == 0.9 and r.std.shape == x.shape
     open_cells = tasks.get(task).unobserved(op, x[None])[0]
     assert (r.std[open_cells] > 0).all()
@@ -309,3 +315,44 @@ def test_sparse_masks_are_calibrated_apart():
     assert uncertainty.calibration_kind(operators.Downsample(2)) == "downsample"
     u = Uncertainty.from_dict(SECTION)
     assert u.fit_for(uncertainty.calibration_kind(operators.Mask(sparse)), site=False) is u.kinds["*"]  # none of its own
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # scipy's own moments of extreme truncations
+def test_the_conditional_mean_is_the_truncated_normals_far_into_its_tails_too():
+    from scipy.stats import truncnorm
+
+    rng = np.random.default_rng(3)
+    n = 20000
+    mu, s = rng.uniform(-1.5, 2.5, n), rng.uniform(0.002, 0.3, n)
+    lo = rng.uniform(0.0, 0.8, n)
+    hi = lo + rng.uniform(0.001, 0.5, n)
+    hi[:3000], lo[3000:6000] = 1.0, 0.0  # one-sided: saturated gains
+    got = uncertainty.conditional_mean(mu, s, lo, hi)
+    want = truncnorm.mean((lo - mu) / s, (hi - mu) / s, loc=mu, scale=s)
+    assert np.all(np.abs(got - want) <= 1e-4 * s + 1e-6)  # mu up to 1700 std outside the window
+    assert np.all((got >= lo) & (got <= hi))
+    assert uncertainty.conditional_mean(np.array([0.3]), np.array([0.1]), np.array([0.5]), np.array([0.5]))[0] == 0.5
+
+
+def test_a_saturated_cell_reports_the_truncated_mean_not_the_bound():
+    """The samples a sampler left below a saturated gain's bound are all moved onto it by the
+    finish; the reported mean is the calibrated predictive's mean beyond the bound instead, and
+    every other cell keeps what its samples say (unbounded) or stays in what it is proven to be."""
+    from ckm_edge.runtime.executor import summarize
+    from ckm_edge.runtime.observations import Observation, Observations
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.3, 0.9, (1, 2, 16, 16)).astype(np.float32)
+    op = operators.jtqr(0.2, 0.7, 24)
+    y = op.forward(truth)
+    raw = np.clip(truth + rng.normal(0.0, 0.05, (4, 2, 16, 16)), 0, 1).astype(np.float32)
+    raw[:, 0][:, truth[0, 0] > 0.7] = 0.66  # the prior thought every strong cell weaker than the bound
+    finished = Observations.same(Observation(op, y, 0.01), truth.shape[1:], 1).finish(raw.copy())
+    cal = uncertainty.KindFit((ChannelFit(scale=1.5, floor=0.03), ChannelFit(scale=1.5, floor=0.01)))
+    mean, std, _ = summarize(finished, op, y, cal, 0.01, raw=raw,
+                             finish=Observations.same(Observation(op, y, 0.01), truth.shape[1:], 1).finish)
+    strong = truth[0, 0] > 0.7
+    low, high = op.bounds(y, 0.01)  # saturated: at least the bound less the noise (0.67), up to 1
+    assert np.allclose(finished.mean(axis=0)[0][strong], low[0, 0][strong])  # what the samples' mean would say
+    assert np.all(mean[0][strong] > low[0, 0][strong] + 0.2 * std[0][strong])  # the truncated mean lies inside
+    assert np.all((mean >= low[0] - 1e-6) & (mean <= high[0] + 1e-6))  # never outside what y proves
