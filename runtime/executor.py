@@ -179,8 +179,7 @@ def plan(model: Model, op: operators.Operator, y: np.ndarray, shape: tuple[int, 
         if init.shape != shape or not np.isfinite(init).all():
             raise operators.OperatorError(f"init must be a finite {list(shape)} map, got shape {list(init.shape)}")
     if site is not None:  # one site for every sample, or one per sample
-        per_sample = np.ndim(site.building) == 3 or np.ndim(site.base_station) == 2
-        site.check((config.samples,) + shape if per_sample else shape)
+        site.check((config.samples,) + shape if site.per_sample else shape)
     schedule = respaced(model.schedule(), config.steps, config.sampler, config.respacing)
     job = Job(model, op, y, shape, config, schedule, float(sigma), site, precision, adapter, adapter_lambda, init=init)
     calibrated = getattr(model, "uncertainty", None)
@@ -245,12 +244,20 @@ def execute(jobs: Sequence[Job]) -> list[Result]:
     out = []
     for job, (rows, o) in zip(jobs, groups):
         mean, std, residual = summarize(x[rows], job.op, job.y, job.calibration, job.sigma, raw=run.result[rows],
-                                        finish=Observations.same(o, first.shape, 1).finish)
+                                        finish=_finisher(o, first.shape, job.samples))
         out.append(Result(mean, std, x[rows], residual, job.steps, {}, job.calibration is not None, job.coverage))
     timings = {"prepare_s": t1 - t0, "sampling_s": t2 - t1, "finish_s": time.perf_counter() - t2}
     for r in out:
         r.timings = dict(timings)
     return out
+
+
+def _finisher(obs, shape, samples: int):
+    """One construction's mean (1, C, H, W) -> finished as its samples were: the mean of its
+    `samples` rows finished (a site given per sample projects each row with its own)."""
+    rows = samples if obs.site is not None and obs.site.per_sample else 1
+    group = Observations(shape, rows, [(slice(0, rows), obs)], check_sites=False)  # plan checked it
+    return lambda mean: group.finish(np.repeat(mean, rows, axis=0)).mean(axis=0, keepdims=True)
 
 
 def summarize(x: np.ndarray, op: operators.Operator, y: np.ndarray, calibration: uncertainty.KindFit | None = None,

@@ -88,6 +88,11 @@ class Site:
         """The site of known maps (..., 2, H, W): their building cells (for tests and benchmarks)."""
         return cls(codec.building_mask(pixels))
 
+    @property
+    def per_sample(self) -> bool:
+        """Whether the site is given per sample (a stack of layouts or of base stations)."""
+        return np.ndim(self.building) == 3 or np.ndim(self.base_station) == 2
+
     def check(self, shape: tuple[int, ...]) -> None:
         """Refuse a site that does not fit maps of `shape` (B, C, H, W) or (C, H, W)."""
         b = self.building

@@ -222,6 +222,36 @@ def test_a_calibrated_construction_reports_a_std_and_interval_for_one_sample(cal
     assert (low <= r.mean + 1e-7).all() and (r.mean <= high + 1e-7).all() and low.min() >= 0 and high.max() <= 1
 
 
+def test_a_site_given_per_sample_finishes_the_calibrated_mean_per_sample(calibrated, tiny_prior):
+    """JTQR bounds cells, so the calibrated mean is finished again; with one building layout per
+    sample it is finished with each sample's own and averaged, as the samples' mean would be."""
+    from ckm_edge.runtime.construct import ConstructConfig, construct
+    from ckm_edge.runtime.engine import EngineConfig, open_engine
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.runtime.site import Site
+
+    pkg = load_package(calibrated[0])
+    x, op, y = _observation(tiny_prior, "jtqr")
+    building = np.zeros((2,) + x.shape[1:], bool)
+    building[0, :4], building[1, :4], building[1, -4:] = True, True, True  # shared rows, and rows only one has
+    with open_engine(pkg, EngineConfig()) as engine:
+        r = construct(engine, pkg.schedule(), op, y, x.shape, ConstructConfig(4, 2, 0), sigma=0.01,
+                      site=Site(building), uncertainty=pkg.manifest.uncertainty)
+    assert r.calibrated and r.samples.shape == (2,) + x.shape
+    np.testing.assert_array_equal(r.mean[:, :4], 0.0)  # a building in every sample
+    np.testing.assert_array_equal(r.samples[1][:, -4:], 0.0)
+    # a building in one of two samples: half of what the other says (its samples' value where the
+    # observation leaves the cell open, the truncated mean inside the bounds where it bounds it)
+    low, high = (b[0][:, -4:] for b in op.bounds(np.asarray(y)[None] if np.ndim(y) == 3 else y, 0.01))
+    bounded = (low > 0) | (high < 1)
+    half = 2 * r.mean[:, -4:]
+    other = r.samples[0][:, -4:]
+    np.testing.assert_allclose(half[~bounded], other[~bounded], atol=1e-6)
+    inside = lambda v: (v >= low - 1e-5) & (v <= high + 1e-5)  # noqa: E731
+    # (the layout given here is not the tile's: where y proves a building the site's outdoor cell wins)
+    assert bounded.any() and inside(half)[bounded & inside(other)].all()
+
+
 def _serve(root):
     from ckm_edge.runtime.server import ServerConfig, create_server
 
