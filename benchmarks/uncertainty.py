@@ -10,7 +10,11 @@ tune` fits the default constructions (`ckm-bench uncertainty`) — and on the sa
 - Problems: each task of the kind on each tile, y = A(x) + n (sigma 0.01 pixels), in the paper
   setting and given the site (building layout and, where recorded, the base station).
 - Constructions: the package's default for the operator (its recommendation: sampler, steps,
-  posterior samples), as a request naming nothing runs it.
+  posterior samples), as a request naming nothing runs it, with the package's current section:
+  the errors are those of the map the runtime reports, whose cells the observation bounds are the
+  calibrated predictive's truncated mean (runtime.uncertainty.conditional_mean), so a fit made
+  after that estimator changed is run again until the section stops moving (each run fits the
+  errors of the map made with the previous section).
 - Fit: runtime.uncertainty.fit_channel over the unobserved cells (tasks.unobserved) of every
   problem of the kind, each task weighted equally; "*" pools every task of the setting.
 
@@ -93,8 +97,10 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
                         op, y, unobs, _ = probs[task, i]
                         site = sites[i] if setting == "site" else None
                         sampler, steps, samples = resolve(pkg.manifest.samplers, op, site=site is not None)
+                        # the map the runtime reports: with the package's current section, its bounded
+                        # cells are the calibrated predictive's truncated mean (executor.summarize)
                         r = construct(engine, pkg.schedule(), op, y, shape, ConstructConfig(steps, samples, cfg.seed, sampler=sampler),
-                                      sigma=cfg.sigma, site=site)
+                                      sigma=cfg.sigma, site=site, uncertainty=pkg.manifest.uncertainty)
                         spread, raw = uncertainty.spread(r.samples), r.samples.std(axis=0)
                         dist = uncertainty.distance_to_pinned(op, y, cfg.sigma, shape)
                         err = np.abs(r.mean - x)
