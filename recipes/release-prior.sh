@@ -5,6 +5,10 @@
 #      (`ckm-bench tune`: a training-city dataset minus the tiles training read; never HELD);
 #   3. the package (fp32, fp16, INT8 calibrated on CALIBRATION's training split; accuracy record on
 #      HELD's eval split) with the tuned table (`ckm-export package --samplers`);
+#   3b. its uncertainty calibration on the same VALIDATION tiles (`ckm-bench uncertainty --write`:
+#      the manifest's "uncertainty" section), CAL_ROUNDS rounds (default 2: a calibrated construction's
+#      bounded cells report the calibrated predictive's truncated mean, so each round fits the errors
+#      of the map made with the previous round's section), CAL_TILES tiles (default 48);
 #   4. how WIDE_BUDGET (100: the issue's limit, what an edge GPU affords) network evaluations per map
 #      are best spent: from the tuned table, the steps x samples split searched on the same validation
 #      tiles (`ckm-bench tune --coordinates split`, WIDE_SAMPLES the sample counts tried), the
@@ -15,7 +19,7 @@
 #   5. the model card: samples next to held-out tiles, sample statistics against the held-out split (unconditional and
 #      each given a held-out site; beside them the ray-traced training data's own distance to it), the training
 #      history of RUNS.
-# RESULTS.md gets tune-<package>, tune-<package>-budget-<WIDE_BUDGET>, accuracy-<HELD> and
+# RESULTS.md gets tune-<package>, tune-<package>-budget-<WIDE_BUDGET>, uncertainty-<package>, accuracy-<HELD> and
 # accuracy-<HELD>-samplers-<WIDE_BUDGET>; the card goes to CARD.
 # Resumable (a release is hours on a 2-core CPU): run the same command again and it skips the steps
 # WORK records as done; the tune and both accuracy runs resume from their journals in WORK.
@@ -24,7 +28,7 @@
 #   VERSION=1.0.0 CHECKPOINT=$C/runs/prior/checkpoint.pt RUNS=$C/runs/prior WORK=$C/release-1.0.0 \
 #   VALIDATION=$C/rt-train-snap-all VALIDATION_EXCLUDE=$C/rt-train-snap CALIBRATION=$C/rt-train-snap HELD=$C/rt-eval \
 #   BASELINES=$C/models/baselines bash recipes/release-prior.sh
-# Also: RESULTS (records' directory), TUNE_ARGS (extra `ckm-bench tune` arguments), TILES, VAL_TILES,
+# Also: RESULTS (records' directory), TUNE_ARGS (extra `ckm-bench tune` arguments), TILES, VAL_TILES, CAL_TILES, CAL_ROUNDS,
 # WIDE_BUDGET, WIDE_SAMPLES, STATS_SAMPLES, NAME, OUT, CARD, BIN; UNTIL=wide stops after step 4a
 # (what needs no baselines: recipes/cpu-pipeline.sh runs it while the baselines still train);
 # ONLY=accuracy | accuracy-wide runs that one of step 4b's two runs (earlier steps done first).
@@ -71,6 +75,15 @@ if ! done_ package; then
     touch "$WORK/.done-package"
     du -sh "$OUT"
 fi
+
+for round in $(seq 1 "${CAL_ROUNDS:-2}"); do
+    done_ "uncertainty-$round" && continue
+    log "3b. calibrate the package's uncertainty on validation tiles, round $round"
+    # shellcheck disable=SC2086
+    "$BIN/ckm-bench" --results "$RESULTS" uncertainty --package "$OUT" --data "$VALIDATION" --exclude ${VALIDATION_EXCLUDE:-} \
+        --tiles "${CAL_TILES:-48}" --write --cache "$WORK/uncertainty-round-$round.npz"
+    touch "$WORK/.done-uncertainty-$round"
+done
 
 WIDE=${WIDE_BUDGET:-100}
 if ! done_ "tune-$WIDE"; then
