@@ -27,6 +27,7 @@ import numpy as np
 from ckm_edge.runtime import codec, defaults, operators, uncertainty
 from ckm_edge.runtime.diffpir import DiffPIRConfig
 from ckm_edge.runtime.observations import Observation, Observations
+from ckm_edge.runtime.operators.base import PROVEN_SIGMAS
 from ckm_edge.runtime.sampler import respaced, spec_for, start
 from ckm_edge.runtime.schedule import Schedule
 from ckm_edge.runtime.site import Site
@@ -268,9 +269,9 @@ def summarize(x: np.ndarray, op: operators.Operator, y: np.ndarray, calibration:
     term); without, the samples' spread (ddof 0; None for one sample).
 
     With a calibration and the samples as the sampler left them (`raw`), a cell the observation
-    bounds (`Operator.bounds` narrower than [0, 1]: a saturated gain, an AoA sector, a reading
-    within its noise) reports the mean of the calibrated predictive N(raw mean, std) truncated to
-    those bounds (uncertainty.conditional_mean), not the mean of samples moved onto them, then
+    censors (`Operator.bounds` narrower than [0, 1] and wider than a reading's noise: a saturated
+    gain, an AoA sector) reports the mean of the calibrated predictive N(raw mean, std) truncated
+    to those bounds (uncertainty.conditional_mean), not the mean of samples moved onto them, then
     goes through `finish` (one map: no-path cells, the site's buildings) again."""
     mean = x.mean(axis=0)
     if calibration is not None:
@@ -278,8 +279,11 @@ def summarize(x: np.ndarray, op: operators.Operator, y: np.ndarray, calibration:
         bounds = op.bounds(np.asarray(y, np.float32), sigma) if raw is not None else None
         if bounds is not None:
             low, high = (np.broadcast_to(b, (1,) + mean.shape)[0] for b in bounds)
-            bounded = (low > 0.0) | (high < 1.0)
-            mean = np.where(bounded, uncertainty.conditional_mean(raw.mean(axis=0), std, low, high), mean)
+            # censored: bounded more widely than a reading's noise (a saturated gain, an AoA sector);
+            # a reading within its noise keeps its samples' mean, which weighs it against the prior
+            # (its predictive truncated to y -/+ the noise would return the noisy reading itself)
+            censored = ((low > 0.0) | (high < 1.0)) & (high - low > 2.0 * PROVEN_SIGMAS * sigma + 1e-6)
+            mean = np.where(censored, uncertainty.conditional_mean(raw.mean(axis=0), std, low, high), mean)
             mean = (finish(mean[None])[0] if finish is not None else mean).astype(x.dtype)
     else:
         std = x.std(axis=0) if len(x) > 1 else None

@@ -19,7 +19,9 @@ the calibrated one (the package's "uncertainty" section). Re-recorded when that 
 with a scale per distance bin (the std changed; every mean stayed as it was), and when a calibrated
 construction's bounded cells began reporting the calibrated predictive's truncated mean
 (uncertainty.conditional_mean) and the section was refitted for it (JTQR's maps changed most; the
-masks' only in their observed cells), and when it was refitted on 48 validation tiles (was 16).
+masks' only in their observed cells), when it was refitted on 48 validation tiles (was 16), and when
+the truncated mean was kept to censored cells (a reading within its noise keeps its samples' mean:
+the masks' maps are again those of their samples).
 """
 
 from __future__ import annotations

@@ -386,3 +386,25 @@ def test_a_saturated_cell_reports_the_truncated_mean_not_the_bound():
     assert np.allclose(finished.mean(axis=0)[0][strong], low[0, 0][strong])  # what the samples' mean would say
     assert np.all(mean[0][strong] > low[0, 0][strong] + 0.2 * std[0][strong])  # the truncated mean lies inside
     assert np.all((mean >= low[0] - 1e-6) & (mean <= high[0] + 1e-6))  # never outside what y proves
+
+
+def test_a_noisy_reading_keeps_its_samples_mean_not_the_reading():
+    """A mask's reading bounds its cell only by its noise: the samples' mean, which weighs the
+    reading against the prior, is reported there, not the predictive truncated to y -/+ the noise
+    (with a wide std that returns the noisy reading itself); a saturated gain is still censored."""
+    from ckm_edge.runtime.executor import summarize
+    from ckm_edge.runtime.observations import Observation, Observations
+
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(0.3, 0.9, (1, 2, 16, 16)).astype(np.float32)
+    sigma = 0.1
+    mask = rng.random((16, 16)) < 0.9
+    op = operators.Mask(mask)
+    y = op.forward(truth) + rng.normal(0.0, sigma, truth.shape).astype(np.float32) * mask
+    raw = np.clip(truth + rng.normal(0.0, 0.02, (4, 2, 16, 16)), 0, 1).astype(np.float32)  # a prior that knows better
+    finish = Observations.same(Observation(op, y, sigma), truth.shape[1:], 1).finish
+    finished = finish(raw.copy())
+    wide = uncertainty.KindFit((ChannelFit(scale=5.0, floor=0.2), ChannelFit(scale=5.0, floor=0.2)))
+    mean, _, _ = summarize(finished, op, y, wide, sigma, raw=raw, finish=finish)
+    np.testing.assert_array_equal(mean, finished.mean(axis=0))
+    assert np.sqrt(((mean - truth[0]) ** 2).mean()) < 0.5 * np.sqrt(((np.where(mask, y[0], mean) - truth[0]) ** 2).mean())
