@@ -310,7 +310,7 @@ def _cmd_uncertainty(args: argparse.Namespace) -> int:
     say = ""
     if args.write:
         say = f"; written into {uncertainty.write_section(args.package, out['uncertainty'])}"
-    command = (f"ckm-bench uncertainty --package {args.package} --data {args.data} --tiles {args.tiles} "
+    command = (f"ckm-bench uncertainty --package {args.package} --data {' '.join(args.data)} --tiles {args.tiles} "
                f"--tasks {' '.join(args.tasks)} --settings {' '.join(args.settings)} --coverage {args.coverage:g} --seed {args.seed}"
                + (f" --exclude {' '.join(args.exclude)}" if args.exclude else ""))
     _store(args, "uncertainty-" + _slug(f"{pkg.name}-{pkg.version}"), "uncertainty", command,
@@ -650,8 +650,10 @@ def build_parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("uncertainty", help="calibrate the std a package reports (and its interval), per operator kind "
                                             "and setting, on validation tiles; --write puts it into the manifest")
     ca.add_argument("--package", default=DEFAULT_PACKAGE)
-    ca.add_argument("--data", default="procedural",
-                    help="'procedural' (validation regions) or a dataset whose training split minus --exclude is validation")
+    ca.add_argument("--data", nargs="+", default=["procedural"],
+                    help="'procedural' (validation regions) or a dataset whose training split minus --exclude is validation; "
+                         "several (generated cities, a real city's validation tiles): --tiles from each, the interval "
+                         "fitted to hold on each")
     ca.add_argument("--exclude", nargs="*", default=[], metavar="DATASET",
                     help="the datasets the prior was trained on: their tiles (region, index) are left out")
     ca.add_argument("--split", default="train", help="the dataset split to draw from (an eval split is refused)")

@@ -8,6 +8,8 @@ section can be rewritten without measuring again and tests assert on the data, n
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ckm_edge.benchmarks.solvers import METRICS, mean_metrics
@@ -435,8 +437,9 @@ def uncertainty(r: dict, _record: dict) -> str:
         built = "—" if c is None else f"{c['sampler']} {c['steps']} x {c['samples']}"
         fit = k["fit"]
         for task, cov in k["coverage"].items():
+            each = "".join(f"<br>{Path(src).name}: {pct(v[0])} / {pct(v[1])}" for src, v in cov.get("by_source", {}).items())
             lines.append(f"| {name} | {task} | {built} | {pct(cov['before'][0])} / {pct(cov['before'][1])} | "
-                         f"{pct(cov['after'][0])} / {pct(cov['after'][1])} | {k['width']['gain_db']:.1f} / "
+                         f"{pct(cov['after'][0])} / {pct(cov['after'][1])}{each} | {k['width']['gain_db']:.1f} / "
                          f"{k['width']['aoa_sine']:.3f} | {_fit(fit['gain'])} | {_fit(fit['aoa_sine'])} |")
     lines += ["", f"Took {r['seconds']:.0f} s. Shipped in the package manifest's `uncertainty` section "
               "(`ckm-bench uncertainty --write`); the held-out coverage is in the accuracy records."]

@@ -93,6 +93,23 @@ class Validation:
     description: str
     keys: list = field(default_factory=list)  # (region, index) per tile, where known
     heights: np.ndarray | None = None  # (N, H, W) building heights (m), NaN maps where not recorded
+    sources: tuple[str, ...] = ()  # the dataset each tile came from, where drawn from several (`combine`)
+
+
+def combine(parts: list[Validation]) -> Validation:
+    """Validation tiles drawn from several datasets (e.g. generated cities and a real city's
+    validation tiles) as one set, each tile labelled with its dataset (`sources`: the fits that
+    must hold on every kind of city read it)."""
+    if len(parts) == 1:
+        return parts[0]
+    tiles = np.concatenate([v.tiles for v in parts])
+    tx = None if any(v.transmitters is None for v in parts) else np.concatenate([v.transmitters for v in parts])
+    heights = None
+    if any(v.heights is not None for v in parts):
+        heights = np.concatenate([v.heights if v.heights is not None else np.full((len(v.tiles),) + v.tiles.shape[-2:], np.nan,
+                                                                                  np.float32) for v in parts])
+    sources = tuple(s for i, v in enumerate(parts) for s in (v.sources or (f"set {i}",) * len(v.tiles)))
+    return Validation(tiles, tx, "; ".join(v.description for v in parts), [k for v in parts for k in v.keys], heights, sources)
 
 
 def tile_keys(data) -> list[tuple[str, int]]:
@@ -112,10 +129,16 @@ def tile_keys(data) -> list[tuple[str, int]]:
     return keys
 
 
-def validation_tiles(source: str, count: int, exclude: list[str] | tuple[str, ...] = (), split: str = "train",
-                     seed: int = 0) -> Validation:
+def validation_tiles(source: str | list[str] | tuple[str, ...], count: int, exclude: list[str] | tuple[str, ...] = (),
+                     split: str = "train", seed: int = 0) -> Validation:
     """Up to `count` validation tiles: 'procedural' (validation regions), or a dataset's `split`
-    minus every tile of the `exclude` datasets (those the prior was trained on)."""
+    minus every tile of the `exclude` datasets (those the prior was trained on); several sources:
+    up to `count` from each, `combine`d (each tile labelled with its source)."""
+    if not isinstance(source, str):
+        if not source:
+            raise ValueError("no validation dataset given")
+        return combine([replace(v, sources=(str(s),) * len(v.tiles)) if len(source) > 1 else v
+                        for s in source for v in [validation_tiles(s, count, exclude, split, seed)]])
     if split == "eval":
         raise ValueError("an eval split holds the held-out regions: tuning on it would tune on the test; "
                          "tune on validation tiles (a training-city split minus the tiles training read)")

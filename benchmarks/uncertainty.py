@@ -16,7 +16,10 @@ tune` fits the default constructions (`ckm-bench uncertainty`) — and on the sa
   after that estimator changed is run again until the section stops moving (each run fits the
   errors of the map made with the previous section).
 - Fit: runtime.uncertainty.fit_channel over the unobserved cells (tasks.unobserved) of every
-  problem of the kind, each task weighted equally; "*" pools every task of the setting.
+  problem of the kind, each task weighted equally; "*" pools every task of the setting. Tiles from
+  several validation sets (`--data A B`: generated cities and a real city's validation tiles) are
+  fitted so the interval holds on each set (each bin's quantile the largest of the sets'), their
+  coverage reported per set too.
 
 The result: the section (`--write` puts it into the package's manifest.json, atomically; every
 other key kept) and, per kind and task, the interval's coverage on these tiles before (the raw
@@ -102,12 +105,15 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
                         r = construct(engine, pkg.schedule(), op, y, shape, ConstructConfig(steps, samples, cfg.seed, sampler=sampler),
                                       sigma=cfg.sigma, site=site, uncertainty=pkg.manifest.uncertainty)
                         spread, raw = uncertainty.spread(r.samples), r.samples.std(axis=0)
-                        dist = uncertainty.distance_to_pinned(op, y, cfg.sigma, shape)
+                        dist = uncertainty.distance_to_pinned(op.bounds(np.asarray(y, np.float32), cfg.sigma), shape)
                         err = np.abs(r.mean - x)
                         per_tile.append(_Cells(*([a[c][unobs[c]] for c in range(2)] for a in (err, spread, dist, raw))))
                     progress(f"{name} {task}: {len(tiles)} tiles constructed ({time.perf_counter() - t_start:.0f} s)")
                     if cache is not None:
                         _save(cache, header, cells, used)
+    by_source: dict[str, list[int]] = {}  # validation set -> its tiles (one set: every tile)
+    for i, src in enumerate(val.sources or ("",) * len(tiles)):
+        by_source.setdefault(src, []).append(i)
     groups = {kind + (SITE if s == "site" else ""): (s, ts) for s in cfg.settings for kind, ts in kinds.items()}
     groups.update({"*" + (SITE if s == "site" else ""): (s, list(cfg.tasks)) for s in cfg.settings})
     fits: dict[str, uncertainty.KindFit] = {}
@@ -118,11 +124,14 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
         chans, widths = [], []
         for c in range(2):
             arrays = []
-            for k, task in enumerate(group_tasks):  # the same number of cells from every task
-                e, s, d = (np.concatenate([getattr(p, a)[c] for p in cells[setting, task]]) for a in ("error", "spread", "distance"))
-                take = pick.choice(len(e), cfg.cells_per_task, replace=len(e) < cfg.cells_per_task)
-                arrays.append((e[take], s[take], d[take], np.full(len(take), k)))
-            fit, info = uncertainty.fit_channel(*(np.concatenate(a) for a in zip(*arrays)), cfg.coverage)
+            for k, task in enumerate(group_tasks):  # the same number of cells from every task (of every source)
+                for j, rows in enumerate(by_source.values()):
+                    e, s, d = (np.concatenate([getattr(cells[setting, task][i], a)[c] for i in rows])
+                               for a in ("error", "spread", "distance"))
+                    take = pick.choice(len(e), cfg.cells_per_task, replace=len(e) < cfg.cells_per_task)
+                    arrays.append((e[take], s[take], d[take], np.full(len(take), k), np.full(len(take), j)))
+            *fit_cells, source = (np.concatenate(a) for a in zip(*arrays))
+            fit, info = uncertainty.fit_channel(*fit_cells, cfg.coverage, source=source if len(by_source) > 1 else None)
             chans.append(fit)
             widths.append(info["width"])
             progress(f"{name} {uncertainty.CHANNELS[c]}: {fit}")
@@ -133,6 +142,10 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
                 "before": [_share([np.abs(p.error[c]) <= z * p.raw[c] for p in parts]) for c in range(2)],
                 "after": [_share([np.abs(p.error[c]) <= z * chans[c].std(p.spread[c], p.distance[c]) for p in parts])
                           for c in range(2)]}
+            if len(by_source) > 1:  # the fit must hold on each
+                coverage[task]["by_source"] = {
+                    src: [_share([np.abs(parts[i].error[c]) <= z * chans[c].std(parts[i].spread[c], parts[i].distance[c])
+                                  for i in rows]) for c in range(2)] for src, rows in by_source.items()}
         fitted = {"tasks": list(group_tasks), "cells": int(sum(len(p.error[0]) for t in group_tasks for p in cells[setting, t])),
                   "coverage": {t: v["after"] for t, v in coverage.items()}}
         if not name.startswith("*"):

@@ -27,7 +27,7 @@ import numpy as np
 from ckm_edge.runtime import codec, defaults, operators, uncertainty
 from ckm_edge.runtime.diffpir import DiffPIRConfig
 from ckm_edge.runtime.observations import Observation, Observations
-from ckm_edge.runtime.operators.base import PROVEN_SIGMAS
+from ckm_edge.runtime.operators.base import censored
 from ckm_edge.runtime.sampler import respaced, spec_for, start
 from ckm_edge.runtime.schedule import Schedule
 from ckm_edge.runtime.site import Site
@@ -275,15 +275,13 @@ def summarize(x: np.ndarray, op: operators.Operator, y: np.ndarray, calibration:
     goes through `finish` (one map: no-path cells, the site's buildings) again."""
     mean = x.mean(axis=0)
     if calibration is not None:
-        std = calibration.std(uncertainty.spread(x), uncertainty.distance_to_pinned(op, y, sigma, mean.shape))
-        bounds = op.bounds(np.asarray(y, np.float32), sigma) if raw is not None else None
-        if bounds is not None:
+        bounds = op.bounds(np.asarray(y, np.float32), sigma)
+        std = calibration.std(uncertainty.spread(x), uncertainty.distance_to_pinned(bounds, mean.shape))
+        if bounds is not None and raw is not None:
             low, high = (np.broadcast_to(b, (1,) + mean.shape)[0] for b in bounds)
-            # censored: bounded more widely than a reading's noise (a saturated gain, an AoA sector);
-            # a reading within its noise keeps its samples' mean, which weighs it against the prior
-            # (its predictive truncated to y -/+ the noise would return the noisy reading itself)
-            censored = ((low > 0.0) | (high < 1.0)) & (high - low > 2.0 * PROVEN_SIGMAS * sigma + 1e-6)
-            mean = np.where(censored, uncertainty.conditional_mean(raw.mean(axis=0), std, low, high), mean)
+            # only where censored: a reading within its noise keeps its samples' mean, which weighs it
+            # against the prior (its predictive truncated to y -/+ the noise would return the reading)
+            mean = np.where(censored(low, high, sigma), uncertainty.conditional_mean(raw.mean(axis=0), std, low, high), mean)
             mean = (finish(mean[None])[0] if finish is not None else mean).astype(x.dtype)
     else:
         std = x.std(axis=0) if len(x) > 1 else None

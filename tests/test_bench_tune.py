@@ -138,6 +138,18 @@ def test_validation_tiles_leave_out_every_tile_training_read(tmp_path):
     assert tune.validation_tiles(str(tmp_path / "plain"), 4).keys == [("tiny-train", 0), ("tiny-train", 1), ("tiny-train", 2)]
 
 
+def test_validation_tiles_from_two_datasets_are_labelled_with_their_set(tmp_path):
+    _traced_like(tmp_path / "gen", {"gencity-000": [0, 1], "gencity-001": [0, 1]}, seed=1)
+    _traced_like(tmp_path / "real", {"munich": [24, 25]}, seed=2)
+    val = tune.validation_tiles([str(tmp_path / "gen"), str(tmp_path / "real")], 2)
+    assert len(val.tiles) == 4 and val.transmitters.shape == (4, 3)
+    assert val.sources == (str(tmp_path / "gen"),) * 2 + (str(tmp_path / "real"),) * 2
+    assert val.keys[-2:] == [("munich", 24), ("munich", 25)] and "gen" in val.description and "real" in val.description
+    assert tune.validation_tiles([str(tmp_path / "real")], 4).sources == ()  # one set: no labels
+    with pytest.raises(ValueError, match="no validation dataset"):
+        tune.validation_tiles([], 4)
+
+
 def test_tune_on_the_tiny_package_then_ship_the_section(tiny_package, tiny_prior, tmp_path):
     *_, held = tiny_prior
     val = tune.Validation(held[:1], None, "one tiny tile")

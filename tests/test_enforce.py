@@ -14,7 +14,7 @@ import pytest
 
 from ckm_edge.runtime import codec, operators
 from ckm_edge.runtime.observations import Observation, Observations
-from ckm_edge.runtime.operators.base import PROVEN_SIGMAS
+from ckm_edge.runtime.operators.base import PROVEN_SIGMAS, censored
 from ckm_edge.runtime.site import Site
 
 H = 32
@@ -118,6 +118,19 @@ def test_each_proof_in_detail():
     assert np.isclose(low, lo[j]) and np.isclose(high, hi[j])
     low, high = q.bounds(np.full((1, 1, 1, 1), centre[-1], np.float32), 0.01)  # near +90 deg: neighbours too
     assert low.item() < lo[-1] and np.isclose(high, hi[-1])
+
+
+def test_censored_cells_are_bounds_wider_than_a_readings_noise():
+    """A mask's readings are measured (bounds -/+ the noise), a truncated gain at its bound and an
+    AoA sector are censored, an unobserved cell is neither."""
+    y = np.array([0.5, 0.0, 0.9], np.float32).reshape(1, 1, 1, 3)
+    assert not censored(*operators.Mask(np.array([[True, False, True]])).bounds(y, 0.01), 0.01).any()
+    t = operators.Truncate(0.2, 0.7)
+    flags = censored(*t.bounds(np.array([0.2, 0.45, 0.7, 0.71], np.float32).reshape(1, 1, 1, 4), 0.01), 0.01)
+    assert flags.ravel().tolist() == [True, False, True, True]
+    q = operators.QuantizeAoA(24)
+    centre, _, _ = q.sector_intervals()
+    assert censored(*q.bounds(np.full((1, 1, 1, 1), centre[len(centre) // 2], np.float32), 0.001), 0.001).all()
 
 
 def test_no_path_and_known_buildings_win():

@@ -45,6 +45,31 @@ def test_the_conformal_fit_holds_its_coverage_per_task_on_fresh_draws():
         assert held == pytest.approx(0.9, abs=0.03), (s, held)
 
 
+def test_a_fit_over_two_validation_sets_holds_on_each():
+    """Generated cities and a real city's tiles whose errors run twice as large for the same
+    spread: a fit over their pool holds ~90 % on the pool and under-covers the real one; given
+    each cell's set, it holds at least 90 % on each, on fresh draws, and reports both."""
+    rng = np.random.default_rng(5)
+
+    def draw(n, factor):
+        error, spread, distance = _draw(rng, n, 0.05)
+        return error * factor, spread, distance
+
+    gen, real = draw(30000, 1.0), draw(30000, 2.0)
+    cells = [np.concatenate(a) for a in zip(gen, real)]
+    group, source = np.zeros(60000, int), np.repeat([0, 1], 30000)
+    pooled, _ = uncertainty.fit_channel(*cells, group, 0.9)
+    each, info = uncertainty.fit_channel(*cells, group, 0.9, source=source)
+    assert set(info["by_source"]) == {0, 1} and info["by_source"][1]["0"] == pytest.approx(0.9, abs=0.01)
+    assert info["by_source"][0]["0"] > 0.95  # the milder set is over-covered: the price of holding on both
+    z = uncertainty.z_of(0.9)
+    error, spread, distance = draw(30000, 2.0)  # fresh cells of the harder set
+    assert np.mean(error <= z * pooled.std(spread, distance)) < 0.85
+    assert np.mean(error <= z * each.std(spread, distance)) == pytest.approx(0.9, abs=0.02)
+    one, _ = uncertainty.fit_channel(*cells, group, 0.9, source=np.zeros(60000, int))
+    assert one == pooled  # one set is the pool
+
+
 def test_a_scale_per_distance_bin_holds_near_and_far_cells_alike():
     """Errors that jump with the distance (a box's interior, not a ramp): one scale for all cells
     over-covers the near ones and under-covers the far ones; a scale per distance bin (Mondrian)
@@ -94,16 +119,16 @@ def test_distance_to_pinned_cells_is_chebyshev_and_capped():
     mask = np.zeros((16, 16), bool)
     mask[5, 5] = True
     y = tasks.observe(operators.Mask(mask), np.full((1, 2, 16, 16), 0.5, np.float32), np.random.default_rng(0))
-    d = uncertainty.distance_to_pinned(operators.Mask(mask), y, 0.01, (2, 16, 16))
+    d = uncertainty.distance_to_pinned(operators.Mask(mask).bounds(y, 0.01), (2, 16, 16))
     assert d[0, 5, 5] == 0 and d[1, 5, 9] == 4 and d[0, 0, 0] == 5 and d[0, 15, 15] == 10
-    wide = uncertainty.distance_to_pinned(operators.Mask(mask), y, 0.1, (2, 16, 16))  # 4 sigma = 0.4: nothing pinned
+    wide = uncertainty.distance_to_pinned(operators.Mask(mask).bounds(y, 0.1), (2, 16, 16))  # 4 sigma = 0.4: nothing pinned
     assert (wide == uncertainty.MAX_RANGE).all()
     big = np.zeros((80, 80), bool)
     big[0, 0] = True
     y = tasks.observe(operators.Mask(big), np.full((1, 2, 80, 80), 0.5, np.float32), np.random.default_rng(0))
-    assert uncertainty.distance_to_pinned(operators.Mask(big), y, 0.0, (2, 80, 80)).max() == uncertainty.MAX_RANGE
+    assert uncertainty.distance_to_pinned(operators.Mask(big).bounds(y, 0.0), (2, 80, 80)).max() == uncertainty.MAX_RANGE
     sr = operators.Downsample(2)  # block means pin no single cell
-    assert (uncertainty.distance_to_pinned(sr, np.zeros((1, 2, 8, 8), np.float32), 0.01, (2, 16, 16)) == uncertainty.MAX_RANGE).all()
+    assert (uncertainty.distance_to_pinned(sr.bounds(np.zeros((1, 2, 8, 8), np.float32), 0.01), (2, 16, 16)) == uncertainty.MAX_RANGE).all()
 
 
 SECTION = {"coverage": 0.9, "validation": "v", "kinds": {

@@ -18,6 +18,14 @@ from ckm_edge.runtime.operators.solvers import descent_prox
 PROVEN_SIGMAS = 4.0
 
 
+def censored(low: np.ndarray, high: np.ndarray, sigma: float) -> np.ndarray:
+    """Bool like `low`: the cells whose `Operator.bounds` (low, high) censor the value rather than
+    read it — narrower than the codec's [0, 1] and wider than a reading's noise (-/+ PROVEN_SIGMAS
+    sigma): a saturated gain, an AoA sector. A mask's reading within its noise is measured, not
+    censored."""
+    return ((low > 0.0) | (high < 1.0)) & (high - low > 2.0 * PROVEN_SIGMAS * sigma + 1e-6)
+
+
 class OperatorError(ValueError):
     """An unknown operator, bad parameters, or input of the wrong shape."""
 
