@@ -212,6 +212,29 @@ def test_ckm_bench_uncertainty_writes_a_section_the_runtime_loads(calibrated, tm
     assert again["results"]["uncertainty"] == record["results"]["uncertainty"]
 
 
+def test_ckm_bench_uncertainty_over_two_validation_sets_reports_each(tiny_package, tmp_path):
+    """`--data A B`: tiles from both, the fit made to hold on each, coverage per set in the record
+    and in its RESULTS.md section."""
+    from conftest import small_dataset
+
+    from ckm_edge.benchmarks import cli as bench_cli
+    from ckm_edge.benchmarks import render
+
+    small_dataset(tmp_path / "generated", {"train": 2}, region=5, seed=21)
+    small_dataset(tmp_path / "real", {"train": 2}, region=6, seed=22)
+    assert bench_cli.main(["--results", str(tmp_path / "results"), "uncertainty", "--package", str(tiny_package.root), "--data",
+                           str(tmp_path / "generated"), str(tmp_path / "real"), "--tiles", "2", "--tasks", "ipbox",
+                           "--settings", "paper", "--out", str(tmp_path / "section.json")]) == 0
+    record = json.loads(next((tmp_path / "results").glob("uncertainty-*.json")).read_text())
+    r = record["results"]
+    assert r["tiles"] == 4 and "generated" in r["validation"] and "real" in r["validation"]
+    each = r["kinds"]["mask"]["coverage"]["ipbox"]["by_source"]
+    assert set(each) == {str(tmp_path / "generated"), str(tmp_path / "real")}
+    assert all(0.0 <= c <= 1.0 for v in each.values() for c in v)
+    assert "<br>generated: " in render.section(record) and "<br>real: " in render.section(record)
+    assert "--data " + str(tmp_path / "generated") + " " + str(tmp_path / "real") in record["command"]
+
+
 def _observation(tiny_prior, task, seed=0):
     *_, evl = tiny_prior
     x = evl[:1]
