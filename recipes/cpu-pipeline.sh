@@ -25,7 +25,8 @@
 #
 # Environment: CACHE (/root/ckm-cache: data, runs, logs, models; nothing in the work tree), STAGE
 # (data), the plan's CITIES (24), CITY_SEED (33), TILES_PER_SCENE (25), RT_SAMPLES (30000) (recipes/cities-plan.sh), PRIOR_STEPS (30000),
-# BASELINE_STEPS (6000), BIN (.venv/bin), RELEASE (the version the release steps build; empty: none).
+# BASELINE_STEPS (6000), BIN (.venv/bin), RELEASE (the version the release steps build; empty: none),
+# RT_REAL_VAL (CACHE/rt-train-val-snap: the real cities' validation tiles the release calibrates on).
 # The release writes the package, the RESULTS records and the model card into this work tree (its
 # log: CACHE/logs/release.log), for a person to commit.
 # A lent GPU trains the same mixture in minutes instead: recipes/gpu-train.sh (docs/training.md).
@@ -46,6 +47,7 @@ RELEASE=${RELEASE-}  # 1.0.0 shipped (models/repository/ckm-prior/1.0.0); a rele
 REPO=$PWD
 RT_TRAIN=$CACHE/rt-cities
 RT_EVAL=$CACHE/rt-eval
+RT_REAL_VAL=${RT_REAL_VAL:-$CACHE/rt-train-val-snap}
 SNAP=$CACHE/rt-cities-snap
 PROC=$CACHE/data/proc-calibrated
 VALIDATION=$REPO/datasets/recipes/rt-cities-validation.txt
@@ -148,10 +150,19 @@ snapshot() {  # once both training shards are done: the training mixture's ray-t
         # and every finished tile (the validation tiles with them): what `ckm-bench tune` reads, minus $SNAP
         rm -rf "$SNAP-all" && "$BIN/ckm-data" raytrace --out "$RT_TRAIN" --snapshot "$SNAP-all" \
             >>"$CACHE/logs/rt-train.log" 2>&1 && log "snapshot with the validation tiles: $SNAP-all"
+        # the generated cities' validation tiles alone: one of the uncertainty calibration's sets (release)
+        not_gen_validation >"$CACHE/locks/not-gen-validation.txt"
+        rm -rf "$SNAP-val-gen" && "$BIN/ckm-data" raytrace --out "$RT_TRAIN" --snapshot "$SNAP-val-gen" \
+            --exclude "$CACHE/locks/not-gen-validation.txt" >>"$CACHE/logs/rt-train.log" 2>&1 \
+            && log "snapshot of the generated cities' validation tiles: $SNAP-val-gen"
         rmdir "$CACHE/locks/snapshot"
     else
         until [ -f "$SNAP/manifest.json" ]; do sleep 60; done
     fi
+}
+
+not_gen_validation() {  # the build's finished tiles other than the generated cities' validation tiles
+    ls "$RT_TRAIN/.raytrace/tiles" | sed -n 's/\.npz$//p' | grep -vxF -f <(grep '^gencity-' "$VALIDATION")
 }
 
 procedural() {
@@ -219,7 +230,15 @@ baselines_missing() {
 }
 
 release() {  # [UNTIL=wide] release: recipes/release-prior.sh on the prior of CACHE/runs/prior (resumes)
-    VERSION=$RELEASE CHECKPOINT=$CACHE/runs/prior/checkpoint.pt RUNS=$CACHE/runs/prior \
+    # the uncertainty calibration holds on each of two sets of validation tiles (nothing to exclude):
+    # the generated cities' and the real cities' (RT_REAL_VAL: the 12 munich/etoile tiles 1.0.0's build
+    # held back, traced with `ckm-data raytrace --train munich etoile --tiles-per-scene 512 --seed 1`,
+    # the rest --exclude'd, then --snapshot); without them, VALIDATION minus the training snapshot
+    local cal=()
+    if [ -f "$SNAP-val-gen/manifest.json" ] && [ -f "$RT_REAL_VAL/manifest.json" ]; then
+        cal=(CAL_DATA="$SNAP-val-gen $RT_REAL_VAL" CAL_EXCLUDE=)
+    fi
+    env "${cal[@]}" VERSION=$RELEASE CHECKPOINT=$CACHE/runs/prior/checkpoint.pt RUNS=$CACHE/runs/prior \
         WORK=$CACHE/release-$RELEASE VALIDATION=$SNAP-all VALIDATION_EXCLUDE=$SNAP \
         CALIBRATION=$SNAP HELD=$RT_EVAL BASELINES=$CACHE/models/baselines BIN=$BIN \
         bash recipes/release-prior.sh >>"$CACHE/logs/release.log" 2>&1

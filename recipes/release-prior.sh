@@ -10,7 +10,9 @@
 #      bounded cells report the calibrated predictive's truncated mean, so each round fits the errors
 #      of the map made with the previous round's section), CAL_TILES tiles (default 48) of each of
 #      CAL_DATA's datasets (default VALIDATION; several, e.g. generated cities' and real cities'
-#      validation tiles: the interval is fitted to hold on each);
+#      validation tiles: the interval is fitted to hold on each) minus CAL_EXCLUDE's tiles (default
+#      VALIDATION_EXCLUDE; empty where CAL_DATA holds validation tiles only: the exclusion matches
+#      tiles by region and index, which across two builds' plans names different placements);
 #   4. how WIDE_BUDGET (100: the issue's limit, what an edge GPU affords) network evaluations per map
 #      are best spent: from the tuned table, the steps x samples split searched on the same validation
 #      tiles (`ckm-bench tune --coordinates split`, WIDE_SAMPLES the sample counts tried), the
@@ -30,7 +32,7 @@
 #   VERSION=1.0.0 CHECKPOINT=$C/runs/prior/checkpoint.pt RUNS=$C/runs/prior WORK=$C/release-1.0.0 \
 #   VALIDATION=$C/rt-train-snap-all VALIDATION_EXCLUDE=$C/rt-train-snap CALIBRATION=$C/rt-train-snap HELD=$C/rt-eval \
 #   BASELINES=$C/models/baselines bash recipes/release-prior.sh
-# Also: RESULTS (records' directory), TUNE_ARGS (extra `ckm-bench tune` arguments), TILES, VAL_TILES, CAL_DATA, CAL_TILES, CAL_ROUNDS,
+# Also: RESULTS (records' directory), TUNE_ARGS (extra `ckm-bench tune` arguments), TILES, VAL_TILES, CAL_DATA, CAL_EXCLUDE, CAL_TILES, CAL_ROUNDS,
 # WIDE_BUDGET, WIDE_SAMPLES, STATS_SAMPLES, NAME, OUT, CARD, BIN; UNTIL=wide stops after step 4a
 # (what needs no baselines: recipes/cpu-pipeline.sh runs it while the baselines still train);
 # ONLY=accuracy | accuracy-wide runs that one of step 4b's two runs (earlier steps done first).
@@ -82,7 +84,7 @@ for round in $(seq 1 "${CAL_ROUNDS:-2}"); do
     done_ "uncertainty-$round" && continue
     log "3b. calibrate the package's uncertainty on validation tiles, round $round"
     # shellcheck disable=SC2086
-    "$BIN/ckm-bench" --results "$RESULTS" uncertainty --package "$OUT" --data ${CAL_DATA:-"$VALIDATION"} --exclude ${VALIDATION_EXCLUDE:-} \
+    "$BIN/ckm-bench" --results "$RESULTS" uncertainty --package "$OUT" --data ${CAL_DATA:-"$VALIDATION"} --exclude ${CAL_EXCLUDE-${VALIDATION_EXCLUDE:-}} \
         --tiles "${CAL_TILES:-48}" --write --cache "$WORK/uncertainty-round-$round.npz"
     touch "$WORK/.done-uncertainty-$round"
 done
