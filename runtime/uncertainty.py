@@ -353,7 +353,8 @@ def fit_channel(error: np.ndarray, spread: np.ndarray, distance: np.ndarray, gro
     z = z_of(coverage)
     src = np.zeros(len(error), np.int64) if source is None else np.unique(source, return_inverse=True)[1].ravel()
     tasks = np.unique(group)
-    cell_group = src * len(tasks) + np.searchsorted(tasks, group)  # (source, task)
+    task_of = np.searchsorted(tasks, group)
+    cell_group = src * len(tasks) + task_of  # (source, task)
     groups, inverse = np.unique(cell_group, return_inverse=True)
     weight = 1.0 / np.bincount(inverse)[inverse]
     below = distance_bins(distance, edges, min_cells)
@@ -385,14 +386,14 @@ def fit_channel(error: np.ndarray, spread: np.ndarray, distance: np.ndarray, gro
                     pooled = quantile(score, np.ones(len(score), bool))
                     bins = tuple((b, float(q / z)) for b, q in zip(below, qs)) if len(below) > 1 else ()
                     best = ((stray, width), ChannelFit(float((qs[0] if len(qs) == 1 else pooled) / z), floor, ramp, rng, bins),
-                            inside)
+                            inside, per_group)
     if best is None:
         raise ValueError("no candidate gives a finite interval: every one leaves cells with error and no spread")
-    (_, width), fit, inside = best
-    task_of = np.searchsorted(tasks, group)
+    (_, width), fit, inside, per_group = best
     per_task = np.bincount(task_of, weights=inside * weight) / np.bincount(task_of, weights=weight)
-    by_source = {int(k): {str(t): float(np.average(inside[m & (group == t)], weights=weight[m & (group == t)]))
-                          for t in tasks if (m & (group == t)).any()} for k, m in enumerate(mine)}
+    by_source: dict[int, dict[str, float]] = {}
+    for g, c in zip(groups, per_group):  # g = source * len(tasks) + task index
+        by_source.setdefault(int(g // len(tasks)), {})[str(tasks[g % len(tasks)])] = float(c)
     return fit, {"width": width, "coverage": {str(t): float(c) for t, c in zip(tasks, per_task)}, "by_source": by_source}
 
 
