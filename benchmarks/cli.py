@@ -277,7 +277,7 @@ def _cmd_sites(args: argparse.Namespace) -> int:
         cfg = sites.SitesConfig(batch=args.batch, batches=args.batches, seed=args.seed,
                                 query_clients=tuple(args.clients), query_seconds=args.query_seconds, threads=args.threads,
                                 query_workers=tuple(args.query_workers), load_generator=args.load_generator,
-                                query_repeats=args.query_repeats)
+                                query_repeats=args.query_repeats, fresh_draws=args.fresh_draws)
         held = accuracy.load_held_out(args.data, args.tiles, seed=0)
         out = sites.run(args.repository, held, cfg, progress=_progress, workdir=args.workdir)
     except (ValueError, RuntimeError) as e:
@@ -285,7 +285,7 @@ def _cmd_sites(args: argparse.Namespace) -> int:
     command = (f"ckm-bench sites --repository {args.repository} --data {args.data} --tiles {args.tiles} --batch {args.batch} "
                f"--batches {args.batches} --clients {' '.join(map(str, args.clients))} --query-seconds {args.query_seconds} "
                f"--query-workers {' '.join(map(str, args.query_workers))} --query-repeats {args.query_repeats} "
-               f"--load-generator {args.load_generator}")
+               f"--load-generator {args.load_generator} --fresh-draws {args.fresh_draws}")
     _store(args, "sites-" + _data_slug(args.data), "sites", command,
            {"config": vars(cfg), "tiles_count": len(held.tiles), "data": held.description, **out})
     return 0
@@ -643,6 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--load-generator", choices=["auto", "h2load", "python"], default="auto",
                     help="h2load (apt-get install nghttp2-client; auto: where installed) or Python client processes")
     si.add_argument("--threads", type=int, default=0, help="the server's engine threads")
+    si.add_argument("--fresh-draws", type=int, default=2,
+                    help="fresh constructions per version, each its own seed (the sampler's own spread)")
     si.add_argument("--seed", type=int, default=7)
     si.add_argument("--workdir", help="where the server's store and log go (default: a temp dir)")
     si.set_defaults(func=_cmd_sites)

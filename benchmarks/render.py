@@ -492,21 +492,35 @@ def sites(r: dict, _record: dict) -> str:
              "created with what its base station knows (building layout, base station), then a drive test streamed "
              f"into a `ckm-edge serve --store sqlite:` server over gRPC in batches of {c['batch']} measurements (gain "
              f"noise {c['gain_noise_db']:g} dB, AoA noise {c['aoa_noise']:g}), one map version per batch. After each "
-             "version, its error over the outdoor cells no measurement reached, next to a fresh construction from the "
-             "same measurements (the model's default construction, same machine, server idle). Means over tiles.", "",
-             "| version | measurements | map gain dB / AoA | fresh gain dB / AoA | map evaluations / s | fresh "
-             "evaluations / s | map 90 % interval holds (gain) |", "|---:|---:|---:|---:|---:|---:|---:|"]
+             "version, its gain error over the outdoor cells no measurement has reached yet and over those the whole "
+             "drive never reaches (the same cells at every version), next to fresh constructions from the same "
+             "measurements (the model's default construction, same machine, server idle; "
+             f"{s.get('fresh_draws', 1)} draw(s), each its own seed: their mean). Means over tiles.", "",
+             "| version | measurements | map gain dB / AoA | fresh gain dB / AoA | never reached: map / fresh gain dB | "
+             "map evaluations / s | fresh evaluations / s | map 90 % interval holds (gain) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"  # noqa: E731
+    db = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
     for v in s["curve"]:
         lines.append(f"| {v['version']} | {v['measurements']} | {v['map_gain_db']:.2f} / {v['map_aoa']:.3f} | "
-                     f"{v['fresh_gain_db']:.2f} / {v['fresh_aoa']:.3f} | {v['map_evaluations']:.0f} / "
+                     f"{v['fresh_gain_db']:.2f} / {v['fresh_aoa']:.3f} | {db(v.get('map_gain_db_undriven'))} / "
+                     f"{db(v.get('fresh_gain_db_undriven'))} | {v['map_evaluations']:.0f} / "
                      f"{v['map_seconds']:.2f} | {v['fresh_evaluations']:.0f} / {v['fresh_seconds']:.2f} | "
                      f"{pct(v['map_gain_cover'])} |")
     share = "—" if s["evaluation_share"] is None else f"{100 * s['evaluation_share']:.0f} %"
-    lines += ["", f"The map's gain error {'falls with every version' if s['falls'] else 'does not fall at every version'}; "
-                  f"{s['rebuilds_worse_than_fresh']} of {s['rebuilds']} incremental rebuilds are worse than a fresh "
-                  f"construction from the same measurements (gain RMSE); an incremental rebuild costs {share} of a fresh "
-                  "one's network evaluations (target: no worse, at most 50 %).", "",
+    falls = lambda f: "falls with every version" if f else "does not fall at every version"  # noqa: E731
+    never = ("" if s.get("falls_undriven") is None else
+             f"Over the cells the drive never reaches, the map's gain error {falls(s['falls_undriven'])}; over those not "
+             "reached yet, it ")
+    worse = (f"{s['rebuilds_worse_than_fresh']} of {s['rebuilds']} incremental rebuilds are worse than a fresh "
+             "construction from the same measurements (gain RMSE, its first draw)")
+    if "rebuilds_worse_than_fresh_mean" in s:
+        worse += (f", {s['rebuilds_worse_than_fresh_mean']} worse than the mean of its {s['fresh_draws']} draws and "
+                  f"{s['rebuilds_worse_than_every_fresh']} worse than every draw (the draws of one fresh construction "
+                  f"differ by {s['fresh_draw_spread_db']:.2f} dB on average)")
+    lines += ["", (never + falls(s["falls"]) if never else "The map's gain error " + falls(s["falls"])) + "; " + worse +
+              f"; an incremental rebuild costs {share} of a fresh one's network evaluations (target: no worse, at "
+              "most 50 %).", "",
               _query_intro(r["query"]), "", "| server workers | clients | calls | p50 ms | p99 ms | p99 of the runs ms | "
               "calls / s |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for q in r["query"]:

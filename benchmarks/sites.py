@@ -31,6 +31,7 @@ the store's bytes per site.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import re
 import shutil
@@ -60,6 +61,11 @@ class SitesConfig:
     load_generator: str = "auto"  # h2load (nghttp2's HTTP/2 load tool) where installed, else python
     query_repeats: int = 3  # runs per (workers, clients): the table gives the median run's p99 and their range
     threads: int = 0  # the server's engine threads (0: one per CPU it may use)
+    fresh_draws: int = 2  # fresh constructions per version, each with its own seed (their spread: the sampler's randomness)
+
+    def __post_init__(self):
+        if self.batch < 1 or self.batches < 1 or self.fresh_draws < 1 or self.query_repeats < 1:
+            raise ValueError("batch, batches, fresh_draws and query_repeats must be >= 1")
 
 
 def route(truth: np.ndarray, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -113,13 +119,16 @@ def _metrics(mean_px: np.ndarray, std_px: np.ndarray, calibrated: bool, coverage
              where: np.ndarray) -> dict:
     from ckm_edge.runtime import uncertainty
 
-    p = np.clip(mean_px, 0.0, 1.0)[None]
-    t = truth[None]
-    out = {"gain_db": float(codec.gain_rmse_db(p, t, where=where)[0]), "aoa_sine": float(codec.aoa_sine_rmse(p, t, where=where)[0])}
+    out = {"gain_db": _gain_rmse(mean_px, truth, where),
+           "aoa_sine": float(codec.aoa_sine_rmse(np.clip(mean_px, 0.0, 1.0)[None], truth[None], where=where)[0])}
     if calibrated:
         held = uncertainty.covered(mean_px, std_px, truth, np.stack([where, where]), uncertainty.z_of(coverage))
         out["gain_cover"], out["aoa_cover"] = held
     return out
+
+
+def _gain_rmse(mean_px: np.ndarray, truth: np.ndarray, where: np.ndarray) -> float:
+    return float(codec.gain_rmse_db(np.clip(mean_px, 0.0, 1.0)[None], truth[None], where=where)[0])
 
 
 def run(repository: str | Path, held, cfg: SitesConfig, progress=print, workdir: str | Path | None = None) -> dict:
@@ -159,6 +168,8 @@ def run(repository: str | Path, held, cfg: SitesConfig, progress=print, workdir:
                 cells = route(truth, cfg.batch * cfg.batches, rng)
                 phys = codec.decode(truth)
                 measured = np.zeros(layout.shape, bool)
+                undriven = ~layout  # the outdoor cells the whole drive never reaches: the same cells at every version
+                undriven[tuple(np.array(cells).T)] = False
                 versions = []
                 for k in range(cfg.batches):
                     part = cells[k * cfg.batch:(k + 1) * cfg.batch]
@@ -182,22 +193,28 @@ def run(repository: str | Path, held, cfg: SitesConfig, progress=print, workdir:
                     where = ~layout & ~measured
                     inc = {"version": m.version, "measurements": m.measurement_count, "incremental": m.incremental,
                            "evaluations": m.network_evaluations, "seconds": m.build_seconds,
-                           **_metrics(mean, std, m.calibrated, m.interval_coverage, truth, where)}
+                           **_metrics(mean, std, m.calibrated, m.interval_coverage, truth, where),
+                           "gain_db_undriven": _gain_rmse(mean, truth, undriven)}
                     row = fresh_mgr.get(site_id)
                     job, _, _, evals = fresh_mgr.plan(row, None)
-                    tf = time.perf_counter()
-                    [res] = executor.execute([job])
-                    fresh_s = time.perf_counter() - tf
-                    fs = res.std if res.std is not None else np.zeros_like(res.mean)
-                    fresh = {"evaluations": evals, "seconds": fresh_s,
-                             **_metrics(res.mean, fs, res.calibrated, res.coverage, truth, where)}
+                    draws = []
+                    for draw in range(cfg.fresh_draws):
+                        tf = time.perf_counter()
+                        [res] = executor.execute([dataclasses.replace(job, config=dataclasses.replace(
+                            job.config, seed=job.config.seed + 1_000_003 * draw))])
+                        fresh_s = time.perf_counter() - tf
+                        fs = res.std if res.std is not None else np.zeros_like(res.mean)
+                        draws.append({"evaluations": evals, "seconds": fresh_s, "seed": job.config.seed + 1_000_003 * draw,
+                                      **_metrics(res.mean, fs, res.calibrated, res.coverage, truth, where),
+                                      "gain_db_undriven": _gain_rmse(res.mean, truth, undriven)})
+                    fresh = {**draws[0], "draws": draws}
                     versions.append({"map": inc, "fresh": fresh})
                     progress(f"tile {i + 1}/{len(held.tiles)} v{m.version}: {m.measurement_count} measurements, "
                              f"{'incremental' if m.incremental else 'fresh'} {inc['gain_db']:.2f} dB ({inc['evaluations']} "
                              f"evals, {inc['seconds']:.2f} s) vs fresh {fresh['gain_db']:.2f} dB ({evals} evals, "
                              f"{fresh_s:.2f} s) [{time.perf_counter() - t0:.0f} s]")
                 tiles_out.append({"versions": versions, "outdoor": int((~layout).sum()),
-                                  "measured_cells": int(measured.sum())})
+                                  "measured_cells": int(measured.sum()), "undriven_cells": int(undriven.sum())})
         _stop_server(proc)
         proc = None
         positions = [np.argwhere(~codec.building_mask(t)) for t in held.tiles]
@@ -349,22 +366,44 @@ def summarize(tiles: list, query: list) -> dict:
     for k, vs in sorted(by_k.items()):
         curve.append({"version": k + 1, "measurements": int(np.mean([v["map"]["measurements"] for v in vs])),
                       "map_gain_db": float(np.mean([v["map"]["gain_db"] for v in vs])),
-                      "fresh_gain_db": float(np.mean([v["fresh"]["gain_db"] for v in vs])),
+                      "fresh_gain_db": float(np.mean([_fresh(v, "gain_db") for v in vs])),
+                      "map_gain_db_undriven": _mean([v["map"].get("gain_db_undriven") for v in vs]),
+                      "fresh_gain_db_undriven": _mean([_fresh(v, "gain_db_undriven") for v in vs]),
                       "map_aoa": float(np.mean([v["map"]["aoa_sine"] for v in vs])),
-                      "fresh_aoa": float(np.mean([v["fresh"]["aoa_sine"] for v in vs])),
+                      "fresh_aoa": float(np.mean([_fresh(v, "aoa_sine") for v in vs])),
                       "map_evaluations": float(np.mean([v["map"]["evaluations"] for v in vs])),
                       "fresh_evaluations": float(np.mean([v["fresh"]["evaluations"] for v in vs])),
                       "map_seconds": float(np.mean([v["map"]["seconds"] for v in vs])),
                       "fresh_seconds": float(np.mean([v["fresh"]["seconds"] for v in vs])),
                       "map_gain_cover": _mean([v["map"].get("gain_cover") for v in vs])})
     pairs = [v for t in tiles for v in t["versions"][1:]]  # the incremental rebuilds
-    worse = [v for v in pairs if v["map"]["gain_db"] > v["fresh"]["gain_db"]]
+    draws = [len(v["fresh"].get("draws", [v["fresh"]])) for v in pairs]
+    undriven = [c["map_gain_db_undriven"] for c in curve]
     p99_16 = {str(q.get("workers", 1)): q["p99_ms"] for q in query if q["clients"] == 16}
-    return {"curve": curve, "falls": all(b["map_gain_db"] <= a["map_gain_db"] for a, b in zip(curve, curve[1:])),
-            "rebuilds": len(pairs), "rebuilds_worse_than_fresh": len(worse),
+    return {"curve": curve,
+            # over the cells no measurement has reached yet (a set that shrinks as the drive goes on)
+            "falls": all(b["map_gain_db"] <= a["map_gain_db"] for a, b in zip(curve, curve[1:])),
+            # over the cells the whole drive never reaches: the same cells at every version
+            "falls_undriven": (None if None in undriven else all(b <= a for a, b in zip(undriven, undriven[1:]))),
+            "rebuilds": len(pairs), "fresh_draws": min(draws) if draws else 0,
+            # worse than a fresh construction's first draw / than its draws' mean / than every draw
+            "rebuilds_worse_than_fresh": sum(v["map"]["gain_db"] > v["fresh"]["gain_db"] for v in pairs),
+            "rebuilds_worse_than_fresh_mean": sum(v["map"]["gain_db"] > _fresh(v, "gain_db") for v in pairs),
+            "rebuilds_worse_than_every_fresh": sum(v["map"]["gain_db"] > max(_draws(v, "gain_db")) for v in pairs),
+            "fresh_draw_spread_db": (float(np.mean([np.ptp(_draws(v, "gain_db")) for v in pairs])) if pairs else None),
             "evaluation_share": (float(np.mean([v["map"]["evaluations"] / v["fresh"]["evaluations"] for v in pairs]))
                                  if pairs else None),
             "query_p99_ms_16": p99_16}  # by server workers
+
+
+def _draws(version: dict, key: str) -> list:
+    """A version's fresh constructions' values of `key` (records before draws: the one)."""
+    return [d.get(key) for d in version["fresh"].get("draws", [version["fresh"]])]
+
+
+def _fresh(version: dict, key: str) -> float | None:
+    """The mean of a version's fresh draws' `key`."""
+    return _mean(_draws(version, key))
 
 
 def _mean(values) -> float | None:

@@ -167,10 +167,12 @@ class Observations:
             if obs.init is not None:
                 init = np.asarray(obs.init, np.float32)[None]
                 if obs.op is not None:
-                    shift = obs.y - obs.op.forward(init) + 0.5  # residuals, in [0, 1] for the fill
+                    # the residuals (in [-1, 1]) halved and shifted into the fill's [0, 1]; the fill is
+                    # linear in its data, so twice its offset is the residuals' fill, none clipped
+                    shift = 0.5 + 0.5 * (obs.y - obs.op.forward(init))
                     fill = smooth_fill(obs.op, np.clip(shift, 0.0, 1.0), (len(obs.y),) + self.shape, obs.site, iters=150,
                                        site_values=False)
-                    init = obs.op.prox(init + fill - 0.5, obs.y, 1e-6)
+                    init = obs.op.prox(init + 2.0 * (fill - 0.5), obs.y, 1e-6)
                 x[sl] = np.broadcast_to(np.clip(init, 0.0, 1.0), (n,) + self.shape)
                 if obs.site is not None:
                     x[sl] = obs.site.project(x[sl])

@@ -12,12 +12,14 @@ How a map is built (`SiteManager._rebuild`): the site's measured cells, fused by
 measured cell has both channels, else one per channel) with the fused readings' RMS noise; the
 site's building layout and base station are its site, as for EdgeService.Construct. The first map
 is the model's default construction for that operator (its recommendation, calibrated std
-included); every later one is incremental: the same sampler and steps, warm-started from the
-previous map corrected towards the new readings (runtime.observations: the smoothest field through
-the residuals is added, the readings written in) instead of the smooth fill, starting no higher
-than `RebuildPolicy.warm_start` of the noise levels, with half the posterior samples — half the
-network evaluations or fewer (the recommendations start part-way already; measured on held-out
-tiles, `ckm-bench sites`, against a fresh construction from the same measurements). A model version change
+included; a drive test observes a few per cent of the cells: runtime.recommend's "mask-scarce",
+most of the map from the prior); every later one is incremental: the same sampler and posterior
+samples, warm-started from the previous map corrected towards the new readings
+(runtime.observations: the smoothest field through the residuals is added, the readings written
+in) instead of the smooth fill, starting no higher than `RebuildPolicy.warm_start` of the noise
+levels, with half the steps — half the network evaluations or fewer. Chosen on validation tiles
+against halving the samples instead and against starting higher (0.5); measured on held-out tiles
+by `ckm-bench sites`, against fresh constructions from the same measurements. A model version change
 starts fresh again. Rebuilds go through the server's batcher as background jobs: queued
 interactive constructions go first.
 
@@ -93,8 +95,8 @@ class RebuildPolicy:
     after_measurements: int = 64
     after_seconds: float = 2.0
     warm_start: float = 0.3  # where an incremental rebuild starts at the latest, as a fraction of the noise levels
-    warm_steps: float = 1.0  # its steps as a share of a fresh construction's (at least 1)
-    warm_samples: float = 0.5  # its posterior samples as a share of a fresh construction's (rounded down, at least 1)
+    warm_steps: float = 0.5  # its steps as a share of a fresh construction's (rounded up, at least 1)
+    warm_samples: float = 1.0  # its posterior samples as a share of a fresh construction's (rounded down, at least 1)
     workers: int = 1  # rebuild threads per server
     lease_seconds: float = 10.0  # a rebuild's hold on its site, renewed while it runs (a killed server's runs out)
     poll_seconds: float = 0.25  # how often the store is checked for due rebuilds and others' versions

@@ -189,6 +189,28 @@ def test_recommendations_follow_the_operator_kind_and_the_site():
     assert recommend(samplers, mask).sampler == "daps" and recommend(samplers, operators.Downsample(2)) is BUILTIN["downsample"]
 
 
+def test_a_scarce_mask_has_recommendations_of_its_own():
+    from ckm_edge.runtime.recommend import BUILTIN, SCARCE, from_section, recommend, sampler_kinds
+
+    route = np.zeros((32, 32), bool)
+    route[5, :] = True  # 32 of 1,024 cells: a drive test's share
+    scarce, dense = operators.Mask(route), operators.Mask(~route)
+    assert np.mean(route) < SCARCE
+    assert sampler_kinds(scarce) == ("mask-scarce", "mask") and sampler_kinds(operators.Compose((scarce,)))[0] == "mask-scarce"
+    assert sampler_kinds(dense) == ("mask",) and sampler_kinds(operators.jtqr()) == ("jtqr",)
+    assert recommend(None, scarce, site=True) is BUILTIN["mask-scarce+site"] and recommend(None, scarce) is BUILTIN["mask"]
+    assert recommend(None, dense, site=True) is BUILTIN["mask+site"]
+    assert BUILTIN["mask-scarce+site"].parameters["start"] > BUILTIN["mask+site"].parameters["start"]
+    # a package's scarce entry wins; a package with a mask entry only: the built-in scarce one still
+    # comes first (the mask's was tuned on masks observing most of the map)
+    own = from_section({"mask-scarce+site": {"sampler": "diffpir", "steps": 2, "samples": 3, "parameters": {"start": 0.9}}})
+    assert recommend(own, scarce, site=True).steps == 2 and recommend(own, dense, site=True) is BUILTIN["mask+site"]
+    mask_only = from_section({"mask+site": {"sampler": "diffpir", "steps": 2, "samples": 3, "parameters": {"start": 0.05}}})
+    assert recommend(mask_only, scarce, site=True) is BUILTIN["mask-scarce+site"]
+    with pytest.raises(seam.SamplerError, match="operator kind must be one of"):
+        from_section({"scarce": {"sampler": "diffpir", "steps": 2, "samples": 3}})
+
+
 def test_schedule_start_and_renoise(tiny_package):
     base = tiny_package.schedule()
     full, part = base.respace(10), base.respace(10, start=0.3)

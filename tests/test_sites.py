@@ -652,3 +652,19 @@ def test_one_point_lookups_equal_the_array_path():
             b, values = interpolate_point(c, rows[i], cols[i], z)
             assert b == bool(many["building"][i])
             np.testing.assert_allclose(values, [many[k][i] for k in FIELDS], rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_a_warm_start_moves_the_previous_map_the_whole_way_to_a_far_off_reading():
+    """The correction added to the previous map is the smoothest field through the residuals, none
+    clipped: a reading 0.8 (160 dB) above a map of no paths lifts the map to it, as a fresh fill would."""
+    from ckm_edge.runtime import operators
+    from ckm_edge.runtime.observations import Observation, Observations
+
+    mask = np.zeros((16, 16), bool)
+    mask[4, 4] = True
+    y = np.zeros((1, 2, 16, 16), np.float32)
+    y[0, :, 4, 4] = 0.9
+    previous = np.full((2, 16, 16), 0.1, np.float32)
+    obs = Observations((2, 16, 16), 1, [(slice(0, 1), Observation(operators.Mask(mask), y, 0.0, None, previous))])
+    x = obs.initial_estimate()[0]
+    assert x[0, 4, 4] == pytest.approx(0.9, abs=1e-4) and np.allclose(x, 0.9, atol=1e-3)
