@@ -92,13 +92,16 @@ def operator_kind(op: operators.Operator) -> str:
 
 
 def sampler_kinds(op: operators.Operator) -> tuple[str, ...]:
-    """The recommendation kinds for `op`, most specific first: a scarce mask's own, then the mask's;
-    else the operator's kind (`operator_kind`)."""
+    """The recommendation kinds for `op`, most specific first: a scarce mask's own, then the
+    operator's kind (`operator_kind`). Masks per channel (a living map whose readings carry the gain
+    at some cells and only the AoA at others) are scarce when the gain's mask is."""
     kind = operator_kind(op)
-    if kind == "mask":
-        mask = op.operators[0].mask if isinstance(op, operators.Compose) else op.mask
-        if float(np.mean(mask)) < SCARCE:
-            return ("mask-scarce", "mask")
+    if isinstance(op, operators.Compose) and len(op.operators) == 1:
+        op = op.operators[0]
+    if isinstance(op, operators.PerChannel) and all(isinstance(o, operators.Mask) for o in op.operators):
+        op = op.operators[0]
+    if isinstance(op, operators.Mask) and float(np.mean(op.mask)) < SCARCE:
+        return ("mask-scarce", kind)
     return (kind,)
 
 

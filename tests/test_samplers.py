@@ -198,6 +198,11 @@ def test_a_scarce_mask_has_recommendations_of_its_own():
     assert np.mean(route) < SCARCE
     assert sampler_kinds(scarce) == ("mask-scarce", "mask") and sampler_kinds(operators.Compose((scarce,)))[0] == "mask-scarce"
     assert sampler_kinds(dense) == ("mask",) and sampler_kinds(operators.jtqr()) == ("jtqr",)
+    aoa_only = route.copy()
+    aoa_only[9, :] = True  # a living map with readings of one channel only at some cells: a mask per channel
+    per_channel = operators.PerChannel((scarce, operators.Mask(aoa_only)))
+    assert sampler_kinds(per_channel) == ("mask-scarce", "*") and recommend(None, per_channel, site=True) is BUILTIN["mask-scarce+site"]
+    assert sampler_kinds(operators.PerChannel((dense, scarce))) == ("*",)  # the gain's mask decides
     assert recommend(None, scarce, site=True) is BUILTIN["mask-scarce+site"] and recommend(None, scarce) is BUILTIN["mask"]
     assert recommend(None, dense, site=True) is BUILTIN["mask+site"]
     assert BUILTIN["mask-scarce+site"].parameters["start"] > BUILTIN["mask+site"].parameters["start"]
