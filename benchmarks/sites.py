@@ -199,12 +199,12 @@ def run(repository: str | Path, held, cfg: SitesConfig, progress=print, workdir:
                     job, _, _, evals = fresh_mgr.plan(row, None)
                     draws = []
                     for draw in range(cfg.fresh_draws):
+                        seed = job.config.seed + 1_000_003 * draw
                         tf = time.perf_counter()
-                        [res] = executor.execute([dataclasses.replace(job, config=dataclasses.replace(
-                            job.config, seed=job.config.seed + 1_000_003 * draw))])
+                        [res] = executor.execute([dataclasses.replace(job, config=dataclasses.replace(job.config, seed=seed))])
                         fresh_s = time.perf_counter() - tf
                         fs = res.std if res.std is not None else np.zeros_like(res.mean)
-                        draws.append({"evaluations": evals, "seconds": fresh_s, "seed": job.config.seed + 1_000_003 * draw,
+                        draws.append({"evaluations": evals, "seconds": fresh_s, "seed": seed,
                                       **_metrics(res.mean, fs, res.calibrated, res.coverage, truth, where),
                                       "gain_db_undriven": _gain_rmse(res.mean, truth, undriven)})
                     fresh = {**draws[0], "draws": draws}

@@ -91,18 +91,22 @@ def operator_kind(op: operators.Operator) -> str:
     return "*"
 
 
-def sampler_kinds(op: operators.Operator) -> tuple[str, ...]:
-    """The recommendation kinds for `op`, most specific first: a scarce mask's own, then the
-    operator's kind (`operator_kind`). Masks per channel (a living map whose readings carry the gain
-    at some cells and only the AoA at others) are scarce when the gain's mask is."""
-    kind = operator_kind(op)
+def mask_share(op: operators.Operator) -> float | None:
+    """The share of the cells a mask observes (with a mask per channel, the gain's: a living map whose
+    readings carry the gain at some cells and only the AoA at others); None for other operators."""
     if isinstance(op, operators.Compose) and len(op.operators) == 1:
         op = op.operators[0]
     if isinstance(op, operators.PerChannel) and all(isinstance(o, operators.Mask) for o in op.operators):
         op = op.operators[0]
-    if isinstance(op, operators.Mask) and float(np.mean(op.mask)) < SCARCE:
-        return ("mask-scarce", kind)
-    return (kind,)
+    return float(np.mean(op.mask)) if isinstance(op, operators.Mask) else None
+
+
+def sampler_kinds(op: operators.Operator) -> tuple[str, ...]:
+    """The recommendation kinds for `op`, most specific first: a scarce mask's own (`mask_share`
+    below SCARCE), then the operator's kind (`operator_kind`)."""
+    kind = operator_kind(op)
+    share = mask_share(op)
+    return ("mask-scarce", kind) if share is not None and share < SCARCE else (kind,)
 
 
 def from_section(section) -> dict[str, Recommendation]:

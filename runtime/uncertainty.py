@@ -72,14 +72,10 @@ def calibration_kind(op) -> str:
     of their own, "mask-sparse" (Mondrian conformal prediction: bins by a feature of the input).
     Measured on 1.0.0's validation tiles, one fit for every mask held 99-100 % on IPbox and
     IPrandom and 71 % on trajectories: their errors differ in kind, not only in distance."""
-    from ckm_edge.runtime.recommend import operator_kind
+    from ckm_edge.runtime.recommend import mask_share, operator_kind
 
     kind = operator_kind(op)
-    if kind == "mask":
-        mask = op.operators[0].mask if isinstance(getattr(op, "operators", None), tuple) else op.mask
-        if float(np.mean(mask)) < SPARSE:
-            return "mask-sparse"
-    return kind
+    return "mask-sparse" if kind == "mask" and mask_share(op) < SPARSE else kind
 
 
 def spread(samples: np.ndarray) -> np.ndarray:
