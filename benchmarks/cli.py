@@ -296,24 +296,33 @@ def _cmd_uncertainty(args: argparse.Namespace) -> int:
 
     from ckm_edge.benchmarks import tune, uncertainty
     from ckm_edge.runtime.package import PackageError, load_package
+    from ckm_edge.runtime.recommend import read_section
 
     try:
+        samplers = read_section(args.samplers)[0] if args.samplers else None
         cfg = uncertainty.UncertaintyConfig(tasks=tuple(args.tasks), settings=tuple(args.settings), coverage=args.coverage,
-                                            seed=args.seed)
+                                            seed=args.seed, samplers=samplers)
         val = tune.validation_tiles(args.data, args.tiles, exclude=args.exclude, split=args.split, seed=args.seed)
         pkg = load_package(args.package)
+        if args.samplers and args.write:  # refused before the constructions, not after
+            uncertainty.merge_constructions(pkg.manifest.uncertainty and pkg.manifest.uncertainty.to_dict(), {"kinds": {}})
         out = uncertainty.run(args.package, val, cfg, progress=_progress, cache=args.cache)
     except (ValueError, PackageError) as e:
         raise SystemExit(f"ckm-bench uncertainty: {e}") from None
     if args.out:
         Path(args.out).write_text(json.dumps({"uncertainty": out["uncertainty"]}, indent=1) + "\n")
     say = ""
-    if args.write:
-        say = f"; written into {uncertainty.write_section(args.package, out['uncertainty'])}"
+    if args.write:  # --samplers: the fits join the package's section as fits of those constructions
+        section = out["uncertainty"]
+        if args.samplers:
+            section = uncertainty.merge_constructions(pkg.manifest.uncertainty.to_dict(), section)
+        say = f"; written into {uncertainty.write_section(args.package, section)}"
     command = (f"ckm-bench uncertainty --package {args.package} --data {' '.join(args.data)} --tiles {args.tiles} "
                f"--tasks {' '.join(args.tasks)} --settings {' '.join(args.settings)} --coverage {args.coverage:g} --seed {args.seed}"
-               + (f" --exclude {' '.join(args.exclude)}" if args.exclude else ""))
-    _store(args, "uncertainty-" + _slug(f"{pkg.name}-{pkg.version}"), "uncertainty", command,
+               + (f" --exclude {' '.join(args.exclude)}" if args.exclude else "")
+               + (f" --samplers {args.samplers}" if args.samplers else ""))
+    name = "uncertainty-" + _slug(f"{pkg.name}-{pkg.version}") + ("-" + _slug(Path(args.samplers).stem) if args.samplers else "")
+    _store(args, name, "uncertainty", command,
            {"config": vars(cfg), "tiles": len(val.tiles), "validation": val.description,
             "tile_keys": [list(k) for k in val.keys], "package": f"{pkg.name} {pkg.version}", **out}, say=say)
     return 0
@@ -664,8 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--settings", nargs="+", default=["paper", "site"], choices=["paper", "site"])
     ca.add_argument("--coverage", type=float, default=0.9, help="what the central interval must hold")
     ca.add_argument("--seed", type=int, default=2)
+    ca.add_argument("--samplers", metavar="FILE", help="constructions to calibrate instead of the package's defaults: a "
+                                                       "tuned samplers file (`ckm-bench tune --budget N --out FILE`)")
     ca.add_argument("--out", help="also write the section here ({\"uncertainty\": ...})")
-    ca.add_argument("--write", action="store_true", help="write the section into the package's manifest.json")
+    ca.add_argument("--write", action="store_true", help="write the section into the package's manifest.json (with "
+                                                         "--samplers: its fits join the section's as fits of those "
+                                                         "constructions, which the runtime applies where a request runs one)")
     ca.add_argument("--cache", help=".npz file keeping the constructions: a run given it again (same package, tiles, "
                                     "settings) fits from them, or resumes where it stopped")
     ca.set_defaults(func=_cmd_uncertainty)

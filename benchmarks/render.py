@@ -421,28 +421,36 @@ def tune(r: dict, _record: dict) -> str:
 def uncertainty(r: dict, _record: dict) -> str:
     cfg, u = r["config"], r["uncertainty"]
     pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"  # noqa: E731
+    table = cfg.get("samplers") is not None
+    built_by = ("the constructions of a samplers table per operator kind (`--samplers`; fits the package keeps beside "
+                "its own as fits of those constructions)" if table else "the package's default construction per operator kind")
     lines = [f"Uncertainty calibration of `{r['package']}` on validation tiles: {r['validation']} (never the held-out "
-             f"regions); the package's default construction per operator kind, noise sigma {cfg['sigma']:g}, seed {cfg['seed']}. "
+             f"regions); {built_by}, noise sigma {cfg['sigma']:g}, seed {cfg['seed']}. "
              f"Method: {u['method']}.", "",
              f"Share of the unobserved cells inside the central {100 * u['coverage']:.0f} % interval (mean -/+ "
              f"{uncertainty_z(u['coverage']):.3f} std), gain / AoA sine: before (the posterior samples' spread, as an "
              "uncalibrated package reports it) and after (the calibrated std, on the tiles it was fitted on); mean "
              "interval width after; fit per channel: std = scale(d) x sqrt(spread^2 + floor^2 + ramp^2 min(d / range, 1)) "
              "(pixels; d: cells to the nearest cell the observation pins), as scale, floor, ramp, range; a scale per "
-             "distance bin reads (s1 <d1, s2 <d2, ..., beyond).", "",
-             "| kind | task | construction | before | after | width (dB / sine) | gain fit | AoA fit |",
-             "|---|---|---|---:|---:|---:|---|---|"]
+             "distance bin reads (s1 <d1, s2 <d2, ..., beyond)."
+             + (" Beside before: the package's own fit of the kind (made at its default constructions) over these "
+                "constructions." if table else ""), "",
+             "| kind | task | construction | before |" + (" package's fit |" if table else "")
+             + " after | width (dB / sine) | gain fit | AoA fit |",
+             "|---|---|---|---:|" + ("---:|" if table else "") + "---:|---:|---|---|"]
     for name, k in r["kinds"].items():
         c = k["construction"]
         built = "—" if c is None else f"{c['sampler']} {c['steps']} x {c['samples']}"
         fit = k["fit"]
         for task, cov in k["coverage"].items():
             each = "".join(f"<br>{Path(src).name}: {pct(v[0])} / {pct(v[1])}" for src, v in cov.get("by_source", {}).items())
-            lines.append(f"| {name} | {task} | {built} | {pct(cov['before'][0])} / {pct(cov['before'][1])} | "
+            own = (f"{pct(cov['own_fit'][0])} / {pct(cov['own_fit'][1])} | " if "own_fit" in cov else "— | ") if table else ""
+            lines.append(f"| {name} | {task} | {built} | {pct(cov['before'][0])} / {pct(cov['before'][1])} | {own}"
                          f"{pct(cov['after'][0])} / {pct(cov['after'][1])}{each} | {k['width']['gain_db']:.1f} / "
                          f"{k['width']['aoa_sine']:.3f} | {_fit(fit['gain'])} | {_fit(fit['aoa_sine'])} |")
     lines += ["", f"Took {r['seconds']:.0f} s. Shipped in the package manifest's `uncertainty` section "
-              "(`ckm-bench uncertainty --write`); the held-out coverage is in the accuracy records."]
+              + ("as its kinds' fits at these constructions (`ckm-bench uncertainty --samplers ... --write`)" if table
+                 else "(`ckm-bench uncertainty --write`)") + "; the held-out coverage is in the accuracy records."]
     return "\n".join(lines)
 
 

@@ -50,6 +50,9 @@ class UncertaintyConfig:
     sigma: float = DEFAULT_SIGMA
     seed: int = 2  # not tune's: the problems differ from the ones the defaults were tuned on
     cells_per_task: int = 40000  # the unobserved cells each task gives the fit (drawn at random): equal weights
+    # a manifest "samplers" section run instead of the package's (`--samplers`: e.g. the constructions
+    # tuned under an evaluation budget, `ckm-bench tune --budget`); None: the package's defaults
+    samplers: dict | None = None
 
 
 @dataclass
@@ -66,16 +69,19 @@ class _Cells:
 def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progress=print,
         cache: str | Path | None = None) -> dict:
     """{"uncertainty": the manifest section, "kinds": {kind[+site]: {"tasks", "construction",
-    "coverage": {task: {"before": [gain, aoa], "after": [gain, aoa]}}, "fit", "width"}}, "seconds"}.
+    "coverage": {task: {"before": [gain, aoa], "after": [gain, aoa]}}, "fit", "width"}}, "seconds"};
+    with `cfg.samplers`, each task's coverage also "own_fit": the package's current fit of the kind
+    (made at its defaults) read over these constructions.
     With `cache` (an .npz file), the constructions' cells are kept there and a run given the same
     file, package, tiles and configuration fits from them instead of constructing again."""
     from ckm_edge.runtime.construct import ConstructConfig, construct
     from ckm_edge.runtime.engine import EngineConfig, open_engine
-    from ckm_edge.runtime.recommend import recommend, resolve
+    from ckm_edge.runtime.recommend import from_section, recommend, resolve
 
     p = validation_problems(package_dir, val, cfg.tasks, cfg.sigma, cfg.seed)
     pkg, shape, probs, sites, tiles = p.pkg, p.shape, p.probs, p.sites, val.tiles
     kinds = calibration_kinds(probs, cfg.tasks, len(tiles))
+    table = pkg.manifest.samplers if cfg.samplers is None else from_section(cfg.samplers)
     cells: dict[tuple[str, str], list[_Cells]] = {}  # (setting, task) -> per tile
     used: dict[str, dict] = {}
     t_start = time.perf_counter()
@@ -90,8 +96,8 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
         for setting in cfg.settings:
             for kind, kind_tasks in kinds.items():
                 name = kind + (SITE if setting == "site" else "")
-                rec = recommend(pkg.manifest.samplers, probs[kind_tasks[0], 0][0], setting == "site")
-                used[name] = {"sampler": rec.sampler, "steps": rec.steps, "samples": rec.samples}
+                rec = recommend(table, probs[kind_tasks[0], 0][0], setting == "site")
+                used[name] = rec.to_dict()
                 for task in kind_tasks:
                     if (setting, task) in cells:
                         continue
@@ -99,7 +105,7 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
                     for i, x in enumerate(tiles):
                         op, y, unobs, _ = probs[task, i]
                         site = sites[i] if setting == "site" else None
-                        sampler, steps, samples = resolve(pkg.manifest.samplers, op, site=site is not None)
+                        sampler, steps, samples = resolve(table, op, site=site is not None)
                         # the map the runtime reports: with the package's current section, its bounded
                         # cells are the calibrated predictive's truncated mean (executor.summarize)
                         r = construct(engine, pkg.schedule(), op, y, shape, ConstructConfig(steps, samples, cfg.seed, sampler=sampler),
@@ -118,6 +124,7 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
     groups.update({"*" + (SITE if s == "site" else ""): (s, list(cfg.tasks)) for s in cfg.settings})
     fits: dict[str, uncertainty.KindFit] = {}
     report: dict = {}
+    current = pkg.manifest.uncertainty
     z = uncertainty.z_of(cfg.coverage)
     pick = np.random.default_rng(cfg.seed)
     for name, (setting, group_tasks) in groups.items():
@@ -142,6 +149,11 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
                 "before": [_share([np.abs(p.error[c]) <= z * p.raw[c] for p in parts]) for c in range(2)],
                 "after": [_share([np.abs(p.error[c]) <= z * chans[c].std(p.spread[c], p.distance[c]) for p in parts])
                           for c in range(2)]}
+            if cfg.samplers is not None and current is not None and name in current.kinds:
+                # what the package's own fit (measured at its defaults) says of these constructions
+                own = current.kinds[name].channels
+                coverage[task]["own_fit"] = [_share([np.abs(p.error[c]) <= z * own[c].std(p.spread[c], p.distance[c])
+                                                     for p in parts]) for c in range(2)]
             if len(by_source) > 1:  # the fit must hold on each
                 coverage[task]["by_source"] = {
                     src: [_share([np.abs(parts[i].error[c]) <= z * chans[c].std(parts[i].spread[c], parts[i].distance[c])
@@ -156,6 +168,33 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
                                                                "aoa_sine": widths[1] * codec.AOA_RMSE_FACTOR}}
     section = uncertainty.Uncertainty(cfg.coverage, fits, validation=val.description)
     return {"uncertainty": section.to_dict(), "kinds": report, "seconds": time.perf_counter() - t_start}
+
+
+def merge_constructions(current: dict | None, fitted: dict) -> dict:
+    """A package's section (`current`) with the kinds' fits of `fitted` (a section fitted at other
+    constructions: `--samplers`) added as fits of those constructions ("constructions" of each
+    kind's entry; one already there for the same construction is replaced). The "*" entries (no
+    construction of their own) and fits at a kind's default construction are not added: the
+    section's own fits are those. Raises ValueError when the package has no section to add to."""
+    if not current:
+        raise ValueError("the package has no uncertainty section to add fits at other constructions to: "
+                         "calibrate its default constructions first (ckm-bench uncertainty --write, no --samplers)")
+    out = json.loads(json.dumps(current))
+    for name, entry in fitted["kinds"].items():
+        rec = entry.get("fitted", {}).get("construction")
+        own = out["kinds"].get(name)
+        if rec is None or own is None or _same_record(own.get("fitted", {}).get("construction"), rec):
+            continue
+        variant = {k: v for k, v in entry.items() if k != "constructions"}
+        keep = [v for v in own.get("constructions", []) if not _same_record(v["fitted"]["construction"], rec)]
+        own["constructions"] = keep + [variant]
+    return out
+
+
+def _same_record(a: dict | None, b: dict) -> bool:
+    if not a:
+        return False
+    return all(a.get(k) == b.get(k) for k in ("sampler", "steps", "samples")) and (a.get("parameters") or {}) == (b.get("parameters") or {})
 
 
 def calibration_kinds(probs: dict, task_names, count: int) -> dict[str, list[str]]:

@@ -19,11 +19,13 @@
 #      parameters held; then `ckm-bench accuracy` on the held-out split against the end-to-end
 #      baselines in BASELINES and classical interpolation — run once, on the candidate; nothing is
 #      chosen from it: with the shipped defaults (at most 25 network evaluations per map, the 2 s
-#      CPU target), and with the WIDE_BUDGET table;
+#      CPU target), and with the WIDE_BUDGET table, whose constructions get uncertainty fits of their
+#      own first (`ckm-bench uncertainty --samplers --write`, as in 3b: a fit made at the defaults
+#      over-covers at constructions that average more samples over more steps);
 #   5. the model card: samples next to held-out tiles, sample statistics against the held-out split (unconditional and
 #      each given a held-out site; beside them the ray-traced training data's own distance to it), the training
 #      history of RUNS.
-# RESULTS.md gets tune-<package>, tune-<package>-budget-<WIDE_BUDGET>, uncertainty-<package>, accuracy-<HELD> and
+# RESULTS.md gets tune-<package>, tune-<package>-budget-<WIDE_BUDGET>, uncertainty-<package>, uncertainty-<package>-samplers-<WIDE_BUDGET>, accuracy-<HELD> and
 # accuracy-<HELD>-samplers-<WIDE_BUDGET>; the card goes to CARD.
 # Resumable (a release is hours on a 2-core CPU): run the same command again and it skips the steps
 # WORK records as done; the tune and both accuracy runs resume from their journals in WORK.
@@ -98,6 +100,14 @@ if ! done_ "tune-$WIDE"; then
         --samplers "$WORK/samplers.json" --out "$WORK/samplers-$WIDE.json" --journal "$WORK/tune-$WIDE-journal.jsonl"
     touch "$WORK/.done-tune-$WIDE"
 fi
+for round in $(seq 1 "${CAL_ROUNDS:-2}"); do
+    done_ "uncertainty-$WIDE-$round" && continue
+    log "4a. calibrate the $WIDE-evaluation table's constructions on the same validation tiles, round $round"
+    # shellcheck disable=SC2086
+    "$BIN/ckm-bench" --results "$RESULTS" uncertainty --package "$OUT" --data ${CAL_DATA:-"$VALIDATION"} --exclude ${CAL_EXCLUDE-${VALIDATION_EXCLUDE:-}} \
+        --tiles "${CAL_TILES:-48}" --samplers "$WORK/samplers-$WIDE.json" --write --cache "$WORK/uncertainty-$WIDE-round-$round.npz"
+    touch "$WORK/.done-uncertainty-$WIDE-$round"
+done
 [ "${UNTIL:-}" = wide ] && { log "stopped after step 4a (UNTIL=wide)"; exit 0; }
 
 # 4b: two runs, each its own step (ONLY=accuracy or ONLY=accuracy-wide runs just that one: the two

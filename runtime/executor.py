@@ -185,7 +185,9 @@ def plan(model: Model, op: operators.Operator, y: np.ndarray, shape: tuple[int, 
     job = Job(model, op, y, shape, config, schedule, float(sigma), site, precision, adapter, adapter_lambda, init=init)
     calibrated = getattr(model, "uncertainty", None)
     if calibrated is not None:
-        job.calibration, job.coverage = calibrated.fit_for(uncertainty.calibration_kind(op), site is not None), calibrated.coverage
+        fit = calibrated.fit_for(uncertainty.calibration_kind(op), site is not None,
+                                 (config.sampler, config.steps, config.samples))
+        job.calibration, job.coverage = fit, calibrated.coverage
     return job
 
 

@@ -32,6 +32,14 @@ from several sets (generated cities, a real city's tiles) give each bin the larg
 quantiles: the interval holds on every kind of city it was validated on. A package without the section
 reports the raw spread (ddof 0, as before) and says it is not calibrated (GetModelMetadata.calibrated).
 
+A kind's fit describes the construction it was measured at (the package's default for the kind,
+`fitted.construction`). A construction that averages more samples over more steps has a better mean
+and a steadier spread than that fit assumed (measured on 1.0.0's held-out split: SR x2 at 12 steps x
+8 samples held 95 % under the fit made at 6 x 4). So a kind's entry may carry fits measured at other
+constructions ("constructions": [{gain, aoa_sine, fitted: {construction: {sampler, steps, samples,
+parameters}, ...}}, ...]; `ckm-bench uncertainty --samplers TABLE --write`): a job running exactly
+one of them is read by that fit (`Uncertainty.fit_for`'s `construction`), any other by the kind's own.
+
 The calibrated predictive also gives the map where the observation bounds a cell: the mean of
 N(unmoved samples' mean, std^2) truncated to the bounds (`conditional_mean`; runtime.executor.summarize),
 not the mean of samples moved onto them.
@@ -152,10 +160,12 @@ class ChannelFit:
 
 @dataclass(frozen=True)
 class KindFit:
-    """One operator kind and setting: a fit per channel, and what it was fitted on."""
+    """One operator kind and setting: a fit per channel, and what it was fitted on; `variants`: fits
+    of the same kind measured at other constructions (`construction` picks one)."""
 
     channels: tuple[ChannelFit, ChannelFit]  # gain, aoa_sine
     fitted: dict = field(default_factory=dict)  # cells, tasks, the construction measured, coverage per task
+    variants: tuple[KindFit, ...] = ()
 
     def std(self, spread: np.ndarray, distance: np.ndarray | None = None) -> np.ndarray:
         """(C, H, W) spread and distance to the pinned cells (`distance_to_pinned`; None: 0) -> the
@@ -163,8 +173,29 @@ class KindFit:
         d = np.zeros_like(spread) if distance is None else distance
         return np.stack([self.channels[c].std(spread[c], d[c]) for c in range(2)])
 
+    def construction(self, sampler_config, steps: int, samples: int) -> KindFit:
+        """The fit measured at this construction (a sampler's config, steps, posterior samples): the
+        variant fitted at exactly it, else this fit (measured at the package's default)."""
+        for v in self.variants:
+            if _same_construction(v.fitted.get("construction"), sampler_config, steps, samples):
+                return v
+        return self
+
     def to_dict(self) -> dict:
-        return {**{n: f.to_dict() for n, f in zip(CHANNELS, self.channels)}, **({"fitted": self.fitted} if self.fitted else {})}
+        return {**{n: f.to_dict() for n, f in zip(CHANNELS, self.channels)}, **({"fitted": self.fitted} if self.fitted else {}),
+                **({"constructions": [v.to_dict() for v in self.variants]} if self.variants else {})}
+
+
+def _same_construction(rec: dict | None, sampler_config, steps: int, samples: int) -> bool:
+    """Whether a fit's recorded construction ({"sampler", "steps", "samples", "parameters"}) is the
+    one a job runs (its sampler's config compared whole: parameters left out of the record are the
+    sampler's defaults)."""
+    from ckm_edge.runtime.sampler import config_from_params, spec_for
+
+    if not rec:
+        return False
+    return (rec["sampler"] == spec_for(sampler_config).name and rec["steps"] == steps and rec["samples"] == samples
+            and config_from_params(rec["sampler"], rec.get("parameters") or {}) == sampler_config)
 
 
 @dataclass(frozen=True)
@@ -181,11 +212,14 @@ class Uncertainty:
     def z(self) -> float:
         return z_of(self.coverage)
 
-    def fit_for(self, kind: str, site: bool) -> KindFit | None:
+    def fit_for(self, kind: str, site: bool, construction: tuple | None = None) -> KindFit | None:
         """The fit for an operator kind (runtime.recommend.operator_kind) and setting: its own, else
-        the setting's "*" entry, else None (then the raw spread is reported, uncalibrated)."""
+        the setting's "*" entry, else None (then the raw spread is reported, uncalibrated); with
+        `construction` ((sampler config, steps, samples)), the kind's fit measured at it where it
+        has one (`KindFit.construction`)."""
         suffix = "+site" if site else ""
-        return self.kinds.get(kind + suffix) or self.kinds.get("*" + suffix)
+        fit = self.kinds.get(kind + suffix) or self.kinds.get("*" + suffix)
+        return fit.construction(*construction) if fit is not None and construction is not None else fit
 
     def to_dict(self) -> dict:
         return {"coverage": self.coverage, "method": self.method, "validation": self.validation,
@@ -201,25 +235,46 @@ class Uncertainty:
         kinds = d.get("kinds")
         if not isinstance(kinds, dict) or not kinds:
             raise UncertaintyError("uncertainty.kinds must map operator kinds to fits")
-        out = {}
-        for kind, entry in kinds.items():
-            if not isinstance(entry, dict):
-                raise UncertaintyError(f"uncertainty.kinds[{kind!r}] must be an object")
-            chans = []
-            for name in CHANNELS:
-                c = entry.get(name)
-                c = {"ramp": 0.0, "range": 1.0, **c} if isinstance(c, dict) else c
-                ok = isinstance(c, dict) and all(isinstance(c.get(k), int | float) and not isinstance(c.get(k), bool)
-                                                 and np.isfinite(c[k]) for k in ("scale", "floor", "ramp", "range"))
-                if not ok or c["scale"] <= 0 or c["floor"] < 0 or c["ramp"] < 0 or c["range"] <= 0:
-                    raise UncertaintyError(f"uncertainty.kinds[{kind!r}].{name} must have finite numbers scale > 0, "
-                                           "floor >= 0, ramp >= 0 and range > 0")
-                chans.append(ChannelFit(float(c["scale"]), float(c["floor"]), float(c["ramp"]), float(c["range"]),
-                                        _bins(c.get("bins", []), f"uncertainty.kinds[{kind!r}].{name}.bins")))
-            out[kind] = KindFit((chans[0], chans[1]), entry.get("fitted") or {})
+        out = {kind: _kind_fit(f"uncertainty.kinds[{kind!r}]", entry) for kind, entry in kinds.items()}
         known = ("coverage", "kinds", "method", "validation")
         return cls(float(cov), out, str(d.get("method", METHOD)), str(d.get("validation", "")),
                    {k: v for k, v in d.items() if k not in known})
+
+
+def _kind_fit(where: str, entry: Any, variant: bool = False) -> KindFit:
+    """One entry of the section's "kinds", checked: a fit per channel, "fitted", and "constructions"
+    (fits of the kind at other constructions; each must name its construction in "fitted")."""
+    if not isinstance(entry, dict):
+        raise UncertaintyError(f"{where} must be an object")
+    chans = []
+    for name in CHANNELS:
+        c = entry.get(name)
+        c = {"ramp": 0.0, "range": 1.0, **c} if isinstance(c, dict) else c
+        ok = isinstance(c, dict) and all(isinstance(c.get(k), int | float) and not isinstance(c.get(k), bool)
+                                         and np.isfinite(c[k]) for k in ("scale", "floor", "ramp", "range"))
+        if not ok or c["scale"] <= 0 or c["floor"] < 0 or c["ramp"] < 0 or c["range"] <= 0:
+            raise UncertaintyError(f"{where}.{name} must have finite numbers scale > 0, "
+                                   "floor >= 0, ramp >= 0 and range > 0")
+        chans.append(ChannelFit(float(c["scale"]), float(c["floor"]), float(c["ramp"]), float(c["range"]),
+                                _bins(c.get("bins", []), f"{where}.{name}.bins")))
+    fitted = entry.get("fitted") or {}
+    if variant:
+        from ckm_edge.runtime.recommend import Recommendation
+        from ckm_edge.runtime.sampler import SamplerError
+
+        rec = fitted.get("construction") if isinstance(fitted, dict) else None
+        try:
+            Recommendation(rec["sampler"], rec["steps"], rec["samples"], rec.get("parameters") or {})
+        except (TypeError, KeyError, SamplerError) as e:
+            raise UncertaintyError(f"{where}.fitted.construction must name the construction the fit was measured at "
+                                   f"({{sampler, steps, samples, parameters}}): {e}") from None
+    raw = entry.get("constructions", [])
+    if variant and raw:
+        raise UncertaintyError(f"{where}: a construction's fit cannot hold constructions of its own")
+    if not isinstance(raw, list):
+        raise UncertaintyError(f"{where}.constructions must be a list of fits")
+    return KindFit((chans[0], chans[1]), fitted, tuple(_kind_fit(f"{where}.constructions[{i}]", v, variant=True)
+                                                       for i, v in enumerate(raw)))
 
 
 def _bins(raw: Any, where: str) -> tuple[tuple[float, float], ...]:

@@ -136,6 +136,9 @@ SECTION = {"coverage": 0.9, "validation": "v", "kinds": {
     "jtqr": {"gain": {"scale": 1.0, "floor": 0.01, "bins": [{"below": 4, "scale": 0.5}, {"below": 33, "scale": 2.0}]},
              "aoa_sine": {"scale": 1.0, "floor": 0.01}},
     "*": {"gain": {"scale": 1.0, "floor": 0.02}, "aoa_sine": {"scale": 1.0, "floor": 0.02}}}}
+AT_100 = {"sampler": "diffpir", "steps": 8, "samples": 12, "parameters": {"lam": 3.0, "start": 0.2}}
+SECTION["kinds"]["mask"]["constructions"] = [  # the mask's fit measured at another construction
+    {"gain": {"scale": 0.7, "floor": 0.01}, "aoa_sine": {"scale": 1.1, "floor": 0.0}, "fitted": {"construction": AT_100}}]
 
 
 def test_the_section_round_trips_and_falls_back_per_setting():
@@ -151,7 +154,31 @@ def test_the_section_round_trips_and_falls_back_per_setting():
     np.testing.assert_allclose(std[1], 0.0)
 
 
+def test_a_fit_measured_at_another_construction_is_the_one_applied_there():
+    """A request running exactly the construction a fit was measured at (sampler, its parameters,
+    steps, samples) is read by that fit; any other construction by the kind's own."""
+    from ckm_edge.runtime.sampler import config_from_params
+
+    u = Uncertainty.from_dict(SECTION)
+    at_100 = config_from_params("diffpir", AT_100["parameters"])
+    there = u.fit_for("mask", False, (at_100, 8, 12))
+    assert there is u.kinds["mask"].variants[0] and there.channels[0] == ChannelFit(0.7, 0.01)
+    for other in [(at_100, 8, 6), (at_100, 5, 12), (config_from_params("diffpir", {"lam": 3.0, "start": 0.3}), 8, 12),
+                  (config_from_params("diffpir", {"lam": 3.0}), 8, 12)]:
+        assert u.fit_for("mask", False, other) is u.kinds["mask"], other
+    assert u.fit_for("downsample", False, (at_100, 8, 12)) is u.kinds["*"]
+    assert u.fit_for("mask", True, (at_100, 8, 12)) is None
+
+
 @pytest.mark.parametrize("mutate, field", [
+    (lambda d: d["kinds"]["mask"].update(constructions={}), "uncertainty.kinds['mask'].constructions"),
+    (lambda d: d["kinds"]["mask"]["constructions"][0].pop("fitted"),
+     "uncertainty.kinds['mask'].constructions[0].fitted.construction"),
+    (lambda d: d["kinds"]["mask"]["constructions"][0]["fitted"]["construction"].update(steps=0),
+     "uncertainty.kinds['mask'].constructions[0].fitted.construction"),
+    (lambda d: d["kinds"]["mask"]["constructions"][0]["fitted"]["construction"].update(parameters={"lam": -1}),
+     "uncertainty.kinds['mask'].constructions[0].fitted.construction"),
+    (lambda d: d["kinds"]["mask"]["constructions"][0]["gain"].update(scale=-1), "uncertainty.kinds['mask'].constructions[0].gain"),
     (lambda d: d.update(coverage=1.2), "uncertainty.coverage"),
     (lambda d: d.update(coverage=True), "uncertainty.coverage"),
     (lambda d: d.update(kinds={}), "uncertainty.kinds"),
@@ -210,6 +237,61 @@ def test_ckm_bench_uncertainty_writes_a_section_the_runtime_loads(calibrated, tm
                            str(root.parent / "val"), "--tiles", "3", "--cache", str(root.parent / "cells.npz")]) == 0
     again = json.loads(next(tmp_path.glob("uncertainty-*.json")).read_text())
     assert again["results"]["uncertainty"] == record["results"]["uncertainty"]
+
+
+def test_ckm_bench_uncertainty_at_other_constructions_adds_fits_the_runtime_applies_there(calibrated, tiny_prior, tmp_path):
+    """`ckm-bench uncertainty --samplers TABLE --write`: the kinds' fits at the table's constructions
+    join the package's section (its own fits kept; run again, replaced, not repeated), and a
+    construction run at one of them reports that fit's std, any other the kind's own."""
+    from ckm_edge.benchmarks import cli as bench_cli
+    from ckm_edge.runtime.construct import ConstructConfig, construct
+    from ckm_edge.runtime.engine import EngineConfig, open_engine
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.runtime.sampler import config_from_params
+
+    root = tmp_path / "pkg"
+    shutil.copytree(calibrated[0], root)
+    before = load_package(root).manifest.uncertainty
+    at = {"sampler": "diffpir", "steps": 3, "samples": 3, "parameters": {"lam": 3.0, "start": 0.5}}
+    (tmp_path / "table.json").write_text(json.dumps({"samplers": {"downsample": at}}))
+    args = ["--results", str(tmp_path / "results"), "uncertainty", "--package", str(root), "--data",
+            str(calibrated[0].parent / "val"), "--tiles", "2", "--tasks", "sr2", "--settings", "paper",
+            "--samplers", str(tmp_path / "table.json"), "--write"]
+    for _ in range(2):
+        assert bench_cli.main(args) == 0
+    record = json.loads(next((tmp_path / "results").glob("uncertainty-*-table.json")).read_text())
+    assert "--samplers " + str(tmp_path / "table.json") in record["command"]
+    own = record["results"]["kinds"]["downsample"]["coverage"]["sr2"]["own_fit"]  # the defaults' fit read over them
+    assert len(own) == 2 and all(0.0 <= c <= 1.0 for c in own)
+    from ckm_edge.benchmarks import render
+    assert "package's fit" in render.section(record) and "--samplers" in render.section(record)
+    u = load_package(root).manifest.uncertainty
+    assert {k: (v.channels, v.fitted) for k, v in u.kinds.items()} == {k: (v.channels, v.fitted) for k, v in before.kinds.items()}
+    (fit,) = u.kinds["downsample"].variants  # once, though written twice
+    assert fit.fitted["construction"] == at and fit.fitted["tasks"] == ["sr2"]
+    assert fit.channels == tuple(uncertainty.ChannelFit(**{**c, "bins": tuple((b["below"], b["scale"]) for b in c.get("bins", []))})
+                                 for c in (record["results"]["uncertainty"]["kinds"]["downsample"][n] for n in uncertainty.CHANNELS))
+    x, op, y = _observation(tiny_prior, "sr2")
+    pkg = load_package(root)
+    with open_engine(pkg, EngineConfig()) as engine:
+        for cfg, expect in [(ConstructConfig(3, 3, 0, sampler=config_from_params("diffpir", at["parameters"])), fit),
+                            (ConstructConfig(4, 3, 0, sampler=config_from_params("diffpir", at["parameters"])),
+                             u.kinds["downsample"])]:
+            r = construct(engine, pkg.schedule(), op, y, x.shape, cfg, sigma=0.01, uncertainty=pkg.manifest.uncertainty)
+            d = uncertainty.distance_to_pinned(op.bounds(np.asarray(y, np.float32)[None], 0.01), x.shape)
+            np.testing.assert_allclose(r.std, expect.std(uncertainty.spread(r.samples), d), rtol=1e-5)
+    assert fit.channels != u.kinds["downsample"].channels  # the two reads differ: the test can tell them apart
+
+
+def test_ckm_bench_uncertainty_at_other_constructions_needs_a_calibrated_package(tiny_package, tmp_path, capsys):
+    from ckm_edge.benchmarks import cli as bench_cli
+
+    (tmp_path / "table.json").write_text(json.dumps({"samplers": {"downsample": {"sampler": "diffpir", "steps": 3,
+                                                                                  "samples": 3}}}))
+    with pytest.raises(SystemExit, match="no uncertainty section.*calibrate its default constructions first"):
+        bench_cli.main(["--results", str(tmp_path / "results"), "uncertainty", "--package", str(tiny_package.root),
+                        "--data", "procedural", "--tiles", "1", "--samplers", str(tmp_path / "table.json"), "--write"])
+    assert not (tmp_path / "results").exists()  # refused before constructing anything
 
 
 def test_ckm_bench_uncertainty_over_two_validation_sets_reports_each(tiny_package, tmp_path):
