@@ -192,9 +192,12 @@ def merge_constructions(current: dict | None, fitted: dict) -> dict:
 
 
 def _same_record(a: dict | None, b: dict) -> bool:
+    """Whether two recorded constructions are one (a record without "parameters", as fits made
+    before they were recorded, matches on sampler, steps and samples)."""
     if not a:
         return False
-    return all(a.get(k) == b.get(k) for k in ("sampler", "steps", "samples")) and (a.get("parameters") or {}) == (b.get("parameters") or {})
+    same_params = "parameters" not in a or "parameters" not in b or (a["parameters"] or {}) == (b["parameters"] or {})
+    return all(a.get(k) == b.get(k) for k in ("sampler", "steps", "samples")) and same_params
 
 
 def calibration_kinds(probs: dict, task_names, count: int) -> dict[str, list[str]]:

@@ -283,6 +283,27 @@ def test_ckm_bench_uncertainty_at_other_constructions_adds_fits_the_runtime_appl
     assert fit.channels != u.kinds["downsample"].channels  # the two reads differ: the test can tell them apart
 
 
+def test_fits_at_other_constructions_join_the_section_once_and_never_shadow_the_defaults():
+    from ckm_edge.benchmarks.uncertainty import merge_constructions
+    from ckm_edge.runtime.sampler import config_from_params
+
+    current = json.loads(json.dumps(SECTION))
+    current["kinds"]["jtqr"]["fitted"] = {"construction": {"sampler": "diffpir", "steps": 20, "samples": 4}}  # no parameters
+    fit = {"gain": {"scale": 0.9, "floor": 0.0}, "aoa_sine": {"scale": 0.8, "floor": 0.0}}
+    fitted = {"kinds": {
+        "jtqr": {**fit, "fitted": {"construction": {"sampler": "diffpir", "steps": 20, "samples": 4, "parameters": {"lam": 100.0}}}},
+        "mask": {**fit, "fitted": {"construction": AT_100}},  # replaces the one there
+        "*": fit, "downsample": {**fit, "fitted": {"construction": AT_100}}}}  # no construction; a kind the section lacks
+    out = merge_constructions(current, fitted)
+    assert "constructions" not in out["kinds"]["jtqr"]  # the default's own construction: its fit is the section's
+    assert out["kinds"]["mask"]["constructions"] == [fitted["kinds"]["mask"]]
+    assert out["kinds"]["*"] == SECTION["kinds"]["*"] and "downsample" not in out["kinds"]
+    at_100 = config_from_params("diffpir", AT_100["parameters"])
+    assert Uncertainty.from_dict(out).fit_for("mask", False, (at_100, 8, 12)).channels[0].scale == 0.9
+    with pytest.raises(ValueError, match="no uncertainty section"):
+        merge_constructions(None, fitted)
+
+
 def test_ckm_bench_uncertainty_at_other_constructions_needs_a_calibrated_package(tiny_package, tmp_path, capsys):
     from ckm_edge.benchmarks import cli as bench_cli
 
