@@ -297,6 +297,7 @@ def _cmd_uncertainty(args: argparse.Namespace) -> int:
     from ckm_edge.benchmarks import tune, uncertainty
     from ckm_edge.runtime.package import PackageError, load_package
     from ckm_edge.runtime.recommend import read_section
+    from ckm_edge.runtime.tasks import PAPER_TASKS
 
     try:
         samplers = read_section(args.samplers)[0] if args.samplers else None
@@ -304,24 +305,26 @@ def _cmd_uncertainty(args: argparse.Namespace) -> int:
                                             seed=args.seed, samplers=samplers)
         val = tune.validation_tiles(args.data, args.tiles, exclude=args.exclude, split=args.split, seed=args.seed)
         pkg = load_package(args.package)
-        if args.samplers and args.write:  # refused before the constructions, not after
-            uncertainty.merge_constructions(pkg.manifest.uncertainty and pkg.manifest.uncertainty.to_dict(), {"kinds": {}})
+        current = pkg.manifest.uncertainty and pkg.manifest.uncertainty.to_dict()
+        if args.write:  # what --write would refuse is refused before the constructions, not after
+            merge = uncertainty.merge_constructions if args.samplers else uncertainty.merge_kinds
+            merge(current, {"coverage": args.coverage, "kinds": {}})
         out = uncertainty.run(args.package, val, cfg, progress=_progress, cache=args.cache)
     except (ValueError, PackageError) as e:
         raise SystemExit(f"ckm-bench uncertainty: {e}") from None
     if args.out:
         Path(args.out).write_text(json.dumps({"uncertainty": out["uncertainty"]}, indent=1) + "\n")
     say = ""
-    if args.write:  # --samplers: the fits join the package's section as fits of those constructions
-        section = out["uncertainty"]
-        if args.samplers:
-            section = uncertainty.merge_constructions(pkg.manifest.uncertainty.to_dict(), section)
+    if args.write:  # into the package's section: the kinds fitted (merge_kinds), or fits at other constructions
+        section = merge(current, out["uncertainty"])
         say = f"; written into {uncertainty.write_section(args.package, section)}"
     command = (f"ckm-bench uncertainty --package {args.package} --data {' '.join(args.data)} --tiles {args.tiles} "
                f"--tasks {' '.join(args.tasks)} --settings {' '.join(args.settings)} --coverage {args.coverage:g} --seed {args.seed}"
                + (f" --exclude {' '.join(args.exclude)}" if args.exclude else "")
                + (f" --samplers {args.samplers}" if args.samplers else ""))
-    name = "uncertainty-" + _slug(f"{pkg.name}-{pkg.version}") + ("-" + _slug(Path(args.samplers).stem) if args.samplers else "")
+    some = not set(PAPER_TASKS) <= set(args.tasks)  # a fit of a few kinds (e.g. --tasks drive): a record of its own
+    name = ("uncertainty-" + _slug(f"{pkg.name}-{pkg.version}") + ("-" + _slug(Path(args.samplers).stem) if args.samplers else "")
+            + ("-" + "-".join(args.tasks) if some else ""))
     _store(args, name, "uncertainty", command,
            {"config": vars(cfg), "tiles": len(val.tiles), "validation": val.description,
             "tile_keys": [list(k) for k in val.keys], "package": f"{pkg.name} {pkg.version}", **out}, say=say)
@@ -669,16 +672,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the datasets the prior was trained on: their tiles (region, index) are left out")
     ca.add_argument("--split", default="train", help="the dataset split to draw from (an eval split is refused)")
     ca.add_argument("--tiles", type=int, default=24)
-    ca.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr", "trajectory"])
+    ca.add_argument("--tasks", nargs="+", default=["ipbox", "iprandom", "sr2", "jtqr", "trajectory", "drive"])
     ca.add_argument("--settings", nargs="+", default=["paper", "site"], choices=["paper", "site"])
     ca.add_argument("--coverage", type=float, default=0.9, help="what the central interval must hold")
     ca.add_argument("--seed", type=int, default=2)
     ca.add_argument("--samplers", metavar="FILE", help="constructions to calibrate instead of the package's defaults: a "
                                                        "tuned samplers file (`ckm-bench tune --budget N --out FILE`)")
     ca.add_argument("--out", help="also write the section here ({\"uncertainty\": ...})")
-    ca.add_argument("--write", action="store_true", help="write the section into the package's manifest.json (with "
-                                                         "--samplers: its fits join the section's as fits of those "
-                                                         "constructions, which the runtime applies where a request runs one)")
+    ca.add_argument("--write", action="store_true", help="write the fits into the package's manifest.json: each kind "
+                                                         "fitted replaces its entry, the others are kept (with --samplers: "
+                                                         "they join the kinds' entries as fits of those constructions, "
+                                                         "which the runtime applies where a request runs one)")
     ca.add_argument("--cache", help=".npz file keeping the constructions: a run given it again (same package, tiles, "
                                     "settings) fits from them, or resumes where it stopped")
     ca.set_defaults(func=_cmd_uncertainty)

@@ -422,6 +422,7 @@ def uncertainty(r: dict, _record: dict) -> str:
     cfg, u = r["config"], r["uncertainty"]
     pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"  # noqa: E731
     table = cfg.get("samplers") is not None
+    own_fit = any("own_fit" in cov for k in r["kinds"].values() for cov in k["coverage"].values())
     built_by = ("the constructions of a samplers table per operator kind (`--samplers`; fits the package keeps beside "
                 "its own as fits of those constructions)" if table else "the package's default construction per operator kind")
     lines = [f"Uncertainty calibration of `{r['package']}` on validation tiles: {r['validation']} (never the held-out "
@@ -433,18 +434,18 @@ def uncertainty(r: dict, _record: dict) -> str:
              "interval width after; fit per channel: std = scale(d) x sqrt(spread^2 + floor^2 + ramp^2 min(d / range, 1)) "
              "(pixels; d: cells to the nearest cell the observation pins), as scale, floor, ramp, range; a scale per "
              "distance bin reads (s1 <d1, s2 <d2, ..., beyond)."
-             + (" Beside before: the package's own fit of the kind (made at its default constructions) over these "
-                "constructions." if table else ""), "",
-             "| kind | task | construction | before |" + (" package's fit |" if table else "")
+             + (" Beside before: the package's fit for the kind before this one (" + ("made at its default "
+                "constructions" if table else "its own, else its fallback's") + ") over these constructions." if own_fit else ""), "",
+             "| kind | task | construction | before |" + (" package's fit |" if own_fit else "")
              + " after | width (dB / sine) | gain fit | AoA fit |",
-             "|---|---|---|---:|" + ("---:|" if table else "") + "---:|---:|---|---|"]
+             "|---|---|---|---:|" + ("---:|" if own_fit else "") + "---:|---:|---|---|"]
     for name, k in r["kinds"].items():
         c = k["construction"]
         built = "—" if c is None else f"{c['sampler']} {c['steps']} x {c['samples']}"
         fit = k["fit"]
         for task, cov in k["coverage"].items():
             each = "".join(f"<br>{Path(src).name}: {pct(v[0])} / {pct(v[1])}" for src, v in cov.get("by_source", {}).items())
-            own = (f"{pct(cov['own_fit'][0])} / {pct(cov['own_fit'][1])} | " if "own_fit" in cov else "— | ") if table else ""
+            own = (f"{pct(cov['own_fit'][0])} / {pct(cov['own_fit'][1])} | " if "own_fit" in cov else "— | ") if own_fit else ""
             lines.append(f"| {name} | {task} | {built} | {pct(cov['before'][0])} / {pct(cov['before'][1])} | {own}"
                          f"{pct(cov['after'][0])} / {pct(cov['after'][1])}{each} | {k['width']['gain_db']:.1f} / "
                          f"{k['width']['aoa_sine']:.3f} | {_fit(fit['gain'])} | {_fit(fit['aoa_sine'])} |")

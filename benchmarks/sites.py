@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ckm_edge.runtime import codec
+from ckm_edge.runtime import codec, tasks
 
 
 @dataclass(frozen=True)
@@ -66,30 +66,6 @@ class SitesConfig:
     def __post_init__(self):
         if self.batch < 1 or self.batches < 1 or self.fresh_draws < 1 or self.query_repeats < 1:
             raise ValueError("batch, batches, fresh_draws and query_repeats must be >= 1")
-
-
-def route(truth: np.ndarray, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """n outdoor cells along a drive: keep the heading, turn (left or right) when blocked or with
-    probability 0.05, never reverse unless boxed in; cells may repeat (a road driven twice)."""
-    outdoor = ~codec.building_mask(truth)
-    h, w = outdoor.shape
-    cells = np.argwhere(outdoor)
-    r, c = (int(v) for v in cells[rng.integers(len(cells))])
-    heading = int(rng.integers(4))
-    steps = [(0, 1), (1, 0), (0, -1), (-1, 0)]
-    out: list[tuple[int, int]] = [(r, c)]
-    while len(out) < n:
-        order = [heading] if rng.random() > 0.05 else []
-        order += [(heading + t) % 4 for t in (rng.permutation([1, 3]))] + [(heading + 2) % 4]
-        for d in order:
-            dr, dc = steps[d]
-            if 0 <= r + dr < h and 0 <= c + dc < w and outdoor[r + dr, c + dc]:
-                r, c, heading = r + dr, c + dc, d
-                break
-        else:  # an isolated cell: jump to another street
-            r, c = (int(v) for v in cells[rng.integers(len(cells))])
-        out.append((r, c))
-    return out
 
 
 def _start_server(repository: Path, store: str, workdir: Path, threads: int, batch: int, workers: int = 1,
@@ -165,7 +141,7 @@ def run(repository: str | Path, held, cfg: SitesConfig, progress=print, workdir:
                                        geometry=spb.TileGeometry(cell_size_m=1.0))
                 d.site.CopyFrom(api.site_to_proto(site))
                 stub.CreateSite(spb.CreateSiteRequest(definition=d))
-                cells = route(truth, cfg.batch * cfg.batches, rng)
+                cells = tasks.drive_route(rng, ~layout, cfg.batch * cfg.batches)
                 phys = codec.decode(truth)
                 measured = np.zeros(layout.shape, bool)
                 undriven = ~layout  # the outdoor cells the whole drive never reaches: the same cells at every version

@@ -44,7 +44,7 @@ from ckm_edge.runtime.tasks import DEFAULT_SIGMA
 
 @dataclass(frozen=True)
 class UncertaintyConfig:
-    tasks: tuple[str, ...] = ("ipbox", "iprandom", "sr2", "jtqr", "trajectory")
+    tasks: tuple[str, ...] = ("ipbox", "iprandom", "sr2", "jtqr", "trajectory", "drive")
     settings: tuple[str, ...] = SETTINGS
     coverage: float = uncertainty.DEFAULT_COVERAGE
     sigma: float = DEFAULT_SIGMA
@@ -70,8 +70,9 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
         cache: str | Path | None = None) -> dict:
     """{"uncertainty": the manifest section, "kinds": {kind[+site]: {"tasks", "construction",
     "coverage": {task: {"before": [gain, aoa], "after": [gain, aoa]}}, "fit", "width"}}, "seconds"};
-    with `cfg.samplers`, each task's coverage also "own_fit": the package's current fit of the kind
-    (made at its defaults) read over these constructions.
+    where the package is calibrated, each task's coverage also "own_fit": the package's current fit
+    for the kind (runtime.uncertainty.Uncertainty.fit_for; with `cfg.samplers`, the one made at its
+    defaults) read over these constructions.
     With `cache` (an .npz file), the constructions' cells are kept there and a run given the same
     file, package, tiles and configuration fits from them instead of constructing again."""
     from ckm_edge.runtime.construct import ConstructConfig, construct
@@ -149,9 +150,10 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
                 "before": [_share([np.abs(p.error[c]) <= z * p.raw[c] for p in parts]) for c in range(2)],
                 "after": [_share([np.abs(p.error[c]) <= z * chans[c].std(p.spread[c], p.distance[c]) for p in parts])
                           for c in range(2)]}
-            if cfg.samplers is not None and current is not None and name in current.kinds:
-                # what the package's own fit (measured at its defaults) says of these constructions
-                own = current.kinds[name].channels
+            base = name.removesuffix(SITE)
+            if current is not None and current.fit_for(base, setting == "site") is not None:
+                # what the package's fit (before this one; with --samplers, the one made at its defaults) says
+                own = current.fit_for(base, setting == "site").channels
                 coverage[task]["own_fit"] = [_share([np.abs(p.error[c]) <= z * own[c].std(p.spread[c], p.distance[c])
                                                      for p in parts]) for c in range(2)]
             if len(by_source) > 1:  # the fit must hold on each
@@ -168,6 +170,31 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
                                                                "aoa_sine": widths[1] * codec.AOA_RMSE_FACTOR}}
     section = uncertainty.Uncertainty(cfg.coverage, fits, validation=val.description)
     return {"uncertainty": section.to_dict(), "kinds": report, "seconds": time.perf_counter() - t_start}
+
+
+def merge_kinds(current: dict | None, fitted: dict) -> dict:
+    """The section `--write` puts into a package: `fitted`'s kinds over the package's `current`
+    ones (each replaced whole but for the fits it holds at other constructions, which are kept), the
+    package's other kinds kept (a run over some tasks, e.g. `--tasks drive`, adds or refits theirs
+    only, each noting the tiles it was fitted on); a "*" fallback is replaced only by one fitted on
+    at least the tasks it was. A section holding another coverage is refused (ValueError)."""
+    if not current:
+        return fitted
+    if current["coverage"] != fitted["coverage"]:
+        raise ValueError(f"the package's section holds {current['coverage']:g} intervals; these fits {fitted['coverage']:g}")
+    out = json.loads(json.dumps(current))
+    merged = {}
+    for name, entry in fitted["kinds"].items():
+        old = out["kinds"].get(name)
+        if name.startswith("*") and old and not set(old.get("fitted", {}).get("tasks", [])) <= set(entry["fitted"]["tasks"]):
+            continue
+        merged[name] = {**entry, **({"constructions": old["constructions"]} if old and "constructions" in old else {})}
+    if {"*", "*+site"} & set(merged) == {"*", "*+site"} & set(out["kinds"]):  # every fallback refitted: the whole section
+        out.update({k: v for k, v in fitted.items() if k != "kinds"})
+    else:  # some kinds only: the section's validation stays its own, each of these says where it was fitted
+        merged = {k: {**v, "fitted": {**v.get("fitted", {}), "validation": fitted.get("validation", "")}} for k, v in merged.items()}
+    out["kinds"].update(merged)
+    return out
 
 
 def merge_constructions(current: dict | None, fitted: dict) -> dict:

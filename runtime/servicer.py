@@ -273,7 +273,19 @@ def metadata(model: LoadedModel, limits: Limits) -> object:
         max_operators=api.MAX_OPERATORS, deterministic=limits.deterministic,
         site_aware=pkg.condition_channels > 0, calibrated=pkg.manifest.uncertainty is not None,
         interval_coverage=pkg.manifest.uncertainty.coverage if pkg.manifest.uncertainty else 0.0,
-        calibrated_kinds=sorted(pkg.manifest.uncertainty.kinds) if pkg.manifest.uncertainty else [])
+        calibrated_kinds=sorted(pkg.manifest.uncertainty.kinds) if pkg.manifest.uncertainty else [],
+        calibrated_constructions=_calibrated_constructions(pkg.manifest.uncertainty))
+
+
+def _calibrated_constructions(u) -> list:
+    """The constructions a package's kinds carry fits of their own at (runtime.uncertainty)."""
+    out = []
+    for kind, fit in sorted(u.kinds.items()) if u is not None else []:
+        for v in fit.variants:
+            c = v.fitted["construction"]
+            out.append(pb.SamplerRecommendation(operator_kind=kind, sampler=c["sampler"], steps=c["steps"], samples=c["samples"],
+                                                parameters={k: float(x) for k, x in (c.get("parameters") or {}).items()}))
+    return out
 
 
 def sampler_parameters(cfg) -> dict[str, float]:

@@ -7,6 +7,8 @@ the noisy observation.
     sr2         super-resolution x2 (2x2 average); alias sr                   (paper IV-B-2)
     jtqr        gain truncation to [0.2, 0.7] + AoA quantization, K = 24      (paper IV-B-3, eq. 32)
     trajectory  drive-test routes through the streets (zero-shot, not in the paper)
+    drive       one drive test of 256-1536 readings, the buildings unobserved: what a living map is
+                built from (1-7 % of a tile; runtime.recommend's scarce masks)
 
 y = A(x) + n with n ~ N(0, sigma^2 I), sigma = 0.01 in pixels as in the paper.
 """
@@ -94,6 +96,48 @@ def trajectory_mask(
     return observed | building
 
 
+DRIVE_READINGS = (256, 1536)  # readings per drive test: one to six of ckm-bench sites' 256-reading batches
+
+
+def drive_route(rng: np.random.Generator, outdoor: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """n outdoor cells along one drive (a living map's readings, in order): keep the heading, turn
+    (left or right) when blocked or with probability 0.05, never reverse unless boxed in; cells may
+    repeat (a road driven twice); from an isolated cell, jump to another street."""
+    outdoor = np.asarray(outdoor, dtype=bool)
+    cells = np.argwhere(outdoor)
+    if outdoor.ndim != 2 or len(cells) == 0 or n < 1:
+        raise operators.OperatorError("a drive needs a (H, W) outdoor mask with an outdoor cell and n >= 1")
+    h, w = outdoor.shape
+    r, c = (int(v) for v in cells[rng.integers(len(cells))])
+    heading = int(rng.integers(4))
+    steps = [(0, 1), (1, 0), (0, -1), (-1, 0)]
+    out: list[tuple[int, int]] = [(r, c)]
+    while len(out) < n:
+        order = [heading] if rng.random() > 0.05 else []
+        order += [(heading + t) % 4 for t in (rng.permutation([1, 3]))] + [(heading + 2) % 4]
+        for d in order:
+            dr, dc = steps[d]
+            if 0 <= r + dr < h and 0 <= c + dc < w and outdoor[r + dr, c + dc]:
+                r, c, heading = r + dr, c + dc, d
+                break
+        else:
+            r, c = (int(v) for v in cells[rng.integers(len(cells))])
+        out.append((r, c))
+    return out
+
+
+def drive_mask(rng: np.random.Generator, building: np.ndarray, readings: tuple[int, int] = DRIVE_READINGS) -> np.ndarray:
+    """One drive test's cells (True = observed) over a tile: a route (`drive_route`) of a number of
+    readings drawn uniformly from `readings` (for 128 x 128 tiles; scaled by the tile's area).
+    Unlike `trajectory_mask`, building cells are not observed: a living map knows its buildings
+    from the site, not from its readings."""
+    area = np.size(building) / (128 * 128)  # the readings are for 128 x 128 tiles; other sizes scale them
+    n = int(rng.integers(max(1, round(readings[0] * area)), max(1, round(readings[1] * area)) + 1))
+    observed = np.zeros(np.shape(building), dtype=bool)
+    observed[tuple(np.array(drive_route(rng, ~np.asarray(building, dtype=bool), n)).T)] = True
+    return observed
+
+
 # --- the tasks ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -124,6 +168,10 @@ def _trajectory(rng: np.random.Generator, x: np.ndarray) -> operators.Mask:
     return operators.Mask(np.stack([trajectory_mask(rng, b) for b in codec.building_mask(x)]))
 
 
+def _drive(rng: np.random.Generator, x: np.ndarray) -> operators.Mask:
+    return operators.Mask(np.stack([drive_mask(rng, b) for b in codec.building_mask(x)]))
+
+
 def _downsample2(rng: np.random.Generator, x: np.ndarray) -> operators.Downsample:
     return operators.Downsample(2)
 
@@ -137,6 +185,11 @@ def _missing(op: operators.Mask, x: np.ndarray) -> np.ndarray:
     """Masks (inpainting, trajectories): the missing cells."""
     m = op.mask if op.mask.ndim == 3 else op.mask[None]
     return np.broadcast_to(~m[:, None], x.shape).copy()
+
+
+def _missing_outdoor(op: operators.Mask, x: np.ndarray) -> np.ndarray:
+    """A drive test: the outdoor cells it did not reach (the buildings are the site's, known)."""
+    return _missing(op, x) & ~codec.building_mask(x)[:, None]
 
 
 def _every_cell(op: operators.Operator, x: np.ndarray) -> np.ndarray:
@@ -159,6 +212,7 @@ REGISTRY: dict[str, Task] = {t.name: t for t in (
     Task("sr2", _downsample2, _every_cell, aliases=("sr",)),
     Task("jtqr", _jtqr, _saturated_or_aoa),
     Task("trajectory", _trajectory, _missing, paper=False),
+    Task("drive", _drive, _missing_outdoor, paper=False),
 )}
 TASKS = tuple(REGISTRY)
 PAPER_TASKS = tuple(name for name, t in REGISTRY.items() if t.paper)

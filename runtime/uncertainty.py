@@ -4,8 +4,8 @@ A construction's posterior samples spread less than its errors (measured on ckm-
 nominal 90 % interval held 39-88 % of unobserved cells), and one sample has no spread at all. A
 package's manifest section "uncertainty" maps that spread to a standard deviation whose central
 interval holds the truth at the stated rate, per operator kind and setting (runtime.recommend's
-kinds "mask", "downsample", "jtqr", "*", sparse masks apart as "mask-sparse" (`calibration_kind`),
-each also "+site") and per channel:
+kinds "mask", "downsample", "jtqr", "*", sparse and scarce masks apart as "mask-sparse" and
+"mask-scarce" (`calibration_kind`), each also "+site") and per channel:
 
     spread = std over the posterior samples, ddof 1 (0 for one sample)          (pixels)
     d      = distance in cells (Chebyshev, capped at MAX_RANGE) from the cell to the nearest cell
@@ -63,6 +63,7 @@ PINNED_WIDTH = 0.1  # pixels (20 dB, 0.29 sine): a cell proven within this is me
 MAX_RANGE = 32  # cells: distances are capped here
 BIN_EDGES = (2.0, 4.0, 8.0, 16.0, 32.0, MAX_RANGE + 1.0)  # the distance bins' upper ends (cells, exclusive)
 MIN_BIN_CELLS = 2000  # a bin with fewer validation cells is merged with the next one out
+FALLBACK = {"mask-scarce": "mask-sparse"}  # a calibration kind without a fit of its own is read by this one's
 
 
 class UncertaintyError(ValueError):
@@ -79,11 +80,17 @@ def calibration_kind(op) -> str:
     and for masks that leave most cells open (drive-test routes, a few scattered readings) a kind
     of their own, "mask-sparse" (Mondrian conformal prediction: bins by a feature of the input).
     Measured on 1.0.0's validation tiles, one fit for every mask held 99-100 % on IPbox and
-    IPrandom and 71 % on trajectories: their errors differ in kind, not only in distance."""
-    from ckm_edge.runtime.recommend import mask_share, operator_kind
+    IPrandom and 71 % on trajectories: their errors differ in kind, not only in distance. A mask
+    observing less than runtime.recommend.SCARCE of the cells (a living map's drive test) is
+    "mask-scarce", as its construction is (a high start from the prior, not the fill between the
+    readings); a package without that fit reads it by "mask-sparse"'s (`FALLBACK`)."""
+    from ckm_edge.runtime.recommend import SCARCE, mask_share, operator_kind
 
     kind = operator_kind(op)
-    return "mask-sparse" if kind == "mask" and mask_share(op) < SPARSE else kind
+    if kind != "mask":
+        return kind
+    share = mask_share(op)
+    return "mask-scarce" if share < SCARCE else "mask-sparse" if share < SPARSE else kind
 
 
 def spread(samples: np.ndarray) -> np.ndarray:
@@ -213,12 +220,16 @@ class Uncertainty:
         return z_of(self.coverage)
 
     def fit_for(self, kind: str, site: bool, construction: tuple | None = None) -> KindFit | None:
-        """The fit for an operator kind (runtime.recommend.operator_kind) and setting: its own, else
-        the setting's "*" entry, else None (then the raw spread is reported, uncalibrated); with
+        """The fit for a calibration kind (`calibration_kind`) and setting: its own, else its
+        `FALLBACK`'s, else the setting's "*" entry, else None (then the raw spread is reported, uncalibrated); with
         `construction` ((sampler config, steps, samples)), the kind's fit measured at it where it
         has one (`KindFit.construction`)."""
         suffix = "+site" if site else ""
-        fit = self.kinds.get(kind + suffix) or self.kinds.get("*" + suffix)
+        fit = self.kinds.get(kind + suffix)
+        while fit is None and kind in FALLBACK:
+            kind = FALLBACK[kind]
+            fit = self.kinds.get(kind + suffix)
+        fit = fit or self.kinds.get("*" + suffix)
         return fit.construction(*construction) if fit is not None and construction is not None else fit
 
     def to_dict(self) -> dict:

@@ -9,7 +9,7 @@ import pytest
 
 from ckm_edge.benchmarks import render, report, sites
 from ckm_edge.benchmarks.accuracy import HeldOut
-from ckm_edge.runtime import codec
+from ckm_edge.runtime import codec, tasks
 
 
 @pytest.mark.slow  # server processes, 6 versions, fresh constructions beside them, load runs: ~2 min
@@ -70,7 +70,7 @@ def test_the_sites_config_refuses_nonsense():
 
 def test_a_drive_keeps_to_outdoor_cells(tiny_prior):
     *_, evl = tiny_prior
-    cells = sites.route(evl[0], 200, np.random.default_rng(0))
+    cells = tasks.drive_route(np.random.default_rng(0), ~codec.building_mask(evl[0]), 200)
     outdoor = ~codec.building_mask(evl[0])
     assert len(cells) == 200 and all(outdoor[r, c] for r, c in cells)
     steps = [abs(a[0] - b[0]) + abs(a[1] - b[1]) for a, b in zip(cells, cells[1:])]

@@ -161,8 +161,30 @@ def test_tasks_and_trajectories(proc_tiles):
     building = codec.building_mask(pixels[0])
     assert (traj[building]).all(), "building footprints are known map data"
     assert 0.01 < (traj & ~building).mean() < 0.5
+    drive = tasks.make_operator("drive", rng, pixels[:1])
+    assert not (drive.mask[0] & building).any(), "a drive reads the streets; the buildings come from the site"
+    scale = pixels[0, 0].size / 128 ** 2
+    assert 1 <= drive.mask[0].sum() <= round(tasks.DRIVE_READINGS[1] * scale)
+    open_cells = tasks.unobserved("drive", drive, pixels[:1])[0]
+    np.testing.assert_array_equal(open_cells[0], ~drive.mask[0] & ~building)  # the outdoor cells not driven
     with pytest.raises(operators.OperatorError, match="unknown task"):
         tasks.make_operator("denoise", rng, pixels)
+
+
+def test_a_drive_test_on_a_full_tile_is_a_scarce_mask():
+    """On a 128 x 128 tile a drive observes a few per cent of the cells: the scarce masks whose
+    construction and calibration are their own (runtime.recommend, runtime.uncertainty)."""
+    from ckm_edge.runtime import recommend, uncertainty
+
+    rng = np.random.default_rng(3)
+    building = np.zeros((128, 128), bool)
+    building[::8, :] = building[:, ::8] = True  # a street grid's blocks' edges
+    x = np.where(building, 0.0, 0.5)[None, None].repeat(2, axis=1).astype(np.float32)
+    for _ in range(5):
+        op = operators.Mask(tasks.drive_mask(rng, building)[None])
+        assert recommend.mask_share(op) < recommend.SCARCE
+        assert recommend.sampler_kinds(op)[0] == "mask-scarce" and uncertainty.calibration_kind(op) == "mask-scarce"
+    assert tasks.make_operator("drive", rng, x).mask.shape == (1, 128, 128)
 
 
 # --- data consistency: proximal steps against brute-force optimisation ------------------------

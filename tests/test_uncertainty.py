@@ -259,7 +259,7 @@ def test_ckm_bench_uncertainty_at_other_constructions_adds_fits_the_runtime_appl
             "--samplers", str(tmp_path / "table.json"), "--write"]
     for _ in range(2):
         assert bench_cli.main(args) == 0
-    record = json.loads(next((tmp_path / "results").glob("uncertainty-*-table.json")).read_text())
+    record = json.loads(next((tmp_path / "results").glob("uncertainty-*-table-sr2.json")).read_text())
     assert "--samplers " + str(tmp_path / "table.json") in record["command"]
     own = record["results"]["kinds"]["downsample"]["coverage"]["sr2"]["own_fit"]  # the defaults' fit read over them
     assert len(own) == 2 and all(0.0 <= c <= 1.0 for c in own)
@@ -280,7 +280,28 @@ def test_ckm_bench_uncertainty_at_other_constructions_adds_fits_the_runtime_appl
             r = construct(engine, pkg.schedule(), op, y, x.shape, cfg, sigma=0.01, uncertainty=pkg.manifest.uncertainty)
             d = uncertainty.distance_to_pinned(op.bounds(np.asarray(y, np.float32)[None], 0.01), x.shape)
             np.testing.assert_allclose(r.std, expect.std(uncertainty.spread(r.samples), d), rtol=1e-5)
+            if expect is fit:
+                r_at = r
     assert fit.channels != u.kinds["downsample"].channels  # the two reads differ: the test can tell them apart
+
+    # as an outside client sees it: the metadata names the construction, and a request running it is read by its fit
+    shutil.copytree(root, tmp_path / "repo" / "tiny" / "1.0.0")
+    server = _serve(tmp_path / "repo")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = api.services.EdgeServiceStub(channel)
+            meta = stub.GetModelMetadata(pb.GetModelMetadataRequest(model_name="tiny"), timeout=30)
+            (c,) = meta.calibrated_constructions
+            assert (c.operator_kind, c.sampler, c.steps, c.samples, dict(c.parameters)) == (
+                "downsample", "diffpir", 3, 3, at["parameters"])
+            request = pb.ConstructRequest(model_name="tiny", observation=_tensor(y), operator=pb.Operator(
+                downsample=pb.DownsampleOperator(factor=2)), noise_sigma=0.01, steps=c.steps, samples=c.samples, seed=0,
+                sampler=c.sampler, sampler_parameters=c.parameters, output_units=pb.OUTPUT_UNITS_PIXELS)
+            served = stub.Construct(request, timeout=60)
+            assert served.calibrated  # the same construction as the local one read by `fit`, the same std
+            np.testing.assert_allclose(_array(served.std), r_at.std, rtol=1e-3, atol=1e-5)
+    finally:
+        server.stop(0)
 
 
 def test_fits_at_other_constructions_join_the_section_once_and_never_shadow_the_defaults():
@@ -302,6 +323,31 @@ def test_fits_at_other_constructions_join_the_section_once_and_never_shadow_the_
     assert Uncertainty.from_dict(out).fit_for("mask", False, (at_100, 8, 12)).channels[0].scale == 0.9
     with pytest.raises(ValueError, match="no uncertainty section"):
         merge_constructions(None, fitted)
+
+
+def test_a_write_over_some_tasks_refits_their_kinds_and_keeps_the_rest():
+    """`--write` after `--tasks drive`: the drive's kind joins the section, every other kind and the
+    fits at other constructions are kept, and a "*" fitted on fewer tasks never replaces one."""
+    from ckm_edge.benchmarks.uncertainty import merge_kinds
+
+    current = json.loads(json.dumps(SECTION))
+    current["kinds"]["*"]["fitted"] = {"tasks": ["ipbox", "iprandom", "trajectory"]}
+    fit = {"gain": {"scale": 0.9, "floor": 0.0}, "aoa_sine": {"scale": 0.8, "floor": 0.0}}
+    drive_only = {"coverage": 0.9, "validation": "w", "kinds": {
+        "mask-scarce": {**fit, "fitted": {"tasks": ["drive"]}}, "*": {**fit, "fitted": {"tasks": ["drive"]}}}}
+    out = merge_kinds(current, drive_only)
+    assert out["kinds"]["mask-scarce"] == {**fit, "fitted": {"tasks": ["drive"], "validation": "w"}}
+    assert {k: v for k, v in out["kinds"].items() if k != "mask-scarce"} == current["kinds"] and out["validation"] == "v"
+    Uncertainty.from_dict(out)
+    with pytest.raises(ValueError, match="0.9 intervals; these fits 0.8"):
+        merge_kinds(current, {**drive_only, "coverage": 0.8})
+    every = {"coverage": 0.9, "validation": "w", "kinds": {
+        "mask": {**fit, "fitted": {"tasks": ["ipbox", "iprandom"]}},
+        "*": {**fit, "fitted": {"tasks": ["ipbox", "iprandom", "trajectory", "drive"]}}}}
+    out = merge_kinds(current, every)
+    assert out["kinds"]["*"] == every["kinds"]["*"] and out["validation"] == "w"
+    assert out["kinds"]["mask"] == {**every["kinds"]["mask"], "constructions": SECTION["kinds"]["mask"]["constructions"]}
+    assert merge_kinds(None, every) == every
 
 
 def test_ckm_bench_uncertainty_at_other_constructions_needs_a_calibrated_package(tiny_package, tmp_path, capsys):
@@ -496,6 +542,16 @@ def test_sparse_masks_are_calibrated_apart():
     assert uncertainty.calibration_kind(operators.Downsample(2)) == "downsample"
     u = Uncertainty.from_dict(SECTION)
     assert u.fit_for(uncertainty.calibration_kind(operators.Mask(sparse)), site=False) is u.kinds["*"]  # none of its own
+    scarce = np.zeros((16, 16), bool)
+    scarce[3, :12] = True  # a drive of 12 readings: 4.7 % of the cells
+    assert uncertainty.calibration_kind(operators.Mask(scarce)) == "mask-scarce"
+    fits = json.loads(json.dumps(SECTION))
+    fits["kinds"]["mask-sparse"] = fits["kinds"]["jtqr"]
+    u = Uncertainty.from_dict(fits)
+    assert u.fit_for("mask-scarce", site=False) is u.kinds["mask-sparse"]  # a package fitted before scarce masks had a kind
+    fits["kinds"]["mask-scarce"] = fits["kinds"]["mask"]
+    u = Uncertainty.from_dict(fits)
+    assert u.fit_for("mask-scarce", site=False) is u.kinds["mask-scarce"] and u.fit_for("mask-scarce", site=True) is None
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # scipy's own moments of extreme truncations

@@ -384,7 +384,7 @@ class SamplerRecommendation(_message.Message):
     def __init__(self, operator_kind: _Optional[str] = ..., sampler: _Optional[str] = ..., steps: _Optional[int] = ..., samples: _Optional[int] = ..., parameters: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GetModelMetadataResponse(_message.Message):
-    __slots__ = ("name", "version", "channels", "tile_size", "operators", "precisions", "schedule_json", "max_steps", "accuracy", "adapts", "samplers", "recommended", "max_samples", "max_evaluations", "max_operators", "deterministic", "site_aware", "calibrated", "interval_coverage", "calibrated_kinds")
+    __slots__ = ("name", "version", "channels", "tile_size", "operators", "precisions", "schedule_json", "max_steps", "accuracy", "adapts", "samplers", "recommended", "max_samples", "max_evaluations", "max_operators", "deterministic", "site_aware", "calibrated", "interval_coverage", "calibrated_kinds", "calibrated_constructions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -405,6 +405,7 @@ class GetModelMetadataResponse(_message.Message):
     CALIBRATED_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_COVERAGE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATED_KINDS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_CONSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     channels: _containers.RepeatedScalarFieldContainer[str]
@@ -425,4 +426,5 @@ class GetModelMetadataResponse(_message.Message):
     calibrated: bool
     interval_coverage: float
     calibrated_kinds: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., channels: _Optional[_Iterable[str]] = ..., tile_size: _Optional[int] = ..., operators: _Optional[_Iterable[str]] = ..., precisions: _Optional[_Iterable[str]] = ..., schedule_json: _Optional[str] = ..., max_steps: _Optional[int] = ..., accuracy: _Optional[_Iterable[_Union[TaskAccuracy, _Mapping]]] = ..., adapts: _Optional[str] = ..., samplers: _Optional[_Iterable[_Union[SamplerInfo, _Mapping]]] = ..., recommended: _Optional[_Iterable[_Union[SamplerRecommendation, _Mapping]]] = ..., max_samples: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., max_operators: _Optional[int] = ..., deterministic: _Optional[bool] = ..., site_aware: _Optional[bool] = ..., calibrated: _Optional[bool] = ..., interval_coverage: _Optional[float] = ..., calibrated_kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+    calibrated_constructions: _containers.RepeatedCompositeFieldContainer[SamplerRecommendation]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., channels: _Optional[_Iterable[str]] = ..., tile_size: _Optional[int] = ..., operators: _Optional[_Iterable[str]] = ..., precisions: _Optional[_Iterable[str]] = ..., schedule_json: _Optional[str] = ..., max_steps: _Optional[int] = ..., accuracy: _Optional[_Iterable[_Union[TaskAccuracy, _Mapping]]] = ..., adapts: _Optional[str] = ..., samplers: _Optional[_Iterable[_Union[SamplerInfo, _Mapping]]] = ..., recommended: _Optional[_Iterable[_Union[SamplerRecommendation, _Mapping]]] = ..., max_samples: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., max_operators: _Optional[int] = ..., deterministic: _Optional[bool] = ..., site_aware: _Optional[bool] = ..., calibrated: _Optional[bool] = ..., interval_coverage: _Optional[float] = ..., calibrated_kinds: _Optional[_Iterable[str]] = ..., calibrated_constructions: _Optional[_Iterable[_Union[SamplerRecommendation, _Mapping]]] = ...) -> None: ...
