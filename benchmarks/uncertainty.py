@@ -150,10 +150,10 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
                 "before": [_share([np.abs(p.error[c]) <= z * p.raw[c] for p in parts]) for c in range(2)],
                 "after": [_share([np.abs(p.error[c]) <= z * chans[c].std(p.spread[c], p.distance[c]) for p in parts])
                           for c in range(2)]}
-            base = name.removesuffix(SITE)
-            if current is not None and current.fit_for(base, setting == "site") is not None:
+            before = current.fit_for(name.removesuffix(SITE), setting == "site") if current is not None else None
+            if before is not None:
                 # what the package's fit (before this one; with --samplers, the one made at its defaults) says
-                own = current.fit_for(base, setting == "site").channels
+                own = before.channels
                 coverage[task]["own_fit"] = [_share([np.abs(p.error[c]) <= z * own[c].std(p.spread[c], p.distance[c])
                                                      for p in parts]) for c in range(2)]
             if len(by_source) > 1:  # the fit must hold on each
@@ -180,8 +180,7 @@ def merge_kinds(current: dict | None, fitted: dict) -> dict:
     at least the tasks it was. A section holding another coverage is refused (ValueError)."""
     if not current:
         return fitted
-    if current["coverage"] != fitted["coverage"]:
-        raise ValueError(f"the package's section holds {current['coverage']:g} intervals; these fits {fitted['coverage']:g}")
+    _same_coverage(current, fitted)
     out = json.loads(json.dumps(current))
     merged = {}
     for name, entry in fitted["kinds"].items():
@@ -202,10 +201,12 @@ def merge_constructions(current: dict | None, fitted: dict) -> dict:
     constructions: `--samplers`) added as fits of those constructions ("constructions" of each
     kind's entry; one already there for the same construction is replaced). The "*" entries (no
     construction of their own) and fits at a kind's default construction are not added: the
-    section's own fits are those. Raises ValueError when the package has no section to add to."""
+    section's own fits are those. Raises ValueError when the package has no section to add to, or
+    one holding another coverage."""
     if not current:
         raise ValueError("the package has no uncertainty section to add fits at other constructions to: "
                          "calibrate its default constructions first (ckm-bench uncertainty --write, no --samplers)")
+    _same_coverage(current, fitted)
     out = json.loads(json.dumps(current))
     for name, entry in fitted["kinds"].items():
         rec = entry.get("fitted", {}).get("construction")
@@ -216,6 +217,12 @@ def merge_constructions(current: dict | None, fitted: dict) -> dict:
         keep = [v for v in own.get("constructions", []) if not _same_record(v["fitted"]["construction"], rec)]
         own["constructions"] = keep + [variant]
     return out
+
+
+def _same_coverage(current: dict, fitted: dict) -> None:
+    """One section holds one coverage: fits made for another are refused (ValueError)."""
+    if current["coverage"] != fitted["coverage"]:
+        raise ValueError(f"the package's section holds {current['coverage']:g} intervals; these fits {fitted['coverage']:g}")
 
 
 def _same_record(a: dict | None, b: dict) -> bool:

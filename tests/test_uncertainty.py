@@ -311,7 +311,7 @@ def test_fits_at_other_constructions_join_the_section_once_and_never_shadow_the_
     current = json.loads(json.dumps(SECTION))
     current["kinds"]["jtqr"]["fitted"] = {"construction": {"sampler": "diffpir", "steps": 20, "samples": 4}}  # no parameters
     fit = {"gain": {"scale": 0.9, "floor": 0.0}, "aoa_sine": {"scale": 0.8, "floor": 0.0}}
-    fitted = {"kinds": {
+    fitted = {"coverage": 0.9, "kinds": {
         "jtqr": {**fit, "fitted": {"construction": {"sampler": "diffpir", "steps": 20, "samples": 4, "parameters": {"lam": 100.0}}}},
         "mask": {**fit, "fitted": {"construction": AT_100}},  # replaces the one there
         "*": fit, "downsample": {**fit, "fitted": {"construction": AT_100}}}}  # no construction; a kind the section lacks
@@ -323,6 +323,8 @@ def test_fits_at_other_constructions_join_the_section_once_and_never_shadow_the_
     assert Uncertainty.from_dict(out).fit_for("mask", False, (at_100, 8, 12)).channels[0].scale == 0.9
     with pytest.raises(ValueError, match="no uncertainty section"):
         merge_constructions(None, fitted)
+    with pytest.raises(ValueError, match="0.9 intervals; these fits 0.8"):
+        merge_constructions(current, {**fitted, "coverage": 0.8})
 
 
 def test_a_write_over_some_tasks_refits_their_kinds_and_keeps_the_rest():
