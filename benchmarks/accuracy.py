@@ -289,3 +289,51 @@ def verdicts(results: dict) -> dict:
                                   for task, rows in by_task.items() if task in PAPER_TASKS and "foundation" in rows],
                         "learned": learned, "absent": [m for m in ("single", "multi") if m not in learned]}
     return out
+
+
+def tiles_digest(tiles: np.ndarray) -> str:
+    """SHA-256 of the held-out tiles as measured (what a later partial run must measure again)."""
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(np.ascontiguousarray(tiles, np.float32).tobytes()).hexdigest()
+
+
+# what two runs must share for their rows to stand in one record
+_SAME = ("config", "tiles", "data", "validation", "package", "site_aware_prior", "base_station_known", "tiles_digest")
+
+
+def update(previous: dict, new: dict, run: dict, previous_run: dict) -> dict:
+    """The record `previous` (an accuracy record's results) with the tasks `new` measured replaced by
+    new's rows, the other tasks' rows kept as they were measured, and verdicts and coverage taken
+    again over the whole. "runs" says which run measured which tasks: `run` ({"date", "machine",
+    "manifest", ...}) is appended, and `previous_run` stands for a record that had none (one whole
+    run). Refused (ValueError naming what differs) where the two are not the same measurement:
+    another configuration, tiles, package or baselines, or a task whose end-to-end rows the new run
+    would drop."""
+    if "results" not in previous or "config" not in previous:
+        raise ValueError("the record holds no per-map rows to update; run the benchmark whole")
+    differ = [k for k in _SAME if k in previous and k in new and previous[k] != new[k]]
+    if differ:
+        raise ValueError(f"the record measured another run; differs in: {', '.join(differ)}")
+    measured = list(new["results"]["paper"])
+    for setting in SETTINGS:
+        for task in measured:
+            old, rows = previous["results"][setting].get(task, {}), new["results"][setting][task]
+            dropped = [m for m in ("single", "multi") if m in old and m not in rows]
+            if dropped:
+                raise ValueError(f"{setting}/{task}: the record has end-to-end rows ({', '.join(dropped)}) this run lacks; "
+                                 f"give the baselines it was measured with ({previous.get('checkpoints')})")
+            if any(m in rows for m in ("single", "multi")) and new.get("checkpoints") != previous.get("checkpoints"):
+                raise ValueError(f"{setting}/{task}: end-to-end rows from {new.get('checkpoints')}, the record's from "
+                                 f"{previous.get('checkpoints')}")
+    out = {**previous, "results": {s: {**previous["results"][s], **{t: new["results"][s][t] for t in measured}}
+                                   for s in SETTINGS},
+           "constructions": {**previous["constructions"],
+                             **{f"{s}/{t}": new["constructions"][f"{s}/{t}"] for s in SETTINGS for t in measured}}}
+    out["verdicts"] = verdicts(out["results"])
+    nominal = (new.get("coverage") or previous.get("coverage") or {}).get("nominal")
+    out["coverage"] = coverage(out["results"], nominal) if nominal is not None else None
+    out["tiles_digest"] = new.get("tiles_digest") or previous.get("tiles_digest")
+    runs = [{**r, "tasks": [t for t in r["tasks"] if t not in measured]} for r in previous.get("runs") or [previous_run]]
+    out["runs"] = [r for r in runs if r["tasks"]] + [{**run, "tasks": measured}]
+    return out

@@ -204,9 +204,29 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
                f"--checkpoints {args.checkpoints} --precision {args.precision} --tasks {' '.join(args.tasks)}"
                + (f" --exclude {' '.join(args.exclude)}" if args.exclude else "")
                + (f" --samplers {args.samplers}" if args.samplers else ""))
-    _store(args, name, "accuracy", command, {
-        "config": vars(cfg), "tiles": len(held.tiles), "data": held.description, "validation": bool(args.exclude),
-        "package": f"{pkg.name} {pkg.version}", "checkpoints": str(args.checkpoints), **out})
+    results = {"config": vars(cfg), "tiles": len(held.tiles), "data": held.description, "validation": bool(args.exclude),
+               "package": f"{pkg.name} {pkg.version}", "checkpoints": str(args.checkpoints),
+               "tiles_digest": accuracy.tiles_digest(held.tiles), **out}
+    if args.update:  # these tasks' rows replace theirs in the record; the others stay as measured
+        import datetime
+
+        from ckm_edge.benchmarks import machine
+        from ckm_edge.runtime.package import sha256_file
+
+        path = Path(args.results) / f"{name}.json"
+        if not path.exists():
+            raise SystemExit(f"ckm-bench accuracy --update: no record {path} to update; run it without --update first")
+        record = report.read_record(path)
+        run = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "machine": machine.describe(),
+               "manifest": "sha256:" + sha256_file(Path(args.package) / "manifest.json"), "command": command + " --update"}
+        first = {"date": record["date"], "machine": record["machine"], "manifest": None, "command": record["command"],
+                 "tasks": list(record["results"].get("results", {}).get("paper", {}))}
+        try:
+            results = accuracy.update(record["results"], results, run, first)
+        except ValueError as e:
+            raise SystemExit(f"ckm-bench accuracy --update {path.name}: {e}") from None
+        command = record["command"]  # the record's whole: every task it holds
+    _store(args, name, "accuracy", command, results)
     return 0
 
 
@@ -594,6 +614,10 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--precision", default=defaults.PRECISION, choices=defaults.PRECISIONS)
     acc.add_argument("--seed", type=int, default=0)
     acc.add_argument("--journal", help="JSONL file of the maps measured: a run given it again resumes where it stopped")
+    acc.add_argument("--update", action="store_true",
+                     help="measure only --tasks again and replace their rows in the existing record (the same data, "
+                          "tiles, configuration, package and baselines; refused otherwise); the other tasks' rows are "
+                          "kept as measured, and the record says which run measured which tasks")
     acc.add_argument("--exclude", nargs="+", metavar="TRAINED",
                      help="validation instead of held-out tiles: DATA's training split minus every tile of these "
                           "datasets (what the prior and baselines read), for choosing between candidates without "

@@ -349,7 +349,7 @@ def accuracy(r: dict, record: dict) -> str:
     label = lambda m, s: ("site-aware " if s == "site" and m in ("single", "multi") else "") + LEARNED.get(m, f"classical: {m}")
     text = [f"Construction accuracy on {r['tiles']} {'validation' if r['validation'] else 'region-held-out'} tiles: "
             f"{r['data']}; package `{r['package']}`, baselines from `{r['checkpoints']}`.", "",
-            *_setting_tables(r["results"], titles, label, lambda m: (order.get(m, 3), m))]
+            *_runs(r.get("runs")), *_setting_tables(r["results"], titles, label, lambda m: (order.get(m, 3), m))]
     text += ["Verdicts:", *(_accuracy_verdict(s, r["verdicts"][s]) for s in SETTINGS), ""]
     text += _coverage(r.get("coverage"))
     whose = ("the package's defaults, runtime.recommend" if cfg["samplers"] is None else
@@ -365,6 +365,18 @@ def accuracy(r: dict, record: dict) -> str:
                          [[f"paper: {LEARNED[m]}", *(f"{PAPER['gain_db'][m][t]:.2f} / {PAPER['aoa_sine'][m][t]:.3f}"
                                                      for t in paper_tasks)] for m in ("foundation", "single", "multi")]), ""]
     return "\n".join(text)
+
+
+def _runs(runs: list | None) -> list[str]:
+    """Which run measured which tasks, for a record some of whose tasks were measured again (`--update`)."""
+    if not runs or len(runs) < 2:
+        return []
+    from ckm_edge.benchmarks import machine
+
+    return ["Measured in " + str(len(runs)) + " runs (`--update` measured tasks again; the rest kept; seconds compare "
+            "only within a run): " + "; ".join(
+                f"{', '.join(r['tasks'])} on {r['date']}, {machine.label(r['machine'])}"
+                + (f", manifest {r['manifest'][:19]}" if r.get("manifest") else "") for r in runs) + ".", ""]
 
 
 def _coverage(cov: dict | None) -> list[str]:

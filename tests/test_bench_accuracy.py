@@ -215,3 +215,58 @@ def test_held_out_sites_carry_the_recorded_heights():
     cond = net.condition(with_h, (16, 16))
     assert cond.shape == (1, 10, 16, 16) and (cond[0, 9] == 1).all() and cond[0, 8].max() == 20.0 / 50.0
     assert (net.condition(without, (16, 16))[0, 8:] == 0).all()
+
+
+def test_an_update_measures_some_tasks_again_and_keeps_the_rest(tiny_site_package, tmp_path):
+    """`ckm-bench accuracy --update`: the tasks given are measured again (with what the package says
+    now) and replace their rows in the record; the others stay as they were measured; the record
+    says which run measured which; another measurement is refused, naming what differs."""
+    import shutil
+
+    from ckm_edge.benchmarks import cli, render
+
+    pkg, checkpoint, _, _ = tiny_site_package
+    held_out = checkpoint.parent.parent / "data"  # its 4 eval tiles
+    copy = tmp_path / "pkg"
+    shutil.copytree(pkg.root, copy)
+    (tmp_path / "ckpt").mkdir()
+    _baseline_file(tmp_path / "ckpt" / "baseline-ipbox.pt", ["ipbox"], False, 0)
+    results = tmp_path / "results"
+    args = ["--results", str(results), "accuracy", "--data", str(held_out), "--tiles", "1", "--package", str(copy),
+            "--checkpoints", str(tmp_path / "ckpt")]
+    assert cli.main(args + ["--tasks", "ipbox", "trajectory"]) == 0
+    path = results / f"accuracy-{held_out.name}.json"
+    before = json.loads(path.read_text())
+
+    # the package's construction for masks changes (as a new fit or table would change a task's map)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    steps = {k: v["steps"] for k, v in manifest["samplers"].items()}
+    for kind in manifest["samplers"]:
+        manifest["samplers"][kind]["steps"] = 2 if steps[kind] != 2 else 3
+    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    assert cli.main(args + ["--tasks", "trajectory", "--update"]) == 0
+    after = json.loads(path.read_text())
+    r0, r1 = before["results"], after["results"]
+    assert after["command"] == before["command"] and "ipbox trajectory" in after["command"]
+    for setting in ("paper", "site"):
+        assert r1["results"][setting]["ipbox"] == r0["results"][setting]["ipbox"]  # kept as measured, baselines too
+        assert r1["constructions"][f"{setting}/ipbox"] == r0["constructions"][f"{setting}/ipbox"]
+        assert r1["constructions"][f"{setting}/trajectory"]["steps"] != r0["constructions"][f"{setting}/trajectory"]["steps"]
+        assert r1["results"][setting]["trajectory"]["foundation"] != r0["results"][setting]["trajectory"]["foundation"]
+    assert [(r["tasks"], r["manifest"] is None) for r in r1["runs"]] == [(["ipbox"], True), (["trajectory"], False)]
+    assert r1["runs"][0]["date"] == before["date"] and r1["tiles_digest"] == r0["tiles_digest"]
+    assert "Measured in 2 runs" in render.section(after) and "trajectory on " in render.section(after)
+    # measured again: the later run's tasks move to it, the earlier run keeps the rest
+    assert cli.main(args + ["--tasks", "ipbox", "--update"]) == 0
+    assert [r["tasks"] for r in json.loads(path.read_text())["results"]["runs"]] == [["trajectory"], ["ipbox"]]
+
+    # refused, and the record left as it was: another configuration, other tiles, baselines it would drop, no record
+    kept = path.read_text()
+    for extra, match in ((["--tasks", "trajectory", "--seed", "1"], "differs in: config"),
+                         (["--tasks", "trajectory", "--tiles", "2"], "differs in: tiles"),
+                         (["--tasks", "ipbox", "--checkpoints", str(tmp_path / "none")], "end-to-end rows .*single")):
+        with pytest.raises(SystemExit, match=match):
+            cli.main(args + extra + ["--update"])
+        assert path.read_text() == kept
+    with pytest.raises(SystemExit, match="no record"):
+        cli.main(["--results", str(tmp_path / "empty")] + args[2:] + ["--tasks", "ipbox", "--update"])
