@@ -321,13 +321,16 @@ def _cmd_uncertainty(args: argparse.Namespace) -> int:
 
     try:
         samplers = read_section(args.samplers)[0] if args.samplers else None
+        if args.rebuilds and (args.tasks != ["drive"] or args.samplers):
+            raise ValueError("--rebuilds fits drive tests' rebuilds: give --tasks drive and no --samplers")
         cfg = uncertainty.UncertaintyConfig(tasks=tuple(args.tasks), settings=tuple(args.settings), coverage=args.coverage,
-                                            seed=args.seed, samplers=samplers)
+                                            seed=args.seed, samplers=samplers,
+                                            rebuilds=tuple(args.rebuilds) if args.rebuilds else None)
         val = tune.validation_tiles(args.data, args.tiles, exclude=args.exclude, split=args.split, seed=args.seed)
         pkg = load_package(args.package)
         current = pkg.manifest.uncertainty and pkg.manifest.uncertainty.to_dict()
         if args.write:  # what --write would refuse is refused before the constructions, not after
-            merge = uncertainty.merge_constructions if args.samplers else uncertainty.merge_kinds
+            merge = uncertainty.merge_constructions if args.samplers or args.rebuilds else uncertainty.merge_kinds
             merge(current, {"coverage": args.coverage, "kinds": {}})
         out = uncertainty.run(args.package, val, cfg, progress=_progress, cache=args.cache)
     except (ValueError, PackageError) as e:
@@ -341,10 +344,11 @@ def _cmd_uncertainty(args: argparse.Namespace) -> int:
     command = (f"ckm-bench uncertainty --package {args.package} --data {' '.join(args.data)} --tiles {args.tiles} "
                f"--tasks {' '.join(args.tasks)} --settings {' '.join(args.settings)} --coverage {args.coverage:g} --seed {args.seed}"
                + (f" --exclude {' '.join(args.exclude)}" if args.exclude else "")
-               + (f" --samplers {args.samplers}" if args.samplers else ""))
+               + (f" --samplers {args.samplers}" if args.samplers else "")
+               + (f" --rebuilds {args.rebuilds[0]} {args.rebuilds[1]}" if args.rebuilds else ""))
     some = not set(PAPER_TASKS) <= set(args.tasks)  # a fit of a few kinds (e.g. --tasks drive): a record of its own
     name = ("uncertainty-" + _slug(f"{pkg.name}-{pkg.version}") + ("-" + _slug(Path(args.samplers).stem) if args.samplers else "")
-            + ("-" + "-".join(args.tasks) if some else ""))
+            + ("-rebuilds" if args.rebuilds else "-" + "-".join(args.tasks) if some else ""))
     _store(args, name, "uncertainty", command,
            {"config": vars(cfg), "tiles": len(val.tiles), "validation": val.description,
             "tile_keys": [list(k) for k in val.keys], "package": f"{pkg.name} {pkg.version}", **out}, say=say)
@@ -702,6 +706,11 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--seed", type=int, default=2)
     ca.add_argument("--samplers", metavar="FILE", help="constructions to calibrate instead of the package's defaults: a "
                                                        "tuned samplers file (`ckm-bench tune --budget N --out FILE`)")
+    ca.add_argument("--rebuilds", type=int, nargs=2, metavar=("BATCH", "BATCHES"),
+                    help="fit a living map's incremental rebuilds instead: on each tile a drive test of BATCHES batches "
+                         "of BATCH readings streamed into a site (runtime.sites, in process), every map after the "
+                         "first warm-started from the one before (--tasks drive; --write adds the fit as the kind's "
+                         "fit at the rebuild's construction, read only by rebuilds)")
     ca.add_argument("--out", help="also write the section here ({\"uncertainty\": ...})")
     ca.add_argument("--write", action="store_true", help="write the fits into the package's manifest.json: each kind "
                                                          "fitted replaces its entry, the others are kept (with --samplers: "

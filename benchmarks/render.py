@@ -437,6 +437,12 @@ def uncertainty(r: dict, _record: dict) -> str:
     own_fit = any("own_fit" in cov for k in r["kinds"].values() for cov in k["coverage"].values())
     built_by = ("the constructions of a samplers table per operator kind (`--samplers`; fits the package keeps beside "
                 "its own as fits of those constructions)" if table else "the package's default construction per operator kind")
+    if cfg.get("rebuilds"):
+        batch, batches = cfg["rebuilds"]
+        built_by = (f"a living map's incremental rebuilds (`--rebuilds`: per tile one drive test of {batches} batches of "
+                    f"{batch} readings, gain noise {cfg['gain_noise_db']:g} dB, AoA noise {cfg['aoa_noise']:g}, streamed "
+                    "into a site as an edge server builds its versions; the cells of every version after the first, "
+                    "warm-started from the one before; a fit the package keeps beside the kind's own, read by rebuilds only)")
     lines = [f"Uncertainty calibration of `{r['package']}` on validation tiles: {r['validation']} (never the held-out "
              f"regions); {built_by}, noise sigma {cfg['sigma']:g}, seed {cfg['seed']}. "
              f"Method: {u['method']}.", "",

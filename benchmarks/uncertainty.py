@@ -53,6 +53,11 @@ class UncertaintyConfig:
     # a manifest "samplers" section run instead of the package's (`--samplers`: e.g. the constructions
     # tuned under an evaluation budget, `ckm-bench tune --budget`); None: the package's defaults
     samplers: dict | None = None
+    # (readings per batch, batches): fit a living map's incremental rebuilds instead (`--rebuilds`;
+    # task "drive" only): `rebuild_cells`
+    rebuilds: tuple[int, int] | None = None
+    gain_noise_db: float = 2.0  # a drive test's reading noise (ckm-bench sites' defaults)
+    aoa_noise: float = 0.02
 
 
 @dataclass
@@ -79,6 +84,8 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
     from ckm_edge.runtime.engine import EngineConfig, open_engine
     from ckm_edge.runtime.recommend import from_section, recommend, resolve
 
+    if cfg.rebuilds is not None and (cfg.tasks != ("drive",) or cfg.samplers is not None):
+        raise ValueError("rebuilds are fitted on drive tests (tasks: drive) at the package's own constructions (no samplers)")
     p = validation_problems(package_dir, val, cfg.tasks, cfg.sigma, cfg.seed)
     pkg, shape, probs, sites, tiles = p.pkg, p.shape, p.probs, p.sites, val.tiles
     kinds = calibration_kinds(probs, cfg.tasks, len(tiles))
@@ -93,8 +100,20 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
             if str(z["header"]) == header:
                 cells, used = _from_arrays(z), json.loads(str(z["used"]))
                 progress(f"constructions from {cache}")
-    with open_engine(pkg, EngineConfig()) as engine:
+    if cfg.rebuilds is not None:
         for setting in cfg.settings:
+            if (setting, "drive") not in cells:
+                cells[setting, "drive"], rebuild_used = rebuild_cells(package_dir, val, sites, cfg, setting, progress)
+                used.update(rebuild_used)
+                if cache is not None:
+                    _save(cache, header, cells, used)
+        kinds = {}
+        for name in used:
+            kinds.setdefault(name.removesuffix(SITE), ["drive"])
+        if len(kinds) != 1:
+            raise ValueError(f"the rebuilds' operators fall in calibration kinds {sorted(kinds)}: calibrate them apart")
+    with open_engine(pkg, EngineConfig()) as engine:
+        for setting in cfg.settings if cfg.rebuilds is None else ():
             for kind, kind_tasks in kinds.items():
                 name = kind + (SITE if setting == "site" else "")
                 rec = recommend(table, probs[kind_tasks[0], 0][0], setting == "site")
@@ -122,7 +141,8 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
     for i, src in enumerate(val.sources or ("",) * len(tiles)):
         by_source.setdefault(src, []).append(i)
     groups = {kind + (SITE if s == "site" else ""): (s, ts) for s in cfg.settings for kind, ts in kinds.items()}
-    groups.update({"*" + (SITE if s == "site" else ""): (s, list(cfg.tasks)) for s in cfg.settings})
+    if cfg.rebuilds is None:  # (a rebuild's fit is a kind's at one construction: no fallback of its own)
+        groups.update({"*" + (SITE if s == "site" else ""): (s, list(cfg.tasks)) for s in cfg.settings})
     fits: dict[str, uncertainty.KindFit] = {}
     report: dict = {}
     current = pkg.manifest.uncertainty
@@ -150,7 +170,10 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
                 "before": [_share([np.abs(p.error[c]) <= z * p.raw[c] for p in parts]) for c in range(2)],
                 "after": [_share([np.abs(p.error[c]) <= z * chans[c].std(p.spread[c], p.distance[c]) for p in parts])
                           for c in range(2)]}
-            before = current.fit_for(name.removesuffix(SITE), setting == "site") if current is not None else None
+            rec = used.get(name) if cfg.rebuilds is not None else None
+            warm = () if rec is None else (_config_of(rec), rec["steps"], rec["samples"], True)
+            # (rebuilds: the fit the runtime reads them by, its warm one where it has one, else the kind's own)
+            before = current.fit_for(name.removesuffix(SITE), setting == "site", warm or None) if current is not None else None
             if before is not None:
                 # what the package's fit (before this one; with --samplers, the one made at its defaults) says
                 own = before.channels
@@ -170,6 +193,96 @@ def run(package_dir: str | Path, val: Validation, cfg: UncertaintyConfig, progre
                                                                "aoa_sine": widths[1] * codec.AOA_RMSE_FACTOR}}
     section = uncertainty.Uncertainty(cfg.coverage, fits, validation=val.description)
     return {"uncertainty": section.to_dict(), "kinds": report, "seconds": time.perf_counter() - t_start}
+
+
+def rebuild_cells(package_dir: str | Path, val: Validation, sites: dict, cfg: UncertaintyConfig, setting: str,
+                  progress=print) -> tuple[list[_Cells], dict[str, dict]]:
+    """A living map's incremental rebuilds on each validation tile, as an edge server builds them:
+    a drive test (tasks.drive_route; `cfg.rebuilds` = readings per batch, batches) with the reading
+    noise of `cfg`, added batch by batch to a site of runtime.sites.SiteManager (in process, a
+    temporary SQLite store; the site setting gives it the tile's site), each batch followed by the
+    map the server would build (`SiteManager.plan` with the previous map: the first fresh, every
+    later one incremental, warm-started). Returns the incremental maps' unobserved cells (outdoor,
+    never measured) per tile, and {kind[+site]: the rebuild's construction, "warm": true}."""
+    import tempfile
+
+    from ckm_edge.protos.ckm.edge.v1 import site_pb2 as spb
+    from ckm_edge.runtime import api, executor, tasks
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.runtime.repository import ModelRepository
+    from ckm_edge.runtime.sites import SiteLimits, SiteManager
+    from ckm_edge.runtime.sitestore import MapRow, now_ms, open_store
+
+    batch, batches = cfg.rebuilds
+    if batch < 1 or batches < 2:
+        raise ValueError(f"rebuilds: readings per batch >= 1 and batches >= 2 (one fresh map, then rebuilds), got {batch}, {batches}")
+    pkg = load_package(package_dir)
+    rng = np.random.default_rng(cfg.seed + (1 if setting == "site" else 0))
+    out, used = [], {}
+    with tempfile.TemporaryDirectory(prefix="ckm-rebuilds-") as work:
+        repo_dir = Path(work) / "repository" / pkg.name
+        repo_dir.mkdir(parents=True)
+        (repo_dir / pkg.version).symlink_to(Path(package_dir).resolve(), target_is_directory=True)
+        mgr = SiteManager(open_store(f"sqlite:{Path(work) / 'sites.db'}"), ModelRepository(repo_dir.parent), None,
+                          limits=SiteLimits(add_rate_per_site=1e9), row_bytes=False)
+        for i, truth in enumerate(val.tiles):
+            layout = codec.building_mask(truth)
+            d = spb.SiteDefinition(site_id=f"tile-{i}", default_gain_noise_db=cfg.gain_noise_db,
+                                   default_aoa_noise=cfg.aoa_noise, geometry=spb.TileGeometry(cell_size_m=1.0),
+                                   model_name=pkg.name, model_version=pkg.version)
+            if setting == "site":
+                d.site.CopyFrom(api.site_to_proto(sites[i]))
+            mgr.create(d)
+            route = tasks.drive_route(rng, ~layout, batch * batches)
+            phys = codec.decode(truth)
+            measured = np.zeros(layout.shape, bool)
+            previous, parts = None, []
+            for k in range(batches):
+                ms = []
+                for r, c in route[k * batch:(k + 1) * batch]:
+                    ms.append(spb.Measurement(
+                        position=spb.Position(cell=spb.CellPosition(row=r + 0.5, col=c + 0.5)),
+                        gain_db=float(np.clip(phys.gain_db[r, c] + cfg.gain_noise_db * rng.standard_normal(), -250, -50)),
+                        aoa_sine=float(np.clip(phys.aoa_sine[r, c] + cfg.aoa_noise * rng.standard_normal(), -1, 1))))
+                    measured[r, c] = True
+                mgr.add(d.site_id, ms, f"b{k}")
+                row = mgr.get(d.site_id)
+                job, fused, incremental, evaluations = mgr.plan(row, previous)
+                [res] = executor.execute([job])
+                previous = MapRow(d.site_id, k + 1, res.mean, res.mean, False, 0.0, fused.measurement_count, 0, now_ms(),
+                                  incremental, evaluations, 0.0, pkg.name, pkg.version)
+                if not incremental:
+                    continue
+                name = uncertainty.calibration_kind(job.op) + (SITE if setting == "site" else "")
+                used[name] = {**_record_of(job.config), "warm": True}
+                unobs = np.stack([~layout & ~measured] * 2)
+                spread, raw = uncertainty.spread(res.samples), res.samples.std(axis=0)
+                dist = uncertainty.distance_to_pinned(job.op.bounds(np.asarray(job.y, np.float32), job.sigma), job.shape)
+                err = np.abs(res.mean - truth)
+                parts.append([[a[c][unobs[c]] for c in range(2)] for a in (err, spread, dist, raw)])
+            out.append(_Cells(*([np.concatenate([p[f][c] for p in parts]) for c in range(2)] for f in range(4))))
+            progress(f"rebuilds ({setting}) tile {i + 1}/{len(val.tiles)}: {len(parts)} rebuilds")
+    if len(used) > 1:
+        raise ValueError(f"the rebuilds ran {len(used)} constructions ({used}); calibrate one at a time")
+    return out, used
+
+
+def _record_of(config) -> dict:
+    """A job's construction as a fit records it: {"sampler", "steps", "samples", "parameters": those
+    not at the sampler's defaults}."""
+    import dataclasses
+
+    from ckm_edge.runtime.sampler import spec_for
+
+    cfg, default = config.sampler, type(config.sampler)()
+    params = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
+    return {"sampler": spec_for(cfg).name, "steps": config.steps, "samples": config.samples, "parameters": params}
+
+
+def _config_of(rec: dict):
+    from ckm_edge.runtime.sampler import config_from_params
+
+    return config_from_params(rec["sampler"], rec.get("parameters") or {})
 
 
 def merge_kinds(current: dict | None, fitted: dict) -> dict:
@@ -231,7 +344,8 @@ def _same_record(a: dict | None, b: dict) -> bool:
     if not a:
         return False
     same_params = "parameters" not in a or "parameters" not in b or (a["parameters"] or {}) == (b["parameters"] or {})
-    return all(a.get(k) == b.get(k) for k in ("sampler", "steps", "samples")) and same_params
+    return (all(a.get(k) == b.get(k) for k in ("sampler", "steps", "samples")) and same_params
+            and bool(a.get("warm", False)) == bool(b.get("warm", False)))
 
 
 def calibration_kinds(probs: dict, task_names, count: int) -> dict[str, list[str]]:

@@ -186,7 +186,7 @@ def plan(model: Model, op: operators.Operator, y: np.ndarray, shape: tuple[int, 
     calibrated = getattr(model, "uncertainty", None)
     if calibrated is not None:
         fit = calibrated.fit_for(uncertainty.calibration_kind(op), site is not None,
-                                 (config.sampler, config.steps, config.samples))
+                                 (config.sampler, config.steps, config.samples, init is not None))
         job.calibration, job.coverage = fit, calibrated.coverage
     return job
 

@@ -278,11 +278,14 @@ def metadata(model: LoadedModel, limits: Limits) -> object:
 
 
 def _calibrated_constructions(u) -> list:
-    """The constructions a package's kinds carry fits of their own at (runtime.uncertainty)."""
+    """The constructions a package's kinds carry fits of their own at (runtime.uncertainty) that a
+    request can run: not the living maps' warm-started rebuilds (SiteService), which no request makes."""
     out = []
     for kind, fit in sorted(u.kinds.items()) if u is not None else []:
         for v in fit.variants:
             c = v.fitted["construction"]
+            if c.get("warm"):
+                continue
             out.append(pb.SamplerRecommendation(operator_kind=kind, sampler=c["sampler"], steps=c["steps"], samples=c["samples"],
                                                 parameters={k: float(x) for k, x in (c.get("parameters") or {}).items()}))
     return out

@@ -185,6 +185,19 @@ class _Cached:
         self.lists = (self.mean.tolist(), self.std.tolist(), self.building.tolist())
 
 
+def incremental_construction(cfg, steps: int, samples: int, policy: RebuildPolicy) -> tuple[object, int, int]:
+    """A fresh construction (a warm-startable sampler's config, steps, samples) -> the incremental
+    rebuild's (module doc): starting no higher than `policy.warm_start`, `policy.warm_steps` of the
+    steps, `policy.warm_samples` of the samples, at most half the network evaluations."""
+    fresh = network_evaluations(cfg, steps, samples)
+    cfg = dataclasses.replace(cfg, start=min(cfg.start, policy.warm_start))
+    steps = max(1, math.ceil(steps * policy.warm_steps))
+    samples = max(1, math.floor(samples * policy.warm_samples))
+    while steps > 1 and network_evaluations(cfg, steps, samples) > fresh / 2:  # one sample: fewer steps instead
+        steps -= 1
+    return cfg, steps, samples
+
+
 class SiteManager:
     def __init__(self, store: Store, repo, batcher: Batcher, metrics=None, limits: SiteLimits = SiteLimits(),
                  policy: RebuildPolicy = RebuildPolicy(), row_bytes: bool = True, max_samples: int | None = None):
@@ -596,12 +609,7 @@ class SiteManager:
                        and previous.mean.shape == (2, n, n))
         init = None
         if incremental:
-            fresh = network_evaluations(cfg, steps, samples)
-            cfg = dataclasses.replace(cfg, start=min(cfg.start, self.policy.warm_start))
-            steps = max(1, math.ceil(steps * self.policy.warm_steps))
-            samples = max(1, math.floor(samples * self.policy.warm_samples))
-            while steps > 1 and network_evaluations(cfg, steps, samples) > fresh / 2:  # one sample: fewer steps instead
-                steps -= 1
+            cfg, steps, samples = incremental_construction(cfg, steps, samples, self.policy)
             init = previous.mean
         adapter = lam = None
         d = spec.definition

@@ -39,6 +39,9 @@ and a steadier spread than that fit assumed (measured on 1.0.0's held-out split:
 constructions ("constructions": [{gain, aoa_sine, fitted: {construction: {sampler, steps, samples,
 parameters}, ...}}, ...]; `ckm-bench uncertainty --samplers TABLE --write`): a job running exactly
 one of them is read by that fit (`Uncertainty.fit_for`'s `construction`), any other by the kind's own.
+A living map's incremental rebuild starts from its previous map (runtime.sites) and spreads less
+than a construction from the smooth fill with the same steps: its fit is recorded with "warm": true
+(`ckm-bench uncertainty --rebuilds --write`) and read only by warm-started jobs.
 
 The calibrated predictive also gives the map where the observation bounds a cell: the mean of
 N(unmoved samples' mean, std^2) truncated to the bounds (`conditional_mean`; runtime.executor.summarize),
@@ -180,11 +183,12 @@ class KindFit:
         d = np.zeros_like(spread) if distance is None else distance
         return np.stack([self.channels[c].std(spread[c], d[c]) for c in range(2)])
 
-    def construction(self, sampler_config, steps: int, samples: int) -> KindFit:
-        """The fit measured at this construction (a sampler's config, steps, posterior samples): the
-        variant fitted at exactly it, else this fit (measured at the package's default)."""
+    def construction(self, sampler_config, steps: int, samples: int, warm: bool = False) -> KindFit:
+        """The fit measured at this construction (a sampler's config, steps, posterior samples; `warm`:
+        started from a previous map, as a living map's incremental rebuilds are): the variant fitted
+        at exactly it, else this fit (measured at the package's default)."""
         for v in self.variants:
-            if _same_construction(v.fitted.get("construction"), sampler_config, steps, samples):
+            if _same_construction(v.fitted.get("construction"), sampler_config, steps, samples, warm):
                 return v
         return self
 
@@ -193,13 +197,13 @@ class KindFit:
                 **({"constructions": [v.to_dict() for v in self.variants]} if self.variants else {})}
 
 
-def _same_construction(rec: dict | None, sampler_config, steps: int, samples: int) -> bool:
-    """Whether a fit's recorded construction ({"sampler", "steps", "samples", "parameters"}) is the
-    one a job runs (its sampler's config compared whole: parameters left out of the record are the
-    sampler's defaults)."""
+def _same_construction(rec: dict | None, sampler_config, steps: int, samples: int, warm: bool = False) -> bool:
+    """Whether a fit's recorded construction ({"sampler", "steps", "samples", "parameters", "warm"})
+    is the one a job runs (its sampler's config compared whole: parameters left out of the record
+    are the sampler's defaults; "warm" left out: started from the smooth fill)."""
     from ckm_edge.runtime.sampler import config_from_params, spec_for
 
-    if not rec:
+    if not rec or bool(rec.get("warm", False)) != bool(warm):
         return False
     return (rec["sampler"] == spec_for(sampler_config).name and rec["steps"] == steps and rec["samples"] == samples
             and config_from_params(rec["sampler"], rec.get("parameters") or {}) == sampler_config)
@@ -222,7 +226,7 @@ class Uncertainty:
     def fit_for(self, kind: str, site: bool, construction: tuple | None = None) -> KindFit | None:
         """The fit for a calibration kind (`calibration_kind`) and setting: its own, else its
         `FALLBACK`'s, else the setting's "*" entry, else None (then the raw spread is reported, uncalibrated); with
-        `construction` ((sampler config, steps, samples)), the kind's fit measured at it where it
+        `construction` ((sampler config, steps, samples[, warm])), the kind's fit measured at it where it
         has one (`KindFit.construction`)."""
         suffix = "+site" if site else ""
         fit = self.kinds.get(kind + suffix)

@@ -617,3 +617,64 @@ def test_a_noisy_reading_keeps_its_samples_mean_not_the_reading():
     mean, _, _ = summarize(finished, op, y, wide, sigma, raw=raw, finish=finish)
     np.testing.assert_array_equal(mean, finished.mean(axis=0))
     assert np.sqrt(((mean - truth[0]) ** 2).mean()) < 0.5 * np.sqrt(((np.where(mask, y[0], mean) - truth[0]) ** 2).mean())
+
+
+def test_rebuild_fits_are_made_on_streamed_drive_tests_and_read_only_by_rebuilds(calibrated, tmp_path):
+    """`ckm-bench uncertainty --rebuilds BATCH BATCHES --write`: drive tests streamed into a site
+    (runtime.sites, in process) on validation tiles; the incremental rebuilds' cells fit the kind's
+    fit at the rebuild's construction ("warm"), which joins the section; the site manager's
+    rebuilds are read by it, its fresh maps by the kind's own fit, and the metadata does not offer it
+    to requests (none can run a warm start)."""
+    from ckm_edge.benchmarks import cli as bench_cli
+    from ckm_edge.benchmarks import render
+    from ckm_edge.protos.ckm.edge.v1 import site_pb2 as spb
+    from ckm_edge.runtime import executor
+    from ckm_edge.runtime.package import load_package
+    from ckm_edge.runtime.repository import ModelRepository
+    from ckm_edge.runtime.servicer import _calibrated_constructions
+    from ckm_edge.runtime.site import Site
+    from ckm_edge.runtime.sites import SiteManager
+    from ckm_edge.runtime.sitestore import MapRow, now_ms, open_store
+    from ckm_edge.training.dataset import Dataset
+
+    root = tmp_path / "repo" / "tiny" / "1.0.0"
+    shutil.copytree(calibrated[0], root)
+    before = load_package(root).manifest.uncertainty
+    args = ["--results", str(tmp_path / "results"), "uncertainty", "--package", str(root), "--data",
+            str(calibrated[0].parent / "val"), "--tiles", "3", "--tasks", "drive", "--settings", "site",
+            "--rebuilds", "16", "3", "--write"]
+    with pytest.raises(SystemExit, match="--tasks drive"):
+        bench_cli.main(args[:10] + ["ipbox"] + args[11:])
+    for _ in range(2):
+        assert bench_cli.main(args) == 0
+    record = json.loads((tmp_path / "results" / "uncertainty-tiny-1-0-0-rebuilds.json").read_text())
+    (name,) = [k for k in record["results"]["kinds"] if not k.startswith("*")]
+    kind = record["results"]["kinds"][name]
+    assert name == "mask-scarce+site" and kind["construction"]["warm"] is True and "own_fit" in kind["coverage"]["drive"]
+    assert "--rebuilds 16 3" in record["command"] and "| mask-scarce+site | drive |" in render.section(record)
+    u = load_package(root).manifest.uncertainty
+    assert {k: v.channels for k, v in u.kinds.items()} == {k: v.channels for k, v in before.kinds.items()}
+    (warm,) = [v for v in u.kinds[name].variants if v.fitted["construction"].get("warm")]  # once, though written twice
+    assert warm.fitted["construction"] == kind["construction"] and warm.channels != u.kinds[name].channels
+    assert not any(c.operator_kind == name for c in _calibrated_constructions(u))
+
+    # the runtime: a site's first map is read by the kind's own fit, its incremental rebuilds by the warm one
+    tile = Dataset(calibrated[0].parent / "val").split("train").take(np.arange(1))[0]
+    layout = codec.building_mask(tile)
+    mgr = SiteManager(open_store(f"sqlite:{tmp_path / 'sites.db'}"), ModelRepository(tmp_path / "repo"), None, row_bytes=False)
+    d = spb.SiteDefinition(site_id="s", model_name="tiny", geometry=spb.TileGeometry(cell_size_m=1.0))
+    d.site.CopyFrom(api.site_to_proto(Site(layout)))
+    mgr.create(d)
+    route = tasks.drive_route(np.random.default_rng(0), ~layout, 32)
+    phys = codec.decode(tile)
+    previous = None
+    for k in range(2):
+        mgr.add("s", [spb.Measurement(position=spb.Position(cell=spb.CellPosition(row=r + 0.5, col=c + 0.5)),
+                                      gain_db=float(np.clip(phys.gain_db[r, c], -250, -50)), aoa_sine=float(phys.aoa_sine[r, c]))
+                      for r, c in route[16 * k:16 * (k + 1)]], f"b{k}")
+        job, _, incremental, _ = mgr.plan(mgr.get("s"), previous)
+        assert incremental == (k == 1)
+        assert job.calibration == (warm if incremental else u.kinds[name])
+        [res] = executor.execute([job])
+        previous = MapRow("s", k + 1, res.mean, res.std, True, 0.9, 16 * (k + 1), 0, now_ms(), incremental, 0, 0.0,
+                          "tiny", "1.0.0")
