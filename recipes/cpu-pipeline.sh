@@ -4,7 +4,8 @@
 # build and run resumes exactly) and returns at once, leaving two niced lanes, one pinned per core.
 #
 # Issue 33 (ckm-prior 2.0), STAGE=data (the default until 2.0's training recipe lands):
-#   both lanes: the held-out eval split (shard i/2) -> generated city scenes (`ckm-data cities`,
+#   both lanes: the real cities' 12 validation tiles (RT_REAL_VAL, shard i/2) -> the held-out eval
+#           split (shard i/2) -> generated city scenes (`ckm-data cities`,
 #           seconds) -> the cities build: ray-traced tiles of CITIES generated cities plus munich and
 #           etoile, TILES_PER_SCENE each (shard i/2; round-robin over scenes, so a build stopped part
 #           way covers every city) -> the training and all-tiles snapshots once both shards are done
@@ -244,9 +245,46 @@ release() {  # [UNTIL=wide] release: recipes/release-prior.sh on the prior of CA
         bash recipes/release-prior.sh >>"$CACHE/logs/release.log" 2>&1
 }
 
+# The real cities' validation tiles (RT_REAL_VAL): the 12 munich/etoile tiles 1.0.0's build held back
+# (datasets/recipes/rt-train-validation.txt), traced alone from that build's plan (every other tile
+# --exclude'd: it is 1.0.0's training data, not needed here) into CACHE/rt-train, then snapshotted.
+# Plan job k = scene * 512 + tile, so shard i/2 traces the tiles of parity i.
+RT_REAL=$CACHE/rt-train
+REAL_VAL_LIST=$REPO/datasets/recipes/rt-train-validation.txt
+real_val_missing() {  # shard -> its validation tiles not traced yet
+    local n=0 t
+    for t in $(cat "$REAL_VAL_LIST"); do
+        [ $((10#${t##*-} % 2)) = "$1" ] && [ ! -f "$RT_REAL/.raytrace/tiles/$t.npz" ] && n=$((n + 1))
+    done
+    echo "$n"
+}
+rt_real_val() {
+    [ -f "$RT_REAL_VAL/manifest.json" ] && return 0
+    mkdir -p "$CACHE/locks"
+    local others=$CACHE/locks/rt-train-not-validation-$1.txt s t
+    for s in munich etoile; do for ((t = 0; t < 512; t++)); do printf '%s-%05d\n' "$s" "$t"; done; done \
+        | grep -vxF -f "$REAL_VAL_LIST" >"$others"
+    [ "$(real_val_missing "$1")" = 0 ] || {
+        log "lane $1: the real cities' validation tiles, $(real_val_missing "$1") to trace"
+        build_until real_val_missing "$1" "$BIN/ckm-data" raytrace --out "$RT_REAL" --train munich etoile \
+            --tiles-per-scene 512 --seed 1 --device cpu --shard "$1/2" --no-assemble --exclude "$others" \
+            >>"$CACHE/logs/rt-real-val.log" 2>&1 || return 1
+    }
+    # the lane that finds both shards done writes the snapshot (the other goes on; the release waits for it)
+    if [ "$(real_val_missing 0)" = 0 ] && [ "$(real_val_missing 1)" = 0 ] && mkdir "$CACHE/locks/real-val" 2>/dev/null; then
+        rm -rf "$RT_REAL_VAL.tmp"
+        "$BIN/ckm-data" raytrace --out "$RT_REAL" --train munich etoile --tiles-per-scene 512 --seed 1 \
+            --snapshot "$RT_REAL_VAL.tmp" >>"$CACHE/logs/rt-real-val.log" 2>&1 \
+            && mv "$RT_REAL_VAL.tmp" "$RT_REAL_VAL" && log "the real cities' validation tiles: $RT_REAL_VAL"
+        rmdir "$CACHE/locks/real-val"
+    fi
+}
+
 lane() {
     local i=$1
-    # the held-out split first: issue 35's calibration and shift benchmarks measure 1.0.0 on it
+    # the calibration's real validation tiles (minutes), then the held-out split: issue 35's
+    # calibration and shift benchmarks measure 1.0.0 on them
+    rt_real_val "$i" || { log "lane $i: the real validation tiles failed"; return 1; }
     rt_eval "$i" || { log "lane $i: eval split failed"; return 1; }
     rt_train "$i" || { log "lane $i: training build failed"; return 1; }
     snapshot
@@ -323,6 +361,8 @@ pause | resume)
     ;;
 status)
     echo "cities build: $(tiles_done "$RT_TRAIN") tiles (shard 0 missing $(train_missing 0), shard 1 missing $(train_missing 1))"
+    if [ -f "$RT_REAL_VAL/manifest.json" ]; then echo "real validation tiles: complete ($RT_REAL_VAL)"
+    else echo "real validation tiles: $((12 - $(real_val_missing 0) - $(real_val_missing 1))) of 12"; fi
     if [ -f "$RT_EVAL/manifest.json" ]; then echo "eval split: complete ($RT_EVAL)"
     else echo "eval split: $(tiles_done "$RT_EVAL") of 64 tiles"; fi
     for run in "$CACHE"/runs/*/; do
