@@ -341,6 +341,10 @@ def _cmd_uncertainty(args: argparse.Namespace) -> int:
     if args.write:  # into the package's section: the kinds fitted (merge_kinds), or fits at other constructions
         section = merge(current, out["uncertainty"])
         say = f"; written into {uncertainty.write_section(args.package, section)}"
+        left = uncertainty.not_added(current, out["uncertainty"]) if merge is uncertainty.merge_constructions else []
+        if left:
+            say += (f"; NOT added: {', '.join(left)} (the package has no fit of its own for them to sit beside: "
+                    "calibrate its default constructions for them first, `ckm-bench uncertainty --tasks ... --write`)")
     command = (f"ckm-bench uncertainty --package {args.package} --data {' '.join(args.data)} --tiles {args.tiles} "
                f"--tasks {' '.join(args.tasks)} --settings {' '.join(args.settings)} --coverage {args.coverage:g} --seed {args.seed}"
                + (f" --exclude {' '.join(args.exclude)}" if args.exclude else "")

@@ -332,6 +332,14 @@ def merge_constructions(current: dict | None, fitted: dict) -> dict:
     return out
 
 
+def not_added(current: dict | None, fitted: dict) -> list[str]:
+    """The kinds of `fitted` (fits at other constructions) that `merge_constructions` leaves out
+    because the package's section has no fit of its own for them to sit beside."""
+    kinds = (current or {}).get("kinds", {})
+    return sorted(k for k, v in fitted["kinds"].items()
+                  if not k.startswith("*") and v.get("fitted", {}).get("construction") and k not in kinds)
+
+
 def _same_coverage(current: dict, fitted: dict) -> None:
     """One section holds one coverage: fits made for another are refused (ValueError)."""
     if current["coverage"] != fitted["coverage"]:

@@ -305,7 +305,7 @@ def test_ckm_bench_uncertainty_at_other_constructions_adds_fits_the_runtime_appl
 
 
 def test_fits_at_other_constructions_join_the_section_once_and_never_shadow_the_defaults():
-    from ckm_edge.benchmarks.uncertainty import merge_constructions
+    from ckm_edge.benchmarks.uncertainty import merge_constructions, not_added
     from ckm_edge.runtime.sampler import config_from_params
 
     current = json.loads(json.dumps(SECTION))
@@ -319,6 +319,7 @@ def test_fits_at_other_constructions_join_the_section_once_and_never_shadow_the_
     assert "constructions" not in out["kinds"]["jtqr"]  # the default's own construction: its fit is the section's
     assert out["kinds"]["mask"]["constructions"] == [fitted["kinds"]["mask"]]
     assert out["kinds"]["*"] == SECTION["kinds"]["*"] and "downsample" not in out["kinds"]
+    assert not_added(current, fitted) == ["downsample"]  # what the CLI says it left out
     at_100 = config_from_params("diffpir", AT_100["parameters"])
     assert Uncertainty.from_dict(out).fit_for("mask", False, (at_100, 8, 12)).channels[0].scale == 0.9
     with pytest.raises(ValueError, match="no uncertainty section"):
