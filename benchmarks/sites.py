@@ -91,6 +91,18 @@ def _start_server(repository: Path, store: str, workdir: Path, threads: int, bat
     raise RuntimeError("the edge server did not start within 180 s")
 
 
+def drive_readings(cells, phys, rng: np.random.Generator, gain_noise_db: float, aoa_noise: float) -> list:
+    """A drive test's readings of `cells` ((row, col) in route order) on a tile (`phys`: codec.decode
+    of it): SiteService Measurements at the cell centres, gain and AoA sine with Gaussian noise
+    (drawn per reading, gain then AoA), clipped to the codec's ranges."""
+    from ckm_edge.protos.ckm.edge.v1 import site_pb2 as spb
+
+    return [spb.Measurement(position=spb.Position(cell=spb.CellPosition(row=r + 0.5, col=c + 0.5)),
+                            gain_db=float(np.clip(phys.gain_db[r, c] + gain_noise_db * rng.standard_normal(), -250, -50)),
+                            aoa_sine=float(np.clip(phys.aoa_sine[r, c] + aoa_noise * rng.standard_normal(), -1, 1)))
+            for r, c in cells]
+
+
 def _metrics(mean_px: np.ndarray, std_px: np.ndarray, calibrated: bool, coverage: float, truth: np.ndarray,
              where: np.ndarray) -> dict:
     from ckm_edge.runtime import uncertainty
@@ -149,13 +161,8 @@ def run(repository: str | Path, held, cfg: SitesConfig, progress=print, workdir:
                 versions = []
                 for k in range(cfg.batches):
                     part = cells[k * cfg.batch:(k + 1) * cfg.batch]
-                    ms = []
-                    for r, c in part:
-                        ms.append(spb.Measurement(
-                            position=spb.Position(cell=spb.CellPosition(row=r + 0.5, col=c + 0.5)),
-                            gain_db=float(np.clip(phys.gain_db[r, c] + cfg.gain_noise_db * rng.standard_normal(), -250, -50)),
-                            aoa_sine=float(np.clip(phys.aoa_sine[r, c] + cfg.aoa_noise * rng.standard_normal(), -1, 1))))
-                        measured[r, c] = True
+                    ms = drive_readings(part, phys, rng, cfg.gain_noise_db, cfg.aoa_noise)
+                    measured[tuple(np.array(part).T)] = True
                     count = stub.AddMeasurements(spb.AddMeasurementsRequest(site_id=site_id, measurements=ms,
                                                                             batch_id=f"{site_id}-{k}")).measurement_count
                     m = None

@@ -206,6 +206,7 @@ def rebuild_cells(package_dir: str | Path, val: Validation, sites: dict, cfg: Un
     never measured) per tile, and {kind[+site]: the rebuild's construction, "warm": true}."""
     import tempfile
 
+    from ckm_edge.benchmarks.sites import drive_readings
     from ckm_edge.protos.ckm.edge.v1 import site_pb2 as spb
     from ckm_edge.runtime import api, executor, tasks
     from ckm_edge.runtime.package import load_package
@@ -238,23 +239,20 @@ def rebuild_cells(package_dir: str | Path, val: Validation, sites: dict, cfg: Un
             measured = np.zeros(layout.shape, bool)
             previous, parts = None, []
             for k in range(batches):
-                ms = []
-                for r, c in route[k * batch:(k + 1) * batch]:
-                    ms.append(spb.Measurement(
-                        position=spb.Position(cell=spb.CellPosition(row=r + 0.5, col=c + 0.5)),
-                        gain_db=float(np.clip(phys.gain_db[r, c] + cfg.gain_noise_db * rng.standard_normal(), -250, -50)),
-                        aoa_sine=float(np.clip(phys.aoa_sine[r, c] + cfg.aoa_noise * rng.standard_normal(), -1, 1))))
-                    measured[r, c] = True
-                mgr.add(d.site_id, ms, f"b{k}")
-                row = mgr.get(d.site_id)
-                job, fused, incremental, evaluations = mgr.plan(row, previous)
+                part = route[k * batch:(k + 1) * batch]
+                mgr.add(d.site_id, drive_readings(part, phys, rng, cfg.gain_noise_db, cfg.aoa_noise), f"b{k}")
+                measured[tuple(np.array(part).T)] = True
+                job, fused, incremental, evaluations = mgr.plan(mgr.get(d.site_id), previous)
                 [res] = executor.execute([job])
-                previous = MapRow(d.site_id, k + 1, res.mean, res.mean, False, 0.0, fused.measurement_count, 0, now_ms(),
-                                  incremental, evaluations, 0.0, pkg.name, pkg.version)
+                # (what the next plan reads of it: the mean and the model that made it)
+                previous = MapRow(d.site_id, k + 1, res.mean, np.zeros_like(res.mean), False, 0.0, fused.measurement_count, 0,
+                                  now_ms(), incremental, evaluations, 0.0, pkg.name, pkg.version)
                 if not incremental:
                     continue
                 name = uncertainty.calibration_kind(job.op) + (SITE if setting == "site" else "")
-                used[name] = {**_record_of(job.config), "warm": True}
+                rec = {**_record_of(job.config), "warm": True}
+                if used.setdefault(name, rec) != rec:
+                    raise ValueError(f"the rebuilds of {name} ran two constructions ({used[name]}, {rec}); calibrate one at a time")
                 unobs = np.stack([~layout & ~measured] * 2)
                 spread, raw = uncertainty.spread(res.samples), res.samples.std(axis=0)
                 dist = uncertainty.distance_to_pinned(job.op.bounds(np.asarray(job.y, np.float32), job.sigma), job.shape)
@@ -262,8 +260,6 @@ def rebuild_cells(package_dir: str | Path, val: Validation, sites: dict, cfg: Un
                 parts.append([[a[c][unobs[c]] for c in range(2)] for a in (err, spread, dist, raw)])
             out.append(_Cells(*([np.concatenate([p[f][c] for p in parts]) for c in range(2)] for f in range(4))))
             progress(f"rebuilds ({setting}) tile {i + 1}/{len(val.tiles)}: {len(parts)} rebuilds")
-    if len(used) > 1:
-        raise ValueError(f"the rebuilds ran {len(used)} constructions ({used}); calibrate one at a time")
     return out, used
 
 
